@@ -1,0 +1,280 @@
+// Package devboot simulates the measured boot of a RigOS unified kernel
+// image (UKI) by UEFI firmware and systemd-stub: it produces the firmware
+// event log and the PCR values a real boot would leave, and can extend
+// them into a TPM (the go-tpm-tools simulator or a software TPM).
+//
+// It exists for development, tests and load generation, where no firmware
+// runs. The layout follows what OVMF and systemd-stub log: PCR 0-3, 5, 6
+// firmware events; PCR 7 Secure Boot variables and the authority that
+// verified the UKI; PCR 4 the UKI as a boot-services application; PCR 11
+// each UKI section (name, then content).
+//
+// Not guaranteed: the "Authenticode digest" of the simulated UKI is
+// SHA-256 over its sections, not a real PE hash.
+package devboot
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/big"
+	"time"
+	"unicode/utf16"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/rigos/rigos/pkg/tcglog"
+)
+
+// Section is one PE section of a UKI measured by systemd-stub.
+type Section struct {
+	Name    string
+	Content []byte
+}
+
+// Config describes the simulated machine and image.
+type Config struct {
+	// Firmware identifies the motherboard firmware; it changes PCR 0.
+	Firmware string
+	// Sections of the UKI, in measurement order.
+	Sections []Section
+	// SecureBoot is the SecureBoot variable's value.
+	SecureBoot bool
+	// Keys enrolled in PK, KEK and db; Signer is the db certificate that
+	// verified the UKI (logged as the authority in PCR 7).
+	PK, KEK, DB, Signer *x509.Certificate
+	// DebugMode logs the "UEFI Debug Mode" action in PCR 7.
+	DebugMode bool
+}
+
+// Boot is the outcome of a simulated boot.
+type Boot struct {
+	Log       *tcglog.Log
+	UKIDigest []byte // PCR 4 application event digest
+}
+
+// Default returns the configuration of a genuine RigOS development boot.
+func Default() Config {
+	pk, kek, db := DevKeys()
+	return Config{
+		Firmware: "RigOS dev firmware 1.0",
+		Sections: []Section{
+			{".linux", []byte("rigos dev kernel")},
+			{".osrel", []byte("ID=rigos\nVERSION_ID=dev\n")},
+			{".cmdline", []byte("lockdown=confidentiality module.sig_enforce=1")},
+			{".initrd", []byte("rigos dev initrd")},
+		},
+		SecureBoot: true,
+		PK:         pk, KEK: kek, DB: db, Signer: db,
+	}
+}
+
+// UKIDigest is the simulated Authenticode digest of a UKI with sections.
+func UKIDigest(sections []Section) []byte {
+	h := sha256.New()
+	for _, s := range sections {
+		fmt.Fprintf(h, "%s\x00%d\x00", s.Name, len(s.Content))
+		h.Write(s.Content)
+	}
+	return h.Sum(nil)
+}
+
+// PCR11 predicts PCR 11 after systemd-stub measured sections.
+func PCR11(sections []Section) []byte {
+	l := tcglog.New()
+	measureSections(l, sections)
+	return l.PCR(11)
+}
+
+func measureSections(l *tcglog.Log, sections []Section) {
+	for _, s := range sections {
+		l.Measure(11, tcglog.EvIPL, append([]byte(s.Name), 0))
+		d := sha256.Sum256(s.Content)
+		l.Append(11, tcglog.EvIPL, d[:], []byte(s.Name))
+	}
+}
+
+// Simulate produces the event log of one boot with cfg.
+func Simulate(cfg Config) Boot {
+	l := tcglog.New()
+	sep := []byte{0, 0, 0, 0}
+	l.Append(0, tcglog.EvNoAction, nil, append([]byte("StartupLocality\x00"), 0))
+	l.Measure(0, tcglog.EvSCRTMVersion, utf16z(cfg.Firmware))
+	l.Measure(0, tcglog.EvEFIPlatformFirmwareBlb, []byte(cfg.Firmware+" volume"))
+	l.Measure(1, tcglog.EvEFIVariableBoot, efiVar(globalVar, "BootOrder", []byte{1, 0}))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "SecureBoot", []byte{boolByte(cfg.SecureBoot)}))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "PK", sigList(cfg.PK)))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "KEK", sigList(cfg.KEK)))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "db", sigList(cfg.DB)))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "dbx", nil))
+	if cfg.DebugMode {
+		l.Measure(7, tcglog.EvEFIAction, []byte("UEFI Debug Mode"))
+	}
+	for _, pcr := range []int{0, 1, 2, 3, 5, 6, 7} {
+		l.Measure(pcr, tcglog.EvSeparator, sep)
+	}
+	l.Measure(4, tcglog.EvEFIAction, []byte("Calling EFI Application from Boot Option"))
+	l.Measure(4, tcglog.EvSeparator, sep)
+	if cfg.SecureBoot && cfg.Signer != nil {
+		l.Measure(7, tcglog.EvEFIVariableAuthority, efiVar(imageSecurityDB, "db", sigData(cfg.Signer)))
+	}
+	uki := UKIDigest(cfg.Sections)
+	l.Append(4, tcglog.EvEFIBootServicesApp, uki, []byte("\\EFI\\BOOT\\BOOTX64.EFI"))
+	measureSections(l, cfg.Sections)
+	l.Measure(5, tcglog.EvEFIAction, []byte("Exit Boot Services Invocation"))
+	return Boot{Log: l, UKIDigest: uki}
+}
+
+// ExtendInto extends every PCR the boot touched into the TPM behind rw,
+// as firmware would have. The TPM's PCRs must be fresh (after reset).
+func (b Boot) ExtendInto(rw io.ReadWriter) error {
+	tpm := transport.FromReadWriter(rw)
+	return ReplayInto(tpm, b.Log.Bytes())
+}
+
+// ReplayInto parses a log written by tcglog and extends its SHA-256
+// digests into the TPM.
+func ReplayInto(tpm transport.TPM, log []byte) error {
+	r := bytes.NewReader(log)
+	var hdr struct {
+		PCR, Type uint32
+		Digest    [20]byte
+		Size      uint32
+	}
+	if err := binary.Read(r, binary.LittleEndian, &hdr); err != nil {
+		return fmt.Errorf("reading spec ID event: %w", err)
+	}
+	if _, err := r.Seek(int64(hdr.Size), io.SeekCurrent); err != nil {
+		return err
+	}
+	for r.Len() > 0 {
+		var e struct {
+			PCR, Type, Count uint32
+			Alg              uint16
+			Digest           [32]byte
+			Size             uint32
+		}
+		if err := binary.Read(r, binary.LittleEndian, &e); err != nil {
+			return fmt.Errorf("reading event: %w", err)
+		}
+		if _, err := r.Seek(int64(e.Size), io.SeekCurrent); err != nil {
+			return err
+		}
+		if e.Type == tcglog.EvNoAction {
+			continue
+		}
+		if err := Extend(tpm, int(e.PCR), e.Digest[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Extend extends a SHA-256 digest into PCR pcr.
+func Extend(tpm transport.TPM, pcr int, digest []byte) error {
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests: tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{
+			{HashAlg: tpm2.TPMAlgSHA256, Digest: digest},
+		}},
+	}.Execute(tpm)
+	if err != nil {
+		return fmt.Errorf("extending PCR %d: %w", pcr, err)
+	}
+	return nil
+}
+
+var (
+	globalVar       = guid(0x8be4df61, 0x93ca, 0x11d2, [8]byte{0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c})
+	imageSecurityDB = guid(0xd719b2cb, 0x3d3a, 0x4596, [8]byte{0xa3, 0xbc, 0xda, 0xd0, 0x0e, 0x67, 0x65, 0x6f})
+	certX509        = guid(0xa5c059a1, 0x94e4, 0x4aa7, [8]byte{0x87, 0xb5, 0xab, 0x15, 0x5c, 0x2b, 0xf0, 0x72})
+	rigosOwner      = guid(0x52494730, 0x5300, 0x4000, [8]byte{0x80, 0, 0, 0, 0, 0, 0, 1})
+)
+
+func guid(a uint32, b, c uint16, d [8]byte) []byte {
+	var buf bytes.Buffer
+	_ = binary.Write(&buf, binary.LittleEndian, a)
+	_ = binary.Write(&buf, binary.LittleEndian, b)
+	_ = binary.Write(&buf, binary.LittleEndian, c)
+	buf.Write(d[:])
+	return buf.Bytes()
+}
+
+// efiVar encodes UEFI_VARIABLE_DATA.
+func efiVar(vendor []byte, name string, data []byte) []byte {
+	var b bytes.Buffer
+	b.Write(vendor)
+	u := utf16.Encode([]rune(name))
+	_ = binary.Write(&b, binary.LittleEndian, uint64(len(u)))
+	_ = binary.Write(&b, binary.LittleEndian, uint64(len(data)))
+	_ = binary.Write(&b, binary.LittleEndian, u)
+	b.Write(data)
+	return b.Bytes()
+}
+
+// sigData encodes EFI_SIGNATURE_DATA for a certificate.
+func sigData(c *x509.Certificate) []byte {
+	return append(append([]byte(nil), rigosOwner...), c.Raw...)
+}
+
+// sigList encodes an EFI_SIGNATURE_LIST holding one certificate.
+func sigList(c *x509.Certificate) []byte {
+	if c == nil {
+		return nil
+	}
+	d := sigData(c)
+	var b bytes.Buffer
+	b.Write(certX509)
+	_ = binary.Write(&b, binary.LittleEndian, uint32(16+4+4+4+len(d)))
+	_ = binary.Write(&b, binary.LittleEndian, uint32(0))
+	_ = binary.Write(&b, binary.LittleEndian, uint32(len(d)))
+	b.Write(d)
+	return b.Bytes()
+}
+
+func utf16z(s string) []byte {
+	var b bytes.Buffer
+	_ = binary.Write(&b, binary.LittleEndian, utf16.Encode([]rune(s+"\x00")))
+	return b.Bytes()
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// DevKeys returns the development PK, KEK and db certificates. They are
+// derived from fixed seeds (Ed25519 signatures are deterministic), so
+// every build gets the same certificates. They are public test keys.
+func DevKeys() (pk, kek, db *x509.Certificate) {
+	return Cert("RigOS dev PK", 1), Cert("RigOS dev KEK", 2), Cert("RigOS dev db", 3)
+}
+
+// Cert returns a deterministic self-signed Ed25519 certificate for name,
+// derived from seed. For tests and development only.
+func Cert(name string, seed byte) *x509.Certificate {
+	key := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{seed}, ed25519.SeedSize))
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(int64(seed)),
+		Subject:      pkix.Name{CommonName: name},
+		NotBefore:    time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC),
+		NotAfter:     time.Date(2046, 1, 1, 0, 0, 0, 0, time.UTC),
+	}
+	der, err := x509.CreateCertificate(nil, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		panic(fmt.Sprintf("devboot: creating %s certificate: %v", name, err)) // static input; cannot fail
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(fmt.Sprintf("devboot: parsing %s certificate: %v", name, err))
+	}
+	return c
+}

@@ -1,0 +1,224 @@
+// Package measure defines the RigOS runtime measurements: boot-phase
+// markers and (later) workload and GPU inventory events, each extended
+// into RuntimePCR and recorded in a runtime event log.
+//
+// The log uses the TLV encoding of the TCG Canonical Event Log (CEL):
+// every record is RECNUM, PCR, DIGESTS and a content TLV. RigOS content
+// (type ContentRigOS) is itself two TLVs: the event kind and its data.
+// The SHA-256 digest of a record is SHA-256 over the encoded content
+// value, so an event cannot be relabelled without changing its digest.
+package measure
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// RuntimePCR is the PCR RigOS extends after the boot stub is done. PCR 15
+// is unused by UEFI firmware, systemd-stub and the Linux kernel.
+const RuntimePCR = 15
+
+// Kinds of runtime events.
+const (
+	KindPhase    = "phase"    // a boot-phase marker, data is the phase name
+	KindWorkload = "workload" // a workload about to start
+	KindGPU      = "gpu"      // digest of the GPU inventory
+)
+
+// Boot phases, in the order init reaches them.
+const (
+	PhaseEnterInitrd   = "enter-initrd"
+	PhaseModulesLocked = "modules-locked"
+	PhaseStartAgent    = "start-agent"
+)
+
+// CEL TLV types used by RigOS.
+const (
+	tlvRecnum  = 0
+	tlvPCR     = 1
+	tlvDigests = 3
+	// ContentRigOS is the CEL content type of RigOS events (vendor range).
+	ContentRigOS = 0x80
+
+	contentKind = 0
+	contentData = 1
+
+	algSHA256 = 0x000b
+)
+
+// MaxEventData bounds one event's data; MaxEvents bounds a log.
+const (
+	MaxEventData = 64 << 10
+	MaxEvents    = 4096
+)
+
+// Event is one runtime measurement.
+type Event struct {
+	Recnum uint64
+	PCR    int
+	Digest []byte // SHA-256 of the encoded content
+	Kind   string
+	Data   []byte
+}
+
+// NewEvent returns the event with record number recnum for kind and data.
+func NewEvent(recnum uint64, kind string, data []byte) Event {
+	c := content(kind, data)
+	d := sha256.Sum256(c)
+	return Event{Recnum: recnum, PCR: RuntimePCR, Digest: d[:], Kind: kind, Data: append([]byte(nil), data...)}
+}
+
+func content(kind string, data []byte) []byte {
+	var b bytes.Buffer
+	writeTLV(&b, contentKind, []byte(kind))
+	writeTLV(&b, contentData, data)
+	return b.Bytes()
+}
+
+func writeTLV(b *bytes.Buffer, typ byte, v []byte) {
+	b.WriteByte(typ)
+	_ = binary.Write(b, binary.BigEndian, uint32(len(v)))
+	b.Write(v)
+}
+
+// Encode returns the CEL TLV encoding of one event.
+func (e Event) Encode() []byte {
+	var b bytes.Buffer
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], e.Recnum)
+	writeTLV(&b, tlvRecnum, n[:])
+	var p [4]byte
+	binary.BigEndian.PutUint32(p[:], uint32(e.PCR))
+	writeTLV(&b, tlvPCR, p[:])
+	var d bytes.Buffer
+	writeTLV(&d, byte(algSHA256), e.Digest) // TLV type is the low byte of TPM_ALG_SHA256
+	writeTLV(&b, tlvDigests, d.Bytes())
+	writeTLV(&b, ContentRigOS, content(e.Kind, e.Data))
+	return b.Bytes()
+}
+
+// ErrMalformed is wrapped by every Parse error.
+var ErrMalformed = errors.New("malformed runtime event log")
+
+// Parse decodes a runtime event log. It checks the structure, that record
+// numbers count up from 0, that every digest is the SHA-256 of the event's
+// content, and the size limits. It does not check the events against any
+// PCR: see Replay.
+func Parse(b []byte) ([]Event, error) {
+	var out []Event
+	r := bytes.NewReader(b)
+	for r.Len() > 0 {
+		if len(out) >= MaxEvents {
+			return nil, fmt.Errorf("%w: more than %d events", ErrMalformed, MaxEvents)
+		}
+		e, err := parseRecord(r)
+		if err != nil {
+			return nil, fmt.Errorf("%w: record %d: %w", ErrMalformed, len(out), err)
+		}
+		if e.Recnum != uint64(len(out)) {
+			return nil, fmt.Errorf("%w: record %d has record number %d", ErrMalformed, len(out), e.Recnum)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func readTLV(r *bytes.Reader, want int) ([]byte, error) {
+	typ, err := r.ReadByte()
+	if err != nil {
+		return nil, fmt.Errorf("reading type: %w", err)
+	}
+	if want >= 0 && int(typ) != want {
+		return nil, fmt.Errorf("TLV type %d, want %d", typ, want)
+	}
+	var n uint32
+	if err := binary.Read(r, binary.BigEndian, &n); err != nil {
+		return nil, fmt.Errorf("reading length: %w", err)
+	}
+	if int64(n) > int64(r.Len()) {
+		return nil, fmt.Errorf("TLV length %d beyond the %d bytes left", n, r.Len())
+	}
+	v := make([]byte, n)
+	_, _ = r.Read(v)
+	return v, nil
+}
+
+func parseRecord(r *bytes.Reader) (Event, error) {
+	var e Event
+	v, err := readTLV(r, tlvRecnum)
+	if err != nil {
+		return e, fmt.Errorf("recnum: %w", err)
+	}
+	if len(v) != 8 {
+		return e, fmt.Errorf("recnum is %d bytes, want 8", len(v))
+	}
+	e.Recnum = binary.BigEndian.Uint64(v)
+	if v, err = readTLV(r, tlvPCR); err != nil {
+		return e, fmt.Errorf("pcr: %w", err)
+	}
+	if len(v) != 4 {
+		return e, fmt.Errorf("pcr is %d bytes, want 4", len(v))
+	}
+	if e.PCR = int(binary.BigEndian.Uint32(v)); e.PCR != RuntimePCR {
+		return e, fmt.Errorf("event for PCR %d, runtime events go to PCR %d", e.PCR, RuntimePCR)
+	}
+	if v, err = readTLV(r, tlvDigests); err != nil {
+		return e, fmt.Errorf("digests: %w", err)
+	}
+	dr := bytes.NewReader(v)
+	d, err := readTLV(dr, algSHA256)
+	if err != nil || dr.Len() != 0 || len(d) != sha256.Size {
+		return e, errors.New("digests must hold exactly one SHA-256 digest")
+	}
+	e.Digest = d
+	c, err := readTLV(r, ContentRigOS)
+	if err != nil {
+		return e, fmt.Errorf("content: %w", err)
+	}
+	cr := bytes.NewReader(c)
+	kind, err := readTLV(cr, contentKind)
+	if err != nil {
+		return e, fmt.Errorf("content kind: %w", err)
+	}
+	data, err := readTLV(cr, contentData)
+	if err != nil {
+		return e, fmt.Errorf("content data: %w", err)
+	}
+	if cr.Len() != 0 {
+		return e, errors.New("trailing bytes in content")
+	}
+	if len(data) > MaxEventData {
+		return e, fmt.Errorf("event data of %d bytes exceeds %d", len(data), MaxEventData)
+	}
+	e.Kind, e.Data = string(kind), data
+	if sum := sha256.Sum256(c); !bytes.Equal(sum[:], e.Digest) {
+		return e, errors.New("digest does not match content")
+	}
+	return e, nil
+}
+
+// Replay returns the value RuntimePCR has after events, starting from zero.
+func Replay(events []Event) []byte {
+	pcr := make([]byte, sha256.Size)
+	for _, e := range events {
+		h := sha256.New()
+		h.Write(pcr)
+		h.Write(e.Digest)
+		pcr = h.Sum(nil)
+	}
+	return pcr
+}
+
+// Phases returns the data of the phase events, in order.
+func Phases(events []Event) []string {
+	var out []string
+	for _, e := range events {
+		if e.Kind == KindPhase {
+			out = append(out, string(e.Data))
+		}
+	}
+	return out
+}
