@@ -20,6 +20,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"math/big"
@@ -29,6 +30,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
+	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/tcglog"
 )
 
@@ -51,6 +53,16 @@ type Config struct {
 	PK, KEK, DB, Signer *x509.Certificate
 	// DebugMode logs the "UEFI Debug Mode" action in PCR 7.
 	DebugMode bool
+	// Extra events logged and extended after the stub's (for example a
+	// command line override the stub measures into PCR 12).
+	Extra []Extra
+}
+
+// Extra is one additional logged event.
+type Extra struct {
+	PCR  int
+	Type uint32
+	Data []byte
 }
 
 // Boot is the outcome of a simulated boot.
@@ -127,6 +139,9 @@ func Simulate(cfg Config) Boot {
 	uki := UKIDigest(cfg.Sections)
 	l.Append(4, tcglog.EvEFIBootServicesApp, uki, []byte("\\EFI\\BOOT\\BOOTX64.EFI"))
 	measureSections(l, cfg.Sections)
+	for _, e := range cfg.Extra {
+		l.Measure(e.PCR, e.Type, e.Data)
+	}
 	l.Measure(5, tcglog.EvEFIAction, []byte("Exit Boot Services Invocation"))
 	return Boot{Log: l, UKIDigest: uki}
 }
@@ -277,4 +292,22 @@ func Cert(name string, seed byte) *x509.Certificate {
 		panic(fmt.Sprintf("devboot: parsing %s certificate: %v", name, err))
 	}
 	return c
+}
+
+// Manifest returns the reference manifest that accepts a boot with cfg.
+func Manifest(cfg Config, build string) *attestation.Manifest {
+	var dbs []string
+	if cfg.Signer != nil {
+		s := sha256.Sum256(cfg.Signer.Raw)
+		dbs = append(dbs, hex.EncodeToString(s[:]))
+	}
+	return &attestation.Manifest{
+		Version:          attestation.ManifestVersion,
+		Build:            build,
+		Created:          time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC),
+		BootApplications: []string{hex.EncodeToString(UKIDigest(cfg.Sections))},
+		PCR11:            []string{hex.EncodeToString(PCR11(cfg.Sections))},
+		SecureBoot:       attestation.SecureBootPolicy{Required: cfg.SecureBoot, DBCerts: dbs},
+		Phases:           []string{"enter-initrd", "modules-locked", "start-agent"},
+	}
 }

@@ -46,12 +46,12 @@ func New() *Log {
 	l := &Log{pcrs: map[int][32]byte{}}
 	var spec bytes.Buffer
 	spec.WriteString("Spec ID Event03\x00")
-	le(&spec, uint32(0))   // platform class: client
-	spec.WriteByte(0)      // spec version minor
-	spec.WriteByte(2)      // spec version major
-	spec.WriteByte(0)      // errata
-	spec.WriteByte(2)      // uintn size: UINT64
-	le(&spec, uint32(1))   // number of algorithms
+	le(&spec, uint32(0)) // platform class: client
+	spec.WriteByte(0)    // spec version minor
+	spec.WriteByte(2)    // spec version major
+	spec.WriteByte(0)    // errata
+	spec.WriteByte(2)    // uintn size: UINT64
+	le(&spec, uint32(1)) // number of algorithms
 	le(&spec, uint16(algSHA256))
 	le(&spec, uint16(sha256.Size))
 	spec.WriteByte(0) // vendor info size

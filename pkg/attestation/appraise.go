@@ -1,0 +1,364 @@
+package attestation
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/google/go-attestation/attest"
+
+	"github.com/rigos/rigos/pkg/measure"
+)
+
+// Evidence is what an agent returns for one challenge. All of it is
+// untrusted until Appraise has checked it.
+type Evidence struct {
+	Quote       []byte         // TPMS_ATTEST
+	Signature   []byte         // TPMT_SIGNATURE
+	PCRs        map[int][]byte // claimed SHA-256 PCR values
+	FirmwareLog []byte         // TCG PC Client event log
+	RuntimeLog  []byte         // RigOS runtime log (package measure)
+}
+
+// Evidence size limits. Real firmware logs are 8-64 KiB.
+const (
+	MaxFirmwareLog = 1 << 20
+	MaxRuntimeLog  = 1 << 20
+)
+
+// FirmwarePCRs depend on the motherboard and its firmware settings; they
+// are pinned per node when it first passes.
+var FirmwarePCRs = []int{0, 1, 2, 3, 5, 6}
+
+// DefaultPCRs are the PCRs a challenge asks for by default: everything
+// but PCR 10 (IMA, not appraised) and the resettable PCRs 16-23.
+var DefaultPCRs = []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15}
+
+// Request is one appraisal.
+type Request struct {
+	AKPublic []byte // the node's pinned AK (TPMT_PUBLIC)
+	Nonce    []byte // the challenge's nonce
+	PCRs     []int  // the PCRs the challenge asked for
+	Evidence Evidence
+	// LastClock is the clock of the node's last accepted quote, nil if
+	// none.
+	LastClock *Clock
+	// PinnedFirmware holds the firmware PCR values pinned for this node;
+	// nil when none are pinned yet.
+	PinnedFirmware map[int][]byte
+	// Manifests are the active reference manifests.
+	Manifests []*Manifest
+}
+
+// Result is the outcome of an appraisal.
+type Result struct {
+	// Quote is the verified quote, nil if the quote did not verify.
+	Quote    *Quote
+	Rebooted bool
+	// Failures lists every failed check; empty means the node passed.
+	Failures []*CheckError
+	// Manifest is the build of the manifest that accepted the evidence.
+	Manifest string
+	// FirmwarePCRs are the observed firmware PCR values (to pin on first
+	// pass).
+	FirmwarePCRs map[int][]byte
+	// BootApplications are the PCR 4 application digests seen.
+	BootApplications [][]byte
+	// RuntimeEvents are the replayed runtime events.
+	RuntimeEvents []measure.Event
+}
+
+// Err returns nil if the evidence passed, or the failures joined.
+func (r *Result) Err() error {
+	if len(r.Failures) == 0 {
+		return nil
+	}
+	errs := make([]error, len(r.Failures))
+	for i, f := range r.Failures {
+		errs[i] = f
+	}
+	return errors.Join(errs...)
+}
+
+// Reason is a one-line summary of the failures, or "" if it passed.
+func (r *Result) Reason() string {
+	if len(r.Failures) == 0 {
+		return ""
+	}
+	s := r.Failures[0].Error()
+	if n := len(r.Failures) - 1; n > 0 {
+		s += fmt.Sprintf(" (and %d more)", n)
+	}
+	return s
+}
+
+func (r *Result) add(err error) {
+	if err == nil {
+		return
+	}
+	var ce *CheckError
+	if !errors.As(err, &ce) {
+		ce = &CheckError{Check: CheckEvidence, Err: err}
+	}
+	r.Failures = append(r.Failures, ce)
+}
+
+// Appraise checks one piece of evidence. It never talks to a TPM.
+func Appraise(req Request) *Result {
+	r := &Result{}
+	ev := req.Evidence
+	if len(ev.FirmwareLog) > MaxFirmwareLog {
+		r.add(fail(CheckEvidence, "firmware log of %d bytes exceeds %d", len(ev.FirmwareLog), MaxFirmwareLog))
+	}
+	if len(ev.RuntimeLog) > MaxRuntimeLog {
+		r.add(fail(CheckEvidence, "runtime log of %d bytes exceeds %d", len(ev.RuntimeLog), MaxRuntimeLog))
+	}
+	if len(r.Failures) > 0 {
+		return r
+	}
+	q, err := VerifyQuote(req.AKPublic, ev.Quote, ev.Signature, ev.PCRs, req.Nonce, req.PCRs)
+	if err != nil {
+		r.add(err)
+		return r // nothing else can be believed
+	}
+	r.Quote = q
+	r.Rebooted, err = VerifyClock(req.LastClock, q.Clock)
+	r.add(err)
+
+	fwEvents, logged, err := replayFirmware(ev.FirmwareLog, q.PCRs)
+	r.add(err)
+	r.RuntimeEvents, err = replayRuntime(ev.RuntimeLog, q.PCRs)
+	r.add(err)
+	if err == nil && fwEvents != nil {
+		r.add(checkUnlogged(q.PCRs, logged))
+	}
+
+	r.FirmwarePCRs = map[int][]byte{}
+	for _, i := range FirmwarePCRs {
+		if v, ok := q.PCRs[i]; ok {
+			r.FirmwarePCRs[i] = v
+		}
+	}
+	if req.PinnedFirmware != nil {
+		var changed []int
+		for i, v := range r.FirmwarePCRs {
+			if !bytes.Equal(req.PinnedFirmware[i], v) {
+				changed = append(changed, i)
+			}
+		}
+		if len(changed) > 0 {
+			slices.Sort(changed)
+			r.add(fail(CheckFirmwarePins, "firmware PCRs %v differ from the values pinned at enrolment", changed))
+		}
+	}
+
+	if fwEvents == nil {
+		return r // the policy needs a replayed firmware log
+	}
+	for _, e := range fwEvents {
+		if e.Index == 4 && e.Type == attest.EventType(0x80000003) {
+			r.BootApplications = append(r.BootApplications, e.Digest)
+		}
+	}
+	r.Manifest = r.applyPolicy(req.Manifests, fwEvents, q.PCRs)
+	return r
+}
+
+// replayFirmware parses the firmware log and replays it against the
+// quoted PCRs. It returns the verified events and the set of PCRs that
+// have events.
+func replayFirmware(log []byte, quoted map[int][]byte) ([]attest.Event, map[int]bool, error) {
+	el, err := attest.ParseEventLog(log)
+	if err != nil {
+		return nil, nil, fail(CheckFirmwareLog, "parsing: %v", err)
+	}
+	if !slices.Contains(el.Algs, attest.HashSHA256) {
+		return nil, nil, fail(CheckFirmwareLog, "log has no SHA-256 bank")
+	}
+	logged := map[int]bool{}
+	for _, e := range el.Events(attest.HashSHA256) {
+		if e.Type == attest.EventType(0x3) { // EV_NO_ACTION extends nothing
+			continue
+		}
+		if e.Index == measure.RuntimePCR {
+			return nil, nil, fail(CheckFirmwareLog, "firmware log has events for the runtime PCR %d", measure.RuntimePCR)
+		}
+		if _, ok := quoted[e.Index]; !ok && e.Index < 24 {
+			continue // not asked for, not verified, not used
+		}
+		logged[e.Index] = true
+	}
+	var pcrs []attest.PCR
+	for i, v := range quoted {
+		if logged[i] {
+			pcrs = append(pcrs, attest.PCR{Index: i, Digest: v, DigestAlg: crypto.SHA256})
+		}
+	}
+	events, err := el.Verify(pcrs)
+	if err != nil {
+		var re attest.ReplayError
+		if errors.As(err, &re) {
+			return nil, nil, fail(CheckFirmwareLog, "PCRs %v do not match the log", re.InvalidPCRs)
+		}
+		return nil, nil, fail(CheckFirmwareLog, "replay: %v", err)
+	}
+	return events, logged, nil
+}
+
+func replayRuntime(log []byte, quoted map[int][]byte) ([]measure.Event, error) {
+	events, err := measure.Parse(log)
+	if err != nil {
+		return nil, &CheckError{Check: CheckRuntimeLog, Err: err}
+	}
+	v, ok := quoted[measure.RuntimePCR]
+	if !ok {
+		if len(events) > 0 {
+			return nil, fail(CheckRuntimeLog, "runtime events present but PCR %d was not quoted", measure.RuntimePCR)
+		}
+		return nil, nil
+	}
+	if !bytes.Equal(measure.Replay(events), v) {
+		return nil, fail(CheckRuntimeLog, "PCR %d does not match the %d runtime events", measure.RuntimePCR, len(events))
+	}
+	return events, nil
+}
+
+// checkUnlogged demands that every quoted PCR without log events (the
+// runtime PCR is accounted for by the runtime log) is all zeros: a PCR
+// extended without a log entry would otherwise pass a replay.
+func checkUnlogged(quoted map[int][]byte, logged map[int]bool) error {
+	var bad []int
+	for i, v := range quoted {
+		if logged[i] || i == measure.RuntimePCR {
+			continue
+		}
+		if !isZero(v) {
+			bad = append(bad, i)
+		}
+	}
+	if len(bad) > 0 {
+		slices.Sort(bad)
+		return fail(CheckUnlogged, "PCRs %v were extended without a log entry", bad)
+	}
+	return nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// applyPolicy checks the evidence against each manifest. The first that
+// accepts it wins; otherwise the failures of the closest one are kept.
+func (r *Result) applyPolicy(manifests []*Manifest, events []attest.Event, pcrs map[int][]byte) string {
+	if len(manifests) == 0 {
+		r.add(fail(CheckManifest, "no active reference manifest"))
+		return ""
+	}
+	var best []*CheckError
+	for _, m := range manifests {
+		fails := checkManifest(m, events, pcrs, r.RuntimeEvents)
+		if len(fails) == 0 {
+			return m.Build
+		}
+		if best == nil || len(fails) < len(best) {
+			best = fails
+		}
+	}
+	r.Failures = append(r.Failures, best...)
+	return ""
+}
+
+var pcr4Actions = []string{
+	"Calling EFI Application from Boot Option",
+	"Returning from EFI Application from Boot Option",
+}
+
+func checkManifest(m *Manifest, events []attest.Event, pcrs map[int][]byte, runtime []measure.Event) []*CheckError {
+	var out []*CheckError
+	var pcr7 []attest.Event
+	apps := 0
+	for _, e := range events {
+		switch e.Index {
+		case 7:
+			pcr7 = append(pcr7, e)
+		case 4:
+			switch uint32(e.Type) {
+			case 0x80000003: // EV_EFI_BOOT_SERVICES_APPLICATION
+				apps++
+				if !containsHex(m.BootApplications, e.Digest) {
+					out = append(out, fail(CheckBootApp, "unknown boot application %s", hex.EncodeToString(e.Digest)))
+				}
+			case 0x80000007: // EV_EFI_ACTION
+				if !slices.Contains(pcr4Actions, string(e.Data)) || !digestOf(e) {
+					out = append(out, fail(CheckBootApp, "unexpected EFI action in PCR 4: %q", e.Data))
+				}
+			case 0x4: // EV_SEPARATOR
+				if !digestOf(e) {
+					out = append(out, fail(CheckBootApp, "separator digest does not match its data"))
+				}
+			default:
+				out = append(out, fail(CheckBootApp, "unexpected event type %v in PCR 4", e.Type))
+			}
+		}
+	}
+	if apps == 0 {
+		out = append(out, fail(CheckBootApp, "no boot application was measured"))
+	}
+	if v, ok := pcrs[11]; !ok || !containsHex(m.PCR11, v) {
+		out = append(out, fail(CheckPCR11, "PCR 11 %x is not a known build's", pcrs[11]))
+	}
+	if m.SecureBoot.Required {
+		if err := checkSecureBoot(m, pcr7); err != nil {
+			out = append(out, err)
+		}
+	}
+	for _, i := range m.emptyPCRs() {
+		if v, ok := pcrs[i]; !ok || !isZero(v) {
+			out = append(out, fail(CheckEmptyPCR, "PCR %d must be empty", i))
+		}
+	}
+	if len(m.Phases) > 0 {
+		got := measure.Phases(runtime)
+		if len(got) < len(m.Phases) || !slices.Equal(got[:len(m.Phases)], m.Phases) {
+			out = append(out, fail(CheckPhases, "boot phases %v, want %v first", got, m.Phases))
+		}
+	}
+	return out
+}
+
+func digestOf(e attest.Event) bool {
+	d := sha256.Sum256(e.Data)
+	return bytes.Equal(d[:], e.Digest)
+}
+
+func checkSecureBoot(m *Manifest, pcr7 []attest.Event) *CheckError {
+	sb, err := attest.ParseSecurebootState(pcr7)
+	if err != nil {
+		return fail(CheckSecureBoot, "%v", err)
+	}
+	if !sb.Enabled {
+		return fail(CheckSecureBoot, "Secure Boot is disabled")
+	}
+	inDB := map[string]bool{}
+	for _, c := range sb.PermittedKeys {
+		s := sha256.Sum256(c.Raw)
+		inDB[hex.EncodeToString(s[:])] = true
+	}
+	for _, c := range append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...) {
+		s := sha256.Sum256(c.Raw)
+		fp := hex.EncodeToString(s[:])
+		if inDB[fp] && slices.Contains(m.SecureBoot.DBCerts, fp) {
+			return nil
+		}
+	}
+	return fail(CheckSecureBoot, "the boot image was not verified by a RigOS db certificate")
+}

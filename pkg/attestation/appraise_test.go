@@ -1,0 +1,415 @@
+package attestation_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"slices"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/rigos/rigos/internal/simnode"
+	. "github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/attestation/collect"
+	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/tcglog"
+	"github.com/rigos/rigos/pkg/tpm"
+)
+
+// boot starts a simulated node booted with cfg. The simulator is a
+// process-wide singleton, so these tests never run in parallel.
+func boot(t *testing.T, seed int64, cfg devboot.Config) *simnode.Node {
+	t.Helper()
+	if !tpm.SimulatorAvailable {
+		t.Skip("TPM simulator needs cgo")
+	}
+	n, err := simnode.Start(seed, cfg, t.TempDir())
+	if err != nil {
+		t.Fatalf("simnode.Start() = %v", err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+func nonce(t *testing.T) []byte {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return b
+}
+
+// gather gathers evidence for a fresh nonce.
+func gather(t *testing.T, n *simnode.Node) (Evidence, []byte) {
+	t.Helper()
+	no := nonce(t)
+	ev, err := n.Att.Collect(no, DefaultPCRs, n.ReadRuntimeLog)
+	if err != nil {
+		t.Fatalf("Collect() = %v", err)
+	}
+	return ev, no
+}
+
+func request(n *simnode.Node, ev Evidence, no []byte, m ...*Manifest) Request {
+	if len(m) == 0 {
+		m = []*Manifest{devboot.Manifest(devboot.Default(), "dev")}
+	}
+	return Request{AKPublic: n.Att.AKParams().Public, Nonce: no, PCRs: DefaultPCRs, Evidence: ev, Manifests: m}
+}
+
+// failed returns the checks that failed.
+func failed(r *Result) []Check {
+	var out []Check
+	for _, f := range r.Failures {
+		out = append(out, f.Check)
+	}
+	return out
+}
+
+func wantFail(t *testing.T, r *Result, c Check) {
+	t.Helper()
+	if !slices.Contains(failed(r), c) {
+		t.Fatalf("Appraise() failures = %v (%v), want %s", failed(r), r.Err(), c)
+	}
+}
+
+func TestGenuineNodePasses(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	r := Appraise(request(n, ev, no))
+	if err := r.Err(); err != nil {
+		t.Fatalf("Appraise(genuine) = %v", err)
+	}
+	if r.Manifest != "dev" {
+		t.Errorf("Manifest = %q, want dev", r.Manifest)
+	}
+	if len(r.FirmwarePCRs) != len(FirmwarePCRs) {
+		t.Errorf("FirmwarePCRs has %d entries, want %d", len(r.FirmwarePCRs), len(FirmwarePCRs))
+	}
+	// The same evidence passes again with its pins and clock.
+	req := request(n, ev, no)
+	req.PinnedFirmware = r.FirmwarePCRs
+	req.LastClock = &r.Quote.Clock
+	if err := Appraise(req).Err(); err != nil {
+		t.Fatalf("Appraise(with pins) = %v", err)
+	}
+}
+
+func TestEnrolment(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ekDER, err := n.Att.EKPublic()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := AppraiseEK(ekDER, n.Att.EKCertificate(), nil, nil, timeNow())
+	if err != nil {
+		t.Fatalf("AppraiseEK() = %v", err)
+	}
+	if ek.Class != ClassDev {
+		t.Errorf("simulator EK class = %s, want dev", ek.Class)
+	}
+	secret, cred, err := MakeCredential(ek.Public, n.Att.AKParams(), nil)
+	if err != nil {
+		t.Fatalf("MakeCredential() = %v", err)
+	}
+	got, err := n.Att.Activate(cred)
+	if err != nil {
+		t.Fatalf("Activate() = %v", err)
+	}
+	if err := VerifyActivation(secret, got); err != nil {
+		t.Fatalf("VerifyActivation() = %v", err)
+	}
+	if err := VerifyActivation(secret, append([]byte{1}, got[1:]...)); CheckOf(err) != CheckActivation {
+		t.Fatalf("VerifyActivation(wrong) = %v, want %s", err, CheckActivation)
+	}
+}
+
+// An AK whose credential is made for another EK cannot be activated: the
+// AK is not in the TPM that holds that EK.
+func TestActivationWithWrongEK(t *testing.T) {
+	other := boot(t, 2, devboot.Default())
+	otherEK, _ := other.Att.EKPublic()
+	other.Close()
+
+	n := boot(t, 1, devboot.Default())
+	ek, err := AppraiseEK(otherEK, nil, nil, nil, timeNow())
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, cred, err := MakeCredential(ek.Public, n.Att.AKParams(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := n.Att.Activate(cred)
+	if err == nil {
+		err = VerifyActivation(secret, got)
+	} else {
+		err = VerifyActivation(secret, nil)
+	}
+	if CheckOf(err) != CheckActivation {
+		t.Fatalf("activation with another TPM's EK = %v, want %s", err, CheckActivation)
+	}
+}
+
+func TestBadAKAttributes(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	good := n.Att.AKParams()
+	if err := VerifyAK(good); err != nil {
+		t.Fatalf("VerifyAK(real AK) = %v", err)
+	}
+	// TPMT_PUBLIC: type(2) nameAlg(2) attributes(4).
+	for name, bit := range map[string]uint32{
+		"fixedTPM": 1 << 1, "fixedParent": 1 << 4, "sensitiveDataOrigin": 1 << 5, "restricted": 1 << 16, "sign": 1 << 18,
+	} {
+		p := good
+		p.Public = bytes.Clone(good.Public)
+		a := binary.BigEndian.Uint32(p.Public[4:8])
+		binary.BigEndian.PutUint32(p.Public[4:8], a&^bit)
+		if err := VerifyAK(p); CheckOf(err) != CheckAK {
+			t.Errorf("VerifyAK(without %s) = %v, want %s", name, err, CheckAK)
+		}
+	}
+	p := good
+	p.Public = bytes.Clone(good.Public)
+	a := binary.BigEndian.Uint32(p.Public[4:8])
+	binary.BigEndian.PutUint32(p.Public[4:8], a|1<<17) // decrypt
+	if err := VerifyAK(p); CheckOf(err) != CheckAK {
+		t.Errorf("VerifyAK(decrypt set) = %v, want %s", err, CheckAK)
+	}
+	// Attributes intact but the creation proof is for another key.
+	p = good
+	p.CreateSignature = bytes.Clone(good.CreateSignature)
+	p.CreateSignature[len(p.CreateSignature)-1] ^= 1
+	if err := VerifyAK(p); CheckOf(err) != CheckAK {
+		t.Errorf("VerifyAK(forged creation signature) = %v, want %s", err, CheckAK)
+	}
+}
+
+func TestQuoteTampering(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+
+	t.Run("other nonce", func(t *testing.T) {
+		wantFail(t, Appraise(request(n, ev, nonce(t))), CheckNonce)
+	})
+	t.Run("forged quote", func(t *testing.T) {
+		e := ev
+		e.Quote = bytes.Clone(ev.Quote)
+		e.Quote[len(e.Quote)-1] ^= 1
+		wantFail(t, Appraise(request(n, e, no)), CheckSignature)
+	})
+	t.Run("lied PCR", func(t *testing.T) {
+		e := ev
+		e.PCRs = map[int][]byte{}
+		for i, v := range ev.PCRs {
+			e.PCRs[i] = v
+		}
+		e.PCRs[4] = make([]byte, 32)
+		wantFail(t, Appraise(request(n, e, no)), CheckPCRDigest)
+	})
+	t.Run("other AK", func(t *testing.T) {
+		other, err := collectOtherAK(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := request(n, ev, no)
+		r.AKPublic = other
+		wantFail(t, Appraise(r), CheckSignature)
+	})
+	t.Run("fewer PCRs", func(t *testing.T) {
+		r := request(n, ev, no)
+		r.PCRs = []int{0, 1, 2}
+		wantFail(t, Appraise(r), CheckPCRSelection)
+	})
+	t.Run("garbage", func(t *testing.T) {
+		e := ev
+		e.Quote, e.Signature = []byte("garbage"), []byte{0}
+		wantFail(t, Appraise(request(n, e, no)), CheckEvidence)
+	})
+}
+
+// collectOtherAK creates a second, genuine AK in the same TPM: it is still
+// not the pinned one. (Closing it would close the shared simulator.)
+func collectOtherAK(n *simnode.Node) ([]byte, error) {
+	a, err := collect.Open(tpm.WithLog(n.Sim, nil), nil)
+	if err != nil {
+		return nil, err
+	}
+	return a.AKParams().Public, nil
+}
+
+func TestClockRollback(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	q := Appraise(request(n, ev, no)).Quote
+	for name, prev := range map[string]Clock{
+		"resetCount back":   {Clock: q.Clock.Clock, ResetCount: q.Clock.ResetCount + 1},
+		"restartCount back": {Clock: q.Clock.Clock, ResetCount: q.Clock.ResetCount, RestartCount: q.Clock.RestartCount + 1},
+		"clock back":        {Clock: q.Clock.Clock + 1000, ResetCount: q.Clock.ResetCount, RestartCount: q.Clock.RestartCount},
+	} {
+		r := request(n, ev, no)
+		r.LastClock = &prev
+		if res := Appraise(r); !slices.Contains(failed(res), CheckClock) {
+			t.Errorf("Appraise(%s) failures = %v, want %s", name, failed(res), CheckClock)
+		}
+	}
+	// A reboot (earlier resetCount) is allowed and reported.
+	r := request(n, ev, no)
+	r.LastClock = &Clock{Clock: 0, ResetCount: q.Clock.ResetCount - 1}
+	if q.Clock.ResetCount == 0 {
+		r.LastClock = nil
+	}
+	res := Appraise(r)
+	if err := res.Err(); err != nil {
+		t.Fatalf("Appraise(after reboot) = %v", err)
+	}
+}
+
+// Event log tampering: each edit of the recorded log must fail.
+func TestFirmwareLogTampering(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	events := splitLog(t, ev.FirmwareLog)
+	// Find the PCR 4 application event and two PCR 0 events.
+	app := -1
+	var pcr0 []int
+	for i, e := range events[1:] {
+		pcr, typ := binary.LittleEndian.Uint32(e[0:4]), binary.LittleEndian.Uint32(e[4:8])
+		if pcr == 4 && typ == tcglog.EvEFIBootServicesApp {
+			app = i + 1
+		}
+		if pcr == 0 && typ != tcglog.EvNoAction {
+			pcr0 = append(pcr0, i+1)
+		}
+	}
+	if app < 0 || len(pcr0) < 2 {
+		t.Fatal("recorded log lacks the expected events")
+	}
+	join := func(ev [][]byte) []byte { return bytes.Join(ev, nil) }
+	relabel := slices.Clone(events)
+	relabel[app] = bytes.Clone(events[app])
+	binary.LittleEndian.PutUint32(relabel[app][4:8], tcglog.EvEFIAction)
+	removed := slices.Delete(slices.Clone(events), pcr0[0], pcr0[0]+1)
+	reordered := slices.Clone(events)
+	reordered[pcr0[0]], reordered[pcr0[1]] = events[pcr0[1]], events[pcr0[0]]
+	extra := tcglog.New()
+	extra.Measure(0, tcglog.EvPostCode, []byte("extra"))
+	appended := append(slices.Clone(events), splitLog(t, extra.Bytes())[1:]...)
+
+	for name, tc := range map[string]struct {
+		log  []byte
+		want Check
+	}{
+		"relabelled": {join(relabel), CheckBootApp},
+		"removed":    {join(removed), CheckFirmwareLog},
+		"reordered":  {join(reordered), CheckFirmwareLog},
+		"appended":   {join(appended), CheckFirmwareLog},
+		"truncated":  {ev.FirmwareLog[:len(ev.FirmwareLog)-7], CheckFirmwareLog},
+		"empty":      {nil, CheckFirmwareLog},
+		"oversize":   {make([]byte, MaxFirmwareLog+1), CheckEvidence},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := ev
+			e.FirmwareLog = tc.log
+			wantFail(t, Appraise(request(n, e, no)), tc.want)
+		})
+	}
+}
+
+// splitLog splits a crypto-agile SHA-256 log written by tcglog into its
+// records (the Spec ID event first).
+func splitLog(t *testing.T, b []byte) [][]byte {
+	t.Helper()
+	n := 32 + int(binary.LittleEndian.Uint32(b[28:32]))
+	out := [][]byte{b[:n]}
+	for b = b[n:]; len(b) > 0; {
+		size := 4 + 4 + 4 + 2 + 32
+		l := size + 4 + int(binary.LittleEndian.Uint32(b[size:size+4]))
+		out = append(out, b[:l])
+		b = b[l:]
+	}
+	return out
+}
+
+func TestUnloggedExtend(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	if err := devboot.Extend(transport.FromReadWriter(n.Sim), 14, make([]byte, 32)); err != nil {
+		t.Fatal(err)
+	}
+	ev, no := gather(t, n)
+	wantFail(t, Appraise(request(n, ev, no)), CheckUnlogged)
+}
+
+func TestRuntimeLogTampering(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	e := ev
+	e.RuntimeLog = bytes.Replace(ev.RuntimeLog, []byte("start-agent"), []byte("start-AGENT"), 1)
+	wantFail(t, Appraise(request(n, e, no)), CheckRuntimeLog)
+	e.RuntimeLog = nil
+	wantFail(t, Appraise(request(n, e, no)), CheckRuntimeLog)
+}
+
+func TestPolicyViolations(t *testing.T) {
+	changed := devboot.Default()
+	changed.Sections = slices.Clone(changed.Sections)
+	changed.Sections[2] = devboot.Section{Name: ".cmdline", Content: []byte("init=/bin/sh")}
+	noSB := devboot.Default()
+	noSB.SecureBoot = false
+	foreign := devboot.Default()
+	foreign.Signer = devboot.Cert("someone else's db", 9)
+	foreign.DB = foreign.Signer
+	debug := devboot.Default()
+	debug.DebugMode = true
+	pcr12 := devboot.Default()
+	pcr12.Extra = []devboot.Extra{{PCR: 12, Type: tcglog.EvIPL, Data: []byte("init=/bin/sh")}}
+	fw := devboot.Default()
+	fw.Firmware = "another motherboard"
+
+	pinned := func() map[int][]byte {
+		n := boot(t, 1, devboot.Default())
+		ev, no := gather(t, n)
+		r := Appraise(request(n, ev, no))
+		n.Close()
+		return r.FirmwarePCRs
+	}()
+
+	for name, tc := range map[string]struct {
+		cfg  devboot.Config
+		want []Check
+		pin  bool
+	}{
+		"changed command line": {cfg: changed, want: []Check{CheckBootApp, CheckPCR11}},
+		"secure boot off":      {cfg: noSB, want: []Check{CheckSecureBoot}},
+		"foreign signing key":  {cfg: foreign, want: []Check{CheckSecureBoot}},
+		"debug mode":           {cfg: debug, want: []Check{CheckSecureBoot}},
+		"PCR 12 used":          {cfg: pcr12, want: []Check{CheckEmptyPCR}},
+		"firmware changed":     {cfg: fw, want: []Check{CheckFirmwarePins}, pin: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			n := boot(t, 1, tc.cfg)
+			ev, no := gather(t, n)
+			req := request(n, ev, no)
+			if tc.pin {
+				req.PinnedFirmware = pinned
+			}
+			r := Appraise(req)
+			for _, c := range tc.want {
+				wantFail(t, r, c)
+			}
+		})
+	}
+}
+
+func TestNoManifest(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	r := request(n, ev, no)
+	r.Manifests = nil
+	wantFail(t, Appraise(r), CheckManifest)
+	// During a rollout any active manifest may accept.
+	other := devboot.Manifest(devboot.Config{Sections: []devboot.Section{{".linux", []byte("x")}}}, "old")
+	r.Manifests = []*Manifest{other, devboot.Manifest(devboot.Default(), "new")}
+	if res := Appraise(r); res.Err() != nil || res.Manifest != "new" {
+		t.Fatalf("Appraise(two manifests) = %v, manifest %q; want pass with new", res.Err(), res.Manifest)
+	}
+}

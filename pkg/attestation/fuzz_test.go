@@ -1,0 +1,52 @@
+package attestation
+
+import (
+	"crypto/ed25519"
+	"testing"
+	"time"
+
+	"github.com/rigos/rigos/pkg/tcglog"
+)
+
+func FuzzVerifyQuote(f *testing.F) {
+	f.Add([]byte{0xff, 'T', 'C', 'G', 0x80, 0x18}, []byte{0, 0x14, 0, 0x0b}, []byte{0, 1})
+	f.Fuzz(func(t *testing.T, quote, sig, akPub []byte) {
+		_, _ = VerifyQuote(akPub, quote, sig, map[int][]byte{0: make([]byte, 32)}, []byte("nonce"), []int{0})
+	})
+}
+
+func FuzzAppraiseLogs(f *testing.F) {
+	l := tcglog.New()
+	l.Measure(4, tcglog.EvSeparator, []byte{0, 0, 0, 0})
+	f.Add(l.Bytes(), []byte{})
+	f.Fuzz(func(t *testing.T, fw, rt []byte) {
+		q := map[int][]byte{4: l.PCR(4), 15: make([]byte, 32), 0: make([]byte, 32)}
+		events, logged, err := replayFirmware(fw, q)
+		if err == nil {
+			_ = checkUnlogged(q, logged)
+			_ = checkManifest(devManifest(), events, q, nil)
+		}
+		_, _ = replayRuntime(rt, q)
+	})
+}
+
+func FuzzParseManifest(f *testing.F) {
+	pub, key, _ := ed25519.GenerateKey(nil)
+	b, _ := SignManifest(devManifest(), key)
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseManifest(b, []ed25519.PublicKey{pub})
+		if err == nil && m.Validate() != nil {
+			t.Fatal("ParseManifest accepted an invalid manifest")
+		}
+	})
+}
+
+func FuzzVerifyToken(f *testing.F) {
+	pub, key, _ := ed25519.GenerateKey(nil)
+	tok, _ := SignToken(Claims{Subject: "n", Expires: 1 << 40}, key)
+	f.Add(tok)
+	f.Fuzz(func(t *testing.T, s string) {
+		_, _ = VerifyToken(s, pub, time.Unix(0, 0))
+	})
+}

@@ -1,0 +1,176 @@
+package attestation
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ManifestVersion is the manifest format this verifier understands.
+const ManifestVersion = 1
+
+// MaxManifestSize bounds a signed manifest file.
+const MaxManifestSize = 1 << 20
+
+// Manifest names what one RigOS build may measure. The imager writes and
+// signs one for every build; the verifier accepts evidence that any
+// active manifest accepts.
+type Manifest struct {
+	Version int       `json:"version"`
+	Build   string    `json:"build"` // build identifier shown in verdicts
+	Created time.Time `json:"created"`
+	// BootApplications are the acceptable Authenticode digests of
+	// EV_EFI_BOOT_SERVICES_APPLICATION events in PCR 4 (the UKI, and the
+	// kernel if the stub loads it as an image). Hex SHA-256.
+	BootApplications []string `json:"boot_applications"`
+	// PCR11 are the acceptable PCR 11 values (the stub's measurements of
+	// the UKI sections). Hex SHA-256.
+	PCR11 []string `json:"pcr11"`
+	// SecureBoot requirements checked against PCR 7.
+	SecureBoot SecureBootPolicy `json:"secure_boot"`
+	// EmptyPCRs must be all zeros (PCR 12: command line overrides, PCR 13:
+	// system extensions). Default is [12, 13].
+	EmptyPCRs []int `json:"empty_pcrs,omitempty"`
+	// Phases, when set, is the exact sequence of boot-phase markers the
+	// runtime log must start with.
+	Phases []string `json:"phases,omitempty"`
+}
+
+// SecureBootPolicy is the PCR 7 part of a manifest.
+type SecureBootPolicy struct {
+	// Required demands SecureBoot=1 and a db authority from DBCerts.
+	Required bool `json:"required"`
+	// DBCerts are hex SHA-256 fingerprints of the DER db certificates
+	// allowed to have verified the UKI.
+	DBCerts []string `json:"db_certs"`
+}
+
+// Validate reports every problem in m.
+func (m *Manifest) Validate() error {
+	var errs []error
+	if m.Version != ManifestVersion {
+		errs = append(errs, fmt.Errorf("version %d, want %d", m.Version, ManifestVersion))
+	}
+	if m.Build == "" {
+		errs = append(errs, errors.New("build is empty"))
+	}
+	if len(m.BootApplications) == 0 {
+		errs = append(errs, errors.New("boot_applications is empty"))
+	}
+	if len(m.PCR11) == 0 {
+		errs = append(errs, errors.New("pcr11 is empty"))
+	}
+	check := func(field string, list []string) {
+		for _, h := range list {
+			if b, err := hex.DecodeString(h); err != nil || len(b) != sha256.Size {
+				errs = append(errs, fmt.Errorf("%s: %q is not a hex SHA-256 digest", field, h))
+			}
+		}
+	}
+	check("boot_applications", m.BootApplications)
+	check("pcr11", m.PCR11)
+	check("secure_boot.db_certs", m.SecureBoot.DBCerts)
+	if m.SecureBoot.Required && len(m.SecureBoot.DBCerts) == 0 {
+		errs = append(errs, errors.New("secure_boot.required without db_certs"))
+	}
+	for _, p := range m.EmptyPCRs {
+		if p < 0 || p > 23 {
+			errs = append(errs, fmt.Errorf("empty_pcrs: %d is not a PCR", p))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (m *Manifest) emptyPCRs() []int {
+	if m.EmptyPCRs == nil {
+		return []int{12, 13}
+	}
+	return m.EmptyPCRs
+}
+
+// signedManifest is the file format: the manifest's exact JSON bytes and
+// an Ed25519 signature over them.
+type signedManifest struct {
+	Payload   []byte `json:"payload"`
+	KeyID     string `json:"key_id"`
+	Signature []byte `json:"signature"`
+}
+
+// KeyID names a manifest signing key: the first 8 bytes of SHA-256 of
+// the public key, in hex.
+func KeyID(pub ed25519.PublicKey) string {
+	s := sha256.Sum256(pub)
+	return hex.EncodeToString(s[:8])
+}
+
+// SignManifest validates m and returns the signed file contents.
+func SignManifest(m *Manifest, key ed25519.PrivateKey) ([]byte, error) {
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid manifest: %w", err)
+	}
+	payload, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	pub := key.Public().(ed25519.PublicKey)
+	out, err := json.MarshalIndent(signedManifest{
+		Payload: payload, KeyID: KeyID(pub), Signature: ed25519.Sign(key, payload),
+	}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(out, '\n'), nil
+}
+
+// ErrManifestSignature is wrapped when no trusted key signed a manifest.
+var ErrManifestSignature = errors.New("manifest signature does not verify with a trusted key")
+
+// ParseManifest verifies a signed manifest against the trusted keys and
+// decodes it strictly (unknown fields are errors).
+func ParseManifest(b []byte, keys []ed25519.PublicKey) (*Manifest, error) {
+	if len(b) > MaxManifestSize {
+		return nil, fmt.Errorf("manifest of %d bytes exceeds %d", len(b), MaxManifestSize)
+	}
+	var sm signedManifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&sm); err != nil {
+		return nil, fmt.Errorf("decoding signed manifest: %w", err)
+	}
+	ok := false
+	for _, k := range keys {
+		if KeyID(k) == sm.KeyID && ed25519.Verify(k, sm.Payload, sm.Signature) {
+			ok = true
+			break
+		}
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w (key id %q)", ErrManifestSignature, sm.KeyID)
+	}
+	var m Manifest
+	dec = json.NewDecoder(bytes.NewReader(sm.Payload))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("decoding manifest: %w", err)
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid manifest: %w", err)
+	}
+	for _, l := range [][]string{m.BootApplications, m.PCR11, m.SecureBoot.DBCerts} {
+		for i := range l {
+			l[i] = strings.ToLower(l[i])
+		}
+	}
+	return &m, nil
+}
+
+func containsHex(list []string, b []byte) bool {
+	return slices.Contains(list, hex.EncodeToString(b))
+}
