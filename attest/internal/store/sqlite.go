@@ -1,0 +1,254 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/rigos/rigos/pkg/attestation"
+)
+
+// SQLite is a Store in one SQLite database file (WAL mode, synchronous
+// FULL: an acknowledged write survives a crash).
+type SQLite struct {
+	db *sql.DB
+}
+
+var _ Store = (*SQLite)(nil)
+
+const schema = `
+CREATE TABLE IF NOT EXISTS nodes (
+	id TEXT PRIMARY KEY,
+	ek_fingerprint TEXT NOT NULL UNIQUE,
+	ek_public BLOB NOT NULL,
+	ak_public BLOB NOT NULL,
+	class TEXT NOT NULL,
+	state TEXT NOT NULL,
+	reason TEXT NOT NULL DEFAULT '',
+	trusted_until INTEGER NOT NULL DEFAULT 0,
+	enrolled INTEGER NOT NULL,
+	last_verdict INTEGER NOT NULL DEFAULT 0,
+	appraisals INTEGER NOT NULL DEFAULT 0,
+	firmware_pcrs TEXT,
+	repin_firmware INTEGER NOT NULL DEFAULT 0,
+	revoked INTEGER NOT NULL DEFAULT 0,
+	last_clock TEXT
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+	seq INTEGER PRIMARY KEY AUTOINCREMENT,
+	node TEXT NOT NULL REFERENCES nodes(id),
+	time INTEGER NOT NULL,
+	state TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	manifest TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_node ON verdicts(node, seq);
+`
+
+// OpenSQLite opens (creating if needed) the database at path.
+func OpenSQLite(path string) (*SQLite, error) {
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	// One writer at a time is SQLite's model; a single connection keeps
+	// transactions simple and is fast enough (see the load benchmark).
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
+	}
+	return &SQLite{db: db}, nil
+}
+
+// Close closes the database.
+func (s *SQLite) Close() error { return s.db.Close() }
+
+const nodeCols = `id, ek_fingerprint, ek_public, ak_public, class, state, reason, trusted_until, enrolled,
+	last_verdict, appraisals, firmware_pcrs, repin_firmware, revoked, last_clock`
+
+func ms(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMS(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(v)
+}
+
+func nullJSON(v any, isNil bool) (sql.NullString, error) {
+	if isNil {
+		return sql.NullString{}, nil
+	}
+	b, err := json.Marshal(v)
+	return sql.NullString{String: string(b), Valid: true}, err
+}
+
+func nodeArgs(n *Node) ([]any, error) {
+	fw, err := nullJSON(n.FirmwarePCRs, n.FirmwarePCRs == nil)
+	if err != nil {
+		return nil, err
+	}
+	clk, err := nullJSON(n.LastClock, n.LastClock == nil)
+	if err != nil {
+		return nil, err
+	}
+	return []any{n.ID, n.EKFingerprint, n.EKPublic, n.AKPublic, string(n.Class), n.State, n.Reason,
+		ms(n.TrustedUntil), ms(n.Enrolled), ms(n.LastVerdict), int64(n.Appraisals), fw,
+		n.RepinFirmware, n.Revoked, clk}, nil
+}
+
+// CreateNode implements Store.
+func (s *SQLite) CreateNode(ctx context.Context, n *Node) error {
+	args, err := nodeArgs(n)
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
+		return fmt.Errorf("node %s: %w", n.ID, ErrConflict)
+	}
+	return err
+}
+
+type scanner interface{ Scan(...any) error }
+
+func scanNode(r scanner) (*Node, error) {
+	var n Node
+	var class string
+	var tu, en, lv, appr int64
+	var fw, clk sql.NullString
+	if err := r.Scan(&n.ID, &n.EKFingerprint, &n.EKPublic, &n.AKPublic, &class, &n.State, &n.Reason,
+		&tu, &en, &lv, &appr, &fw, &n.RepinFirmware, &n.Revoked, &clk); err != nil {
+		return nil, err
+	}
+	n.Class, n.TrustedUntil, n.Enrolled, n.LastVerdict = attestation.TrustClass(class), fromMS(tu), fromMS(en), fromMS(lv)
+	n.Appraisals = uint64(appr)
+	if fw.Valid {
+		if err := json.Unmarshal([]byte(fw.String), &n.FirmwarePCRs); err != nil {
+			return nil, fmt.Errorf("decoding firmware PCRs of %s: %w", n.ID, err)
+		}
+	}
+	if clk.Valid {
+		n.LastClock = new(attestation.Clock)
+		if err := json.Unmarshal([]byte(clk.String), n.LastClock); err != nil {
+			return nil, fmt.Errorf("decoding clock of %s: %w", n.ID, err)
+		}
+	}
+	return &n, nil
+}
+
+func (s *SQLite) getBy(ctx context.Context, col, v string) (*Node, error) {
+	n, err := scanNode(s.db.QueryRowContext(ctx, `SELECT `+nodeCols+` FROM nodes WHERE `+col+` = ?`, v))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("node %s=%s: %w", col, v, ErrNotFound)
+	}
+	return n, err
+}
+
+// GetNode implements Store.
+func (s *SQLite) GetNode(ctx context.Context, id string) (*Node, error) {
+	return s.getBy(ctx, "id", id)
+}
+
+// NodeByEK implements Store.
+func (s *SQLite) NodeByEK(ctx context.Context, fp string) (*Node, error) {
+	return s.getBy(ctx, "ek_fingerprint", fp)
+}
+
+// SaveVerdict implements Store.
+func (s *SQLite) SaveVerdict(ctx context.Context, n *Node, v Verdict) error {
+	args, err := nodeArgs(n)
+	if err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	res, err := tx.ExecContext(ctx, `UPDATE nodes SET ek_fingerprint=?2, ek_public=?3, ak_public=?4, class=?5, state=?6,
+		reason=?7, trusted_until=?8, enrolled=?9, last_verdict=?10, appraisals=?11, firmware_pcrs=?12,
+		repin_firmware=?13, revoked=?14, last_clock=?15 WHERE id=?1`, args...)
+	if err != nil {
+		return fmt.Errorf("updating node %s: %w", n.ID, err)
+	}
+	if c, _ := res.RowsAffected(); c != 1 {
+		return fmt.Errorf("node %s: %w", n.ID, ErrNotFound)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO verdicts (node, time, state, reason, manifest) VALUES (?,?,?,?,?)`,
+		v.Node, ms(v.Time), v.State, v.Reason, v.Manifest); err != nil {
+		return fmt.Errorf("recording verdict for %s: %w", n.ID, err)
+	}
+	return tx.Commit()
+}
+
+// ListNodes implements Store.
+func (s *SQLite) ListNodes(ctx context.Context) ([]*Node, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+nodeCols+` FROM nodes ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Node
+	for rows.Next() {
+		n, err := scanNode(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// History implements Store.
+func (s *SQLite) History(ctx context.Context, id string, limit int) ([]Verdict, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT node, time, state, reason, manifest FROM verdicts
+		WHERE node = ? ORDER BY seq DESC LIMIT ?`, id, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Verdict
+	for rows.Next() {
+		var v Verdict
+		var t int64
+		if err := rows.Scan(&v.Node, &t, &v.State, &v.Reason, &v.Manifest); err != nil {
+			return nil, err
+		}
+		v.Time = fromMS(t)
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// DemoteAll implements Store.
+func (s *SQLite) DemoteAll(ctx context.Context, from, to, reason string, now time.Time) (int, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO verdicts (node, time, state, reason, manifest)
+		SELECT id, ?, ?, ?, '' FROM nodes WHERE state = ?`, ms(now), to, reason, from); err != nil {
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE nodes SET state = ?, reason = ?, trusted_until = 0 WHERE state = ?`, to, reason, from)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := res.RowsAffected()
+	return int(n), tx.Commit()
+}

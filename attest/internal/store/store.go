@@ -1,0 +1,71 @@
+// Package store keeps the verifier's durable state: enrolled nodes with
+// their pinned keys and trust state, and every verdict. Store is the
+// interface; SQLite (embedded, pure Go) is the default implementation and
+// a PostgreSQL one can sit behind the same interface.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rigos/rigos/pkg/attestation"
+)
+
+// Errors callers branch on.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrConflict = errors.New("already exists")
+)
+
+// Node is one enrolled rig.
+type Node struct {
+	ID            string
+	EKFingerprint string
+	EKPublic      []byte // PKIX DER
+	AKPublic      []byte // TPMT_PUBLIC, pinned at activation
+	Class         attestation.TrustClass
+	State         string // "enrolling", "trusted", "suspect", "untrusted"
+	Reason        string
+	TrustedUntil  time.Time
+	Enrolled      time.Time
+	LastVerdict   time.Time
+	Appraisals    uint64
+	// FirmwarePCRs are pinned at the first pass; nil until then.
+	FirmwarePCRs map[int][]byte
+	// RepinFirmware is set by an operator to accept changed firmware.
+	RepinFirmware bool
+	// Revoked holds the node untrusted until an operator re-admits it.
+	Revoked   bool
+	LastClock *attestation.Clock
+}
+
+// Verdict is one appraisal outcome or state change.
+type Verdict struct {
+	Node     string
+	Time     time.Time
+	State    string
+	Reason   string
+	Manifest string
+}
+
+// Store is the verifier's persistence. Implementations must make a
+// successful write durable before returning.
+type Store interface {
+	// CreateNode adds a node; ErrConflict if the ID or EK is taken.
+	CreateNode(ctx context.Context, n *Node) error
+	// GetNode returns a node by ID or ErrNotFound.
+	GetNode(ctx context.Context, id string) (*Node, error)
+	// NodeByEK returns the node holding an EK or ErrNotFound.
+	NodeByEK(ctx context.Context, fingerprint string) (*Node, error)
+	// SaveVerdict updates a node and appends its verdict atomically.
+	SaveVerdict(ctx context.Context, n *Node, v Verdict) error
+	// ListNodes returns all nodes ordered by ID.
+	ListNodes(ctx context.Context) ([]*Node, error)
+	// History returns a node's latest verdicts, newest first.
+	History(ctx context.Context, id string, limit int) ([]Verdict, error)
+	// DemoteAll moves every node in state from to state to with reason,
+	// recording a verdict for each; it returns how many moved.
+	DemoteAll(ctx context.Context, from, to, reason string, now time.Time) (int, error)
+	Close() error
+}

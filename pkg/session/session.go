@@ -1,0 +1,137 @@
+// Package session is the agent's side of the RigOS session: it dials the
+// verifier, enrols the node (proving its AK with credential activation)
+// and answers challenges with evidence from the TPM, for as long as the
+// stream stays open.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation"
+)
+
+// TPM is what a session needs from the node's TPM. collect.Attestor is
+// the real one.
+type TPM interface {
+	EKPublic() ([]byte, error)
+	EKCertificate() []byte
+	AKParams() attestation.AKParams
+	Activate(attestation.Credential) ([]byte, error)
+	Collect(nonce []byte, pcrs []int, runtimeLog func() ([]byte, error)) (attestation.Evidence, error)
+}
+
+// Node describes the rig for one session.
+type Node struct {
+	ID         string
+	Version    string
+	TPM        TPM
+	RuntimeLog func() ([]byte, error)
+	Logger     *slog.Logger
+	// OnVerdict, if set, is called with every verdict.
+	OnVerdict func(*apiv1.Verdict)
+	// OnChallenge, if set, may replace or drop evidence (tests only
+	// simulate misbehaving agents with it); return nil to not answer.
+	OnChallenge func(*apiv1.Challenge, *apiv1.Evidence) *apiv1.Evidence
+}
+
+// ErrRefused is wrapped when the verifier refuses the node.
+var ErrRefused = errors.New("verifier refused the node")
+
+// Run holds one session on client until it ends. It returns nil when the
+// verifier closes the stream cleanly.
+func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
+	log := n.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ek, err := n.TPM.EKPublic()
+	if err != nil {
+		return err
+	}
+	stream, err := client.Session(ctx)
+	if err != nil {
+		return fmt.Errorf("opening session: %w", err)
+	}
+	defer stream.CloseSend()
+	ak := n.TPM.AKParams()
+	if err := stream.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
+		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
+		Ak: &apiv1.AKParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature},
+	}}}); err != nil {
+		return fmt.Errorf("sending hello: %w", err)
+	}
+	for {
+		m, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("receiving: %w", err)
+		}
+		switch msg := m.Msg.(type) {
+		case *apiv1.VerifierMessage_Refusal:
+			return fmt.Errorf("%w: %s", ErrRefused, msg.Refusal.GetReason())
+		case *apiv1.VerifierMessage_Activation:
+			secret, err := n.TPM.Activate(attestation.Credential{Blob: msg.Activation.GetCredential(), Secret: msg.Activation.GetSecret()})
+			if err != nil {
+				log.Error("credential activation failed", "err", err)
+				secret = nil // the verifier names the failure
+			}
+			if err := stream.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Activation{Activation: &apiv1.ActivationProof{Secret: secret}}}); err != nil {
+				return err
+			}
+		case *apiv1.VerifierMessage_Enrolled:
+			log.Info("enrolled", "node", msg.Enrolled.GetNodeId(), "class", msg.Enrolled.GetTrustClass())
+		case *apiv1.VerifierMessage_Challenge:
+			ev, err := answer(n, msg.Challenge)
+			if err != nil {
+				log.Error("collecting evidence", "challenge", msg.Challenge.GetId(), "err", err)
+				continue // the verifier sees a missed deadline
+			}
+			if n.OnChallenge != nil {
+				if ev = n.OnChallenge(msg.Challenge, ev); ev == nil {
+					continue
+				}
+			}
+			if err := stream.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Evidence{Evidence: ev}}); err != nil {
+				return err
+			}
+		case *apiv1.VerifierMessage_Verdict:
+			log.Info("verdict", "challenge", msg.Verdict.GetChallengeId(), "state", msg.Verdict.GetState(), "reason", msg.Verdict.GetReason())
+			if n.OnVerdict != nil {
+				n.OnVerdict(msg.Verdict)
+			}
+		}
+	}
+}
+
+func answer(n Node, c *apiv1.Challenge) (*apiv1.Evidence, error) {
+	pcrs := make([]int, len(c.GetPcrs()))
+	for i, p := range c.GetPcrs() {
+		if p > 23 {
+			return nil, fmt.Errorf("challenge asks for PCR %d", p)
+		}
+		pcrs[i] = int(p)
+	}
+	rt := n.RuntimeLog
+	if rt == nil {
+		rt = func() ([]byte, error) { return nil, nil }
+	}
+	ev, err := n.TPM.Collect(c.GetNonce(), pcrs, rt)
+	if err != nil {
+		return nil, err
+	}
+	out := &apiv1.Evidence{
+		ChallengeId: c.GetId(), Quote: ev.Quote, Signature: ev.Signature,
+		FirmwareEventLog: ev.FirmwareLog, RuntimeEventLog: ev.RuntimeLog,
+	}
+	for _, p := range pcrs {
+		out.Pcrs = append(out.Pcrs, &apiv1.PCRValue{Index: uint32(p), Digest: ev.PCRs[p]})
+	}
+	return out, nil
+}
