@@ -1,0 +1,116 @@
+// Package config is the agent's file configuration. On a RigOS image it
+// is baked into the initramfs by the imager.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+
+	"github.com/rigos/rigos/pkg/config"
+)
+
+// Config is the agent configuration file (JSON). Relative paths are
+// relative to the file's folder.
+type Config struct {
+	// NodeID identifies the rig to the platform. Required.
+	NodeID string `json:"node_id"`
+	// Verifier is the verifier's host:port. Required.
+	Verifier string `json:"verifier"`
+	// CACert is the CA (PEM) that signed the verifier's certificate.
+	// Required.
+	CACert string `json:"ca_cert"`
+	// ServerName overrides the TLS name checked. Default is the host of
+	// Verifier.
+	ServerName string `json:"server_name"`
+	// TPM is "device" or "simulator" (development only: a simulated
+	// measured boot on the go-tpm-tools simulator, needs a cgo build).
+	// Default is "device".
+	TPM string `json:"tpm"`
+	// TPMPaths are the devices tried in order. Default is /dev/tpmrm0,
+	// /dev/tpm0.
+	TPMPaths []string `json:"tpm_paths"`
+	// SimulatorSeed fixes the simulator's EK. Default is 0.
+	SimulatorSeed int64 `json:"simulator_seed"`
+	// StateDir keeps the TPM-wrapped AK. Default is /var/lib/rigos-agent.
+	StateDir string `json:"state_dir"`
+	// RuntimeLog is the runtime event log init and the agent append to.
+	// Default is /run/rigos/runtime.cel.
+	RuntimeLog string `json:"runtime_log"`
+	// ReconnectMin and ReconnectMax bound the reconnect backoff.
+	// Defaults are "1s" and "1m".
+	ReconnectMin config.Duration `json:"reconnect_min"`
+	ReconnectMax config.Duration `json:"reconnect_max"`
+	// LogLevel is debug, info, warn or error. Default is "info".
+	LogLevel string `json:"log_level"`
+}
+
+// Load reads path, applies defaults and validates.
+func Load(path string) (*Config, error) {
+	var c Config
+	if err := config.Load(path, &c); err != nil {
+		return nil, err
+	}
+	dir := filepath.Dir(path)
+	c.CACert, c.StateDir, c.RuntimeLog = config.Resolve(dir, c.CACert), config.Resolve(dir, c.StateDir), config.Resolve(dir, c.RuntimeLog)
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+// Defaults fills in unset fields.
+func (c *Config) Defaults() {
+	if c.TPM == "" {
+		c.TPM = "device"
+	}
+	if c.StateDir == "" {
+		c.StateDir = "/var/lib/rigos-agent"
+	}
+	if c.RuntimeLog == "" {
+		c.RuntimeLog = "/run/rigos/runtime.cel"
+	}
+	if c.ReconnectMin == 0 {
+		c.ReconnectMin = config.Duration(time.Second)
+	}
+	if c.ReconnectMax == 0 {
+		c.ReconnectMax = config.Duration(time.Minute)
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+	if c.ServerName == "" {
+		if h, _, err := net.SplitHostPort(c.Verifier); err == nil {
+			c.ServerName = h
+		}
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("node_id is required"))
+	}
+	if _, _, err := net.SplitHostPort(c.Verifier); err != nil {
+		errs = append(errs, fmt.Errorf("verifier %q: want host:port", c.Verifier))
+	}
+	if c.CACert == "" {
+		errs = append(errs, errors.New("ca_cert is required"))
+	}
+	if c.TPM != "device" && c.TPM != "simulator" {
+		errs = append(errs, fmt.Errorf("tpm %q: want device or simulator", c.TPM))
+	}
+	if c.ReconnectMin > c.ReconnectMax {
+		errs = append(errs, errors.New("reconnect_min exceeds reconnect_max"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,125 @@
+// Package daemon runs the agent: it opens the TPM, keeps the AK, and
+// holds a session with the verifier, reconnecting with backoff.
+package daemon
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/rigos/rigos/agent/internal/config"
+	"github.com/rigos/rigos/internal/simnode"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation/collect"
+	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/session"
+	"github.com/rigos/rigos/pkg/tpm"
+)
+
+// Version is the agent version reported to the verifier.
+var Version = "dev"
+
+// Run runs the agent until ctx ends.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return err
+	}
+	att, runtimeLog, closeTPM, err := openTPM(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeTPM()
+
+	ca, err := os.ReadFile(cfg.CACert)
+	if err != nil {
+		return fmt.Errorf("reading CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return fmt.Errorf("%s: no PEM certificate", cfg.CACert)
+	}
+	conn, err := grpc.NewClient(cfg.Verifier,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13})),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := apiv1.NewAttestationClient(conn)
+
+	backoff := cfg.ReconnectMin.D()
+	for {
+		start := time.Now()
+		err := session.Run(ctx, client, session.Node{ID: cfg.NodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log})
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > time.Minute {
+			backoff = cfg.ReconnectMin.D()
+		}
+		log.Warn("session ended; reconnecting", "err", err, "in", backoff)
+		// Jitter spreads reconnects of many rigs after a verifier restart.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, cfg.ReconnectMax.D())
+	}
+}
+
+func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte, error), func(), error) {
+	if cfg.TPM == "simulator" {
+		log.Warn("using the TPM simulator: development only, never trusted as hardware")
+		n, err := simnode.Start(cfg.SimulatorSeed, devboot.Default(), filepath.Dir(cfg.RuntimeLog))
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return n.Att, n.ReadRuntimeLog, func() { n.Close() }, nil
+	}
+	dev, err := tpm.Open(cfg.TPMPaths...)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	blobPath := filepath.Join(cfg.StateDir, "ak.blob")
+	blob, err := os.ReadFile(blobPath)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		dev.Close()
+		return nil, nil, nil, err
+	}
+	att, err := collect.Open(dev, blob)
+	if err != nil && len(blob) > 0 {
+		log.Warn("stored AK unusable; creating a new one", "err", err)
+		att, err = collect.Open(dev, nil)
+	}
+	if err != nil {
+		dev.Close()
+		return nil, nil, nil, err
+	}
+	if b, err := att.AKBlob(); err == nil {
+		if err := os.WriteFile(blobPath, b, 0o600); err != nil {
+			log.Warn("cannot keep the AK; it will be re-activated after a restart", "err", err)
+		}
+	}
+	runtimeLog := func() ([]byte, error) {
+		b, err := os.ReadFile(cfg.RuntimeLog)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return b, err
+	}
+	return att, runtimeLog, func() { att.Close() }, nil
+}

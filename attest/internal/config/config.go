@@ -1,0 +1,146 @@
+// Package config is the verifier's file configuration.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/rigos/rigos/pkg/config"
+)
+
+// SpotCheck controls the random attestation rounds.
+type SpotCheck struct {
+	// Mean time between rounds (exponential). Default is "5m".
+	Mean config.Duration `json:"mean"`
+	// Min and Max clamp each interval. Defaults are "30s" and "20m".
+	Min config.Duration `json:"min"`
+	Max config.Duration `json:"max"`
+	// Deadline is the time a node has to answer. Default is "10s".
+	Deadline config.Duration `json:"deadline"`
+}
+
+// Config is the attest configuration file (JSON). Relative paths are
+// relative to the file's folder.
+type Config struct {
+	// Listen is the address agents dial (TLS). Default is ":7443".
+	Listen string `json:"listen"`
+	// AdminSocket is the Unix socket of the admin API. Default is
+	// "/run/rigos-attest/admin.sock".
+	AdminSocket string `json:"admin_socket"`
+	// TLSCert and TLSKey are the server certificate and key (PEM).
+	// Required.
+	TLSCert string `json:"tls_cert"`
+	TLSKey  string `json:"tls_key"`
+	// Database is the SQLite file. Default is
+	// "/var/lib/rigos-attest/attest.db".
+	Database string `json:"database"`
+	// SigningKey is the Ed25519 key (PKCS#8 PEM) that signs attestation
+	// results. Required.
+	SigningKey string `json:"signing_key"`
+	// ManifestDir holds signed reference manifests (*.json). Required.
+	ManifestDir string `json:"manifest_dir"`
+	// ManifestKeys are the Ed25519 public keys (PEM) trusted to sign
+	// manifests. Required.
+	ManifestKeys []string `json:"manifest_keys"`
+	// EKRoots and EKIntermediates are the TPM manufacturers' CA
+	// certificates (PEM). EKs that chain to them are hardware-class.
+	// Default is none: every node is dev-class.
+	EKRoots         []string `json:"ek_roots"`
+	EKIntermediates []string `json:"ek_intermediates"`
+	// AllowDev lets dev-class TPMs (software TPMs, uncertified EKs) be
+	// trusted. Default is false.
+	AllowDev bool `json:"allow_dev"`
+	// PCRs to quote. Default is 0-9 and 11-15.
+	PCRs []int `json:"pcrs"`
+	// SpotCheck controls the random rounds.
+	SpotCheck SpotCheck `json:"spot_check"`
+	// HandshakeTimeout bounds each enrolment step. Default is "30s".
+	HandshakeTimeout config.Duration `json:"handshake_timeout"`
+	// LogLevel is debug, info, warn or error. Default is "info".
+	LogLevel string `json:"log_level"`
+}
+
+// Load reads path, applies defaults and validates.
+func Load(path string) (*Config, error) {
+	var c Config
+	if err := config.Load(path, &c); err != nil {
+		return nil, err
+	}
+	c.resolve(filepath.Dir(path))
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) resolve(dir string) {
+	for _, p := range []*string{&c.TLSCert, &c.TLSKey, &c.Database, &c.SigningKey, &c.ManifestDir, &c.AdminSocket} {
+		*p = config.Resolve(dir, *p)
+	}
+	for _, l := range [][]string{c.ManifestKeys, c.EKRoots, c.EKIntermediates} {
+		for i := range l {
+			l[i] = config.Resolve(dir, l[i])
+		}
+	}
+}
+
+// Defaults fills in unset fields.
+func (c *Config) Defaults() {
+	set := func(p *string, v string) {
+		if *p == "" {
+			*p = v
+		}
+	}
+	setD := func(p *config.Duration, v time.Duration) {
+		if *p == 0 {
+			*p = config.Duration(v)
+		}
+	}
+	set(&c.Listen, ":7443")
+	set(&c.AdminSocket, "/run/rigos-attest/admin.sock")
+	set(&c.Database, "/var/lib/rigos-attest/attest.db")
+	set(&c.LogLevel, "info")
+	setD(&c.SpotCheck.Mean, 5*time.Minute)
+	setD(&c.SpotCheck.Min, 30*time.Second)
+	setD(&c.SpotCheck.Max, 20*time.Minute)
+	setD(&c.SpotCheck.Deadline, 10*time.Second)
+	setD(&c.HandshakeTimeout, 30*time.Second)
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	req := func(name, v string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is required", name))
+		}
+	}
+	req("tls_cert", c.TLSCert)
+	req("tls_key", c.TLSKey)
+	req("signing_key", c.SigningKey)
+	req("manifest_dir", c.ManifestDir)
+	if len(c.ManifestKeys) == 0 {
+		errs = append(errs, errors.New("manifest_keys needs at least one key"))
+	}
+	for _, p := range c.PCRs {
+		if p < 0 || p > 23 {
+			errs = append(errs, fmt.Errorf("pcrs: %d is not a PCR", p))
+		}
+	}
+	s := c.SpotCheck
+	if s.Min > s.Max {
+		errs = append(errs, fmt.Errorf("spot_check: min %s exceeds max %s", s.Min.D(), s.Max.D()))
+	}
+	if s.Mean <= 0 || s.Deadline <= 0 {
+		errs = append(errs, errors.New("spot_check: mean and deadline must be positive"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

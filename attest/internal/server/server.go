@@ -1,0 +1,200 @@
+// Package server runs the verifier daemon: the TLS gRPC endpoint agents
+// dial, the admin API on a Unix socket, and the manifest directory.
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/rigos/rigos/attest/internal/config"
+	"github.com/rigos/rigos/attest/internal/pki"
+	"github.com/rigos/rigos/attest/internal/store"
+	"github.com/rigos/rigos/attest/internal/verifier"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation"
+)
+
+// MaxMessage bounds one message from an agent (evidence with logs).
+const MaxMessage = 4 << 20
+
+// Manifests holds the active manifests, reloadable.
+type Manifests struct {
+	dir  string
+	keys []ed25519.PublicKey
+	log  *slog.Logger
+	cur  atomic.Pointer[[]*attestation.Manifest]
+}
+
+// Reload reads every *.json in the directory. A manifest that does not
+// verify is reported and skipped; the others stay active.
+func (m *Manifests) Reload() (int, error) {
+	paths, err := filepath.Glob(filepath.Join(m.dir, "*.json"))
+	if err != nil {
+		return 0, err
+	}
+	sort.Strings(paths)
+	var out []*attestation.Manifest
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err == nil {
+			var man *attestation.Manifest
+			if man, err = attestation.ParseManifest(b, m.keys); err == nil {
+				out = append(out, man)
+				m.log.Info("manifest active", "file", p, "build", man.Build)
+				continue
+			}
+		}
+		m.log.Error("manifest rejected", "file", p, "err", err)
+	}
+	m.cur.Store(&out)
+	return len(out), nil
+}
+
+// Active returns the active manifests.
+func (m *Manifests) Active() []*attestation.Manifest {
+	if p := m.cur.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Daemon is a configured, listening verifier.
+type Daemon struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	db        store.Store
+	v         *verifier.Verifier
+	Manifests *Manifests
+	agents    *grpc.Server
+	admin     *grpc.Server
+	agentLis  net.Listener
+	adminLis  net.Listener
+}
+
+// New opens the store, loads keys and manifests and starts listening.
+func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, error) {
+	signing, err := pki.ReadEd25519Private(cfg.SigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	var mkeys []ed25519.PublicKey
+	for _, p := range cfg.ManifestKeys {
+		k, err := pki.ReadEd25519Public(p)
+		if err != nil {
+			return nil, fmt.Errorf("manifest key: %w", err)
+		}
+		mkeys = append(mkeys, k)
+	}
+	roots, err := pki.CertPool(cfg.EKRoots)
+	if err != nil {
+		return nil, fmt.Errorf("ek_roots: %w", err)
+	}
+	inter, err := pki.CertPool(cfg.EKIntermediates)
+	if err != nil {
+		return nil, fmt.Errorf("ek_intermediates: %w", err)
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
+	ms := &Manifests{dir: cfg.ManifestDir, keys: mkeys, log: log}
+	n, err := ms.Reload()
+	if err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		log.Warn("no valid manifest: every appraisal will fail until one is added", "dir", cfg.ManifestDir)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Database), 0o700); err != nil {
+		return nil, err
+	}
+	db, err := store.OpenSQLite(cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	v, err := verifier.New(ctx, verifier.Options{
+		Store: db, Manifests: ms.Active, SigningKey: signing, Roots: roots, Intermediates: inter, Logger: log,
+		Policy: verifier.Policy{
+			PCRs: cfg.PCRs, MeanInterval: cfg.SpotCheck.Mean.D(), MinInterval: cfg.SpotCheck.Min.D(),
+			MaxInterval: cfg.SpotCheck.Max.D(), Deadline: cfg.SpotCheck.Deadline.D(),
+			HandshakeTimeout: cfg.HandshakeTimeout.D(), AllowDev: cfg.AllowDev,
+		},
+	})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: log, db: db, v: v, Manifests: ms}
+	d.agents = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})),
+		grpc.MaxRecvMsgSize(MaxMessage),
+		// Agents sit behind NAT: let them ping to keep the stream open.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
+	)
+	apiv1.RegisterAttestationServer(d.agents, v)
+	d.admin = grpc.NewServer()
+	apiv1.RegisterAdminServer(d.admin, v)
+	if d.agentLis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.AdminSocket), 0o700); err != nil {
+		d.agentLis.Close()
+		db.Close()
+		return nil, err
+	}
+	_ = os.Remove(cfg.AdminSocket)
+	if d.adminLis, err = net.Listen("unix", cfg.AdminSocket); err != nil {
+		d.agentLis.Close()
+		db.Close()
+		return nil, err
+	}
+	_ = os.Chmod(cfg.AdminSocket, 0o600)
+	return d, nil
+}
+
+// Addr is the agents' listening address.
+func (d *Daemon) Addr() net.Addr { return d.agentLis.Addr() }
+
+// Serve runs until ctx ends, then stops gracefully.
+func (d *Daemon) Serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- d.agents.Serve(d.agentLis) }()
+	go func() { errc <- d.admin.Serve(d.adminLis) }()
+	go d.v.Run(ctx)
+	d.log.Info("verifier listening", "agents", d.agentLis.Addr().String(), "admin", d.cfg.AdminSocket)
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	stopped := make(chan struct{})
+	go func() {
+		d.agents.GracefulStop()
+		d.admin.GracefulStop()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		d.agents.Stop()
+		d.admin.Stop()
+	}
+	_ = os.Remove(d.cfg.AdminSocket)
+	return errors.Join(err, d.db.Close())
+}
