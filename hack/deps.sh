@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs, idempotently, the Debian packages RigOS's build and tests need.
+# Packages already present are not touched; apt-get runs only when one is
+# missing. Needs root (or sudo) the first time on a fresh machine.
+set -euo pipefail
+
+pkgs=(
+  build-essential   # cgo: the go-tpm-tools TPM simulator
+  libssl-dev        # the simulator links OpenSSL
+  protobuf-compiler # make generate
+  git ca-certificates
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "deps: installing ${missing[*]}" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
