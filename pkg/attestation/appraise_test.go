@@ -19,7 +19,7 @@ import (
 
 // boot starts a simulated node booted with cfg. The simulator is a
 // process-wide singleton, so these tests never run in parallel.
-func boot(t *testing.T, seed int64, cfg devboot.Config) *simnode.Node {
+func boot(t testing.TB, seed int64, cfg devboot.Config) *simnode.Node {
 	t.Helper()
 	if !tpm.SimulatorAvailable {
 		t.Skip("TPM simulator needs cgo")
@@ -32,14 +32,14 @@ func boot(t *testing.T, seed int64, cfg devboot.Config) *simnode.Node {
 	return n
 }
 
-func nonce(t *testing.T) []byte {
+func nonce(t testing.TB) []byte {
 	b := make([]byte, 32)
 	rand.Read(b)
 	return b
 }
 
 // gather gathers evidence for a fresh nonce.
-func gather(t *testing.T, n *simnode.Node) (Evidence, []byte) {
+func gather(t testing.TB, n *simnode.Node) (Evidence, []byte) {
 	t.Helper()
 	no := nonce(t)
 	ev, err := n.Att.Collect(no, DefaultPCRs, n.ReadRuntimeLog)
@@ -407,7 +407,7 @@ func TestNoManifest(t *testing.T) {
 	r.Manifests = nil
 	wantFail(t, Appraise(r), CheckManifest)
 	// During a rollout any active manifest may accept.
-	other := devboot.Manifest(devboot.Config{Sections: []devboot.Section{{".linux", []byte("x")}}}, "old")
+	other := devboot.Manifest(devboot.Config{Sections: []devboot.Section{{Name: ".linux", Content: []byte("x")}}}, "old")
 	r.Manifests = []*Manifest{other, devboot.Manifest(devboot.Default(), "new")}
 	if res := Appraise(r); res.Err() != nil || res.Manifest != "new" {
 		t.Fatalf("Appraise(two manifests) = %v, manifest %q; want pass with new", res.Err(), res.Manifest)

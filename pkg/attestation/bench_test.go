@@ -11,13 +11,8 @@ import (
 // evidence: quote signature, nonce, PCR digest, clock, firmware and
 // runtime log replay, Secure Boot parsing and the manifest policy.
 func BenchmarkAppraise(b *testing.B) {
-	t := &testing.T{}
-	n := boot(t, 1, devboot.Default())
-	if n == nil {
-		b.Skip("TPM simulator needs cgo")
-	}
-	defer n.Close()
-	ev, no := gather(t, n)
+	n := boot(b, 1, devboot.Default())
+	ev, no := gather(b, n)
 	req := request(n, ev, no)
 	if err := Appraise(req).Err(); err != nil {
 		b.Fatal(err)

@@ -1,0 +1,80 @@
+package projectcheck
+
+import (
+	"go/parser"
+	"go/token"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func root(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Skipf("go command unavailable: %v", err)
+	}
+	return filepath.Dir(strings.TrimSpace(string(out)))
+}
+
+// Every package has a doc comment.
+func TestPackagesDocumented(t *testing.T) {
+	r := root(t)
+	dirs := map[string]bool{}
+	_ = filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if strings.HasSuffix(p, ".go") && !strings.HasSuffix(p, "_test.go") {
+			dirs[filepath.Dir(p)] = true
+		}
+		return nil
+	})
+	for dir := range dirs {
+		pkgs, err := parser.ParseDir(token.NewFileSet(), dir, func(fi fs.FileInfo) bool {
+			return !strings.HasSuffix(fi.Name(), "_test.go")
+		}, parser.ParseComments|parser.PackageClauseOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, pkg := range pkgs {
+			documented := false
+			for _, f := range pkg.Files {
+				documented = documented || f.Doc != nil
+			}
+			if !documented {
+				rel, _ := filepath.Rel(r, dir)
+				t.Errorf("package %s (%s) has no doc comment", name, rel)
+			}
+		}
+	}
+}
+
+// The verifier is pure: it must not link the TPM device code, the agent's
+// evidence collection or the simulator.
+func TestVerifierDoesNotLinkTPMCode(t *testing.T) {
+	r := root(t)
+	cmd := exec.Command("go", "list", "-deps", "./attest")
+	cmd.Dir = r
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, banned := range []string{
+		"github.com/rigos/rigos/pkg/tpm", "github.com/rigos/rigos/pkg/attestation/collect",
+		"github.com/rigos/rigos/internal/simnode", "github.com/google/go-tpm-tools/simulator",
+	} {
+		for _, dep := range strings.Fields(string(out)) {
+			if dep == banned {
+				t.Errorf("attest links %s", banned)
+			}
+		}
+	}
+}
