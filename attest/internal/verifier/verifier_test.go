@@ -381,3 +381,26 @@ func TestIntervalsAreRandomAndClamped(t *testing.T) {
 		t.Fatalf("%d distinct intervals, mean %v; want varied intervals with a mean near the 1m target", len(seen), mean)
 	}
 }
+
+func TestFirmwareChangeNeedsOperator(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	n := bootNode(t, 1, devboot.Default())
+	stop := h.run("rig-1", n, nil)
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	stop()
+	n.Close()
+
+	// Same TPM (same EK), new motherboard firmware.
+	cfg := devboot.Default()
+	cfg.Firmware = "vendor BIOS 2.0"
+	n2 := bootNode(t, 1, cfg)
+	h.run("rig-1", n2, nil)
+	c := h.await("rig-1", to(apiv1.NodeState_NODE_STATE_UNTRUSTED))
+	if !strings.HasPrefix(c.GetReason(), string(attestation.CheckFirmwarePins)) {
+		t.Fatalf("reason = %q, want %s", c.GetReason(), attestation.CheckFirmwarePins)
+	}
+	if _, err := h.admin.AcceptFirmware(context.Background(), &apiv1.NodeRequest{NodeId: "rig-1"}); err != nil {
+		t.Fatal(err)
+	}
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+}

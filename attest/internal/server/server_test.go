@@ -1,0 +1,95 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/rigos/rigos/attest/internal/config"
+	"github.com/rigos/rigos/attest/internal/devinit"
+	"github.com/rigos/rigos/internal/simnode"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/session"
+	"github.com/rigos/rigos/pkg/tpm"
+)
+
+// The daemon as configured by devinit: keys, manifests, TLS, SQLite.
+func TestDaemonFromDevSetup(t *testing.T) {
+	if !tpm.SimulatorAvailable {
+		t.Skip("TPM simulator needs cgo")
+	}
+	dir := t.TempDir()
+	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1",
+		SpotMean: "50ms", SpotMin: "10ms", SpotMax: "200ms", Deadline: "5s"}); err != nil {
+		t.Fatal(err)
+	}
+	// A manifest signed by nobody we trust sits beside the good one.
+	good, _ := os.ReadFile(filepath.Join(dir, "manifests", "dev-simulated.json"))
+	bad := strings.Replace(string(good), `"signature": "`, `"signature": "AAAA`, 1)
+	os.WriteFile(filepath.Join(dir, "manifests", "tampered.json"), []byte(bad), 0o600)
+
+	cfg, err := config.Load(filepath.Join(dir, "attest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := New(ctx, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(d.Manifests.Active()); n != 1 {
+		t.Fatalf("%d active manifests, want 1 (the tampered one rejected)", n)
+	}
+	served := make(chan error, 1)
+	go func() { served <- d.Serve(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve() = %v", err)
+		}
+	}()
+
+	ca, _ := os.ReadFile(filepath.Join(dir, "ca.crt"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	conn, err := grpc.NewClient(d.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	node, err := simnode.Start(1, devboot.Default(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	trusted := make(chan struct{})
+	sctx, scancel := context.WithTimeout(ctx, time.Minute)
+	defer scancel()
+	go session.Run(sctx, apiv1.NewAttestationClient(conn), session.Node{
+		ID: "rig-1", TPM: node.Att, RuntimeLog: node.ReadRuntimeLog,
+		OnVerdict: func(v *apiv1.Verdict) {
+			if v.GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
+				select {
+				case <-trusted:
+				default:
+					close(trusted)
+				}
+			}
+		},
+	})
+	select {
+	case <-trusted:
+	case <-sctx.Done():
+		t.Fatal("node not trusted within a minute")
+	}
+}
