@@ -8,13 +8,13 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/rigos/rigos/agent/internal/config"
 	"github.com/rigos/rigos/agent/internal/daemon"
+	pconfig "github.com/rigos/rigos/pkg/config"
 )
 
 func main() {
@@ -31,9 +31,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := pconfig.NewLogger(cfg.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return daemon.Run(ctx, cfg, log)

@@ -11,7 +11,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -26,6 +25,7 @@ import (
 	"github.com/rigos/rigos/attest/internal/devinit"
 	"github.com/rigos/rigos/attest/internal/server"
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	pconfig "github.com/rigos/rigos/pkg/config"
 )
 
 func main() {
@@ -79,9 +79,7 @@ func serve(path string) error {
 	if err != nil {
 		return err
 	}
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := pconfig.NewLogger(cfg.LogLevel)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := server.New(ctx, cfg, log)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -74,4 +75,26 @@ func Resolve(dir, p string) string {
 		return p
 	}
 	return filepath.Join(dir, p)
+}
+
+// ParseLogLevel accepts debug, info, warn and error.
+func ParseLogLevel(s string) (slog.Level, error) {
+	switch s {
+	case "debug":
+		return slog.LevelDebug, nil
+	case "info":
+		return slog.LevelInfo, nil
+	case "warn":
+		return slog.LevelWarn, nil
+	case "error":
+		return slog.LevelError, nil
+	}
+	return 0, fmt.Errorf("log_level %q: want debug, info, warn or error", s)
+}
+
+// NewLogger returns the daemons' structured logger on standard error at
+// level (a level ParseLogLevel accepts; anything else means info).
+func NewLogger(level string) *slog.Logger {
+	l, _ := ParseLogLevel(level)
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l}))
 }

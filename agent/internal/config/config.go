@@ -107,10 +107,8 @@ func (c *Config) Validate() error {
 	if c.ReconnectMin > c.ReconnectMax {
 		errs = append(errs, errors.New("reconnect_min exceeds reconnect_max"))
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	if _, err := config.ParseLogLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

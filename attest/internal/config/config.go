@@ -137,10 +137,8 @@ func (c *Config) Validate() error {
 	if s.Mean <= 0 || s.Deadline <= 0 {
 		errs = append(errs, errors.New("spot_check: mean and deadline must be positive"))
 	}
-	switch c.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
+	if _, err := config.ParseLogLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
