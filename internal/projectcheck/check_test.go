@@ -78,3 +78,24 @@ func TestVerifierDoesNotLinkTPMCode(t *testing.T) {
 		}
 	}
 }
+
+// The init binary (PID 1) stays small and simple: no cgo and none of the
+// heavy packages the agent and verifier use.
+func TestInitStaysSmall(t *testing.T) {
+	r := root(t)
+	cmd := exec.Command("go", "list", "-deps", "./init")
+	cmd.Dir = r
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		for _, heavy := range []string{"google.golang.org/grpc", "google.golang.org/protobuf", "modernc.org/sqlite",
+			"github.com/google/go-attestation", "github.com/containerd/", "github.com/NVIDIA/", "runtime/cgo"} {
+			if strings.HasPrefix(dep, heavy) {
+				t.Errorf("init links %s", dep)
+			}
+		}
+	}
+}

@@ -7,8 +7,6 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/google/go-tpm/tpm2/transport"
-
 	"github.com/rigos/rigos/internal/simnode"
 	. "github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
@@ -332,7 +330,7 @@ func splitLog(t *testing.T, b []byte) [][]byte {
 
 func TestUnloggedExtend(t *testing.T) {
 	n := boot(t, 1, devboot.Default())
-	if err := devboot.Extend(transport.FromReadWriter(n.Sim), 14, make([]byte, 32)); err != nil {
+	if err := tpm.Extend(n.Sim, 14, make([]byte, 32)); err != nil {
 		t.Fatal(err)
 	}
 	ev, no := gather(t, n)

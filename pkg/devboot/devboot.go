@@ -27,11 +27,9 @@ import (
 	"time"
 	"unicode/utf16"
 
-	"github.com/google/go-tpm/tpm2"
-	"github.com/google/go-tpm/tpm2/transport"
-
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/tcglog"
+	"github.com/rigos/rigos/pkg/tpm"
 )
 
 // Section is one PE section of a UKI measured by systemd-stub.
@@ -149,13 +147,12 @@ func Simulate(cfg Config) Boot {
 // ExtendInto extends every PCR the boot touched into the TPM behind rw,
 // as firmware would have. The TPM's PCRs must be fresh (after reset).
 func (b Boot) ExtendInto(rw io.ReadWriter) error {
-	tpm := transport.FromReadWriter(rw)
-	return ReplayInto(tpm, b.Log.Bytes())
+	return ReplayInto(rw, b.Log.Bytes())
 }
 
 // ReplayInto parses a log written by tcglog and extends its SHA-256
-// digests into the TPM.
-func ReplayInto(tpm transport.TPM, log []byte) error {
+// digests into the TPM behind rw.
+func ReplayInto(rw io.ReadWriter, log []byte) error {
 	r := bytes.NewReader(log)
 	var hdr struct {
 		PCR, Type uint32
@@ -184,23 +181,9 @@ func ReplayInto(tpm transport.TPM, log []byte) error {
 		if e.Type == tcglog.EvNoAction {
 			continue
 		}
-		if err := Extend(tpm, int(e.PCR), e.Digest[:]); err != nil {
+		if err := tpm.Extend(rw, int(e.PCR), e.Digest[:]); err != nil {
 			return err
 		}
-	}
-	return nil
-}
-
-// Extend extends a SHA-256 digest into PCR pcr.
-func Extend(tpm transport.TPM, pcr int, digest []byte) error {
-	_, err := tpm2.PCRExtend{
-		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
-		Digests: tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{
-			{HashAlg: tpm2.TPMAlgSHA256, Digest: digest},
-		}},
-	}.Execute(tpm)
-	if err != nil {
-		return fmt.Errorf("extending PCR %d: %w", pcr, err)
 	}
 	return nil
 }

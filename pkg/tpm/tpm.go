@@ -11,6 +11,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 )
 
 // DefaultPaths are the devices Open tries, in order.
@@ -73,4 +76,18 @@ type withLog struct {
 
 func (w *withLog) MeasurementLog() ([]byte, error) {
 	return append([]byte(nil), w.log...), nil
+}
+
+// Extend extends a SHA-256 digest into PCR pcr of the TPM behind rw.
+func Extend(rw io.ReadWriter, pcr int, digest []byte) error {
+	_, err := tpm2.PCRExtend{
+		PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(pcr), Auth: tpm2.PasswordAuth(nil)},
+		Digests: tpm2.TPMLDigestValues{Digests: []tpm2.TPMTHA{
+			{HashAlg: tpm2.TPMAlgSHA256, Digest: digest},
+		}},
+	}.Execute(transport.FromReadWriter(rw))
+	if err != nil {
+		return fmt.Errorf("extending PCR %d: %w", pcr, err)
+	}
+	return nil
 }

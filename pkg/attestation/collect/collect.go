@@ -13,10 +13,8 @@ import (
 	"sync"
 
 	"github.com/google/go-attestation/attest"
-	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
@@ -115,7 +113,7 @@ func (a *Attestor) Activate(c attestation.Credential) ([]byte, error) {
 func (a *Attestor) Extend(pcr int, digest []byte) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return devboot.Extend(transport.FromReadWriter(a.dev), pcr, digest)
+	return tpm.Extend(a.dev, pcr, digest)
 }
 
 // Collect quotes pcrs with nonce and gathers the PCR values, the firmware

@@ -1,0 +1,375 @@
+package pid1
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/u-root/u-root/pkg/dhclient"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/tpm"
+)
+
+// RuntimeLog is where init starts the runtime event log the agent sends.
+const RuntimeLog = "/run/rigos/runtime.cel"
+
+// say prints a status line on the console. Lines start with "rigos: " so
+// that tests and operators can follow the boot.
+func say(format string, args ...any) {
+	fmt.Fprintf(os.Stdout, "rigos: "+format+"\n", args...)
+}
+
+// Main runs init. It never returns: on an unrecoverable error or a panic
+// it syncs the disks and reboots.
+func Main() {
+	defer func() {
+		if r := recover(); r != nil {
+			say("panic: %v", r)
+		}
+		rebootNow()
+	}()
+	if err := run(); err != nil {
+		say("fatal: %v", err)
+	}
+}
+
+func rebootNow() {
+	say("rebooting in 5s")
+	unix.Sync()
+	time.Sleep(5 * time.Second)
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	for {
+		time.Sleep(time.Hour) // a bare select{} would trip the deadlock detector
+	}
+}
+
+type mount struct {
+	source, target, fstype string
+	flags                  uintptr
+	data                   string
+}
+
+var mounts = []mount{
+	{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "hidepid=2"},
+	{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID | unix.MS_NOEXEC, "mode=0755"},
+	{"securityfs", "/sys/kernel/security", "securityfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "mode=0755"},
+	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "mode=1777"},
+	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate"},
+	{"efivarfs", "/sys/firmware/efi/efivars", "efivarfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY, ""},
+}
+
+func mountAll(optional func(mount) bool) error {
+	for _, m := range mounts {
+		if err := os.MkdirAll(m.target, 0o755); err != nil && !optional(m) {
+			return fmt.Errorf("creating %s: %w", m.target, err)
+		}
+		if err := unix.Mount(m.source, m.target, m.fstype, m.flags, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+			if optional(m) {
+				continue
+			}
+			return fmt.Errorf("mounting %s on %s: %w", m.fstype, m.target, err)
+		}
+	}
+	return nil
+}
+
+func run() error {
+	say("RigOS init starting")
+	// efivarfs needs its module; it is mounted again after modules load.
+	if err := mountAll(func(m mount) bool { return m.fstype == "efivarfs" }); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(ConfigPath)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", ConfigPath, err)
+	}
+	cfg, err := ParseConfig(b)
+	if err != nil {
+		return err
+	}
+	setClockFloor(cfg.BuildTime)
+
+	rec, closeTPM, err := openRecorder()
+	if err != nil {
+		return err
+	}
+	defer closeTPM()
+	phase := func(p string) error {
+		if _, err := rec.Record(measure.KindPhase, []byte(p)); err != nil {
+			return err
+		}
+		say("boot phase %s measured into PCR %d", p, measure.RuntimePCR)
+		return nil
+	}
+	if err := phase(measure.PhaseEnterInitrd); err != nil {
+		return err
+	}
+
+	n, err := loadModules(cfg.Modules)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile("/proc/sys/kernel/modules_disabled", []byte("1"), 0); err != nil {
+		return fmt.Errorf("disabling module loading: %w", err)
+	}
+	say("loaded %d modules; module loading disabled", n)
+	_ = mountAll(func(mount) bool { return true })
+	applySysctls()
+	if err := phase(measure.PhaseModulesLocked); err != nil {
+		return err
+	}
+
+	ctx := context.Background()
+	if err := setupNetwork(ctx, cfg.Network); err != nil {
+		say("network: %v (the agent keeps retrying)", err)
+	}
+	line, ok := FormatChecks(SelfCheck(realProbe{}))
+	say("selfcheck %s %s", map[bool]string{true: "passed", false: "FAILED"}[ok], line)
+
+	if err := phase(measure.PhaseStartAgent); err != nil {
+		return err
+	}
+	reaper := startReaper()
+	supervise(cfg.Agent, reaper)
+	return nil
+}
+
+// setClockFloor makes sure the clock is not before the image was built,
+// so certificate checks work on a machine with a flat RTC battery.
+func setClockFloor(build int64) {
+	if build == 0 || time.Now().Unix() >= build {
+		return
+	}
+	tv := unix.NsecToTimeval(time.Unix(build, 0).UnixNano())
+	if err := unix.Settimeofday(&tv); err != nil {
+		say("clock: %v", err)
+		return
+	}
+	say("clock was before the build time; set to %s", time.Unix(build, 0).UTC().Format(time.RFC3339))
+}
+
+func openRecorder() (*measure.Recorder, func(), error) {
+	dev, err := tpm.Open()
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening TPM: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(RuntimeLog), 0o755); err != nil {
+		dev.Close()
+		return nil, nil, err
+	}
+	var mu sync.Mutex
+	rec, err := measure.NewRecorder(RuntimeLog, func(pcr int, d []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return tpm.Extend(dev, pcr, d)
+	})
+	if err != nil {
+		dev.Close()
+		return nil, nil, err
+	}
+	// The agent opens the TPM itself; init keeps it only for its phases.
+	return rec, func() { dev.Close() }, nil
+}
+
+func loadModules(paths []string) (int, error) {
+	n := 0
+	for _, p := range paths {
+		full := filepath.Join("/lib/modules", p)
+		f, err := os.Open(full)
+		if err != nil {
+			return n, fmt.Errorf("opening module %s: %w", p, err)
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return n, fmt.Errorf("loading module %s: %w", p, err)
+		}
+		n++
+	}
+	return n, nil
+}
+
+func applySysctls() {
+	for _, s := range Sysctls {
+		p := "/proc/sys/" + strings.ReplaceAll(s.Key, ".", "/")
+		if err := os.WriteFile(p, []byte(s.Value), 0); err != nil {
+			say("sysctl %s=%s: %v", s.Key, s.Value, err)
+		}
+	}
+}
+
+func setupNetwork(ctx context.Context, n Network) error {
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		_ = netlink.LinkSetUp(lo)
+	}
+	link, err := pickLink(n)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bringing up %s: %w", link.Attrs().Name, err)
+	}
+	if n.Mode == "static" {
+		addr, err := netlink.ParseAddr(n.Address)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("adding %s: %w", n.Address, err)
+		}
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: net.ParseIP(n.Gateway)}); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("adding default route via %s: %w", n.Gateway, err)
+		}
+		writeResolvConf(n.DNS)
+		say("network %s %s via %s", link.Attrs().Name, n.Address, n.Gateway)
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.Timeout.D())
+	defer cancel()
+	for r := range dhclient.SendRequests(ctx, []netlink.Link{link}, true, false, dhclient.Config{Timeout: 5 * time.Second, Retries: 5}, n.Timeout.D()) {
+		if r.Err != nil {
+			return fmt.Errorf("DHCP on %s: %w", link.Attrs().Name, r.Err)
+		}
+		if err := r.Lease.Configure(); err != nil {
+			return fmt.Errorf("applying DHCP lease: %w", err)
+		}
+		say("network %s %s (DHCP)", link.Attrs().Name, r.Lease)
+		return nil
+	}
+	return errors.New("no DHCP answer")
+}
+
+func writeResolvConf(dns []string) {
+	var b strings.Builder
+	for _, d := range dns {
+		fmt.Fprintf(&b, "nameserver %s\n", d)
+	}
+	_ = os.MkdirAll("/run/rigos", 0o755)
+	_ = os.WriteFile("/run/rigos/resolv.conf", []byte(b.String()), 0o644)
+}
+
+// pickLink returns the configured interface or the first non-loopback
+// one with carrier, waiting up to the timeout for a link.
+func pickLink(n Network) (netlink.Link, error) {
+	if n.Interface != "" {
+		return netlink.LinkByName(n.Interface)
+	}
+	deadline := time.Now().Add(n.Timeout.D())
+	for {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return nil, err
+		}
+		var first netlink.Link
+		for _, l := range links {
+			if l.Type() != "device" || l.Attrs().Flags&net.FlagLoopback != 0 {
+				continue
+			}
+			if first == nil {
+				first = l
+			}
+			_ = netlink.LinkSetUp(l)
+			if l.Attrs().OperState == netlink.OperUp {
+				return l, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			if first != nil {
+				return first, nil
+			}
+			return nil, errors.New("no network interface")
+		}
+		time.Sleep(200 * time.Millisecond) // waiting for link, bounded by the timeout
+	}
+}
+
+// reaper collects every child that exits (orphans are reparented to PID
+// 1) and reports the exits of processes it was asked to watch.
+type reaper struct {
+	mu      sync.Mutex
+	watched map[int]chan unix.WaitStatus
+}
+
+func startReaper() *reaper {
+	r := &reaper{watched: map[int]chan unix.WaitStatus{}}
+	sig := make(chan os.Signal, 16)
+	signal.Notify(sig, unix.SIGCHLD)
+	go func() {
+		for range sig {
+			for {
+				var ws unix.WaitStatus
+				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+				if err != nil || pid <= 0 {
+					break
+				}
+				r.mu.Lock()
+				ch, ok := r.watched[pid]
+				delete(r.watched, pid)
+				r.mu.Unlock()
+				if ok {
+					ch <- ws
+				}
+			}
+		}
+	}()
+	return r
+}
+
+// start starts argv and returns a channel that receives its exit status.
+func (r *reaper) start(argv []string) (int, chan unix.WaitStatus, error) {
+	ch := make(chan unix.WaitStatus, 1)
+	r.mu.Lock()
+	defer r.mu.Unlock() // held so the reaper cannot see the exit before it is watched
+	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{
+		Env:   []string{"PATH=/usr/bin", "HOME=/run/rigos"},
+		Files: []*os.File{nil, os.Stdout, os.Stderr},
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	r.watched[p.Pid] = ch
+	_ = p.Release()
+	return p.Pid, ch, nil
+}
+
+// supervise runs the agent forever, restarting it with backoff.
+func supervise(argv []string, r *reaper) {
+	b := newBackoff()
+	for {
+		started := time.Now()
+		pid, done, err := r.start(argv)
+		if err != nil {
+			say("starting agent: %v", err)
+		} else {
+			say("agent started (pid %d)", pid)
+			ws := <-done
+			say("agent exited (%s)", describe(ws))
+		}
+		if time.Since(started) > time.Minute {
+			b.reset()
+		}
+		d := b.next()
+		say("restarting agent in %s", d)
+		time.Sleep(d)
+	}
+}
+
+func describe(ws unix.WaitStatus) string {
+	if ws.Signaled() {
+		return "signal " + ws.Signal().String()
+	}
+	return fmt.Sprintf("status %d", ws.ExitStatus())
+}

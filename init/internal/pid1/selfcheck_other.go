@@ -1,0 +1,5 @@
+//go:build !linux
+
+package pid1
+
+func (realProbe) MountDebugfs() bool { return false }

@@ -1,0 +1,68 @@
+package kmod
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/rigos/rigos/kernel"
+)
+
+func TestParseModinfo(t *testing.T) {
+	m := ParseModinfo([]byte("license=GPL\x00depends=virtio,virtio_ring\x00alias=a\x00alias=b\x00junk\x00"))
+	if !slices.Equal(m["depends"], []string{"virtio,virtio_ring"}) || len(m["alias"]) != 2 {
+		t.Fatalf("ParseModinfo() = %v", m)
+	}
+}
+
+func FuzzParseModinfo(f *testing.F) {
+	f.Add([]byte("depends=a,b\x00x=y"))
+	f.Fuzz(func(t *testing.T, b []byte) { _ = ParseModinfo(b) })
+}
+
+// kernelRoot returns the modules folder of the pinned kernel if it was
+// fetched (kernel/fetch.sh); the image tests always fetch it.
+func kernelRoot(t *testing.T) string {
+	t.Helper()
+	l, err := kernel.Pinned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		t.Skip("go command unavailable")
+	}
+	root := filepath.Join(filepath.Dir(strings.TrimSpace(string(out))), ".cache", "kernel", "root-"+l.Version, "lib", "modules", l.Release)
+	if _, err := os.Stat(root); err != nil {
+		t.Skipf("pinned kernel not fetched (run kernel/fetch.sh): %v", err)
+	}
+	return root
+}
+
+func TestResolvePinnedKernel(t *testing.T) {
+	root := kernelRoot(t)
+	mods, err := Resolve(root, kernel.Modules())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[string]int{}
+	for i, m := range mods {
+		pos[m.Name] = i
+	}
+	for _, m := range mods {
+		for _, d := range m.Deps {
+			if p, ok := pos[d]; ok && p > pos[m.Name] {
+				t.Errorf("%s loads before its dependency %s", m.Name, d)
+			}
+		}
+	}
+	if _, ok := pos["virtio_blk"]; !ok {
+		t.Error("virtio_blk not resolved")
+	}
+	if _, err := Resolve(root, []string{"no_such_module"}); err == nil || !strings.Contains(err.Error(), "no_such_module") {
+		t.Errorf("Resolve(unknown) = %v, want an error naming it", err)
+	}
+}
