@@ -6,6 +6,8 @@
 package simnode
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +40,7 @@ func Start(seed int64, cfg devboot.Config, dir string) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Sim: sim, Boot: devboot.Simulate(cfg), RuntimeLog: filepath.Join(dir, "runtime.cel")}
-	if err := n.Boot.ExtendInto(sim); err != nil {
+	if err := extendBoot(sim, n.Boot); err != nil {
 		sim.Close()
 		return nil, fmt.Errorf("simulating boot: %w", err)
 	}
@@ -73,4 +75,50 @@ func (n *Node) Close() error {
 		errs = append(errs, n.Att.Close())
 	}
 	return errors.Join(append(errs, n.Sim.Close())...)
+}
+
+const evNoAction = 3
+
+// extendBoot extends every PCR the boot touched into the TPM behind rw,
+// as firmware would have. The TPM's PCRs must be fresh (after reset).
+func extendBoot(rw io.ReadWriter, b devboot.Boot) error {
+	return replayInto(rw, b.Log.Bytes())
+}
+
+// replayInto parses a log written by tcglog and extends its SHA-256
+// digests into the TPM behind rw.
+func replayInto(rw io.ReadWriter, log []byte) error {
+	r := bytes.NewReader(log)
+	var hdr struct {
+		PCR, Type uint32
+		Digest    [20]byte
+		Size      uint32
+	}
+	if err := binary.Read(r, binary.LittleEndian, &hdr); err != nil {
+		return fmt.Errorf("reading spec ID event: %w", err)
+	}
+	if _, err := r.Seek(int64(hdr.Size), io.SeekCurrent); err != nil {
+		return err
+	}
+	for r.Len() > 0 {
+		var e struct {
+			PCR, Type, Count uint32
+			Alg              uint16
+			Digest           [32]byte
+			Size             uint32
+		}
+		if err := binary.Read(r, binary.LittleEndian, &e); err != nil {
+			return fmt.Errorf("reading event: %w", err)
+		}
+		if _, err := r.Seek(int64(e.Size), io.SeekCurrent); err != nil {
+			return err
+		}
+		if e.Type == evNoAction {
+			continue
+		}
+		if err := tpm.Extend(rw, int(e.PCR), e.Digest[:]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

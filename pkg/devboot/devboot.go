@@ -7,7 +7,8 @@
 // runs. The layout follows what OVMF and systemd-stub log: PCR 0-3, 5, 6
 // firmware events; PCR 7 Secure Boot variables and the authority that
 // verified the UKI; PCR 4 the UKI as a boot-services application; PCR 11
-// each UKI section (name, then content).
+// each UKI section (name, then content). It never touches a TPM:
+// simnode extends the log into the simulator.
 //
 // Not guaranteed: the "Authenticode digest" of the simulated UKI is
 // SHA-256 over its sections, not a real PE hash.
@@ -22,14 +23,12 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"math/big"
 	"time"
 	"unicode/utf16"
 
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/tcglog"
-	"github.com/rigos/rigos/pkg/tpm"
 )
 
 // Section is one PE section of a UKI measured by systemd-stub.
@@ -142,50 +141,6 @@ func Simulate(cfg Config) Boot {
 	}
 	l.Measure(5, tcglog.EvEFIAction, []byte("Exit Boot Services Invocation"))
 	return Boot{Log: l, UKIDigest: uki}
-}
-
-// ExtendInto extends every PCR the boot touched into the TPM behind rw,
-// as firmware would have. The TPM's PCRs must be fresh (after reset).
-func (b Boot) ExtendInto(rw io.ReadWriter) error {
-	return ReplayInto(rw, b.Log.Bytes())
-}
-
-// ReplayInto parses a log written by tcglog and extends its SHA-256
-// digests into the TPM behind rw.
-func ReplayInto(rw io.ReadWriter, log []byte) error {
-	r := bytes.NewReader(log)
-	var hdr struct {
-		PCR, Type uint32
-		Digest    [20]byte
-		Size      uint32
-	}
-	if err := binary.Read(r, binary.LittleEndian, &hdr); err != nil {
-		return fmt.Errorf("reading spec ID event: %w", err)
-	}
-	if _, err := r.Seek(int64(hdr.Size), io.SeekCurrent); err != nil {
-		return err
-	}
-	for r.Len() > 0 {
-		var e struct {
-			PCR, Type, Count uint32
-			Alg              uint16
-			Digest           [32]byte
-			Size             uint32
-		}
-		if err := binary.Read(r, binary.LittleEndian, &e); err != nil {
-			return fmt.Errorf("reading event: %w", err)
-		}
-		if _, err := r.Seek(int64(e.Size), io.SeekCurrent); err != nil {
-			return err
-		}
-		if e.Type == tcglog.EvNoAction {
-			continue
-		}
-		if err := tpm.Extend(rw, int(e.PCR), e.Digest[:]); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 var (
