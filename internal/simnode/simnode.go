@@ -39,30 +39,40 @@ func Start(seed int64, cfg devboot.Config, dir string) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Sim: sim, Boot: devboot.Simulate(cfg), RuntimeLog: filepath.Join(dir, "runtime.cel")}
-	if err := extendBoot(sim, n.Boot); err != nil {
+	n := &Node{Sim: sim, RuntimeLog: filepath.Join(dir, "runtime.cel")}
+	if err := n.boot(cfg, nil); err != nil {
 		sim.Close()
-		return nil, fmt.Errorf("simulating boot: %w", err)
-	}
-	_ = os.Remove(n.RuntimeLog)
-	n.Att, err = collect.Open(tpm.WithLog(sim, n.Boot.Log.Bytes()), nil)
-	if err != nil {
-		sim.Close()
-		return nil, err
-	}
-	n.Recorder, err = measure.NewRecorder(n.RuntimeLog, n.Att.Extend)
-	if err == nil {
-		for _, p := range Phases {
-			if _, err = n.Recorder.Record(measure.KindPhase, []byte(p)); err != nil {
-				break
-			}
-		}
-	}
-	if err != nil {
-		n.Close()
 		return nil, err
 	}
 	return n, nil
+}
+
+// nopCloser keeps the attestor from closing the shared simulator.
+type nopCloser struct{ io.ReadWriter }
+
+func (nopCloser) Close() error { return nil }
+
+func (n *Node) boot(cfg devboot.Config, akBlob []byte) error {
+	n.Boot = devboot.Simulate(cfg)
+	if err := extendBoot(n.Sim, n.Boot); err != nil {
+		return fmt.Errorf("simulating boot: %w", err)
+	}
+	_ = os.Remove(n.RuntimeLog)
+	att, err := collect.Open(tpm.WithLog(nopCloser{n.Sim}, n.Boot.Log.Bytes()), akBlob)
+	if err != nil {
+		return err
+	}
+	n.Att = att
+	n.Recorder, err = measure.NewRecorder(n.RuntimeLog, n.Att.Extend)
+	if err != nil {
+		return err
+	}
+	for _, p := range Phases {
+		if _, err := n.Recorder.Record(measure.KindPhase, []byte(p)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ReadRuntimeLog returns the runtime log's current contents.

@@ -43,6 +43,7 @@ type TPM struct {
 	fwLog  []byte
 	rtLog  []byte
 	clock  uint64
+	resets uint32
 }
 
 // New creates a TPM that booted with cfg and recorded the standard boot
@@ -56,7 +57,25 @@ func New(cfg devboot.Config) (*TPM, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &TPM{ek: ek, ak: ak, pcrs: map[int][]byte{}, clock: 1000}
+	t := &TPM{ek: ek, ak: ak, clock: 1000, resets: 1}
+	t.measureBoot(cfg)
+	if err := t.makeAK(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Reboot resets the PCRs and boots again with cfg, as a reboot does: the
+// keys and the clock survive, resetCount goes up.
+func (t *TPM) Reboot(cfg devboot.Config) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.resets++
+	t.measureBoot(cfg)
+}
+
+func (t *TPM) measureBoot(cfg devboot.Config) {
+	t.pcrs, t.rtLog = map[int][]byte{}, nil
 	boot := devboot.Simulate(cfg)
 	t.fwLog = boot.Log.Bytes()
 	for i := 0; i < 24; i++ {
@@ -69,10 +88,6 @@ func New(cfg devboot.Config) (*TPM, error) {
 		t.rtLog = append(t.rtLog, e.Encode()...)
 	}
 	t.pcrs[measure.RuntimePCR] = measure.Replay(events)
-	if err := t.makeAK(); err != nil {
-		return nil, err
-	}
-	return t, nil
 }
 
 func (t *TPM) makeAK() error {
@@ -243,7 +258,7 @@ func (t *TPM) Collect(nonce []byte, pcrs []int, _ func() ([]byte, error)) (attes
 		Magic: tpm2.TPMGeneratedValue, Type: tpm2.TPMSTAttestQuote,
 		QualifiedSigner: tpm2.TPM2BName{Buffer: t.akName},
 		ExtraData:       tpm2.TPM2BData{Buffer: nonce},
-		ClockInfo:       tpm2.TPMSClockInfo{Clock: t.clock, ResetCount: 1, Safe: true},
+		ClockInfo:       tpm2.TPMSClockInfo{Clock: t.clock, ResetCount: t.resets, Safe: true},
 		Attested: tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{
 			PCRSelect: tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMAlgSHA256, PCRSelect: bitmap}}},
 			PCRDigest: tpm2.TPM2BDigest{Buffer: h.Sum(nil)},

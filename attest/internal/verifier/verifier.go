@@ -209,6 +209,9 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		}
 		if err := r.Err(); err != nil {
 			n.State, n.Reason = StateUntrusted, r.Reason()
+			if r.Rebooted {
+				n.Reason += " (after a reboot)"
+			}
 			return r.Manifest, nil
 		}
 		if pinned == nil {
