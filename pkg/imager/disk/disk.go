@@ -1,0 +1,170 @@
+// Package disk writes the RigOS disk image: a GPT disk with an EFI
+// system partition holding the UKI as EFI/BOOT/BOOTX64.EFI (sized for a
+// second UKI slot, for A/B updates) and an empty STATE partition that the
+// booted system formats and encrypts. The layout and every identifier are
+// derived from the build, so two builds of the same inputs are identical.
+package disk
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/disk"
+	"github.com/diskfs/go-diskfs/filesystem"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/google/uuid"
+)
+
+const (
+	sector = 512
+	mib    = 1 << 20
+	// MinESP is the smallest ESP: FAT32 needs 65,525 clusters.
+	MinESP = 64 * mib
+)
+
+// Partition names, as the booted system finds them.
+const (
+	ESPName   = "RIGOS-ESP"
+	StateName = "RIGOS-STATE"
+)
+
+// Layout sizes the image.
+type Layout struct {
+	// ESP size in bytes. Default is max(MinESP, 2 × UKI + 16 MiB).
+	ESP int64
+	// State size in bytes. Default is 256 MiB.
+	State int64
+	// Seed derives the disk and partition GUIDs (the build's digest).
+	Seed []byte
+}
+
+// Write creates the raw image at path (which must not exist) with uki.
+func Write(path string, uki []byte, l Layout) error {
+	if l.ESP == 0 {
+		l.ESP = max(MinESP, 2*int64(len(uki))+16*mib)
+	}
+	if l.State == 0 {
+		l.State = 256 * mib
+	}
+	l.ESP = roundMiB(l.ESP)
+	l.State = roundMiB(l.State)
+	if int64(len(uki))*2 > l.ESP {
+		return fmt.Errorf("ESP of %d MiB cannot hold two UKIs of %d MiB", l.ESP/mib, len(uki)/mib)
+	}
+	espStart := int64(mib)
+	stateStart := espStart + l.ESP
+	size := stateStart + l.State + mib // 1 MiB for the backup GPT
+	d, err := diskfs.Create(path, size, diskfs.SectorSizeDefault)
+	if err != nil {
+		return fmt.Errorf("creating %s: %w", path, err)
+	}
+	defer d.Close()
+	table := &gpt.Table{
+		LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true,
+		GUID: guid(l.Seed, "disk"),
+		Partitions: []*gpt.Partition{
+			{Index: 1, Start: uint64(espStart / sector), End: uint64((stateStart)/sector - 1), Type: gpt.EFISystemPartition,
+				Name: ESPName, GUID: guid(l.Seed, "esp")},
+			{Index: 2, Start: uint64(stateStart / sector), End: uint64((stateStart+l.State)/sector - 1), Type: gpt.LinuxFilesystem,
+				Name: StateName, GUID: guid(l.Seed, "state")},
+		},
+	}
+	if err := d.Partition(table); err != nil {
+		return fmt.Errorf("writing GPT: %w", err)
+	}
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: "RIGOS", Reproducible: true})
+	if err != nil {
+		return fmt.Errorf("formatting ESP: %w", err)
+	}
+	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/EFI/RigOS"} {
+		if err := fs.Mkdir(dir); err != nil {
+			return fmt.Errorf("creating %s: %w", dir, err)
+		}
+	}
+	f, err := fs.OpenFile("/EFI/BOOT/BOOTX64.EFI", os.O_CREATE|os.O_RDWR)
+	if err != nil {
+		return fmt.Errorf("creating BOOTX64.EFI: %w", err)
+	}
+	if _, err := f.Write(uki); err != nil {
+		return fmt.Errorf("writing BOOTX64.EFI: %w", err)
+	}
+	return f.Close()
+}
+
+func roundMiB(v int64) int64 { return (v + mib - 1) / mib * mib }
+
+// guid derives a stable RFC 4122 (version 4 layout) GUID.
+func guid(seed []byte, what string) string {
+	h := sha256.Sum256(append(append([]byte("rigos-disk\x00"), seed...), what...))
+	u, _ := uuid.FromBytes(h[:16])
+	u[6] = (u[6] & 0x0f) | 0x40
+	u[8] = (u[8] & 0x3f) | 0x80
+	return u.String()
+}
+
+// ReadUKI returns EFI/BOOT/BOOTX64.EFI from a raw image, checking the
+// partition table on the way: a truncated or half-written image is an
+// error.
+func ReadUKI(path string) ([]byte, error) {
+	if err := checkComplete(path); err != nil {
+		return nil, err
+	}
+	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	defer d.Close()
+	pt, err := d.GetPartitionTable()
+	if err != nil {
+		return nil, fmt.Errorf("reading partition table of %s: %w", path, err)
+	}
+	t, ok := pt.(*gpt.Table)
+	if !ok || t.RecoveredFromBackup {
+		return nil, errors.New("image has no intact GPT")
+	}
+	if len(t.Partitions) < 2 || t.Partitions[0].Name != ESPName || t.Partitions[1].Name != StateName {
+		return nil, errors.New("image does not have the RigOS partition layout")
+	}
+	fs, err := d.GetFilesystem(1)
+	if err != nil {
+		return nil, fmt.Errorf("reading ESP: %w", err)
+	}
+	f, err := fs.OpenFile("/EFI/BOOT/BOOTX64.EFI", os.O_RDONLY)
+	if err != nil {
+		return nil, fmt.Errorf("opening BOOTX64.EFI: %w", err)
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}
+
+// checkComplete verifies that the image is as long as its primary GPT
+// header says and that the backup header is at its end: a copy that was
+// cut short fails here.
+func checkComplete(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	hdr := make([]byte, sector)
+	if _, err := f.ReadAt(hdr, sector); err != nil || string(hdr[:8]) != "EFI PART" {
+		return fmt.Errorf("%s: no primary GPT header", path)
+	}
+	alt := int64(binary.LittleEndian.Uint64(hdr[32:40]))
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if want := (alt + 1) * sector; st.Size() != want {
+		return fmt.Errorf("%s: image is %d bytes, its GPT says %d: incomplete or damaged copy", path, st.Size(), want)
+	}
+	if _, err := f.ReadAt(hdr, alt*sector); err != nil || string(hdr[:8]) != "EFI PART" {
+		return fmt.Errorf("%s: backup GPT header missing: incomplete copy", path)
+	}
+	return nil
+}
