@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/rigos/rigos/pkg/bootconfig"
 	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -91,11 +92,11 @@ func run() error {
 	if err := mountAll(func(m mount) bool { return m.fstype == "efivarfs" }); err != nil {
 		return err
 	}
-	b, err := os.ReadFile(ConfigPath)
+	b, err := os.ReadFile(bootconfig.Path)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", ConfigPath, err)
+		return fmt.Errorf("reading %s: %w", bootconfig.Path, err)
 	}
-	cfg, err := ParseConfig(b)
+	cfg, err := bootconfig.Parse(b)
 	if err != nil {
 		return err
 	}
@@ -210,7 +211,7 @@ func applySysctls() {
 	}
 }
 
-func setupNetwork(ctx context.Context, n Network) error {
+func setupNetwork(ctx context.Context, n bootconfig.Network) error {
 	lo, err := netlink.LinkByName("lo")
 	if err == nil {
 		_ = netlink.LinkSetUp(lo)
@@ -263,7 +264,7 @@ func writeResolvConf(dns []string) {
 
 // pickLink returns the configured interface or the first non-loopback
 // one with carrier, waiting up to the timeout for a link.
-func pickLink(n Network) (netlink.Link, error) {
+func pickLink(n bootconfig.Network) (netlink.Link, error) {
 	if n.Interface != "" {
 		return netlink.LinkByName(n.Interface)
 	}

@@ -59,24 +59,6 @@ func TestSelfCheck(t *testing.T) {
 	}
 }
 
-func TestParseConfig(t *testing.T) {
-	c, err := ParseConfig([]byte(`{"network": {"mode": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2"}}`))
-	if err != nil || c.Agent[0] != "/usr/bin/agent" {
-		t.Fatalf("ParseConfig() = %+v, %v", c, err)
-	}
-	_, err = ParseConfig([]byte(`{"network": {"mode": "static", "address": "10.0.2.15", "gateway": "x", "dns": ["y"]}, "agent": ["agent"]}`))
-	for _, want := range []string{"network.address", "network.gateway", "network.dns", "agent"} {
-		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("ParseConfig(bad) = %v, want it to mention %s", err, want)
-		}
-	}
-}
-
-func FuzzParseConfig(f *testing.F) {
-	f.Add([]byte(`{"network": {"mode": "dhcp"}}`))
-	f.Fuzz(func(t *testing.T, b []byte) { _, _ = ParseConfig(b) })
-}
-
 func TestBackoff(t *testing.T) {
 	b := newBackoff()
 	prev := b.next()

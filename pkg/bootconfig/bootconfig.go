@@ -1,0 +1,97 @@
+// Package bootconfig is the configuration the imager bakes into the
+// initramfs for init (/etc/rigos/init.json): network, the agent's command
+// line, the modules to load and the build time.
+package bootconfig
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/rigos/rigos/pkg/config"
+)
+
+// Path is where the imager bakes init's configuration.
+const Path = "/etc/rigos/init.json"
+
+// Network configures the first NIC with link.
+type Network struct {
+	// Mode is "dhcp" or "static". Default is "dhcp".
+	Mode string `json:"mode"`
+	// Interface, if set, is used instead of the first NIC with link.
+	Interface string `json:"interface,omitempty"`
+	// Address (CIDR) and Gateway for static mode.
+	Address string `json:"address,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	// DNS servers for static mode.
+	DNS []string `json:"dns,omitempty"`
+	// Timeout for link and DHCP. Default is "30s".
+	Timeout config.Duration `json:"timeout,omitempty"`
+}
+
+// Config is init's configuration (JSON, baked into the initramfs).
+type Config struct {
+	Network Network `json:"network"`
+	// Agent is the agent's command line. Default is
+	// ["/usr/bin/agent", "-config", "/etc/rigos/agent.json"].
+	Agent []string `json:"agent,omitempty"`
+	// Modules lists module files in load order, relative to
+	// /lib/modules. Written by the imager.
+	Modules []string `json:"modules,omitempty"`
+	// BuildTime is the image's build time (Unix seconds): the clock is
+	// never set earlier than this.
+	BuildTime int64 `json:"build_time,omitempty"`
+}
+
+// Defaults fills in unset fields.
+func (c *Config) Defaults() {
+	if c.Network.Mode == "" {
+		c.Network.Mode = "dhcp"
+	}
+	if c.Network.Timeout == 0 {
+		c.Network.Timeout = config.Duration(30 * time.Second)
+	}
+	if len(c.Agent) == 0 {
+		c.Agent = []string{"/usr/bin/agent", "-config", "/etc/rigos/agent.json"}
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	switch c.Network.Mode {
+	case "dhcp":
+	case "static":
+		if _, err := netip.ParsePrefix(c.Network.Address); err != nil {
+			errs = append(errs, fmt.Errorf("network.address %q: want CIDR such as 10.0.2.15/24", c.Network.Address))
+		}
+		if _, err := netip.ParseAddr(c.Network.Gateway); err != nil {
+			errs = append(errs, fmt.Errorf("network.gateway %q: want an IP address", c.Network.Gateway))
+		}
+		for _, d := range c.Network.DNS {
+			if _, err := netip.ParseAddr(d); err != nil {
+				errs = append(errs, fmt.Errorf("network.dns %q: want an IP address", d))
+			}
+		}
+	default:
+		errs = append(errs, fmt.Errorf("network.mode %q: want dhcp or static", c.Network.Mode))
+	}
+	if len(c.Agent) == 0 || c.Agent[0] == "" || c.Agent[0][0] != '/' {
+		errs = append(errs, errors.New("agent: want an absolute path first"))
+	}
+	return errors.Join(errs...)
+}
+
+// Parse decodes and validates init's configuration.
+func Parse(b []byte) (*Config, error) {
+	var c Config
+	if err := config.Decode(b, &c); err != nil {
+		return nil, fmt.Errorf("init config: %w", err)
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("init config: %w", err)
+	}
+	return &c, nil
+}
