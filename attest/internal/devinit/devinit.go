@@ -13,6 +13,7 @@ import (
 	"github.com/rigos/rigos/attest/internal/pki"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/keyfile"
 )
 
 // Options for Write.
@@ -33,11 +34,11 @@ func Write(o Options) error {
 	if err != nil {
 		return err
 	}
-	tokPriv, tokPub, err := pki.NewEd25519()
+	tokPriv, tokPub, err := keyfile.NewEd25519()
 	if err != nil {
 		return err
 	}
-	manPriv, manPub, err := pki.NewEd25519()
+	manPriv, manPub, err := keyfile.NewEd25519()
 	if err != nil {
 		return err
 	}
@@ -50,7 +51,7 @@ func Write(o Options) error {
 			return err
 		}
 	}
-	key, err := pki.ReadEd25519Private(filepath.Join(o.Dir, "manifest.key"))
+	key, err := keyfile.ReadEd25519Private(filepath.Join(o.Dir, "manifest.key"))
 	if err != nil {
 		return err
 	}

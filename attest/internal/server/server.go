@@ -21,11 +21,11 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/rigos/rigos/attest/internal/config"
-	"github.com/rigos/rigos/attest/internal/pki"
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/attest/internal/verifier"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/keyfile"
 )
 
 // MaxMessage bounds one message from an agent (evidence with logs).
@@ -87,23 +87,23 @@ type Daemon struct {
 
 // New opens the store, loads keys and manifests and starts listening.
 func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, error) {
-	signing, err := pki.ReadEd25519Private(cfg.SigningKey)
+	signing, err := keyfile.ReadEd25519Private(cfg.SigningKey)
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
 	var mkeys []ed25519.PublicKey
 	for _, p := range cfg.ManifestKeys {
-		k, err := pki.ReadEd25519Public(p)
+		k, err := keyfile.ReadEd25519Public(p)
 		if err != nil {
 			return nil, fmt.Errorf("manifest key: %w", err)
 		}
 		mkeys = append(mkeys, k)
 	}
-	roots, err := pki.CertPool(cfg.EKRoots)
+	roots, err := keyfile.CertPool(cfg.EKRoots)
 	if err != nil {
 		return nil, fmt.Errorf("ek_roots: %w", err)
 	}
-	inter, err := pki.CertPool(cfg.EKIntermediates)
+	inter, err := keyfile.CertPool(cfg.EKIntermediates)
 	if err != nil {
 		return nil, fmt.Errorf("ek_intermediates: %w", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -57,8 +58,39 @@ func ParseModinfo(b []byte) map[string][]string {
 	return out
 }
 
-// Depends reads a module file's hard dependencies.
-func Depends(path string) ([]string, error) {
+// Depends reads a module file's hard dependencies and the modules it
+// asks to have loaded first (softdep "pre:"), which may be aliases.
+func Depends(path string) (deps, pre []string, err error) {
+	info, err := modinfo(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, v := range info["depends"] {
+		for _, d := range strings.Split(v, ",") {
+			if d = strings.TrimSpace(d); d != "" {
+				deps = append(deps, Canonical(d))
+			}
+		}
+	}
+	for _, v := range info["softdep"] {
+		inPre := false
+		for _, f := range strings.Fields(v) {
+			switch f {
+			case "pre:":
+				inPre = true
+			case "post:":
+				inPre = false
+			default:
+				if inPre {
+					pre = append(pre, f)
+				}
+			}
+		}
+	}
+	return deps, pre, nil
+}
+
+func modinfo(path string) (map[string][]string, error) {
 	f, err := elf.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading module %s: %w", path, err)
@@ -72,15 +104,38 @@ func Depends(path string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading .modinfo of %s: %w", path, err)
 	}
-	var deps []string
-	for _, v := range ParseModinfo(b)["depends"] {
-		for _, d := range strings.Split(v, ",") {
-			if d = strings.TrimSpace(d); d != "" {
-				deps = append(deps, Canonical(d))
+	return ParseModinfo(b), nil
+}
+
+// aliases maps module aliases (such as "crypto-crc32c") to module names,
+// for the modules in idx and the built-in ones (modules.builtin.modinfo).
+func aliases(root string, idx map[string]string) (map[string]string, error) {
+	out := map[string]string{}
+	if b, err := os.ReadFile(filepath.Join(root, "modules.builtin.modinfo")); err == nil {
+		for _, f := range bytes.Split(b, []byte{0}) {
+			mod, rest, ok := bytes.Cut(f, []byte{'.'})
+			if k, v, ok2 := bytes.Cut(rest, []byte{'='}); ok && ok2 && string(k) == "alias" {
+				out[string(v)] = Canonical(string(mod))
 			}
 		}
 	}
-	return deps, nil
+	names := make([]string, 0, len(idx))
+	for name := range idx {
+		names = append(names, name)
+	}
+	sort.Strings(names) // several modules can share an alias: pick the same one every build
+	for _, name := range names {
+		info, err := modinfo(filepath.Join(root, idx[name]))
+		if err != nil {
+			return nil, err
+		}
+		for _, a := range info["alias"] {
+			if _, taken := out[a]; !taken {
+				out[a] = name
+			}
+		}
+	}
+	return out, nil
 }
 
 // Resolve returns want and all their dependencies in load order
@@ -101,7 +156,32 @@ func Resolve(root string, want []string) ([]Module, error) {
 		out   []Module
 		state = map[string]int{} // 1 visiting, 2 done
 		visit func(name, from string) error
+		alias map[string]string
 	)
+	// resolveSoft turns a soft dependency (a module or an alias) into a
+	// module name, or "" when the kernel has it built in.
+	resolveSoft := func(name string) (string, error) {
+		if _, ok := idx[Canonical(name)]; ok {
+			return Canonical(name), nil
+		}
+		if builtin[Canonical(name)] {
+			return "", nil
+		}
+		if alias == nil {
+			var err error
+			if alias, err = aliases(root, idx); err != nil {
+				return "", err
+			}
+		}
+		m, ok := alias[name]
+		if !ok {
+			return "", fmt.Errorf("soft dependency %s matches no module", name)
+		}
+		if builtin[m] {
+			return "", nil
+		}
+		return m, nil
+	}
 	visit = func(name, from string) error {
 		name = Canonical(name)
 		switch state[name] {
@@ -122,11 +202,21 @@ func Resolve(root string, want []string) ([]Module, error) {
 			return fmt.Errorf("module %s not found in %s", name, root)
 		}
 		state[name] = 1
-		deps, err := Depends(filepath.Join(root, path))
+		deps, pre, err := Depends(filepath.Join(root, path))
 		if err != nil {
 			return err
 		}
+		for _, p := range pre {
+			m, err := resolveSoft(p)
+			if err != nil {
+				return fmt.Errorf("module %s: %w", name, err)
+			}
+			if m != "" {
+				deps = append(deps, m)
+			}
+		}
 		sort.Strings(deps)
+		deps = slices.Compact(deps)
 		for _, d := range deps {
 			if err := visit(d, name); err != nil {
 				return err

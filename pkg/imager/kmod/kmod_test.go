@@ -62,6 +62,22 @@ func TestResolvePinnedKernel(t *testing.T) {
 	if _, ok := pos["virtio_blk"]; !ok {
 		t.Error("virtio_blk not resolved")
 	}
+	// libcrc32c asks for "crc32c" first (a soft dependency through an
+	// alias); without it the module fails to load in an image with no
+	// modprobe.
+	impl := -1
+	for _, m := range []string{"crc32c_generic", "crc32c_intel"} {
+		if p, ok := pos[m]; ok {
+			impl = p
+		}
+	}
+	if impl < 0 || impl > pos["libcrc32c"] {
+		t.Errorf("no crc32c implementation loads before libcrc32c (positions %d, %d)", impl, pos["libcrc32c"])
+	}
+	again, _ := Resolve(root, kernel.Modules())
+	if !slices.EqualFunc(mods, again, func(a, b Module) bool { return a.Path == b.Path }) {
+		t.Error("two resolutions differ")
+	}
 	if _, err := Resolve(root, []string{"no_such_module"}); err == nil || !strings.Contains(err.Error(), "no_such_module") {
 		t.Errorf("Resolve(unknown) = %v, want an error naming it", err)
 	}

@@ -1,0 +1,335 @@
+// Package imager builds a RigOS image, reproducibly: the same sources,
+// kernel, keys and settings give the same bytes. It builds init and the
+// agent, writes the initramfs (cpio), assembles and signs the UKI,
+// writes the GPT disk as raw (for a USB stick) and qcow2 (for QEMU),
+// predicts PCR 4 and PCR 11, and writes the signed reference manifest
+// the verifier consumes.
+package imager
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/rigos/rigos/kernel"
+	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/bootconfig"
+	"github.com/rigos/rigos/pkg/imager/cpio"
+	"github.com/rigos/rigos/pkg/imager/disk"
+	"github.com/rigos/rigos/pkg/imager/kmod"
+	"github.com/rigos/rigos/pkg/imager/sbkeys"
+	"github.com/rigos/rigos/pkg/imager/uki"
+	"github.com/rigos/rigos/pkg/keyfile"
+	"github.com/rigos/rigos/pkg/measure"
+)
+
+// Options for Build. Paths may be relative to the working directory.
+type Options struct {
+	// Out is the output folder. Required.
+	Out string
+	// Source is the RigOS module root (init and agent are built from it).
+	Source string
+	// Keys holds the Secure Boot keys (PK, KEK, db) and the manifest
+	// signing key; missing development keys are generated. Required.
+	Keys string
+	// KernelRoot is the unpacked kernel package (kernel/fetch.sh). Required.
+	KernelRoot string
+	// Stub is systemd-stub. Default is uki.DefaultStub.
+	Stub string
+	// Verifier is the verifier's host:port baked into the agent. Required.
+	Verifier string
+	// VerifierCA is the CA (PEM file) of the verifier's TLS certificate. Required.
+	VerifierCA string
+	// NodeID is baked into the agent; empty means "derive from the EK".
+	NodeID string
+	// Console is the serial console ("ttyS0"), or empty for the screen.
+	Console string
+	// ExtraCmdline is appended to the hardened command line.
+	ExtraCmdline []string
+	// Network is init's network configuration. Default is DHCP.
+	Network bootconfig.Network
+	// Epoch is the build time recorded everywhere (SOURCE_DATE_EPOCH).
+	// Default is 2026-01-01.
+	Epoch int64
+	// InitrdHook, if set, may change the initramfs before it goes into
+	// the UKI (tests build tampered images with it).
+	InitrdHook func([]byte) []byte
+	// Log receives progress lines. Default is discard.
+	Log io.Writer
+}
+
+// Result describes what Build wrote.
+type Result struct {
+	Raw, QCOW2, UKI, Initrd, Manifest string
+	UKIDigest, KernelDigest, PCR11    []byte
+	UKISize, InitrdSize               int
+	Build                             string
+}
+
+func (o *Options) check() error {
+	var errs []error
+	req := func(name, v, hint string) {
+		if v == "" {
+			errs = append(errs, fmt.Errorf("%s is required%s", name, hint))
+		}
+	}
+	req("output folder", o.Out, "")
+	req("keys folder", o.Keys, "")
+	req("kernel", o.KernelRoot, " (run kernel/fetch.sh; it prints the folder)")
+	req("verifier address", o.Verifier, "")
+	req("verifier CA", o.VerifierCA, "")
+	if o.Stub == "" {
+		o.Stub = uki.DefaultStub
+	}
+	if _, err := os.Stat(o.Stub); err != nil {
+		errs = append(errs, fmt.Errorf("systemd-stub %s missing (apt-get install systemd-boot-efi): %w", o.Stub, err))
+	}
+	for _, tool := range []string{"objcopy", "qemu-img", "go"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			errs = append(errs, fmt.Errorf("%s not found (hack/deps.sh installs it)", tool))
+		}
+	}
+	if o.VerifierCA != "" {
+		if _, err := os.Stat(o.VerifierCA); err != nil {
+			errs = append(errs, fmt.Errorf("verifier CA: %w", err))
+		}
+	}
+	if o.Epoch == 0 {
+		o.Epoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	return errors.Join(errs...)
+}
+
+// Build builds the image.
+func Build(o Options) (*Result, error) {
+	if err := o.check(); err != nil {
+		return nil, fmt.Errorf("imager: %w", err)
+	}
+	start := time.Now()
+	step := func(format string, args ...any) {
+		fmt.Fprintf(o.Log, "[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+	tmp, err := os.MkdirTemp("", "rigos-imager-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	if err := os.MkdirAll(o.Out, 0o755); err != nil {
+		return nil, err
+	}
+	// go-diskfs stamps FAT entries with SOURCE_DATE_EPOCH.
+	os.Setenv("SOURCE_DATE_EPOCH", fmt.Sprint(o.Epoch))
+
+	keys, made, err := sbkeys.Ensure(o.Keys, "RigOS development")
+	if err != nil {
+		return nil, err
+	}
+	if made {
+		step("generated development Secure Boot keys in %s", o.Keys)
+	}
+	manKey, err := ensureManifestKey(o.Keys)
+	if err != nil {
+		return nil, err
+	}
+
+	step("building init and agent (static, reproducible)")
+	bins := map[string][]byte{}
+	for _, name := range []string{"init", "agent"} {
+		out := filepath.Join(tmp, name)
+		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", out, "./"+name)
+		cmd.Dir = o.Source
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building %s: %v\n%s", name, err, b)
+		}
+		if bins[name], err = os.ReadFile(out); err != nil {
+			return nil, err
+		}
+	}
+
+	lock, err := kernel.Pinned()
+	if err != nil {
+		return nil, err
+	}
+	modRoot := filepath.Join(o.KernelRoot, "lib", "modules", lock.Release)
+	mods, err := kmod.Resolve(modRoot, kernel.Modules())
+	if err != nil {
+		return nil, fmt.Errorf("resolving modules: %w", err)
+	}
+	step("resolved %d modules (%d listed)", len(mods), len(kernel.Modules()))
+
+	initrd, err := o.initramfs(bins, mods, modRoot)
+	if err != nil {
+		return nil, err
+	}
+	if o.InitrdHook != nil {
+		initrd = o.InitrdHook(initrd)
+	}
+	step("initramfs: %.1f MiB", float64(len(initrd))/(1<<20))
+
+	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+lock.Release))
+	if err != nil {
+		return nil, fmt.Errorf("reading kernel (run kernel/fetch.sh): %w", err)
+	}
+	extra := append([]string(nil), o.ExtraCmdline...)
+	if o.Console != "" {
+		extra = append(extra, "console="+o.Console)
+	}
+	sections := []uki.Section{
+		{Name: ".osrel", Data: osRelease(lock)},
+		{Name: ".cmdline", Data: []byte(kernel.Cmdline(extra...))},
+		{Name: ".linux", Data: vmlinuz},
+		{Name: ".initrd", Data: initrd},
+	}
+	unsigned, err := uki.Assemble(o.Stub, sections, tmp)
+	if err != nil {
+		return nil, err
+	}
+	signed, err := uki.Sign(unsigned, keys.DB.Signer, keys.DB.Cert)
+	if err != nil {
+		return nil, err
+	}
+	ukiDigest, err := uki.AuthenticodeDigest(signed)
+	if err != nil {
+		return nil, err
+	}
+	kernelDigest, err := uki.AuthenticodeDigest(vmlinuz)
+	if err != nil {
+		return nil, fmt.Errorf("kernel image: %w", err)
+	}
+	pcr11 := uki.PredictPCR11(sections)
+	step("UKI: %.1f MiB, signed with %s", float64(len(signed))/(1<<20), keys.DB.Cert.Subject.CommonName)
+
+	sum := sha256.Sum256(signed)
+	r := &Result{
+		Raw: filepath.Join(o.Out, "rigos.raw"), QCOW2: filepath.Join(o.Out, "rigos.qcow2"),
+		UKI: filepath.Join(o.Out, "rigos.efi"), Initrd: filepath.Join(o.Out, "initrd.img"),
+		Manifest:  filepath.Join(o.Out, "manifest.json"),
+		UKIDigest: ukiDigest, KernelDigest: kernelDigest, PCR11: pcr11,
+		UKISize: len(signed), InitrdSize: len(initrd), Build: hex.EncodeToString(sum[:6]),
+	}
+	for _, f := range []string{r.Raw, r.QCOW2} {
+		_ = os.Remove(f)
+	}
+	if err := os.WriteFile(r.UKI, signed, 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(r.Initrd, initrd, 0o644); err != nil {
+		return nil, err
+	}
+	if err := disk.Write(r.Raw, signed, disk.Layout{Seed: sum[:]}); err != nil {
+		return nil, err
+	}
+	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", r.Raw, r.QCOW2).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("qemu-img: %v: %s", err, b)
+	}
+	step("disk images: %s, %s", r.Raw, r.QCOW2)
+
+	dbSum := sha256.Sum256(keys.DB.Cert.Raw)
+	m := &attestation.Manifest{
+		Version: attestation.ManifestVersion, Build: r.Build, Created: time.Unix(o.Epoch, 0).UTC(),
+		BootApplications: []string{hex.EncodeToString(ukiDigest), hex.EncodeToString(kernelDigest)},
+		PCR11:            []string{hex.EncodeToString(pcr11)},
+		SecureBoot:       attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])}},
+		Phases:           []string{measure.PhaseEnterInitrd, measure.PhaseModulesLocked, measure.PhaseStartAgent},
+	}
+	signedManifest, err := attestation.SignManifest(m, manKey)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(r.Manifest, signedManifest, 0o644); err != nil {
+		return nil, err
+	}
+	step("manifest %s: build %s, PCR 4 %x…, PCR 11 %x…", r.Manifest, r.Build, ukiDigest[:6], pcr11[:6])
+	return r, nil
+}
+
+func osRelease(l kernel.Lock) []byte {
+	return []byte(fmt.Sprintf("NAME=RigOS\nID=rigos\nPRETTY_NAME=\"RigOS\"\nVERSION_ID=dev\nKERNEL=%s\n", l.Version))
+}
+
+func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot string) ([]byte, error) {
+	ca, err := os.ReadFile(o.VerifierCA)
+	if err != nil {
+		return nil, err
+	}
+	var paths []string
+	entries := []cpio.Entry{
+		{Name: "init", Mode: cpio.TypeReg | 0o755, Data: bins["init"]},
+		{Name: "usr/bin/agent", Mode: cpio.TypeReg | 0o755, Data: bins["agent"]},
+		{Name: "etc/rigos/verifier-ca.crt", Mode: cpio.TypeReg | 0o644, Data: ca},
+		{Name: "dev/console", Mode: cpio.TypeChar | 0o600, RdevMajor: 5, RdevMinor: 1},
+	}
+	for _, d := range []string{"proc", "sys", "run", "tmp", "var"} {
+		entries = append(entries, cpio.Entry{Name: d, Mode: cpio.TypeDir | 0o755})
+	}
+	for _, m := range mods {
+		b, err := os.ReadFile(filepath.Join(modRoot, m.Path))
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, cpio.Entry{Name: filepath.Join("lib/modules", m.Path), Mode: cpio.TypeReg | 0o644, Data: b})
+		paths = append(paths, m.Path)
+	}
+	initCfg := bootconfig.Config{Network: o.Network, Modules: paths, BuildTime: o.Epoch}
+	agentCfg := map[string]any{
+		"node_id": o.NodeID, "verifier": o.Verifier, "ca_cert": "/etc/rigos/verifier-ca.crt", "tpm": "device",
+		"state_dir": "/run/rigos/agent", "runtime_log": "/run/rigos/runtime.cel",
+	}
+	for name, v := range map[string]any{"etc/rigos/init.json": initCfg, "etc/rigos/agent.json": agentCfg} {
+		b, err := json.MarshalIndent(v, "", "  ")
+		if err != nil {
+			return nil, err
+		}
+		entries = append(entries, cpio.Entry{Name: name, Mode: cpio.TypeReg | 0o644, Data: append(b, '\n')})
+	}
+	var raw bytes.Buffer
+	if err := cpio.Write(&raw, entries); err != nil {
+		return nil, err
+	}
+	var gz bytes.Buffer
+	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := zw.Write(raw.Bytes()); err != nil {
+		return nil, err
+	}
+	if err := zw.Close(); err != nil {
+		return nil, err
+	}
+	return gz.Bytes(), nil
+}
+
+// ensureManifestKey loads (or, for development, creates) the Ed25519 key
+// that signs manifests: manifest.key and manifest.pub beside the Secure
+// Boot keys.
+func ensureManifestKey(dir string) (ed25519.PrivateKey, error) {
+	p := filepath.Join(dir, "manifest.key")
+	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+		priv, pub, err := keyfile.NewEd25519()
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(p, priv, 0o600); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "manifest.pub"), pub, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	return keyfile.ReadEd25519Private(p)
+}
