@@ -15,7 +15,9 @@ import (
 // Config is the agent configuration file (JSON). Relative paths are
 // relative to the file's folder.
 type Config struct {
-	// NodeID identifies the rig to the platform. Required.
+	// NodeID identifies the rig to the platform. Default is derived from
+	// the TPM's endorsement key ("rig-" and 16 hex digits), so one image
+	// serves many rigs.
 	NodeID string `json:"node_id"`
 	// Verifier is the verifier's host:port. Required.
 	Verifier string `json:"verifier"`
@@ -92,9 +94,6 @@ func (c *Config) Defaults() {
 // Validate reports every problem at once.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.NodeID == "" {
-		errs = append(errs, errors.New("node_id is required"))
-	}
 	if _, _, err := net.SplitHostPort(c.Verifier); err != nil {
 		errs = append(errs, fmt.Errorf("verifier %q: want host:port", c.Verifier))
 	}

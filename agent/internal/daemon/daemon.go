@@ -4,8 +4,10 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -59,10 +61,20 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	defer conn.Close()
 	client := apiv1.NewAttestationClient(conn)
 
+	nodeID := cfg.NodeID
+	if nodeID == "" {
+		ek, err := att.EKPublic()
+		if err != nil {
+			return err
+		}
+		nodeID = NodeIDFromEK(ek)
+	}
+	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier)
+
 	backoff := cfg.ReconnectMin.D()
 	for {
 		start := time.Now()
-		err := session.Run(ctx, client, session.Node{ID: cfg.NodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log})
+		err := session.Run(ctx, client, session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log})
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -79,6 +91,12 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		backoff = min(2*backoff, cfg.ReconnectMax.D())
 	}
+}
+
+// NodeIDFromEK derives a node ID from the EK public key (PKIX DER).
+func NodeIDFromEK(ekDER []byte) string {
+	sum := sha256.Sum256(ekDER)
+	return "rig-" + hex.EncodeToString(sum[:8])
 }
 
 func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte, error), func(), error) {

@@ -71,8 +71,11 @@ var mounts = []mount{
 	{"efivarfs", "/sys/firmware/efi/efivars", "efivarfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY, ""},
 }
 
-func mountAll(optional func(mount) bool) error {
+func mountAll(which func(mount) bool, optional func(mount) bool) error {
 	for _, m := range mounts {
+		if !which(m) {
+			continue
+		}
 		if err := os.MkdirAll(m.target, 0o755); err != nil && !optional(m) {
 			return fmt.Errorf("creating %s: %w", m.target, err)
 		}
@@ -89,7 +92,8 @@ func mountAll(optional func(mount) bool) error {
 func run() error {
 	say("RigOS init starting")
 	// efivarfs needs its module; it is mounted again after modules load.
-	if err := mountAll(func(m mount) bool { return m.fstype == "efivarfs" }); err != nil {
+	isEFI := func(m mount) bool { return m.fstype == "efivarfs" }
+	if err := mountAll(func(m mount) bool { return !isEFI(m) }, isEFI); err != nil {
 		return err
 	}
 	b, err := os.ReadFile(bootconfig.Path)
@@ -126,7 +130,9 @@ func run() error {
 		return fmt.Errorf("disabling module loading: %w", err)
 	}
 	say("loaded %d modules; module loading disabled", n)
-	_ = mountAll(func(mount) bool { return true })
+	if err := mountAll(isEFI, func(mount) bool { return false }); err != nil {
+		say("%v (no EFI variables: not booted by UEFI?)", err)
+	}
 	applySysctls()
 	if err := phase(measure.PhaseModulesLocked); err != nil {
 		return err
@@ -341,9 +347,10 @@ func (r *reaper) start(argv []string) (int, chan unix.WaitStatus, error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	r.watched[p.Pid] = ch
+	pid := p.Pid
+	r.watched[pid] = ch
 	_ = p.Release()
-	return p.Pid, ch, nil
+	return pid, ch, nil
 }
 
 // supervise runs the agent forever, restarting it with backoff.
