@@ -5,7 +5,7 @@ GO ?= go
 BIN := $(CURDIR)/.bin
 FUZZTIME ?= 20s
 
-.PHONY: help deps build test test-unit fuzz lint generate check-generated demo bench loadgen clean
+.PHONY: help deps build test test-unit test-vm fuzz lint generate check-generated image run-vm demo demo-sim bench loadgen clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -13,16 +13,22 @@ help: ## list targets
 deps: ## install the Debian packages the build and tests need
 	@hack/deps.sh
 
-build: deps ## build attest and agent into .bin/
+build: deps ## build attest, agent, imager and runvm into .bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/attest ./attest
 	$(GO) build -o $(BIN)/agent ./agent
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/agent-static ./agent
+	$(GO) build -o $(BIN)/imager ./imager
+	$(GO) build -o $(BIN)/runvm ./testvm/runvm
 
-test: deps check-generated lint ## run every test tier (unit with -race, fuzz seeds, service tests)
+test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds, service, VM boots
+	kernel/fetch.sh >/dev/null
 	$(GO) test -race -count=1 ./...
-	CGO_ENABLED=0 $(GO) build ./agent ./attest
+	CGO_ENABLED=0 $(GO) build ./agent ./attest ./init
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+	$(MAKE) --no-print-directory test-vm
+
+test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility
+	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+vm_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
 
 fuzz: ## run each fuzz target for FUZZTIME
 	@for pkg in $$($(GO) list ./...); do \
@@ -46,8 +52,22 @@ generate: deps $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc ## regenerate prot
 check-generated: generate ## fail if generated code is stale
 	@git diff --exit-code -- pkg/api || { echo "generated code is stale: run make generate and commit"; exit 1; }
 
-demo: build ## verifier + agent on the TPM simulator: enrol, trusted, spot checks
+OUT ?= out
+KEYS ?= .cache/keys
+VERIFIER ?= 10.0.2.2:7443
+CA ?= .demo/ca.crt
+
+image: build ## build the image into OUT (VERIFIER=host:port CA=ca.crt KEYS=dir)
+	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -verifier $(VERIFIER) -ca $(CA)
+
+run-vm: build ## boot OUT/rigos.qcow2 in QEMU with Secure Boot and swtpm, console on stdout
+	$(BIN)/runvm -image $(OUT)/rigos.qcow2 -keys $(KEYS)
+
+demo: build ## build an image, start the verifier, boot it in QEMU: enrol, trusted, spot checks
 	BIN=$(BIN) hack/demo.sh
+
+demo-sim: build ## the verifier and an agent on the TPM simulator (no QEMU)
+	BIN=$(BIN) hack/demo-sim.sh
 
 bench: deps ## appraisal benchmarks
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/attestation/

@@ -57,8 +57,17 @@ func run(args []string) error {
 		fs.StringVar(&o.SpotMin, "min", "1s", "minimum spot-check interval")
 		fs.StringVar(&o.SpotMax, "max", "10s", "maximum spot-check interval")
 		fs.StringVar(&o.Deadline, "deadline", "5s", "answer deadline")
+		extraKey := fs.String("manifest-key", "", "another manifest signing key (PEM) to trust, e.g. the imager's")
+
 		if err := fs.Parse(args); err != nil {
 			return err
+		}
+		if *extraKey != "" {
+			abs, err := filepath.Abs(*extraKey)
+			if err != nil {
+				return err
+			}
+			o.ManifestKeys = []string{abs}
 		}
 		return devinit.Write(o)
 	case "nodes", "watch", "node", "revoke", "accept-firmware":

@@ -9,6 +9,15 @@ pkgs=(
   libssl-dev        # the simulator links OpenSSL
   protobuf-compiler # make generate
   git ca-certificates
+  # the image and its VM tests
+  binutils              # objcopy: UKI assembly
+  systemd-boot-efi      # systemd-stub
+  qemu-system-x86 qemu-utils ovmf
+  swtpm swtpm-tools
+  python3 python3-cryptography  # virt-fw-vars (hack/virt-fw-vars.sh)
+  sbsigntool            # sbverify cross-checks our signatures in tests
+  cpio                  # cross-checks our initramfs writer in tests
+  bc
 )
 
 missing=()

@@ -8,7 +8,6 @@ package imager
 
 import (
 	"bytes"
-	"compress/gzip"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -20,6 +19,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/rigos/rigos/kernel"
 	"github.com/rigos/rigos/pkg/attestation"
@@ -61,8 +62,9 @@ type Options struct {
 	// Epoch is the build time recorded everywhere (SOURCE_DATE_EPOCH).
 	// Default is 2026-01-01.
 	Epoch int64
-	// InitrdHook, if set, may change the initramfs before it goes into
-	// the UKI (tests build tampered images with it).
+	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
+	// before it is compressed into the UKI (tests build tampered images
+	// with it).
 	InitrdHook func([]byte) []byte
 	// Log receives progress lines. Default is discard.
 	Log io.Writer
@@ -175,9 +177,6 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.InitrdHook != nil {
-		initrd = o.InitrdHook(initrd)
-	}
 	step("initramfs: %.1f MiB", float64(len(initrd))/(1<<20))
 
 	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+lock.Release))
@@ -241,7 +240,9 @@ func Build(o Options) (*Result, error) {
 	dbSum := sha256.Sum256(keys.DB.Cert.Raw)
 	m := &attestation.Manifest{
 		Version: attestation.ManifestVersion, Build: r.Build, Created: time.Unix(o.Epoch, 0).UTC(),
-		BootApplications: []string{hex.EncodeToString(ukiDigest), hex.EncodeToString(kernelDigest)},
+		// systemd-stub starts the kernel itself: the firmware measures only
+		// the UKI into PCR 4.
+		BootApplications: []string{hex.EncodeToString(ukiDigest)},
 		PCR11:            []string{hex.EncodeToString(pcr11)},
 		SecureBoot:       attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])}},
 		Phases:           []string{measure.PhaseEnterInitrd, measure.PhaseModulesLocked, measure.PhaseStartAgent},
@@ -300,18 +301,25 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 	if err := cpio.Write(&raw, entries); err != nil {
 		return nil, err
 	}
-	var gz bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gz, gzip.BestCompression)
+	archive := raw.Bytes()
+	if o.InitrdHook != nil {
+		archive = o.InitrdHook(archive)
+	}
+	// zstd (the kernel's RD_ZSTD): smaller than gzip and faster to unpack.
+	// One encoder thread keeps the output deterministic.
+	var out bytes.Buffer
+	zw, err := zstd.NewWriter(&out, zstd.WithEncoderLevel(zstd.SpeedBestCompression),
+		zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(8<<20), zstd.WithEncoderCRC(true))
 	if err != nil {
 		return nil, err
 	}
-	if _, err := zw.Write(raw.Bytes()); err != nil {
+	if _, err := zw.Write(archive); err != nil {
 		return nil, err
 	}
 	if err := zw.Close(); err != nil {
 		return nil, err
 	}
-	return gz.Bytes(), nil
+	return out.Bytes(), nil
 }
 
 // ensureManifestKey loads (or, for development, creates) the Ed25519 key

@@ -58,6 +58,9 @@ type Config struct {
 	SpotCheck SpotCheck `json:"spot_check"`
 	// HandshakeTimeout bounds each enrolment step. Default is "30s".
 	HandshakeTimeout config.Duration `json:"handshake_timeout"`
+	// EvidenceDir, if set, keeps a full dump (JSON) of every appraisal:
+	// challenge, quote, PCRs, event logs and verdict. Default is none.
+	EvidenceDir string `json:"evidence_dir"`
 	// LogLevel is debug, info, warn or error. Default is "info".
 	LogLevel string `json:"log_level"`
 }
@@ -77,7 +80,7 @@ func Load(path string) (*Config, error) {
 }
 
 func (c *Config) resolve(dir string) {
-	for _, p := range []*string{&c.TLSCert, &c.TLSKey, &c.Database, &c.SigningKey, &c.ManifestDir, &c.AdminSocket} {
+	for _, p := range []*string{&c.TLSCert, &c.TLSKey, &c.Database, &c.SigningKey, &c.ManifestDir, &c.AdminSocket, &c.EvidenceDir} {
 		*p = config.Resolve(dir, *p)
 	}
 	for _, l := range [][]string{c.ManifestKeys, c.EKRoots, c.EKIntermediates} {

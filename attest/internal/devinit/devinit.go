@@ -23,6 +23,9 @@ type Options struct {
 	NodeID string
 	// SpotMean etc. are Go durations for the demo's spot checks.
 	SpotMean, SpotMin, SpotMax, Deadline string
+	// ManifestKeys are further manifest signing keys (PEM) to trust, such
+	// as the imager's.
+	ManifestKeys []string
 }
 
 // Write creates the setup. Existing files are overwritten.
@@ -65,7 +68,7 @@ func Write(o Options) error {
 	attest := map[string]any{
 		"listen": o.Listen, "admin_socket": "admin.sock", "tls_cert": "server.crt", "tls_key": "server.key",
 		"database": "attest.db", "signing_key": "token.key", "manifest_dir": "manifests",
-		"manifest_keys": []string{"manifest.pub"}, "allow_dev": true,
+		"manifest_keys": append([]string{"manifest.pub"}, o.ManifestKeys...), "allow_dev": true,
 		"spot_check": map[string]string{"mean": o.SpotMean, "min": o.SpotMin, "max": o.SpotMax, "deadline": o.Deadline},
 	}
 	agent := map[string]any{

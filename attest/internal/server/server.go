@@ -128,6 +128,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	}
 	v, err := verifier.New(ctx, verifier.Options{
 		Store: db, Manifests: ms.Active, SigningKey: signing, Roots: roots, Intermediates: inter, Logger: log,
+		EvidenceDir: cfg.EvidenceDir,
 		Policy: verifier.Policy{
 			PCRs: cfg.PCRs, MeanInterval: cfg.SpotCheck.Mean.D(), MinInterval: cfg.SpotCheck.Min.D(),
 			MaxInterval: cfg.SpotCheck.Max.D(), Deadline: cfg.SpotCheck.Deadline.D(),

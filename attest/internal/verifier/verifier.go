@@ -15,12 +15,15 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"math"
 	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,6 +72,8 @@ type Options struct {
 	Now func() time.Time
 	// Nonces is the randomness for nonces; nil means crypto/rand.
 	Nonces io.Reader
+	// EvidenceDir, if set, receives a full dump of every appraisal.
+	EvidenceDir string
 }
 
 // Verifier implements the Attestation and Admin services.
@@ -191,14 +196,16 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		for _, p := range ev.GetPcrs() {
 			pcrs[int(p.GetIndex())] = p.GetDigest()
 		}
-		r := attestation.Appraise(attestation.Request{
+		req := attestation.Request{
 			AKPublic: n.AKPublic, Nonce: c.nonce, PCRs: v.o.Policy.PCRs,
 			Evidence: attestation.Evidence{
 				Quote: ev.GetQuote(), Signature: ev.GetSignature(), PCRs: pcrs,
 				FirmwareLog: ev.GetFirmwareEventLog(), RuntimeLog: ev.GetRuntimeEventLog(),
 			},
 			LastClock: n.LastClock, PinnedFirmware: pinned, Manifests: v.o.Manifests(),
-		})
+		}
+		r := attestation.Appraise(req)
+		defer func() { v.dump(n, req) }()
 		n.Appraisals++
 		clockOK := true
 		for _, f := range r.Failures {
@@ -232,6 +239,26 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		}
 		return r.Manifest, nil
 	})
+}
+
+// dump writes the appraisal to EvidenceDir, if set. Failing to keep a
+// dump is logged, never fatal.
+func (v *Verifier) dump(n *store.Node, req attestation.Request) {
+	if v.o.EvidenceDir == "" {
+		return
+	}
+	now := v.o.Now()
+	b, err := json.MarshalIndent(attestation.NewDump(n.ID, now, req, n.State, n.Reason), "", "  ")
+	if err == nil {
+		err = os.MkdirAll(v.o.EvidenceDir, 0o700)
+	}
+	if err == nil {
+		name := fmt.Sprintf("%s-%d-%06d.json", n.ID, now.UnixMilli(), n.Appraisals)
+		err = os.WriteFile(filepath.Join(v.o.EvidenceDir, name), b, 0o600)
+	}
+	if err != nil {
+		v.o.Logger.Error("keeping evidence", "node", n.ID, "err", err)
+	}
 }
 
 // demote moves a node to state with reason unless it is already worse.

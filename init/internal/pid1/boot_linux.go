@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"os"
 	"os/signal"
@@ -25,9 +27,12 @@ import (
 const RuntimeLog = "/run/rigos/runtime.cel"
 
 // say prints a status line on the console. Lines start with "rigos: " so
-// that tests and operators can follow the boot.
+// that tests and operators can follow the boot, and end with the time
+// since the kernel started.
 func say(format string, args ...any) {
-	fmt.Fprintf(os.Stdout, "rigos: "+format+"\n", args...)
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	fmt.Fprintf(os.Stdout, "rigos: "+format+" [%.2fs]\n", append(args, float64(ts.Nano())/1e9)...)
 }
 
 // Main runs init. It never returns: on an unrecoverable error or a panic
@@ -91,6 +96,7 @@ func mountAll(which func(mount) bool, optional func(mount) bool) error {
 
 func run() error {
 	say("RigOS init starting")
+	log.SetOutput(io.Discard) // the DHCP library logs every packet; init prints its own status
 	// efivarfs needs its module; it is mounted again after modules load.
 	isEFI := func(m mount) bool { return m.fstype == "efivarfs" }
 	if err := mountAll(func(m mount) bool { return !isEFI(m) }, isEFI); err != nil {
