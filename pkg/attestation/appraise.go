@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/google/go-attestation/attest"
 
@@ -84,16 +85,18 @@ func (r *Result) Err() error {
 	return errors.Join(errs...)
 }
 
-// Reason is a one-line summary of the failures, or "" if it passed.
+// Reason is a one-line summary of the failures (up to three, then a
+// count), or "" if it passed.
 func (r *Result) Reason() string {
-	if len(r.Failures) == 0 {
-		return ""
+	var parts []string
+	for i, f := range r.Failures {
+		if i == 3 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(r.Failures)-3))
+			break
+		}
+		parts = append(parts, f.Error())
 	}
-	s := r.Failures[0].Error()
-	if n := len(r.Failures) - 1; n > 0 {
-		s += fmt.Sprintf(" (and %d more)", n)
-	}
-	return s
+	return strings.Join(parts, "; ")
 }
 
 func (r *Result) add(err error) {
