@@ -5,7 +5,7 @@ GO ?= go
 BIN := $(CURDIR)/.bin
 FUZZTIME ?= 20s
 
-.PHONY: help deps build test test-unit test-vm fuzz lint generate check-generated image run-vm demo demo-sim bench loadgen clean
+.PHONY: help deps build test test-unit test-vm fuzz lint generate check-generated image kernel run-vm demo demo-sim bench loadgen clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ CA ?= .demo/ca.crt
 
 image: build ## build the image into OUT (VERIFIER=host:port CA=ca.crt KEYS=dir)
 	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -verifier $(VERIFIER) -ca $(CA)
+
+kernel: ## build RigOS's own hardened kernel from Debian's source (not run in CI; ~1 h)
+	kernel/build.sh
 
 run-vm: build ## boot OUT/rigos.qcow2 in QEMU with Secure Boot and swtpm, console on stdout
 	$(BIN)/runvm -image $(OUT)/rigos.qcow2 -keys $(KEYS)

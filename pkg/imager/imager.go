@@ -162,11 +162,11 @@ func Build(o Options) (*Result, error) {
 		}
 	}
 
-	lock, err := kernel.Pinned()
+	release, err := kernelRelease(o.KernelRoot)
 	if err != nil {
 		return nil, err
 	}
-	modRoot := filepath.Join(o.KernelRoot, "lib", "modules", lock.Release)
+	modRoot := filepath.Join(o.KernelRoot, "lib", "modules", release)
 	mods, err := kmod.Resolve(modRoot, kernel.Modules())
 	if err != nil {
 		return nil, fmt.Errorf("resolving modules: %w", err)
@@ -179,7 +179,7 @@ func Build(o Options) (*Result, error) {
 	}
 	step("initramfs: %.1f MiB", float64(len(initrd))/(1<<20))
 
-	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+lock.Release))
+	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+release))
 	if err != nil {
 		return nil, fmt.Errorf("reading kernel (run kernel/fetch.sh): %w", err)
 	}
@@ -188,7 +188,7 @@ func Build(o Options) (*Result, error) {
 		extra = append(extra, "console="+o.Console)
 	}
 	sections := []uki.Section{
-		{Name: ".osrel", Data: osRelease(lock)},
+		{Name: ".osrel", Data: osRelease(release)},
 		{Name: ".cmdline", Data: []byte(kernel.Cmdline(extra...))},
 		{Name: ".linux", Data: vmlinuz},
 		{Name: ".initrd", Data: initrd},
@@ -258,8 +258,27 @@ func Build(o Options) (*Result, error) {
 	return r, nil
 }
 
-func osRelease(l kernel.Lock) []byte {
-	return []byte(fmt.Sprintf("NAME=RigOS\nID=rigos\nPRETTY_NAME=\"RigOS\"\nVERSION_ID=dev\nKERNEL=%s\n", l.Version))
+func osRelease(release string) []byte {
+	return []byte(fmt.Sprintf("NAME=RigOS\nID=rigos\nPRETTY_NAME=\"RigOS\"\nVERSION_ID=dev\nKERNEL=%s\n", release))
+}
+
+// kernelRelease finds the kernel release in an unpacked kernel: the one
+// folder under lib/modules (Debian's package, or kernel/build.sh output).
+func kernelRelease(root string) (string, error) {
+	dirs, err := os.ReadDir(filepath.Join(root, "lib", "modules"))
+	if err != nil {
+		return "", fmt.Errorf("kernel %s: %w (run kernel/fetch.sh)", root, err)
+	}
+	var rels []string
+	for _, d := range dirs {
+		if d.IsDir() {
+			rels = append(rels, d.Name())
+		}
+	}
+	if len(rels) != 1 {
+		return "", fmt.Errorf("kernel %s: want one release under lib/modules, found %v", root, rels)
+	}
+	return rels[0], nil
 }
 
 func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot string) ([]byte, error) {
