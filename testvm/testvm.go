@@ -76,7 +76,7 @@ type Options struct {
 	Vars string
 	// Dir is the VM's work folder (console.log, TPM state, overlay).
 	Dir string
-	// Memory for the guest. Default is "512M" (init_on_free makes more
+	// Memory for the guest. Default is "256M" (init_on_free makes more
 	// memory slower to boot under TCG).
 	Memory string
 	// Timeout kills the VM. Default is 5 minutes.
@@ -100,7 +100,7 @@ func Start(o Options) (*VM, error) {
 		return nil, err
 	}
 	if o.Memory == "" {
-		o.Memory = "512M"
+		o.Memory = "256M"
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Minute

@@ -36,12 +36,27 @@ type Config struct {
 	// Agent is the agent's command line. Default is
 	// ["/usr/bin/agent", "-config", "/etc/rigos/agent.json"].
 	Agent []string `json:"agent,omitempty"`
-	// Modules lists module files in load order, relative to
-	// /lib/modules. Written by the imager.
-	Modules []string `json:"modules,omitempty"`
+	// Modules lists the allowlisted modules and their dependencies in
+	// load order. Written by the imager.
+	Modules []Module `json:"modules,omitempty"`
 	// BuildTime is the image's build time (Unix seconds): the clock is
 	// never set earlier than this.
 	BuildTime int64 `json:"build_time,omitempty"`
+}
+
+// Module is one kernel module the image may load.
+type Module struct {
+	Name string `json:"name"`
+	// Path is relative to /lib/modules.
+	Path string   `json:"path"`
+	Deps []string `json:"deps,omitempty"`
+	// Devices are modalias patterns of the hardware the module drives.
+	// A wanted module with none (a file system) is always loaded; one with
+	// some is loaded only when such hardware is present.
+	Devices []string `json:"devices,omitempty"`
+	// Wanted marks modules asked for in kernel/modules.txt; the others
+	// load only as dependencies.
+	Wanted bool `json:"wanted,omitempty"`
 }
 
 // Defaults fills in unset fields.

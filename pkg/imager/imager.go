@@ -151,7 +151,11 @@ func Build(o Options) (*Result, error) {
 	bins := map[string][]byte{}
 	for _, name := range []string{"init", "agent"} {
 		out := filepath.Join(tmp, name)
-		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", out, "./"+name)
+		// grpcnotrace leaves out gRPC's tracing (net/trace and its HTML
+		// templates): 2.8 MB less agent, and every MB of the UKI costs
+		// boot time.
+		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-tags", "grpcnotrace",
+			"-ldflags", "-s -w -buildid=", "-o", out, "./"+name)
 		cmd.Dir = o.Source
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 		if b, err := cmd.CombinedOutput(); err != nil {
@@ -286,7 +290,7 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 	if err != nil {
 		return nil, err
 	}
-	var paths []string
+	var modules []bootconfig.Module
 	entries := []cpio.Entry{
 		{Name: "init", Mode: cpio.TypeReg | 0o755, Data: bins["init"]},
 		{Name: "usr/bin/agent", Mode: cpio.TypeReg | 0o755, Data: bins["agent"]},
@@ -302,9 +306,9 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 			return nil, err
 		}
 		entries = append(entries, cpio.Entry{Name: filepath.Join("lib/modules", m.Path), Mode: cpio.TypeReg | 0o644, Data: b})
-		paths = append(paths, m.Path)
+		modules = append(modules, bootconfig.Module{Name: m.Name, Path: m.Path, Deps: m.Deps, Devices: m.Devices, Wanted: m.Wanted})
 	}
-	initCfg := bootconfig.Config{Network: o.Network, Modules: paths, BuildTime: o.Epoch}
+	initCfg := bootconfig.Config{Network: o.Network, Modules: modules, BuildTime: o.Epoch}
 	agentCfg := map[string]any{
 		"node_id": o.NodeID, "verifier": o.Verifier, "ca_cert": "/etc/rigos/verifier-ca.crt", "tpm": "device",
 		"state_dir": "/run/rigos/agent", "runtime_log": "/run/rigos/runtime.cel",

@@ -135,7 +135,7 @@ func run() error {
 	if err := os.WriteFile("/proc/sys/kernel/modules_disabled", []byte("1"), 0); err != nil {
 		return fmt.Errorf("disabling module loading: %w", err)
 	}
-	say("loaded %d modules; module loading disabled", n)
+	say("loaded %d of %d allowlisted modules for the hardware present; module loading disabled", n, len(cfg.Modules))
 	if err := mountAll(isEFI, func(mount) bool { return false }); err != nil {
 		say("%v (no EFI variables: not booted by UEFI?)", err)
 	}
@@ -196,22 +196,47 @@ func openRecorder() (*measure.Recorder, func(), error) {
 	return rec, func() { dev.Close() }, nil
 }
 
-func loadModules(paths []string) (int, error) {
-	n := 0
-	for _, p := range paths {
-		full := filepath.Join("/lib/modules", p)
-		f, err := os.Open(full)
-		if err != nil {
-			return n, fmt.Errorf("opening module %s: %w", p, err)
+// loadModules loads the allowlisted modules the hardware present needs,
+// rescanning the devices after each round because drivers create devices
+// (virtio_pci creates the virtio devices, for instance).
+func loadModules(mods []bootconfig.Module) (int, error) {
+	loaded := map[string]bool{}
+	for round := 0; round < 5; round++ {
+		plan := modulePlan(mods, deviceAliases(), loaded)
+		if len(plan) == 0 {
+			break
 		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
-		f.Close()
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return n, fmt.Errorf("loading module %s: %w", p, err)
+		for _, m := range plan {
+			full := filepath.Join("/lib/modules", m.Path)
+			f, err := os.Open(full)
+			if err != nil {
+				return len(loaded), fmt.Errorf("opening module %s: %w", m.Path, err)
+			}
+			start := time.Now()
+			err = unix.FinitModule(int(f.Fd()), "", 0)
+			f.Close()
+			if d := time.Since(start); d > 100*time.Millisecond {
+				say("module %s took %s", m.Name, d.Round(time.Millisecond))
+			}
+			if err != nil && !errors.Is(err, unix.EEXIST) {
+				return len(loaded), fmt.Errorf("loading module %s: %w", m.Name, err)
+			}
+			loaded[m.Name] = true
 		}
-		n++
 	}
-	return n, nil
+	return len(loaded), nil
+}
+
+// deviceAliases reads the modalias of every device on every bus.
+func deviceAliases() []string {
+	files, _ := filepath.Glob("/sys/bus/*/devices/*/modalias")
+	var out []string
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			out = append(out, strings.TrimSpace(string(b)))
+		}
+	}
+	return out
 }
 
 func applySysctls() {

@@ -20,6 +20,11 @@ type Module struct {
 	Name string // canonical name: '-' written as '_'
 	Path string // relative to the modules root, e.g. kernel/drivers/...
 	Deps []string
+	// Devices are the module's hardware aliases (modalias patterns such
+	// as "pci:v00001AF4d*"); empty for file systems and libraries.
+	Devices []string
+	// Wanted is set for modules asked for, not only needed by another.
+	Wanted bool
 }
 
 // Canonical returns the kernel's canonical module name.
@@ -206,6 +211,10 @@ func Resolve(root string, want []string) ([]Module, error) {
 		if err != nil {
 			return err
 		}
+		info, err := modinfo(filepath.Join(root, path))
+		if err != nil {
+			return err
+		}
 		for _, p := range pre {
 			m, err := resolveSoft(p)
 			if err != nil {
@@ -223,13 +232,33 @@ func Resolve(root string, want []string) ([]Module, error) {
 			}
 		}
 		state[name] = 2
-		out = append(out, Module{Name: name, Path: path, Deps: deps})
+		out = append(out, Module{Name: name, Path: path, Deps: deps, Devices: DeviceAliases(info["alias"])})
 		return nil
 	}
+	wanted := map[string]bool{}
 	for _, w := range want {
 		if err := visit(w, ""); err != nil {
 			return nil, err
 		}
+		wanted[Canonical(w)] = true
+	}
+	for i := range out {
+		out[i].Wanted = wanted[out[i].Name]
 	}
 	return out, nil
+}
+
+// DeviceAliases keeps the aliases that match hardware (bus:pattern), not
+// the ones the kernel requests by name (fs-*, crypto-*, devname:...).
+func DeviceAliases(aliases []string) []string {
+	var out []string
+	for _, a := range aliases {
+		bus, _, ok := strings.Cut(a, ":")
+		if !ok || bus == "devname" || strings.ContainsAny(bus, "-_") {
+			continue
+		}
+		out = append(out, a)
+	}
+	sort.Strings(out)
+	return out
 }

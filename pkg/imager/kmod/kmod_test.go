@@ -74,6 +74,22 @@ func TestResolvePinnedKernel(t *testing.T) {
 	if impl < 0 || impl > pos["libcrc32c"] {
 		t.Errorf("no crc32c implementation loads before libcrc32c (positions %d, %d)", impl, pos["libcrc32c"])
 	}
+	for _, m := range mods {
+		switch m.Name {
+		case "virtio_pci", "virtio_blk", "nvme", "xhci_pci":
+			if len(m.Devices) == 0 || !m.Wanted {
+				t.Errorf("%s: devices %v, wanted %v; want hardware aliases and wanted", m.Name, m.Devices, m.Wanted)
+			}
+		case "vfat", "efivarfs":
+			if len(m.Devices) != 0 {
+				t.Errorf("%s has device aliases %v", m.Name, m.Devices)
+			}
+		case "virtio_ring", "libata":
+			if m.Wanted {
+				t.Errorf("%s is only a dependency, marked wanted", m.Name)
+			}
+		}
+	}
 	again, _ := Resolve(root, kernel.Modules())
 	if !slices.EqualFunc(mods, again, func(a, b Module) bool { return a.Path == b.Path }) {
 		t.Error("two resolutions differ")
