@@ -41,7 +41,7 @@ func TestMatchesVeritysetup(t *testing.T) {
 func TestParam(t *testing.T) {
 	tree, _ := Build([]byte("x"), []byte{1, 2})
 	root, salt, n, err := ParseParam(tree.Param())
-	if err != nil || !bytes.Equal(root, tree.Root) || !bytes.Equal(salt, tree.Salt) || n != 1 {
+	if err != nil || !bytes.Equal(root, tree.Root) || !bytes.Equal(salt, tree.Salt) || n != tree.DataBlocks || n != 2 {
 		t.Fatalf("ParseParam(Param()) = %x %x %d %v", root, salt, n, err)
 	}
 	for _, bad := range []string{"", "ab:cd", "zz:00:1", hex.EncodeToString(tree.Root) + ":00:0"} {
