@@ -246,7 +246,7 @@ func TestBootToTrusted(t *testing.T) {
 	}
 	for _, want := range []string{"lockdown=ok(", "[confidentiality]", "modules_disabled=ok(1)", "sysrq=ok(0)",
 		"no_/dev/mem=ok(denied)", "no_/dev/port=ok(denied)", "no_/proc/kcore=ok(denied)", "debugfs=ok(absent)",
-		"executables=ok(/init,/usr/bin/agent)", "no_shell=ok(none)"} {
+		"executables=ok(/init,/system/usr/bin/agent)", "no_shell=ok(none)"} {
 		if !strings.Contains(m[2], want) {
 			t.Errorf("self-check lacks %q: %s", want, m[2])
 		}
@@ -349,6 +349,42 @@ func TestTamperedImages(t *testing.T) {
 	}
 }
 
+// One changed byte in the read-only system partition (where the agent
+// lives): dm-verity refuses the block, so the agent never runs and the
+// node never attests, whatever else the owner arranges.
+func TestTamperedSystemPartition(t *testing.T) {
+	setup(t)
+	genuine, err := buildImage("genuine", env.keys, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	raw, err := os.ReadFile(genuine.Raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The middle of the file system: inside the agent binary.
+	raw[genuine.SystemOffset+int64(genuine.SystemSize)/3] ^= 0x01
+	rawPath, qcow := filepath.Join(dir, "tampered.raw"), filepath.Join(dir, "tampered.qcow2")
+	if err := os.WriteFile(rawPath, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", rawPath, qcow).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, b)
+	}
+	img := *genuine
+	img.QCOW2 = qcow
+	v := startVerifier(t, genuine.Manifest)
+	vm := boot(t, &img, env.vars)
+	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: (agent exited|fatal)`)); err != nil {
+		t.Fatal(err)
+	}
+	if c := v.await(20*time.Second, vm, apiv1.NodeState_NODE_STATE_TRUSTED); c != nil {
+		t.Fatalf("node with a tampered system partition became trusted: %v", c)
+	}
+	t.Logf("agent could not run from the tampered partition: %s", strings.TrimSpace(regexp.MustCompile(`rigos: agent exited[^\n]*`).FindString(vm.ConsoleText())))
+}
+
 func TestReproducibleImage(t *testing.T) {
 	setup(t)
 	var sums [2]map[string]string
@@ -363,7 +399,7 @@ func TestReproducibleImage(t *testing.T) {
 		}
 		t.Logf("imager run %d: %s", i+1, time.Since(start).Round(100*time.Millisecond))
 		sums[i] = map[string]string{}
-		for _, f := range []string{r.Raw, r.QCOW2, r.UKI, r.Initrd, r.Manifest} {
+		for _, f := range []string{r.Raw, r.QCOW2, r.UKI, r.Initrd, r.System, r.Manifest} {
 			b, err := os.ReadFile(f)
 			if err != nil {
 				t.Fatal(err)

@@ -34,7 +34,7 @@ type Network struct {
 type Config struct {
 	Network Network `json:"network"`
 	// Agent is the agent's command line. Default is
-	// ["/usr/bin/agent", "-config", "/etc/rigos/agent.json"].
+	// ["/system/usr/bin/agent", "-config", "/etc/rigos/agent.json"].
 	Agent []string `json:"agent,omitempty"`
 	// Modules lists the allowlisted modules and their dependencies in
 	// load order. Written by the imager.
@@ -68,7 +68,7 @@ func (c *Config) Defaults() {
 		c.Network.Timeout = config.Duration(30 * time.Second)
 	}
 	if len(c.Agent) == 0 {
-		c.Agent = []string{"/usr/bin/agent", "-config", "/etc/rigos/agent.json"}
+		c.Agent = []string{"/system/usr/bin/agent", "-config", "/etc/rigos/agent.json"}
 	}
 }
 

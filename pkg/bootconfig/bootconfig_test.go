@@ -7,7 +7,7 @@ import (
 
 func TestParse(t *testing.T) {
 	c, err := Parse([]byte(`{"network": {"mode": "static", "address": "10.0.2.15/24", "gateway": "10.0.2.2"}}`))
-	if err != nil || c.Agent[0] != "/usr/bin/agent" {
+	if err != nil || c.Agent[0] != "/system/usr/bin/agent" {
 		t.Fatalf("Parse() = %+v, %v", c, err)
 	}
 	_, err = Parse([]byte(`{"network": {"mode": "static", "address": "10.0.2.15", "gateway": "x", "dns": ["y"]}, "agent": ["agent"]}`))

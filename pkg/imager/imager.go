@@ -32,6 +32,7 @@ import (
 	"github.com/rigos/rigos/pkg/imager/uki"
 	"github.com/rigos/rigos/pkg/keyfile"
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/verity"
 )
 
 // Options for Build. Paths may be relative to the working directory.
@@ -72,10 +73,12 @@ type Options struct {
 
 // Result describes what Build wrote.
 type Result struct {
-	Raw, QCOW2, UKI, Initrd, Manifest string
-	UKIDigest, KernelDigest, PCR11    []byte
-	UKISize, InitrdSize               int
-	Build                             string
+	Raw, QCOW2, UKI, Initrd, System, Manifest string
+	UKIDigest, KernelDigest, PCR11            []byte
+	UKISize, InitrdSize, SystemSize           int
+	// SystemOffset is where the system partition starts in the raw image.
+	SystemOffset int64
+	Build        string
 }
 
 func (o *Options) check() error {
@@ -96,7 +99,7 @@ func (o *Options) check() error {
 	if _, err := os.Stat(o.Stub); err != nil {
 		errs = append(errs, fmt.Errorf("systemd-stub %s missing (apt-get install systemd-boot-efi): %w", o.Stub, err))
 	}
-	for _, tool := range []string{"objcopy", "qemu-img", "go"} {
+	for _, tool := range []string{"objcopy", "qemu-img", "mkfs.erofs", "go"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			errs = append(errs, fmt.Errorf("%s not found (hack/deps.sh installs it)", tool))
 		}
@@ -183,11 +186,19 @@ func Build(o Options) (*Result, error) {
 	}
 	step("initramfs: %.1f MiB", float64(len(initrd))/(1<<20))
 
+	system, tree, err := o.systemPartition(tmp, bins)
+	if err != nil {
+		return nil, err
+	}
+	step("system partition: %.1f MiB (EROFS and dm-verity tree, root %x…)", float64(len(system))/(1<<20), tree.Root[:6])
+
 	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+release))
 	if err != nil {
 		return nil, fmt.Errorf("reading kernel (run kernel/fetch.sh): %w", err)
 	}
-	extra := append([]string(nil), o.ExtraCmdline...)
+	// The system partition's root hash is part of the measured command
+	// line: changing one block of it changes PCR 11 and the UKI digest.
+	extra := append([]string{"rigos.system=" + tree.Param()}, o.ExtraCmdline...)
 	if o.Console != "" {
 		extra = append(extra, "console="+o.Console)
 	}
@@ -220,6 +231,7 @@ func Build(o Options) (*Result, error) {
 	r := &Result{
 		Raw: filepath.Join(o.Out, "rigos.raw"), QCOW2: filepath.Join(o.Out, "rigos.qcow2"),
 		UKI: filepath.Join(o.Out, "rigos.efi"), Initrd: filepath.Join(o.Out, "initrd.img"),
+		System: filepath.Join(o.Out, "system.img"), SystemSize: len(system),
 		Manifest:  filepath.Join(o.Out, "manifest.json"),
 		UKIDigest: ukiDigest, KernelDigest: kernelDigest, PCR11: pcr11,
 		UKISize: len(signed), InitrdSize: len(initrd), Build: hex.EncodeToString(sum[:6]),
@@ -233,7 +245,10 @@ func Build(o Options) (*Result, error) {
 	if err := os.WriteFile(r.Initrd, initrd, 0o644); err != nil {
 		return nil, err
 	}
-	if err := disk.Write(r.Raw, signed, disk.Layout{Seed: sum[:]}); err != nil {
+	if err := os.WriteFile(r.System, system, 0o644); err != nil {
+		return nil, err
+	}
+	if r.SystemOffset, err = disk.Write(r.Raw, signed, system, disk.Layout{Seed: sum[:]}); err != nil {
 		return nil, err
 	}
 	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", r.Raw, r.QCOW2).CombinedOutput(); err != nil {
@@ -260,6 +275,50 @@ func Build(o Options) (*Result, error) {
 	}
 	step("manifest %s: build %s, PCR 4 %x…, PCR 11 %x…", r.Manifest, r.Build, ukiDigest[:6], pcr11[:6])
 	return r, nil
+}
+
+// systemPartition builds the read-only system partition: an EROFS file
+// system (LZ4HC) with the agent, followed by its dm-verity hash tree.
+// Large binaries live here rather than in the UKI, which the firmware and
+// the boot stub hash several times while booting.
+func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *verity.Tree, error) {
+	root := filepath.Join(tmp, "system")
+	files := map[string][]byte{"usr/bin/agent": bins["agent"]}
+	for name, data := range files {
+		p := filepath.Join(root, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return nil, nil, err
+		}
+		if err := os.WriteFile(p, data, 0o755); err != nil {
+			return nil, nil, err
+		}
+	}
+	// Modes must not depend on the builder's umask.
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		mode := os.FileMode(0o755)
+		return os.Chmod(p, mode)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	img := filepath.Join(tmp, "system.erofs")
+	uuid := sha256.Sum256([]byte(fmt.Sprint("rigos-system", o.Epoch)))
+	u := hex.EncodeToString(uuid[:16])
+	cmd := exec.Command("mkfs.erofs", "-zlz4hc", fmt.Sprintf("-T%d", o.Epoch),
+		"-U", u[0:8]+"-"+u[8:12]+"-"+u[12:16]+"-"+u[16:20]+"-"+u[20:32], "--all-root", "-x", "-1", img, root)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, nil, fmt.Errorf("mkfs.erofs: %v: %s", err, b)
+	}
+	fs, err := os.ReadFile(img)
+	if err != nil {
+		return nil, nil, err
+	}
+	salt := sha256.Sum256(append([]byte("rigos-verity\x00"), fs...))
+	tree, data := verity.Build(fs, salt[:])
+	return append(data, tree.Hashes...), tree, nil
 }
 
 func osRelease(release string) []byte {
@@ -293,7 +352,6 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 	var modules []bootconfig.Module
 	entries := []cpio.Entry{
 		{Name: "init", Mode: cpio.TypeReg | 0o755, Data: bins["init"]},
-		{Name: "usr/bin/agent", Mode: cpio.TypeReg | 0o755, Data: bins["agent"]},
 		{Name: "etc/rigos/verifier-ca.crt", Mode: cpio.TypeReg | 0o644, Data: ca},
 		{Name: "dev/console", Mode: cpio.TypeChar | 0o600, RdevMajor: 5, RdevMinor: 1},
 	}

@@ -140,6 +140,9 @@ func run() error {
 		say("%v (no EFI variables: not booted by UEFI?)", err)
 	}
 	applySysctls()
+	if _, err := mountSystem(); err != nil {
+		return fmt.Errorf("system partition: %w", err)
+	}
 	if err := phase(measure.PhaseModulesLocked); err != nil {
 		return err
 	}

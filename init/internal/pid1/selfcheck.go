@@ -29,7 +29,7 @@ type Probe interface {
 }
 
 // Allowed executables in a RigOS image.
-var Allowed = []string{"/init", "/usr/bin/agent"}
+var Allowed = []string{"/init", "/system/usr/bin/agent"}
 
 // SelfCheck runs the checks that show the owner has no way in.
 func SelfCheck(p Probe) []Check {

@@ -1,11 +1,13 @@
 // Package disk writes the RigOS disk image: a GPT disk with an EFI
 // system partition holding the UKI as EFI/BOOT/BOOTX64.EFI (sized for a
-// second UKI slot, for A/B updates) and an empty STATE partition that the
+// second UKI slot, for A/B updates), the read-only SYSTEM partition
+// (file system and dm-verity tree) and an empty STATE partition that the
 // booted system formats and encrypts. The layout and every identifier are
 // derived from the build, so two builds of the same inputs are identical.
 package disk
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -29,8 +31,9 @@ const (
 
 // Partition names, as the booted system finds them.
 const (
-	ESPName   = "RIGOS-ESP"
-	StateName = "RIGOS-STATE"
+	ESPName    = "RIGOS-ESP"
+	SystemName = "RIGOS-SYSTEM"
+	StateName  = "RIGOS-STATE"
 )
 
 // Layout sizes the image.
@@ -43,8 +46,10 @@ type Layout struct {
 	Seed []byte
 }
 
-// Write creates the raw image at path (which must not exist) with uki.
-func Write(path string, uki []byte, l Layout) error {
+// Write creates the raw image at path (which must not exist) with uki
+// and the system partition's contents. It returns the system partition's
+// offset in the image.
+func Write(path string, uki, system []byte, l Layout) (int64, error) {
 	if l.ESP == 0 {
 		l.ESP = max(MinESP, 2*int64(len(uki))+16*mib)
 	}
@@ -54,46 +59,54 @@ func Write(path string, uki []byte, l Layout) error {
 	l.ESP = roundMiB(l.ESP)
 	l.State = roundMiB(l.State)
 	if int64(len(uki))*2 > l.ESP {
-		return fmt.Errorf("ESP of %d MiB cannot hold two UKIs of %d MiB", l.ESP/mib, len(uki)/mib)
+		return 0, fmt.Errorf("ESP of %d MiB cannot hold two UKIs of %d MiB", l.ESP/mib, len(uki)/mib)
 	}
 	espStart := int64(mib)
-	stateStart := espStart + l.ESP
+	sysStart := espStart + l.ESP
+	sysSize := roundMiB(max(int64(len(system)), mib))
+	stateStart := sysStart + sysSize
 	size := stateStart + l.State + mib // 1 MiB for the backup GPT
 	d, err := diskfs.Create(path, size, diskfs.SectorSizeDefault)
 	if err != nil {
-		return fmt.Errorf("creating %s: %w", path, err)
+		return 0, fmt.Errorf("creating %s: %w", path, err)
 	}
 	defer d.Close()
 	table := &gpt.Table{
 		LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true,
 		GUID: guid(l.Seed, "disk"),
 		Partitions: []*gpt.Partition{
-			{Index: 1, Start: uint64(espStart / sector), End: uint64((stateStart)/sector - 1), Type: gpt.EFISystemPartition,
+			{Index: 1, Start: uint64(espStart / sector), End: uint64(sysStart/sector - 1), Type: gpt.EFISystemPartition,
 				Name: ESPName, GUID: guid(l.Seed, "esp")},
-			{Index: 2, Start: uint64(stateStart / sector), End: uint64((stateStart+l.State)/sector - 1), Type: gpt.LinuxFilesystem,
+			{Index: 2, Start: uint64(sysStart / sector), End: uint64(stateStart/sector - 1), Type: gpt.LinuxFilesystem,
+				Name: SystemName, GUID: guid(l.Seed, "system"), Attributes: 1 << 60}, // read-only
+			{Index: 3, Start: uint64(stateStart / sector), End: uint64((stateStart+l.State)/sector - 1), Type: gpt.LinuxFilesystem,
 				Name: StateName, GUID: guid(l.Seed, "state")},
 		},
 	}
 	if err := d.Partition(table); err != nil {
-		return fmt.Errorf("writing GPT: %w", err)
+		return 0, fmt.Errorf("writing GPT: %w", err)
+	}
+	padded := append(bytes.Clone(system), make([]byte, sysSize-int64(len(system)))...)
+	if _, err := d.WritePartitionContents(2, bytes.NewReader(padded)); err != nil {
+		return 0, fmt.Errorf("writing the system partition: %w", err)
 	}
 	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: "RIGOS", Reproducible: true})
 	if err != nil {
-		return fmt.Errorf("formatting ESP: %w", err)
+		return 0, fmt.Errorf("formatting ESP: %w", err)
 	}
 	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/EFI/RigOS"} {
 		if err := fs.Mkdir(dir); err != nil {
-			return fmt.Errorf("creating %s: %w", dir, err)
+			return 0, fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
 	f, err := fs.OpenFile("/EFI/BOOT/BOOTX64.EFI", os.O_CREATE|os.O_RDWR)
 	if err != nil {
-		return fmt.Errorf("creating BOOTX64.EFI: %w", err)
+		return 0, fmt.Errorf("creating BOOTX64.EFI: %w", err)
 	}
 	if _, err := f.Write(uki); err != nil {
-		return fmt.Errorf("writing BOOTX64.EFI: %w", err)
+		return 0, fmt.Errorf("writing BOOTX64.EFI: %w", err)
 	}
-	return f.Close()
+	return sysStart, f.Close()
 }
 
 func roundMiB(v int64) int64 { return (v + mib - 1) / mib * mib }
@@ -127,7 +140,7 @@ func ReadUKI(path string) ([]byte, error) {
 	if !ok || t.RecoveredFromBackup {
 		return nil, errors.New("image has no intact GPT")
 	}
-	if len(t.Partitions) < 2 || t.Partitions[0].Name != ESPName || t.Partitions[1].Name != StateName {
+	if len(t.Partitions) < 3 || t.Partitions[0].Name != ESPName || t.Partitions[1].Name != SystemName || t.Partitions[2].Name != StateName {
 		return nil, errors.New("image does not have the RigOS partition layout")
 	}
 	fs, err := d.GetFilesystem(1)

@@ -17,7 +17,7 @@ func TestWriteReproducibleAndReadable(t *testing.T) {
 	var sums [2][32]byte
 	for i := range sums {
 		p := filepath.Join(dir, "img"+string(rune('a'+i)))
-		if err := Write(p, uki, Layout{Seed: []byte("build-1"), State: 8 << 20}); err != nil {
+		if _, err := Write(p, uki, []byte("system"), Layout{Seed: []byte("build-1"), State: 8 << 20}); err != nil {
 			t.Fatal(err)
 		}
 		b, _ := os.ReadFile(p)
@@ -44,7 +44,7 @@ func TestReadUKIRejectsDamagedImages(t *testing.T) {
 	uki := bytes.Repeat([]byte("UKI!"), 1000)
 	dir := t.TempDir()
 	p := filepath.Join(dir, "img")
-	if err := Write(p, uki, Layout{Seed: []byte("x"), State: 8 << 20}); err != nil {
+	if _, err := Write(p, uki, []byte("system"), Layout{Seed: []byte("x"), State: 8 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(p)

@@ -1,0 +1,10 @@
+//go:build !linux
+
+package devmapper
+
+import "errors"
+
+// CreateReadOnly needs Linux.
+func CreateReadOnly(name string, targets []Target) (string, error) {
+	return "", errors.New("device-mapper needs Linux")
+}
