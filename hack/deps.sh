@@ -11,13 +11,14 @@ pkgs=(
   git ca-certificates
   # the image and its VM tests
   binutils              # objcopy: UKI assembly
+  erofs-utils           # mkfs.erofs: the system partition
+  cryptsetup-bin        # veritysetup cross-checks our dm-verity trees in tests
   systemd-boot-efi      # systemd-stub
   qemu-system-x86 qemu-utils ovmf
   swtpm swtpm-tools
   python3 python3-cryptography  # virt-fw-vars (hack/virt-fw-vars.sh)
   sbsigntool            # sbverify cross-checks our signatures in tests
   cpio                  # cross-checks our initramfs writer in tests
-  bc
 )
 
 missing=()
