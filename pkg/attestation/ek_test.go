@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"math/big"
 	"strings"
@@ -31,11 +32,28 @@ func mkCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	return c, key
 }
 
-func mkEKCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, ek *rsa.PublicKey) []byte {
+func mkEKCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, ek *rsa.PublicKey, model ...string) []byte {
 	t.Helper()
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageKeyEncipherment,
+	}
+	if len(model) > 0 {
+		// The TCG directoryName SAN: manufacturer, model, version.
+		type atv struct {
+			Type  asn1.ObjectIdentifier
+			Value string `asn1:"utf8"`
+		}
+		rdn := [][]atv{{{oidTPMManufacturer, "id:00001014"}}, {{oidTPMModel, model[0]}}, {{oidTPMVersion, "id:20191023"}}}
+		dn, err := asn1.Marshal(rdn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		san, err := asn1.Marshal([]asn1.RawValue{{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: dn}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.ExtraExtensions = []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, ek, caKey)
 	if err != nil {

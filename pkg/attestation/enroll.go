@@ -36,13 +36,15 @@ type EK struct {
 	Fingerprint string // hex SHA-256 of DER: the node's hardware identity
 	Class       TrustClass
 	Certificate *x509.Certificate
+	TPM         TPMInfo // from the certificate, when it says
 }
 
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
 // AppraiseEK parses the EK public key and, when present, its certificate.
-// The EK is ClassHardware only if the certificate's key is the EK, and
-// the certificate chains to one of roots (intermediates may be given).
+// The EK is ClassHardware only if the certificate's key is the EK, the
+// certificate chains to one of roots (intermediates may be given), and it
+// does not name a software TPM (swtpm).
 // A certificate that does not chain leaves the EK in ClassDev; a
 // certificate for another key is an error.
 func AppraiseEK(ekDER, certDER []byte, roots, intermediates *x509.CertPool, now time.Time) (EK, error) {
@@ -73,8 +75,11 @@ func AppraiseEK(ekDER, certDER []byte, roots, intermediates *x509.CertPool, now 
 		return EK{}, fail(CheckEK, "EK certificate is for another key")
 	}
 	ek.Certificate = cert
-	if roots == nil {
-		return ek, nil
+	if info, err := ParseTPMInfo(cert); err == nil {
+		ek.TPM = info
+	}
+	if roots == nil || ek.TPM.IsSoftware() {
+		return ek, nil // a software TPM stays dev, whoever certified it
 	}
 	// EK certificates carry the TPM's identity in a critical subject
 	// alternative name Go does not interpret.

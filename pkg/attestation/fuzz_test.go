@@ -2,6 +2,8 @@ package attestation
 
 import (
 	"crypto/ed25519"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"testing"
 	"time"
 
@@ -48,5 +50,13 @@ func FuzzVerifyToken(f *testing.F) {
 	f.Add(tok)
 	f.Fuzz(func(t *testing.T, s string) {
 		_, _ = VerifyToken(s, pub, time.Unix(0, 0))
+	})
+}
+
+func FuzzParseTPMInfo(f *testing.F) {
+	f.Add([]byte{0x30, 0x03, 0xa4, 0x01, 0x00})
+	f.Fuzz(func(t *testing.T, san []byte) {
+		c := &x509.Certificate{Extensions: []pkix.Extension{{Id: oidSubjectAltName, Value: san}}}
+		_, _ = ParseTPMInfo(c)
 	})
 }
