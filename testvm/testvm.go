@@ -81,6 +81,36 @@ type Options struct {
 	Memory string
 	// Timeout kills the VM. Default is 5 minutes.
 	Timeout time.Duration
+	// EKCA, if set, is a folder for a local CA that certifies the TPM's
+	// EK (swtpm_setup with swtpm_localca), as a TPM vendor would. The CA
+	// is created on first use; its root is EKCARoot(EKCA).
+	EKCA string
+}
+
+// EKCARoot and EKCAIntermediate are the certificates of a local EK CA.
+func EKCARoot(dir string) string         { return filepath.Join(dir, "swtpm-localca-rootca-cert.pem") }
+func EKCAIntermediate(dir string) string { return filepath.Join(dir, "issuercert.pem") }
+
+// provisionEK gives the TPM in tpmDir EK certificates from the CA in ca.
+func provisionEK(tpmDir, ca string) error {
+	if err := os.MkdirAll(ca, 0o700); err != nil {
+		return err
+	}
+	localca := filepath.Join(tpmDir, "swtpm-localca.conf")
+	setup := filepath.Join(tpmDir, "swtpm_setup.conf")
+	if err := os.WriteFile(localca, []byte(fmt.Sprintf("statedir = %s\nsigningkey = %s\nissuercert = %s\ncertserial = %s\n",
+		ca, filepath.Join(ca, "signkey.pem"), EKCAIntermediate(ca), filepath.Join(ca, "certserial"))), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(setup, []byte(fmt.Sprintf("create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\n", localca)), 0o600); err != nil {
+		return err
+	}
+	out, err := exec.Command("swtpm_setup", "--tpm2", "--tpmstate", tpmDir, "--create-ek-cert", "--create-platform-cert",
+		"--config", setup, "--overwrite").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("swtpm_setup: %v: %s", err, out)
+	}
+	return nil
 }
 
 // VM is a running virtual machine.
@@ -108,6 +138,11 @@ func Start(o Options) (*VM, error) {
 	tpmDir := filepath.Join(o.Dir, "tpm")
 	if err := os.MkdirAll(tpmDir, 0o700); err != nil {
 		return nil, err
+	}
+	if o.EKCA != "" {
+		if err := provisionEK(tpmDir, o.EKCA); err != nil {
+			return nil, err
+		}
 	}
 	vars := filepath.Join(o.Dir, "vars.fd")
 	b, err := os.ReadFile(o.Vars)

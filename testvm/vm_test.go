@@ -3,6 +3,7 @@ package testvm
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -21,7 +22,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/imager"
+	"github.com/rigos/rigos/pkg/keyfile"
 )
 
 // The VM tests boot real images under QEMU (TCG). They run when
@@ -129,7 +132,7 @@ type verifier struct {
 	dir     string
 }
 
-func startVerifier(t *testing.T, manifest string) *verifier {
+func startVerifier(t *testing.T, manifest string, extra ...map[string]any) *verifier {
 	t.Helper()
 	dir := t.TempDir()
 	must := func(err error) {
@@ -148,6 +151,11 @@ func startVerifier(t *testing.T, manifest string) *verifier {
 		"manifest_dir": filepath.Join(dir, "manifests"), "manifest_keys": []string{filepath.Join(env.keys, "manifest.pub")},
 		"allow_dev": true, "evidence_dir": filepath.Join(dir, "evidence"),
 		"spot_check": map[string]string{"mean": "20s", "min": "10s", "max": "60s", "deadline": "60s"},
+	}
+	for _, e := range extra {
+		for k, v := range e {
+			cfg[k] = v
+		}
 	}
 	cb, _ := json.Marshal(cfg)
 	must(os.WriteFile(filepath.Join(dir, "attest.json"), cb, 0o600))
@@ -207,9 +215,13 @@ func (v *verifier) await(d time.Duration, vm *VM, states ...apiv1.NodeState) *ap
 	}
 }
 
-func boot(t *testing.T, img *imager.Result, vars string) *VM {
+func boot(t *testing.T, img *imager.Result, vars string, ekCA ...string) *VM {
 	t.Helper()
-	vm, err := Start(Options{Image: img.QCOW2, Vars: vars, Dir: t.TempDir(), Timeout: bootDeadline + time.Minute})
+	o := Options{Image: img.QCOW2, Vars: vars, Dir: t.TempDir(), Timeout: bootDeadline + time.Minute}
+	if len(ekCA) > 0 {
+		o.EKCA = ekCA[0]
+	}
+	vm, err := Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,14 +242,24 @@ func TestBootToTrusted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v := startVerifier(t, img.Manifest)
+	// The TPM carries an EK certificate from a local CA, and the verifier
+	// is even told to trust that CA: the certificate names the TPM model
+	// "swtpm", so the node must stay in the dev class.
+	ca := filepath.Join(env.work, "ek-ca")
 	start := time.Now()
-	vm := boot(t, img, env.vars)
+	vm := boot(t, img, env.vars, ca)
+	v := startVerifier(t, img.Manifest, map[string]any{
+		"ek_roots": []string{EKCARoot(ca)}, "ek_intermediates": []string{EKCAIntermediate(ca)},
+	})
 	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
 	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
 		t.Fatalf("node not trusted: %v", c)
 	}
 	t.Logf("boot → trusted in %s (UKI %.1f MiB): %s", time.Since(start).Round(100*time.Millisecond), float64(img.UKISize)/(1<<20), c.GetReason())
+	claims, err := attestation.VerifyToken(c.GetToken(), readTokenKey(t), time.Now())
+	if err != nil || claims.Class != attestation.ClassDev {
+		t.Fatalf("token class = %v (%v), want dev: an swtpm EK under a trusted root is still software", claims, err)
+	}
 
 	// The hostile owner's view from inside the same boot.
 	m := selfcheckLine.FindStringSubmatch(vm.ConsoleText())
@@ -415,4 +437,13 @@ func TestReproducibleImage(t *testing.T) {
 			t.Logf("%s sha256 %s", f, s)
 		}
 	}
+}
+
+func readTokenKey(t *testing.T) ed25519.PublicKey {
+	t.Helper()
+	k, err := keyfile.ReadEd25519Public(filepath.Join(env.dev, "token.pub"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"math/big"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -40,11 +41,11 @@ func mkEKCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey, ek *r
 	}
 	if len(model) > 0 {
 		// The TCG directoryName SAN: manufacturer, model, version.
-		type atv struct {
-			Type  asn1.ObjectIdentifier
-			Value string `asn1:"utf8"`
+		rdn := pkix.RDNSequence{
+			{{Type: oidTPMManufacturer, Value: "id:00001014"}},
+			{{Type: oidTPMModel, Value: model[0]}},
+			{{Type: oidTPMVersion, Value: "id:20191023"}},
 		}
-		rdn := [][]atv{{{oidTPMManufacturer, "id:00001014"}}, {{oidTPMModel, model[0]}}, {{oidTPMVersion, "id:20191023"}}}
 		dn, err := asn1.Marshal(rdn)
 		if err != nil {
 			t.Fatal(err)
@@ -177,5 +178,21 @@ func TestVerifyClockBoundaries(t *testing.T) {
 		if rb != tc.rebooted || (err == nil) != tc.ok {
 			t.Errorf("VerifyClock(%+v) = %v, %v; want rebooted %v ok %v", tc.cur, rb, err, tc.rebooted, tc.ok)
 		}
+	}
+}
+
+// An EK certificate written by swtpm_setup with swtpm_localca.
+func TestParseTPMInfoRealSwtpm(t *testing.T) {
+	b, err := os.ReadFile("testdata/swtpm-ek-rsa2048.der")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := ParseTPMInfo(c)
+	if err != nil || info.Model != "swtpm" || info.Manufacturer != "id:00001014" || !info.IsSoftware() {
+		t.Fatalf("ParseTPMInfo(swtpm EK) = %+v, %v", info, err)
 	}
 }

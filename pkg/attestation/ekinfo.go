@@ -2,6 +2,7 @@ package attestation
 
 import (
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
 	"strings"
@@ -50,17 +51,14 @@ func ParseTPMInfo(cert *x509.Certificate) (TPMInfo, error) {
 			if n.Class != asn1.ClassContextSpecific || n.Tag != 4 { // directoryName
 				continue
 			}
-			var rdns [][]struct {
-				Type  asn1.ObjectIdentifier
-				Value asn1.RawValue
-			}
+			var rdns pkix.RDNSequence // a SEQUENCE of SETs
 			if _, err := asn1.Unmarshal(n.Bytes, &rdns); err != nil {
 				return info, err
 			}
 			for _, set := range rdns {
 				for _, atv := range set {
-					var s string
-					if _, err := asn1.Unmarshal(atv.Value.FullBytes, &s); err != nil {
+					s, ok := atv.Value.(string)
+					if !ok {
 						continue
 					}
 					switch {

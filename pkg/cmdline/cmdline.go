@@ -38,6 +38,9 @@ func Parse(s string) (map[string]string, error) {
 			return nil, fmt.Errorf("unterminated quote in the command line")
 		}
 		k, v, _ := strings.Cut(word.String(), "=")
+		if strings.ContainsAny(k, " \t\n") {
+			return nil, fmt.Errorf("command-line key %q contains whitespace", k)
+		}
 		if k != "" {
 			out[k] = v
 		}

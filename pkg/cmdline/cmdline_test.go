@@ -16,7 +16,7 @@ func TestParse(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("Parse() diff (-want +got):\n%s", diff)
 	}
-	for _, bad := range []string{`a="b`, strings.Repeat("x", MaxLen+1)} {
+	for _, bad := range []string{`a="b`, `" "=x`, strings.Repeat("x", MaxLen+1)} {
 		if _, err := Parse(bad); err == nil {
 			t.Errorf("Parse(%.20q) succeeded", bad)
 		}

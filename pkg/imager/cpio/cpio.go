@@ -129,12 +129,15 @@ func Read(r io.Reader) ([]Entry, error) {
 		if n == trailer {
 			return out, nil
 		}
-		data := make([]byte, (size+3)&^3)
-		if _, err := io.ReadFull(r, data); err != nil {
-			return nil, fmt.Errorf("cpio: reading %s: %w", n, err)
+		// Read what is there rather than trusting the header's size with
+		// one allocation: a short archive must not cost its claimed size.
+		padded := int64((size + 3) &^ 3)
+		data, err := io.ReadAll(io.LimitReader(r, padded))
+		if err != nil || int64(len(data)) != padded {
+			return nil, fmt.Errorf("cpio: reading %s: truncated archive", n)
 		}
 		out = append(out, Entry{Name: n, Mode: uint32(mode), Data: data[:size], RdevMajor: uint32(rmaj), RdevMinor: uint32(rmin)})
-		off += int64(nlen) + int64(len(data))
+		off += int64(nlen) + padded
 	}
 }
 
