@@ -13,14 +13,8 @@ PORT=${DEMO_PORT:-7443}
 
 rm -rf "$DIR"
 "$BIN/attest" devinit -dir "$DIR" -listen "127.0.0.1:$PORT"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-"$BIN/attest" serve -config "$DIR/attest.json" 2>"$DIR/attest.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -S "$DIR/admin.sock" ] && break; sleep 0.1; done
-[ -S "$DIR/admin.sock" ] || { echo "demo: verifier did not start:"; cat "$DIR/attest.log"; exit 1; }
+. hack/lib.sh
+start_verifier
 echo "demo: verifier listening on 127.0.0.1:$PORT (log: $DIR/attest.log)"
 
 # Subscribe before the agent starts so no change is missed.

@@ -23,13 +23,8 @@ echo "demo: building the image"
 "$BIN/imager" -out "$OUT" -keys "$KEYS" -kernel "$kernel" -verifier "10.0.2.2:$PORT" -ca "$DIR/ca.crt"
 cp "$OUT/manifest.json" "$DIR/manifests/image.json"
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-"$BIN/attest" serve -config "$DIR/attest.json" 2>"$DIR/attest.log" &
-pids+=($!)
-for _ in $(seq 100); do [ -S "$DIR/admin.sock" ] && break; sleep 0.1; done
-[ -S "$DIR/admin.sock" ] || { echo "demo: verifier did not start:"; cat "$DIR/attest.log"; exit 1; }
+. hack/lib.sh
+start_verifier
 echo "demo: verifier listening on 127.0.0.1:$PORT; the guest reaches it as 10.0.2.2:$PORT"
 
 "$BIN/attest" watch -admin "$DIR/admin.sock" -n $((CHECKS + 2)) >"$DIR/watch.log" &
