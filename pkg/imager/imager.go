@@ -74,7 +74,7 @@ type Options struct {
 // Result describes what Build wrote.
 type Result struct {
 	Raw, QCOW2, UKI, Initrd, System, Manifest string
-	UKIDigest, KernelDigest, PCR11            []byte
+	UKIDigest, PCR11                          []byte
 	UKISize, InitrdSize, SystemSize           int
 	// SystemOffset is where the system partition starts in the raw image.
 	SystemOffset int64
@@ -220,10 +220,6 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	kernelDigest, err := uki.AuthenticodeDigest(vmlinuz)
-	if err != nil {
-		return nil, fmt.Errorf("kernel image: %w", err)
-	}
 	pcr11 := uki.PredictPCR11(sections)
 	step("UKI: %.1f MiB, signed with %s", float64(len(signed))/(1<<20), keys.DB.Cert.Subject.CommonName)
 
@@ -233,7 +229,7 @@ func Build(o Options) (*Result, error) {
 		UKI: filepath.Join(o.Out, "rigos.efi"), Initrd: filepath.Join(o.Out, "initrd.img"),
 		System: filepath.Join(o.Out, "system.img"), SystemSize: len(system),
 		Manifest:  filepath.Join(o.Out, "manifest.json"),
-		UKIDigest: ukiDigest, KernelDigest: kernelDigest, PCR11: pcr11,
+		UKIDigest: ukiDigest, PCR11: pcr11,
 		UKISize: len(signed), InitrdSize: len(initrd), Build: hex.EncodeToString(sum[:6]),
 	}
 	for _, f := range []string{r.Raw, r.QCOW2} {
