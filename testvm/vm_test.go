@@ -407,6 +407,38 @@ func TestTamperedSystemPartition(t *testing.T) {
 	t.Logf("agent could not run from the tampered partition: %s", strings.TrimSpace(regexp.MustCompile(`rigos: agent exited[^\n]*`).FindString(vm.ConsoleText())))
 }
 
+// An unrecoverable error in init (here: its baked configuration is not
+// JSON) is reported on the console and ends in a reboot, not a hang or a
+// shell. QEMU runs with -no-reboot, so the reboot ends the VM.
+func TestInitRebootsOnFatalError(t *testing.T) {
+	setup(t)
+	img, err := buildImage("broken-init-config", env.keys, nil, func(b []byte) []byte {
+		key := []byte(`"network": {`)
+		i := bytes.Index(b, key)
+		if i < 0 {
+			panic("initrd has no init config")
+		}
+		c := bytes.Clone(b)
+		c[i] = '{' // same length, no longer JSON
+		return c
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := boot(t, img, env.vars)
+	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: fatal: init config`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.Done():
+	case <-time.After(2 * time.Minute):
+		t.Fatal("VM did not reboot after init's fatal error")
+	}
+	if !strings.Contains(vm.ConsoleText(), "rigos: rebooting") {
+		t.Fatal("no reboot notice on the console")
+	}
+}
+
 func TestReproducibleImage(t *testing.T) {
 	setup(t)
 	var sums [2]map[string]string
