@@ -3,6 +3,7 @@ module github.com/rigos/rigos
 go 1.26.6
 
 require (
+	github.com/NVIDIA/go-nvml v0.13.4-0
 	github.com/diskfs/go-diskfs v1.9.4
 	github.com/foxboron/go-uefi v0.0.0-20251010190908-d29549a44f29
 	github.com/google/go-attestation v0.6.4

@@ -1,0 +1,172 @@
+//go:build cgo
+
+package gpu
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxh100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+)
+
+// fakeDGX is go-nvml's DGX H100 fake with every method this package calls
+// set (the fake panics on the others). xid, when sent, is delivered as an
+// Xid event for the first GPU.
+func fakeDGX(t *testing.T, xid chan uint64) *server.Server {
+	t.Helper()
+	s := dgxh100.New()
+	for i, d := range s.Devices {
+		dev := d.(*server.Device)
+		temp := uint32(40 + i)
+		dev.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) { return temp, nvml.SUCCESS }
+		dev.GetPowerUsageFunc = func() (uint32, nvml.Return) { return 350_000, nvml.SUCCESS }
+		dev.GetEnforcedPowerLimitFunc = func() (uint32, nvml.Return) { return 700_000, nvml.SUCCESS }
+		dev.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 97, Memory: 60}, nvml.SUCCESS }
+		dev.GetCurrentClocksEventReasonsFunc = func() (uint64, nvml.Return) { return 0, nvml.SUCCESS }
+		dev.GetTotalEccErrorsFunc = func(nvml.MemoryErrorType, nvml.EccCounterType) (uint64, nvml.Return) { return 0, nvml.SUCCESS }
+		dev.GetVbiosVersionFunc = func() (string, nvml.Return) { return "96.00.74.00.01", nvml.SUCCESS }
+		dev.RegisterEventsFunc = func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS }
+	}
+	first := s.Devices[0]
+	s.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
+		return &mock.EventSet{
+			FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+			WaitFunc: func(uint32) (nvml.EventData, nvml.Return) {
+				select {
+				case x := <-xid:
+					return nvml.EventData{Device: first, EventType: nvml.EventTypeXidCriticalError, EventData: x}, nvml.SUCCESS
+				default:
+					return nvml.EventData{}, nvml.ERROR_TIMEOUT
+				}
+			},
+		}, nvml.SUCCESS
+	}
+	return s
+}
+
+func TestInventoryAndCDI(t *testing.T) {
+	m, err := Open(fakeDGX(t, nil), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	inv, err := m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inv) != 8 {
+		t.Fatalf("Inventory() = %d GPUs, want the DGX's 8", len(inv))
+	}
+	g := inv[0]
+	if !strings.Contains(g.Name, "H100") || g.MemoryBytes < 80<<30 || g.UUID == "" || g.PCIBusID == "" || g.VBIOS == "" || g.Driver == "" {
+		t.Errorf("GPU 0 = %+v", g)
+	}
+	spec, err := CDI(inv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"kind": "nvidia.com/gpu"`, `"name": "0"`, g.UUID, "/dev/nvidiactl"} {
+		if !strings.Contains(string(spec), want) {
+			t.Errorf("CDI spec lacks %s", want)
+		}
+	}
+	// The digest ignores order but sees a swapped GPU.
+	rev := slices.Clone(inv)
+	slices.Reverse(rev)
+	if string(Digest(rev)) != string(Digest(inv)) {
+		t.Error("Digest depends on the order of the GPUs")
+	}
+	swapped := slices.Clone(inv)
+	swapped[3].UUID = "GPU-someone-elses"
+	if string(Digest(swapped)) == string(Digest(inv)) {
+		t.Error("a swapped GPU does not change the digest")
+	}
+}
+
+func TestXidMakesAGPUUnhealthy(t *testing.T) {
+	xid := make(chan uint64, 1)
+	m, err := Open(fakeDGX(t, xid), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	h, err := m.Health()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range h {
+		if !g.Healthy || g.PowerW != 350 || g.GPUUtilPercent != 97 {
+			t.Fatalf("fresh GPU = %+v, want healthy at 350 W and 97 %%", g)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.WatchXids(ctx) }()
+	xid <- 79 // "GPU has fallen off the bus"
+	deadline := time.Now().Add(time.Minute)
+	for len(h[0].Xids) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the Xid event was not recorded within a minute")
+		}
+		if h, err = m.Health(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("WatchXids() = %v", err)
+	}
+	if h[0].Healthy || !slices.Contains(h[0].Problems, "Xid 79") {
+		t.Fatalf("GPU 0 after Xid 79 = %+v, want unhealthy", h[0])
+	}
+	if !h[1].Healthy {
+		t.Errorf("GPU 1 = %+v, want healthy", h[1])
+	}
+}
+
+func TestInitFailureCallsNothingElse(t *testing.T) {
+	s := dgxh100.New()
+	var calls atomic.Int32
+	s.InitFunc = func() nvml.Return { return nvml.ERROR_LIBRARY_NOT_FOUND }
+	s.ShutdownFunc = func() nvml.Return { calls.Add(1); return nvml.SUCCESS }
+	s.DeviceGetCountFunc = func() (int, nvml.Return) { calls.Add(1); return 0, nvml.SUCCESS }
+	if _, err := Open(s, Limits{}); !errors.Is(err, ErrNoDriver) {
+		t.Fatalf("Open(no library) = %v, want ErrNoDriver", err)
+	}
+	if calls.Load() != 0 {
+		t.Fatal("NVML was called after a failed Init (that kills the process on a machine without the driver)")
+	}
+}
+
+// The same code against a real NVIDIA driver, where there is one.
+func TestRealDriver(t *testing.T) {
+	m, err := Open(nil, Limits{})
+	if errors.Is(err, ErrNoDriver) {
+		t.Skip("no NVIDIA driver on this machine")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	inv, err := m.Inventory()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := m.Health()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range inv {
+		t.Logf("GPU %d: %s %s %d MiB bus %s VBIOS %s driver %s; %d °C %.0f/%.0f W healthy %v %v",
+			g.Index, g.Name, g.UUID, g.MemoryBytes>>20, g.PCIBusID, g.VBIOS, g.Driver,
+			h[i].TemperatureC, h[i].PowerW, h[i].PowerLimitW, h[i].Healthy, h[i].Problems)
+	}
+}
