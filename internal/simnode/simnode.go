@@ -17,11 +17,9 @@ import (
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/tcglog"
 	"github.com/rigos/rigos/pkg/tpm"
 )
-
-// Phases are the boot-phase markers a simulated init records.
-var Phases = []string{measure.PhaseEnterInitrd, measure.PhaseModulesLocked, measure.PhaseStartAgent}
 
 // Node is a booted simulated node.
 type Node struct {
@@ -67,7 +65,7 @@ func (n *Node) boot(cfg devboot.Config, akBlob []byte) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range Phases {
+	for _, p := range measure.BootPhases {
 		if _, err := n.Recorder.Record(measure.KindPhase, []byte(p)); err != nil {
 			return err
 		}
@@ -86,8 +84,6 @@ func (n *Node) Close() error {
 	}
 	return errors.Join(append(errs, n.Sim.Close())...)
 }
-
-const evNoAction = 3
 
 // extendBoot extends every PCR the boot touched into the TPM behind rw,
 // as firmware would have. The TPM's PCRs must be fresh (after reset).
@@ -123,7 +119,7 @@ func replayInto(rw io.ReadWriter, log []byte) error {
 		if _, err := r.Seek(int64(e.Size), io.SeekCurrent); err != nil {
 			return err
 		}
-		if e.Type == evNoAction {
+		if e.Type == tcglog.EvNoAction {
 			continue
 		}
 		if err := tpm.Extend(rw, int(e.PCR), e.Digest[:]); err != nil {

@@ -82,7 +82,7 @@ func (t *TPM) measureBoot(cfg devboot.Config) {
 		t.pcrs[i] = boot.Log.PCR(i)
 	}
 	var events []measure.Event
-	for i, p := range []string{measure.PhaseEnterInitrd, measure.PhaseModulesLocked, measure.PhaseStartAgent} {
+	for i, p := range measure.BootPhases {
 		e := measure.NewEvent(uint64(i), measure.KindPhase, []byte(p))
 		events = append(events, e)
 		t.rtLog = append(t.rtLog, e.Encode()...)

@@ -3,6 +3,7 @@ package softtpm
 import (
 	"crypto/rand"
 	"testing"
+	"time"
 
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/devboot"
@@ -16,7 +17,7 @@ func TestPassesRealAppraisal(t *testing.T) {
 		t.Fatal(err)
 	}
 	ekDER, _ := s.EKPublic()
-	ek, err := attestation.AppraiseEK(ekDER, s.EKCertificate(), nil, nil, timeNow())
+	ek, err := attestation.AppraiseEK(ekDER, s.EKCertificate(), nil, nil, time.Now())
 	if err != nil || ek.Class != attestation.ClassDev {
 		t.Fatalf("AppraiseEK() = %v, %v; want dev class", ek.Class, err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-attestation/attest"
 
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/tcglog"
 )
 
 // Evidence is what an agent returns for one challenge. All of it is
@@ -163,7 +164,7 @@ func Appraise(req Request) *Result {
 		return r // the policy needs a replayed firmware log
 	}
 	for _, e := range fwEvents {
-		if e.Index == 4 && e.Type == attest.EventType(0x80000003) {
+		if e.Index == 4 && uint32(e.Type) == tcglog.EvEFIBootServicesApp {
 			r.BootApplications = append(r.BootApplications, e.Digest)
 		}
 	}
@@ -184,7 +185,7 @@ func replayFirmware(log []byte, quoted map[int][]byte) ([]attest.Event, map[int]
 	}
 	logged := map[int]bool{}
 	for _, e := range el.Events(attest.HashSHA256) {
-		if e.Type == attest.EventType(0x3) { // EV_NO_ACTION extends nothing
+		if uint32(e.Type) == tcglog.EvNoAction { // extends nothing
 			continue
 		}
 		if e.Index == measure.RuntimePCR {
@@ -295,16 +296,16 @@ func checkManifest(m *Manifest, events []attest.Event, pcrs map[int][]byte, runt
 			pcr7 = append(pcr7, e)
 		case 4:
 			switch uint32(e.Type) {
-			case 0x80000003: // EV_EFI_BOOT_SERVICES_APPLICATION
+			case tcglog.EvEFIBootServicesApp:
 				apps++
 				if !containsHex(m.BootApplications, e.Digest) {
 					out = append(out, fail(CheckBootApp, "unknown boot application %s", hex.EncodeToString(e.Digest)))
 				}
-			case 0x80000007: // EV_EFI_ACTION
+			case tcglog.EvEFIAction:
 				if !slices.Contains(pcr4Actions, string(e.Data)) || !digestOf(e) {
 					out = append(out, fail(CheckBootApp, "unexpected EFI action in PCR 4: %q", e.Data))
 				}
-			case 0x4: // EV_SEPARATOR
+			case tcglog.EvSeparator:
 				if !digestOf(e) {
 					out = append(out, fail(CheckBootApp, "separator digest does not match its data"))
 				}

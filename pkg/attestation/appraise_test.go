@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/rigos/rigos/internal/simnode"
 	. "github.com/rigos/rigos/pkg/attestation"
@@ -98,7 +99,7 @@ func TestEnrolment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ek, err := AppraiseEK(ekDER, n.Att.EKCertificate(), nil, nil, timeNow())
+	ek, err := AppraiseEK(ekDER, n.Att.EKCertificate(), nil, nil, time.Now())
 	if err != nil {
 		t.Fatalf("AppraiseEK() = %v", err)
 	}
@@ -129,7 +130,7 @@ func TestActivationWithWrongEK(t *testing.T) {
 	other.Close()
 
 	n := boot(t, 1, devboot.Default())
-	ek, err := AppraiseEK(otherEK, nil, nil, nil, timeNow())
+	ek, err := AppraiseEK(otherEK, nil, nil, nil, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,6 +41,12 @@ type EK struct {
 
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
+// Fingerprint is an EK's identity: the hex SHA-256 of its PKIX DER.
+func Fingerprint(ekDER []byte) string {
+	sum := sha256.Sum256(ekDER)
+	return hex.EncodeToString(sum[:])
+}
+
 // AppraiseEK parses the EK public key and, when present, its certificate.
 // The EK is ClassHardware only if the certificate's key is the EK, the
 // certificate chains to one of roots (intermediates may be given), and it
@@ -61,8 +67,7 @@ func AppraiseEK(ekDER, certDER []byte, roots, intermediates *x509.CertPool, now 
 	default:
 		return EK{}, fail(CheckEK, "unsupported EK type %T", pub)
 	}
-	sum := sha256.Sum256(ekDER)
-	ek := EK{Public: pub, DER: ekDER, Fingerprint: hex.EncodeToString(sum[:]), Class: ClassDev}
+	ek := EK{Public: pub, DER: ekDER, Fingerprint: Fingerprint(ekDER), Class: ClassDev}
 	if len(certDER) == 0 {
 		return ek, nil
 	}

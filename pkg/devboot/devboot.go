@@ -28,6 +28,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/tcglog"
 )
 
@@ -246,6 +247,6 @@ func Manifest(cfg Config, build string) *attestation.Manifest {
 		BootApplications: []string{hex.EncodeToString(UKIDigest(cfg.Sections))},
 		PCR11:            []string{hex.EncodeToString(PCR11(cfg.Sections))},
 		SecureBoot:       attestation.SecureBootPolicy{Required: cfg.SecureBoot, DBCerts: dbs},
-		Phases:           []string{"enter-initrd", "modules-locked", "start-agent"},
+		Phases:           measure.BootPhases,
 	}
 }

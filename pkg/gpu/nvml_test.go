@@ -52,12 +52,18 @@ func fakeDGX(t *testing.T, xid chan uint64) *server.Server {
 	return s
 }
 
-func TestInventoryAndCDI(t *testing.T) {
-	m, err := Open(fakeDGX(t, nil), Limits{})
+func openFake(t *testing.T, xid chan uint64) *Monitor {
+	t.Helper()
+	m, err := Open(fakeDGX(t, xid), Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestInventoryAndCDI(t *testing.T) {
+	m := openFake(t, nil)
 	inv, err := m.Inventory()
 	if err != nil {
 		t.Fatal(err)
@@ -93,11 +99,7 @@ func TestInventoryAndCDI(t *testing.T) {
 
 func TestXidMakesAGPUUnhealthy(t *testing.T) {
 	xid := make(chan uint64, 1)
-	m, err := Open(fakeDGX(t, xid), Limits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
+	m := openFake(t, xid)
 	h, err := m.Health()
 	if err != nil {
 		t.Fatal(err)

@@ -260,7 +260,7 @@ func Build(o Options) (*Result, error) {
 		BootApplications: []string{hex.EncodeToString(ukiDigest)},
 		PCR11:            []string{hex.EncodeToString(pcr11)},
 		SecureBoot:       attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])}},
-		Phases:           []string{measure.PhaseEnterInitrd, measure.PhaseModulesLocked, measure.PhaseStartAgent},
+		Phases:           measure.BootPhases,
 	}
 	signedManifest, err := attestation.SignManifest(m, manKey)
 	if err != nil {
@@ -289,13 +289,13 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *
 			return nil, nil, err
 		}
 	}
-	// Modes must not depend on the builder's umask.
-	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+	// Modes must not depend on the builder's umask: every entry (the
+	// folders and the executables) is 0755.
+	err := filepath.WalkDir(root, func(p string, _ os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		mode := os.FileMode(0o755)
-		return os.Chmod(p, mode)
+		return os.Chmod(p, 0o755)
 	})
 	if err != nil {
 		return nil, nil, err

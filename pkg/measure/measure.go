@@ -35,6 +35,9 @@ const (
 	PhaseStartAgent    = "start-agent"
 )
 
+// BootPhases is the sequence init measures, in order; manifests expect it.
+var BootPhases = []string{PhaseEnterInitrd, PhaseModulesLocked, PhaseStartAgent}
+
 // CEL TLV types used by RigOS.
 const (
 	tlvRecnum  = 0

@@ -4,10 +4,8 @@ package daemon
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +21,7 @@ import (
 	"github.com/rigos/rigos/agent/internal/config"
 	"github.com/rigos/rigos/internal/simnode"
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/session"
@@ -93,10 +92,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 }
 
-// NodeIDFromEK derives a node ID from the EK public key (PKIX DER).
+// NodeIDFromEK derives a node ID from the EK public key (PKIX DER): the
+// start of the fingerprint the verifier pins.
 func NodeIDFromEK(ekDER []byte) string {
-	sum := sha256.Sum256(ekDER)
-	return "rig-" + hex.EncodeToString(sum[:8])
+	return "rig-" + attestation.Fingerprint(ekDER)[:16]
 }
 
 func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte, error), func(), error) {

@@ -1,5 +1,0 @@
-package softtpm
-
-import "time"
-
-func timeNow() time.Time { return time.Now() }

@@ -1,5 +1,0 @@
-package attestation_test
-
-import "time"
-
-func timeNow() time.Time { return time.Now() }
