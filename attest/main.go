@@ -5,6 +5,8 @@
 //	attest [serve] -config attest.json     run the verifier
 //	attest devinit -dir DIR                write a development setup
 //	attest nodes|watch|node|revoke|accept-firmware -admin SOCK ...
+//	attest run -node ID -id W -archive image.tar [flags] [-- args]
+//	attest stop -node ID -id W
 package main
 
 import (
@@ -79,8 +81,12 @@ func run(args []string) error {
 			return err
 		}
 		return admin(cmd, *sock, *id, *reason, *n)
+	case "run":
+		return runWorkload(fs, args)
+	case "stop":
+		return stopWorkload(fs, args)
 	}
-	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware)", cmd)
+	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop)", cmd)
 }
 
 func serve(path string) error {
@@ -107,17 +113,25 @@ func serve(path string) error {
 	return d.Serve(ctx)
 }
 
-func admin(cmd, sock, id, reason string, n int) error {
+func adminClient(sock string) (apiv1.AdminClient, func(), error) {
 	abs, err := filepath.Abs(sock)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(server.MaxImageArchive+1<<20)))
+	if err != nil {
+		return nil, nil, err
+	}
+	return apiv1.NewAdminClient(conn), func() { conn.Close() }, nil
+}
+
+func admin(cmd, sock, id, reason string, n int) error {
+	c, closeConn, err := adminClient(sock)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
-	c := apiv1.NewAdminClient(conn)
+	defer closeConn()
 	ctx := context.Background()
 	switch cmd {
 	case "nodes":
@@ -142,6 +156,15 @@ func admin(cmd, sock, id, reason string, n int) error {
 			class(nd.GetTrustClass()), nd.GetEkFingerprint(), nd.GetAppraisals(), nd.GetResetCount())
 		for _, h := range d.GetHistory() {
 			fmt.Printf("  %s  %-9s %s %s\n", when(h.GetUnixMs()), state(h.GetState()), h.GetReason(), h.GetManifest())
+			for _, w := range h.GetWorkloads() {
+				fmt.Printf("                measured workload %s\n", w)
+			}
+		}
+		if len(d.GetWorkloads()) > 0 {
+			fmt.Println("workload events:")
+		}
+		for _, e := range d.GetWorkloads() {
+			fmt.Printf("  %s  %s %s%s\n", when(e.GetUnixMs()), e.GetId(), workloadState(e.GetState()), eventDetail(e))
 		}
 		return nil
 	case "watch":

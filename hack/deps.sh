@@ -12,6 +12,7 @@ pkgs=(
   # the image and its VM tests
   binutils              # objcopy: UKI assembly
   erofs-utils           # mkfs.erofs: the system partition
+  libseccomp-dev        # runc (static, with seccomp) in the image
   cryptsetup-bin        # veritysetup cross-checks our dm-verity trees in tests
   systemd-boot-efi      # systemd-stub
   qemu-system-x86 qemu-utils ovmf

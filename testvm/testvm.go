@@ -85,6 +85,9 @@ type Options struct {
 	// EK (swtpm_setup with swtpm_localca), as a TPM vendor would. The CA
 	// is created on first use; its root is EKCARoot(EKCA).
 	EKCA string
+	// Reuse boots the same machine again: the disk overlay, the TPM
+	// state and the firmware variables already in Dir are kept.
+	Reuse bool
 }
 
 // EKCARoot and EKCAIntermediate are the certificates of a local EK CA.
@@ -113,6 +116,11 @@ func provisionEK(tpmDir, ca string) error {
 	return nil
 }
 
+// Disk is the VM's disk in dir: a qcow2 overlay holding everything the
+// VM wrote (qcow2 keeps written clusters as they are, so the owner's
+// offline view of the disk is in it).
+func Disk(dir string) string { return filepath.Join(dir, "disk.qcow2") }
+
 // VM is a running virtual machine.
 type VM struct {
 	Console string // path of the serial console log
@@ -139,24 +147,30 @@ func Start(o Options) (*VM, error) {
 	if err := os.MkdirAll(tpmDir, 0o700); err != nil {
 		return nil, err
 	}
-	if o.EKCA != "" {
+	_, statErr := os.Stat(filepath.Join(tpmDir, "tpm2-00.permall"))
+	reuseTPM := o.Reuse && statErr == nil
+	if o.EKCA != "" && !reuseTPM {
 		if err := provisionEK(tpmDir, o.EKCA); err != nil {
 			return nil, err
 		}
 	}
 	vars := filepath.Join(o.Dir, "vars.fd")
-	b, err := os.ReadFile(o.Vars)
-	if err != nil {
-		return nil, fmt.Errorf("reading firmware variables: %w", err)
+	if _, err := os.Stat(vars); err != nil || !o.Reuse {
+		b, err := os.ReadFile(o.Vars)
+		if err != nil {
+			return nil, fmt.Errorf("reading firmware variables: %w", err)
+		}
+		if err := os.WriteFile(vars, b, 0o600); err != nil {
+			return nil, err
+		}
 	}
-	if err := os.WriteFile(vars, b, 0o600); err != nil {
-		return nil, err
-	}
-	overlay := filepath.Join(o.Dir, "disk.qcow2")
-	abs, _ := filepath.Abs(o.Image)
-	_ = os.Remove(overlay)
-	if b, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", "qcow2", overlay).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("creating overlay: %v: %s", err, b)
+	overlay := Disk(o.Dir)
+	if _, err := os.Stat(overlay); err != nil || !o.Reuse {
+		abs, _ := filepath.Abs(o.Image)
+		_ = os.Remove(overlay)
+		if b, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", abs, "-F", "qcow2", overlay).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("creating overlay: %v: %s", err, b)
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.Timeout)
 	sock := filepath.Join(tpmDir, "swtpm.sock")

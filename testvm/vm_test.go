@@ -268,7 +268,7 @@ func TestBootToTrusted(t *testing.T) {
 	}
 	for _, want := range []string{"lockdown=ok(", "[confidentiality]", "modules_disabled=ok(1)", "sysrq=ok(0)",
 		"no_/dev/mem=ok(denied)", "no_/dev/port=ok(denied)", "no_/proc/kcore=ok(denied)", "debugfs=ok(absent)",
-		"executables=ok(/init,/system/usr/bin/agent)", "no_shell=ok(none)"} {
+		"executables=ok(/init,/system/usr/bin/agent,/system/usr/bin/containerd,/system/usr/bin/containerd-shim-runc-v2,/system/usr/bin/runc)", "no_shell=ok(none)"} {
 		if !strings.Contains(m[2], want) {
 			t.Errorf("self-check lacks %q: %s", want, m[2])
 		}

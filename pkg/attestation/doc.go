@@ -40,6 +40,7 @@ const (
 	CheckEmptyPCR     Check = "empty-pcr"        // a PCR that must be empty is not
 	CheckPhases       Check = "boot-phases"      // boot phase sequence wrong
 	CheckFirmwarePins Check = "firmware-changed" // firmware PCRs differ from the pinned values
+	CheckGPUPins      Check = "gpu-changed"      // GPU inventory differs from the pinned one
 	CheckManifest     Check = "manifest"         // no active manifest
 )
 

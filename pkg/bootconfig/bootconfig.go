@@ -36,6 +36,10 @@ type Config struct {
 	// Agent is the agent's command line. Default is
 	// ["/system/usr/bin/agent", "-config", "/etc/rigos/agent.json"].
 	Agent []string `json:"agent,omitempty"`
+	// Containerd is containerd's command line, started once the state
+	// partition is unlocked. Default is ["/system/usr/bin/containerd",
+	// "--config", "/etc/rigos/containerd.toml"].
+	Containerd []string `json:"containerd,omitempty"`
 	// Modules lists the allowlisted modules and their dependencies in
 	// load order. Written by the imager.
 	Modules []Module `json:"modules,omitempty"`
@@ -70,6 +74,9 @@ func (c *Config) Defaults() {
 	if len(c.Agent) == 0 {
 		c.Agent = []string{"/system/usr/bin/agent", "-config", "/etc/rigos/agent.json"}
 	}
+	if len(c.Containerd) == 0 {
+		c.Containerd = []string{"/system/usr/bin/containerd", "--config", "/etc/rigos/containerd.toml"}
+	}
 }
 
 // Validate reports every problem at once.
@@ -94,6 +101,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Agent) == 0 || c.Agent[0] == "" || c.Agent[0][0] != '/' {
 		errs = append(errs, errors.New("agent: want an absolute path first"))
+	}
+	if len(c.Containerd) == 0 || c.Containerd[0] == "" || c.Containerd[0][0] != '/' {
+		errs = append(errs, errors.New("containerd: want an absolute path first"))
 	}
 	return errors.Join(errs...)
 }

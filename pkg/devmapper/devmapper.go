@@ -1,6 +1,7 @@
 // Package devmapper sets up device-mapper targets with the kernel's DM
 // ioctl interface (/dev/mapper/control), without dmsetup: init creates
-// the dm-verity device for the read-only system partition with it.
+// the dm-verity device for the read-only system partition and the
+// dm-crypt device for the encrypted state partition with it.
 package devmapper
 
 import (
@@ -83,4 +84,11 @@ func decodeDev(buf []byte) (uint64, error) {
 // device (hash tree right after the data blocks), 4 KiB blocks, SHA-256.
 func VerityParams(dev string, dataBlocks uint64, root, salt []byte) string {
 	return fmt.Sprintf("1 %s %s 4096 4096 %d %d sha256 %x %x", dev, dev, dataBlocks, dataBlocks, root, salt)
+}
+
+// CryptParams is the dm-crypt table for key on dev, data starting
+// offsetSectors into it (the sectors before hold the state header), IVs
+// counted from the start of the mapped device.
+func CryptParams(cipher string, key []byte, dev string, offsetSectors uint64) string {
+	return fmt.Sprintf("%s %x 0 %s %d", cipher, key, dev, offsetSectors)
 }

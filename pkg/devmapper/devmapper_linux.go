@@ -24,6 +24,15 @@ func ioctl(f *os.File, cmd uintptr, buf []byte) error {
 // CreateReadOnly creates device name with targets, loads the table
 // read-only, activates it and returns the block device path (/dev/dm-N).
 func CreateReadOnly(name string, targets []Target) (string, error) {
+	return create(name, flagReadOnly, targets)
+}
+
+// Create is CreateReadOnly for a writable device (dm-crypt).
+func Create(name string, targets []Target) (string, error) {
+	return create(name, 0, targets)
+}
+
+func create(name string, tableFlags uint32, targets []Target) (string, error) {
 	f, err := os.OpenFile(ControlPath, os.O_RDWR, 0)
 	if err != nil {
 		return "", fmt.Errorf("opening device-mapper control: %w", err)
@@ -40,7 +49,7 @@ func CreateReadOnly(name string, targets []Target) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if buf, err = encode(name, flagReadOnly, targets); err != nil {
+	if buf, err = encode(name, tableFlags, targets); err != nil {
 		return "", err
 	}
 	if err := ioctl(f, cmdTableLoad, buf); err != nil {

@@ -8,3 +8,8 @@ import "errors"
 func CreateReadOnly(name string, targets []Target) (string, error) {
 	return "", errors.New("device-mapper needs Linux")
 }
+
+// Create needs Linux.
+func Create(name string, targets []Target) (string, error) {
+	return "", errors.New("device-mapper needs Linux")
+}

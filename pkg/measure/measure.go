@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 )
@@ -32,11 +33,14 @@ const (
 const (
 	PhaseEnterInitrd   = "enter-initrd"
 	PhaseModulesLocked = "modules-locked"
-	PhaseStartAgent    = "start-agent"
+	// PhaseStateKeySealed follows the unlocking of the encrypted state
+	// partition, whose key is sealed to PCR 15 before this phase.
+	PhaseStateKeySealed = "state-key-sealed"
+	PhaseStartAgent     = "start-agent"
 )
 
 // BootPhases is the sequence init measures, in order; manifests expect it.
-var BootPhases = []string{PhaseEnterInitrd, PhaseModulesLocked, PhaseStartAgent}
+var BootPhases = []string{PhaseEnterInitrd, PhaseModulesLocked, PhaseStateKeySealed, PhaseStartAgent}
 
 // CEL TLV types used by RigOS.
 const (
@@ -224,4 +228,74 @@ func Phases(events []Event) []string {
 		}
 	}
 	return out
+}
+
+// Workload is the data of a workload event: what the agent was about to
+// start. Config is the SHA-256 of the OCI runtime spec it ran with.
+type Workload struct {
+	ID          string `json:"id"`
+	Image       string `json:"image"`
+	Digest      string `json:"digest"`
+	Config      string `json:"config"`
+	TrustedTier bool   `json:"trusted_tier"`
+}
+
+// Encode returns the event data for w.
+func (w Workload) Encode() []byte {
+	b, _ := json.Marshal(w) // strings and a bool always marshal
+	return b
+}
+
+// Name is how verdicts name the workload: its ID and image digest.
+func (w Workload) Name() string { return w.ID + "@" + w.Digest }
+
+// Workloads returns the workloads of the workload events, in order. An
+// event whose data is not a workload description is an error: the log
+// replayed, so the node measured something it cannot explain.
+func Workloads(events []Event) ([]Workload, error) {
+	var out []Workload
+	for _, e := range events {
+		if e.Kind != KindWorkload {
+			continue
+		}
+		var w Workload
+		dec := json.NewDecoder(bytes.NewReader(e.Data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&w); err != nil || w.ID == "" || w.Digest == "" {
+			return nil, fmt.Errorf("runtime event %d: malformed workload event", e.Recnum)
+		}
+		out = append(out, w)
+	}
+	return out, nil
+}
+
+// GPUInventory is the data of a GPU event: how many GPUs the node has
+// and the digest of their inventory (gpu.Digest, hex).
+type GPUInventory struct {
+	Count  int    `json:"count"`
+	Digest string `json:"digest"`
+}
+
+// Encode returns the event data for g.
+func (g GPUInventory) Encode() []byte {
+	b, _ := json.Marshal(g) // an int and a string always marshal
+	return b
+}
+
+// GPUInventories returns the GPU events' data, in order.
+func GPUInventories(events []Event) ([]GPUInventory, error) {
+	var out []GPUInventory
+	for _, e := range events {
+		if e.Kind != KindGPU {
+			continue
+		}
+		var g GPUInventory
+		dec := json.NewDecoder(bytes.NewReader(e.Data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&g); err != nil || len(g.Digest) != 64 {
+			return nil, fmt.Errorf("runtime event %d: malformed GPU event", e.Recnum)
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }

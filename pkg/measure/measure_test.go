@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -81,5 +82,37 @@ func TestRecorder(t *testing.T) {
 	}
 	if !bytes.Equal(Replay(events), Replay(extended)) {
 		t.Error("log replay differs from what was extended")
+	}
+}
+
+func TestWorkloads(t *testing.T) {
+	w := Workload{ID: "job-1", Image: "rigos.test/w:1", Digest: "sha256:aa", Config: "sha256:bb", TrustedTier: true}
+	events := []Event{
+		NewEvent(0, KindPhase, []byte(PhaseEnterInitrd)),
+		NewEvent(1, KindWorkload, w.Encode()),
+	}
+	got, err := Workloads(events)
+	if err != nil || len(got) != 1 || got[0] != w || got[0].Name() != "job-1@sha256:aa" {
+		t.Fatalf("Workloads() = %+v, %v", got, err)
+	}
+	for name, data := range map[string]string{
+		"not JSON":      "job-1",
+		"no digest":     `{"id":"x"}`,
+		"unknown field": `{"id":"x","digest":"sha256:aa","extra":1}`,
+	} {
+		if _, err := Workloads([]Event{NewEvent(0, KindWorkload, []byte(data))}); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestGPUInventories(t *testing.T) {
+	g := GPUInventory{Count: 8, Digest: strings.Repeat("ab", 32)}
+	got, err := GPUInventories([]Event{NewEvent(0, KindGPU, g.Encode())})
+	if err != nil || len(got) != 1 || got[0] != g {
+		t.Fatalf("GPUInventories() = %+v, %v", got, err)
+	}
+	if _, err := GPUInventories([]Event{NewEvent(0, KindGPU, []byte(`{"count":1,"digest":"short"}`))}); err == nil {
+		t.Error("a short digest was accepted")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
@@ -34,9 +35,21 @@ type Node struct {
 	Logger     *slog.Logger
 	// OnVerdict, if set, is called with every verdict.
 	OnVerdict func(*apiv1.Verdict)
+	// Workloads, if set, receives the verifier's workload messages and
+	// sends workload events and output on the session.
+	Workloads Workloads
 	// OnChallenge, if set, may replace or drop evidence (tests only
 	// simulate misbehaving agents with it); return nil to not answer.
 	OnChallenge func(*apiv1.Challenge, *apiv1.Evidence) *apiv1.Evidence
+}
+
+// Workloads handles the workload part of a session.
+type Workloads interface {
+	// Attach is called with the session's sender (safe for concurrent
+	// use) when the node is enrolled, and with nil when the session ends.
+	Attach(send func(*apiv1.AgentMessage) error)
+	// Handle receives StartWorkload, ImageChunk and StopWorkload.
+	Handle(*apiv1.VerifierMessage)
 }
 
 // ErrRefused is wrapped when the verifier refuses the node.
@@ -58,8 +71,17 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 		return fmt.Errorf("opening session: %w", err)
 	}
 	defer stream.CloseSend()
+	var sendMu sync.Mutex
+	send := func(m *apiv1.AgentMessage) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	if n.Workloads != nil {
+		defer n.Workloads.Attach(nil)
+	}
 	ak := n.TPM.AKParams()
-	if err := stream.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
+	if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
 		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
 		Ak: &apiv1.AKParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature},
 	}}}); err != nil {
@@ -82,11 +104,14 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 				log.Error("credential activation failed", "err", err)
 				secret = nil // the verifier names the failure
 			}
-			if err := stream.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Activation{Activation: &apiv1.ActivationProof{Secret: secret}}}); err != nil {
+			if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Activation{Activation: &apiv1.ActivationProof{Secret: secret}}}); err != nil {
 				return err
 			}
 		case *apiv1.VerifierMessage_Enrolled:
 			log.Info("enrolled", "node", msg.Enrolled.GetNodeId(), "class", msg.Enrolled.GetTrustClass())
+			if n.Workloads != nil {
+				n.Workloads.Attach(send)
+			}
 		case *apiv1.VerifierMessage_Challenge:
 			ev, err := answer(n, msg.Challenge)
 			if err != nil {
@@ -98,7 +123,7 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 					continue
 				}
 			}
-			if err := stream.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Evidence{Evidence: ev}}); err != nil {
+			if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Evidence{Evidence: ev}}); err != nil {
 				return err
 			}
 		case *apiv1.VerifierMessage_Verdict:
@@ -106,6 +131,20 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 			if n.OnVerdict != nil {
 				n.OnVerdict(msg.Verdict)
 			}
+		case *apiv1.VerifierMessage_StartWorkload, *apiv1.VerifierMessage_ImageChunk, *apiv1.VerifierMessage_StopWorkload:
+			if n.Workloads == nil {
+				id := m.GetStartWorkload().GetSpec().GetId()
+				if id == "" {
+					continue
+				}
+				if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: &apiv1.WorkloadEvent{
+					Id: id, State: apiv1.WorkloadState_WORKLOAD_STATE_FAILED, Reason: "this node runs no workloads",
+				}}}); err != nil {
+					return err
+				}
+				continue
+			}
+			n.Workloads.Handle(m)
 		}
 	}
 }

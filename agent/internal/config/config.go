@@ -41,12 +41,39 @@ type Config struct {
 	// RuntimeLog is the runtime event log init and the agent append to.
 	// Default is /run/rigos/runtime.cel.
 	RuntimeLog string `json:"runtime_log"`
+	// Containerd is containerd's socket. Empty means this node runs no
+	// workloads.
+	Containerd string `json:"containerd"`
+	// ScratchDir holds workloads' scratch space, wiped when they end.
+	// Default is /var/lib/rigos/scratch.
+	ScratchDir string `json:"scratch_dir"`
+	// GPUs is "auto" (use the NVIDIA GPUs NVML finds; needs an agent
+	// built with cgo and the driver) or "off". Default is "auto".
+	GPUs string `json:"gpus"`
+	// CDIDir is where the agent writes the GPUs' CDI specification for
+	// containerd. Default is /run/cdi.
+	CDIDir string `json:"cdi_dir"`
+	// Plan is what the supplier sells (the ASK plan): workloads asking
+	// for more are refused. Zero fields mean the whole machine.
+	Plan Plan `json:"plan"`
 	// ReconnectMin and ReconnectMax bound the reconnect backoff.
 	// Defaults are "1s" and "1m".
 	ReconnectMin config.Duration `json:"reconnect_min"`
 	ReconnectMax config.Duration `json:"reconnect_max"`
 	// LogLevel is debug, info, warn or error. Default is "info".
 	LogLevel string `json:"log_level"`
+}
+
+// Plan is the node's ASK plan: the resources it offers to workloads.
+type Plan struct {
+	// CPUs is the number of cores offered, fractions allowed.
+	CPUs float64 `json:"cpus"`
+	// MemoryMB is the memory offered, in MiB.
+	MemoryMB int64 `json:"memory_mb"`
+	// GPUs is the number of GPUs offered.
+	GPUs int `json:"gpus"`
+	// MaxDuration caps a workload's run time. Default is "24h".
+	MaxDuration config.Duration `json:"max_duration"`
 }
 
 // Load reads path, applies defaults and validates.
@@ -57,6 +84,7 @@ func Load(path string) (*Config, error) {
 	}
 	dir := filepath.Dir(path)
 	c.CACert, c.StateDir, c.RuntimeLog = config.Resolve(dir, c.CACert), config.Resolve(dir, c.StateDir), config.Resolve(dir, c.RuntimeLog)
+	c.ScratchDir = config.Resolve(dir, c.ScratchDir)
 	c.Defaults()
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
@@ -74,6 +102,18 @@ func (c *Config) Defaults() {
 	}
 	if c.RuntimeLog == "" {
 		c.RuntimeLog = "/run/rigos/runtime.cel"
+	}
+	if c.GPUs == "" {
+		c.GPUs = "auto"
+	}
+	if c.CDIDir == "" {
+		c.CDIDir = "/run/cdi"
+	}
+	if c.ScratchDir == "" {
+		c.ScratchDir = "/var/lib/rigos/scratch"
+	}
+	if c.Plan.MaxDuration == 0 {
+		c.Plan.MaxDuration = config.Duration(24 * time.Hour)
 	}
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = config.Duration(time.Second)
@@ -102,6 +142,12 @@ func (c *Config) Validate() error {
 	}
 	if c.TPM != "device" && c.TPM != "simulator" {
 		errs = append(errs, fmt.Errorf("tpm %q: want device or simulator", c.TPM))
+	}
+	if c.GPUs != "auto" && c.GPUs != "off" {
+		errs = append(errs, fmt.Errorf("gpus %q: want auto or off", c.GPUs))
+	}
+	if c.Plan.CPUs < 0 || c.Plan.MemoryMB < 0 || c.Plan.GPUs < 0 {
+		errs = append(errs, errors.New("plan: negative resources"))
 	}
 	if c.ReconnectMin > c.ReconnectMax {
 		errs = append(errs, errors.New("reconnect_min exceeds reconnect_max"))

@@ -12,6 +12,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,11 +21,15 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/rigos/rigos/agent/internal/config"
+	"github.com/rigos/rigos/agent/internal/gpus"
+	"github.com/rigos/rigos/agent/internal/workload"
 	"github.com/rigos/rigos/internal/simnode"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/session"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -70,10 +76,22 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier)
 
+	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log}
+	if cfg.Containerd != "" {
+		mgr, closeMgr, err := workloads(ctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		defer closeMgr()
+		go mgr.Watch(ctx)
+		node.Workloads, node.OnVerdict = mgr, mgr.Verdict
+		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryBytes>>20)
+	}
+
 	backoff := cfg.ReconnectMin.D()
 	for {
 		start := time.Now()
-		err := session.Run(ctx, client, session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log})
+		err := session.Run(ctx, client, node)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -91,6 +109,88 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		backoff = min(2*backoff, cfg.ReconnectMax.D())
 	}
 }
+
+// workloads returns the workload manager: containerd as the runtime, and
+// workload measurements extended into the runtime PCR through a TPM
+// handle of its own.
+func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*workload.Manager, func(), error) {
+	if cfg.TPM != "device" {
+		return nil, nil, errors.New("workloads need a TPM device (tpm: device): their measurements go into the runtime PCR")
+	}
+	dev, err := tpm.Open(cfg.TPMPaths...)
+	if err != nil {
+		return nil, nil, err
+	}
+	var mu sync.Mutex
+	rec, err := measure.NewRecorder(cfg.RuntimeLog, func(pcr int, d []byte) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return tpm.Extend(dev, pcr, d)
+	})
+	if err != nil {
+		dev.Close()
+		return nil, nil, err
+	}
+	record := func(kind string, data []byte) error {
+		_, err := rec.Record(kind, data)
+		return err
+	}
+	plan := workload.Plan{
+		CPUs: cfg.Plan.CPUs, MemoryBytes: cfg.Plan.MemoryMB << 20, GPUs: cfg.Plan.GPUs, MaxDuration: cfg.Plan.MaxDuration.D(),
+	}
+	if plan.CPUs == 0 {
+		plan.CPUs = float64(runtime.NumCPU())
+	}
+	if plan.MemoryBytes == 0 {
+		plan.MemoryBytes = workload.MemTotal()
+	}
+	m := workload.New(&workload.Containerd{Socket: cfg.Containerd}, plan, cfg.ScratchDir, record, log)
+	closeGPUs := func() {}
+	if cfg.GPUs == "auto" {
+		closeGPUs = startGPUs(ctx, cfg, m, record, log)
+	}
+	return m, func() { closeGPUs(); dev.Close() }, nil
+}
+
+// startGPUs starts the GPU service when NVML finds GPUs, and reports
+// their health to the verifier when a session opens and every
+// GPUReportInterval after.
+func startGPUs(ctx context.Context, cfg *config.Config, m *workload.Manager, record func(string, []byte) error, log *slog.Logger) func() {
+	mon, err := gpu.Open(nil, gpu.Limits{})
+	if errors.Is(err, gpu.ErrNoDriver) {
+		log.Info("no NVIDIA driver (NVML): this node offers no GPUs")
+		return func() {}
+	}
+	if err != nil {
+		log.Error("opening NVML: this node offers no GPUs", "err", err)
+		return func() {}
+	}
+	svc, err := gpus.Start(ctx, mon, record, cfg.CDIDir, log)
+	if err != nil {
+		log.Error("starting the GPU service: this node offers no GPUs", "err", err)
+		mon.Close()
+		return func() {}
+	}
+	m.SetGPUs(svc.Count(), svc.Healthy)
+	report := func() { m.Report(svc.Report(time.Now())) }
+	m.OnAttach(report)
+	go func() {
+		t := time.NewTicker(GPUReportInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	}()
+	return func() { mon.Close() }
+}
+
+// GPUReportInterval is how often GPU health goes to the verifier.
+const GPUReportInterval = 30 * time.Second
 
 // NodeIDFromEK derives a node ID from the EK public key (PKIX DER): the
 // start of the fingerprint the verifier pins.

@@ -28,6 +28,9 @@ import (
 	"github.com/rigos/rigos/pkg/keyfile"
 )
 
+// MaxImageArchive bounds an image archive sent through the admin socket.
+const MaxImageArchive = verifier.MaxImageArchive
+
 // MaxMessage bounds one message from an agent (evidence with logs).
 const MaxMessage = 4 << 20
 
@@ -148,7 +151,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 	)
 	apiv1.RegisterAttestationServer(d.agents, v)
-	d.admin = grpc.NewServer()
+	// Image archives for workloads come through the admin socket.
+	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(verifier.MaxImageArchive + 1<<20))
 	apiv1.RegisterAdminServer(d.admin, v)
 	if d.agentLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		db.Close()

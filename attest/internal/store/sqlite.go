@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 	firmware_pcrs TEXT,
 	repin_firmware INTEGER NOT NULL DEFAULT 0,
 	revoked INTEGER NOT NULL DEFAULT 0,
-	last_clock TEXT
+	last_clock TEXT,
+	gpu_digest TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS verdicts (
 	seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,6 +50,23 @@ CREATE TABLE IF NOT EXISTS verdicts (
 	manifest TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS verdicts_node ON verdicts(node, seq);
+CREATE TABLE IF NOT EXISTS verdict_workloads (
+	verdict INTEGER NOT NULL REFERENCES verdicts(seq),
+	workload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdict_workloads_verdict ON verdict_workloads(verdict);
+CREATE TABLE IF NOT EXISTS workload_events (
+	seq INTEGER PRIMARY KEY AUTOINCREMENT,
+	node TEXT NOT NULL REFERENCES nodes(id),
+	workload TEXT NOT NULL,
+	time INTEGER NOT NULL,
+	state TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	exit_code INTEGER NOT NULL,
+	oom_killed INTEGER NOT NULL,
+	image_digest TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS workload_events_node ON workload_events(node, seq);
 `
 
 // OpenSQLite opens (creating if needed) the database at path.
@@ -65,14 +83,43 @@ func OpenSQLite(path string) (*SQLite, error) {
 		db.Close()
 		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
 	}
+	if err := migrate(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("upgrading the schema in %s: %w", path, err)
+	}
 	return &SQLite{db: db}, nil
+}
+
+// migrate adds the columns later versions introduced to a database an
+// earlier version created.
+func migrate(db *sql.DB) error {
+	rows, err := db.Query(`SELECT name FROM pragma_table_info('nodes')`)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		have[name] = true
+	}
+	rows.Close()
+	if !have["gpu_digest"] {
+		if _, err := db.Exec(`ALTER TABLE nodes ADD COLUMN gpu_digest TEXT NOT NULL DEFAULT ''`); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Close closes the database.
 func (s *SQLite) Close() error { return s.db.Close() }
 
 const nodeCols = `id, ek_fingerprint, ek_public, ak_public, class, state, reason, trusted_until, enrolled,
-	last_verdict, appraisals, firmware_pcrs, repin_firmware, revoked, last_clock`
+	last_verdict, appraisals, firmware_pcrs, repin_firmware, revoked, last_clock, gpu_digest`
 
 func ms(t time.Time) int64 {
 	if t.IsZero() {
@@ -107,7 +154,7 @@ func nodeArgs(n *Node) ([]any, error) {
 	}
 	return []any{n.ID, n.EKFingerprint, n.EKPublic, n.AKPublic, string(n.Class), n.State, n.Reason,
 		ms(n.TrustedUntil), ms(n.Enrolled), ms(n.LastVerdict), int64(n.Appraisals), fw,
-		n.RepinFirmware, n.Revoked, clk}, nil
+		n.RepinFirmware, n.Revoked, clk, n.GPUDigest}, nil
 }
 
 // CreateNode implements Store.
@@ -116,7 +163,7 @@ func (s *SQLite) CreateNode(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+	_, err = s.db.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
 		return fmt.Errorf("node %s: %w", n.ID, ErrConflict)
 	}
@@ -131,7 +178,7 @@ func scanNode(r scanner) (*Node, error) {
 	var tu, en, lv, appr int64
 	var fw, clk sql.NullString
 	if err := r.Scan(&n.ID, &n.EKFingerprint, &n.EKPublic, &n.AKPublic, &class, &n.State, &n.Reason,
-		&tu, &en, &lv, &appr, &fw, &n.RepinFirmware, &n.Revoked, &clk); err != nil {
+		&tu, &en, &lv, &appr, &fw, &n.RepinFirmware, &n.Revoked, &clk, &n.GPUDigest); err != nil {
 		return nil, err
 	}
 	n.Class, n.TrustedUntil, n.Enrolled, n.LastVerdict = attestation.TrustClass(class), fromMS(tu), fromMS(en), fromMS(lv)
@@ -181,16 +228,28 @@ func (s *SQLite) SaveVerdict(ctx context.Context, n *Node, v Verdict) error {
 	defer tx.Rollback()
 	res, err := tx.ExecContext(ctx, `UPDATE nodes SET ek_fingerprint=?2, ek_public=?3, ak_public=?4, class=?5, state=?6,
 		reason=?7, trusted_until=?8, enrolled=?9, last_verdict=?10, appraisals=?11, firmware_pcrs=?12,
-		repin_firmware=?13, revoked=?14, last_clock=?15 WHERE id=?1`, args...)
+		repin_firmware=?13, revoked=?14, last_clock=?15, gpu_digest=?16 WHERE id=?1`, args...)
 	if err != nil {
 		return fmt.Errorf("updating node %s: %w", n.ID, err)
 	}
 	if c, _ := res.RowsAffected(); c != 1 {
 		return fmt.Errorf("node %s: %w", n.ID, ErrNotFound)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO verdicts (node, time, state, reason, manifest) VALUES (?,?,?,?,?)`,
-		v.Node, ms(v.Time), v.State, v.Reason, v.Manifest); err != nil {
+	res, err = tx.ExecContext(ctx, `INSERT INTO verdicts (node, time, state, reason, manifest) VALUES (?,?,?,?,?)`,
+		v.Node, ms(v.Time), v.State, v.Reason, v.Manifest)
+	if err != nil {
 		return fmt.Errorf("recording verdict for %s: %w", n.ID, err)
+	}
+	if len(v.Workloads) > 0 {
+		seq, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		for _, w := range v.Workloads {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO verdict_workloads (verdict, workload) VALUES (?,?)`, seq, w); err != nil {
+				return fmt.Errorf("recording verdict workloads for %s: %w", n.ID, err)
+			}
+		}
 	}
 	return tx.Commit()
 }
@@ -215,8 +274,9 @@ func (s *SQLite) ListNodes(ctx context.Context) ([]*Node, error) {
 
 // History implements Store.
 func (s *SQLite) History(ctx context.Context, id string, limit int) ([]Verdict, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT node, time, state, reason, manifest FROM verdicts
-		WHERE node = ? ORDER BY seq DESC LIMIT ?`, id, limit)
+	rows, err := s.db.QueryContext(ctx, `SELECT v.node, v.time, v.state, v.reason, v.manifest,
+		COALESCE((SELECT group_concat(workload, char(10)) FROM verdict_workloads w WHERE w.verdict = v.seq), '')
+		FROM verdicts v WHERE v.node = ? ORDER BY v.seq DESC LIMIT ?`, id, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -225,10 +285,14 @@ func (s *SQLite) History(ctx context.Context, id string, limit int) ([]Verdict, 
 	for rows.Next() {
 		var v Verdict
 		var t int64
-		if err := rows.Scan(&v.Node, &t, &v.State, &v.Reason, &v.Manifest); err != nil {
+		var w string
+		if err := rows.Scan(&v.Node, &t, &v.State, &v.Reason, &v.Manifest, &w); err != nil {
 			return nil, err
 		}
 		v.Time = fromMS(t)
+		if w != "" {
+			v.Workloads = strings.Split(w, "\n")
+		}
 		out = append(out, v)
 	}
 	return out, rows.Err()
@@ -251,4 +315,36 @@ func (s *SQLite) DemoteAll(ctx context.Context, from, to, reason string, now tim
 	}
 	n, _ := res.RowsAffected()
 	return int(n), tx.Commit()
+}
+
+// SaveWorkloadEvent implements Store.
+func (s *SQLite) SaveWorkloadEvent(ctx context.Context, e WorkloadEvent) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO workload_events (node, workload, time, state, reason, exit_code,
+		oom_killed, image_digest) VALUES (?,?,?,?,?,?,?,?)`,
+		e.Node, e.Workload, ms(e.Time), e.State, e.Reason, e.ExitCode, e.OOMKilled, e.ImageDigest)
+	if err != nil {
+		return fmt.Errorf("recording workload event for %s: %w", e.Node, err)
+	}
+	return nil
+}
+
+// WorkloadEvents implements Store.
+func (s *SQLite) WorkloadEvents(ctx context.Context, node string, limit int) ([]WorkloadEvent, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT node, workload, time, state, reason, exit_code, oom_killed, image_digest
+		FROM workload_events WHERE node = ? ORDER BY seq DESC LIMIT ?`, node, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []WorkloadEvent
+	for rows.Next() {
+		var e WorkloadEvent
+		var t int64
+		if err := rows.Scan(&e.Node, &e.Workload, &t, &e.State, &e.Reason, &e.ExitCode, &e.OOMKilled, &e.ImageDigest); err != nil {
+			return nil, err
+		}
+		e.Time = fromMS(t)
+		out = append(out, e)
+	}
+	return out, rows.Err()
 }

@@ -33,7 +33,11 @@ type Node struct {
 	Appraisals    uint64
 	// FirmwarePCRs are pinned at the first pass; nil until then.
 	FirmwarePCRs map[int][]byte
-	// RepinFirmware is set by an operator to accept changed firmware.
+	// GPUDigest is the pinned GPU inventory digest (hex; "none" for a
+	// node without GPUs); empty until the first pass.
+	GPUDigest string
+	// RepinFirmware is set by an operator to accept changed firmware
+	// (and GPUs).
 	RepinFirmware bool
 	// Revoked holds the node untrusted until an operator re-admits it.
 	Revoked   bool
@@ -47,6 +51,19 @@ type Verdict struct {
 	State    string
 	Reason   string
 	Manifest string
+	// Workloads are the workloads the node's runtime log named.
+	Workloads []string
+}
+
+// WorkloadEvent is one state change of a workload, as the node reported it.
+type WorkloadEvent struct {
+	Node, Workload string
+	Time           time.Time
+	State          string // "preparing", "running", "exited", "killed", "failed"
+	Reason         string
+	ExitCode       int
+	OOMKilled      bool
+	ImageDigest    string
 }
 
 // Store is the verifier's persistence. Implementations must make a
@@ -67,5 +84,9 @@ type Store interface {
 	// DemoteAll moves every node in state from to state to with reason,
 	// recording a verdict for each; it returns how many moved.
 	DemoteAll(ctx context.Context, from, to, reason string, now time.Time) (int, error)
+	// SaveWorkloadEvent records a workload event.
+	SaveWorkloadEvent(ctx context.Context, e WorkloadEvent) error
+	// WorkloadEvents returns a node's latest workload events, newest first.
+	WorkloadEvents(ctx context.Context, node string, limit int) ([]WorkloadEvent, error)
 	Close() error
 }

@@ -62,6 +62,18 @@ func (v *Verifier) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1
 	for _, vr := range h {
 		out.History = append(out.History, &apiv1.VerdictRecord{
 			UnixMs: vr.Time.UnixMilli(), State: stateProto(vr.State), Reason: vr.Reason, Manifest: vr.Manifest,
+			Workloads: vr.Workloads,
+		})
+	}
+	out.Gpus = v.GPUs(n.ID)
+	ws, err := v.o.Store.WorkloadEvents(ctx, n.ID, limit)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ws {
+		out.Workloads = append(out.Workloads, &apiv1.WorkloadEvent{
+			Id: e.Workload, State: workloadStateProto(e.State), Reason: e.Reason, ExitCode: int32(e.ExitCode),
+			OomKilled: e.OOMKilled, ImageDigest: e.ImageDigest, UnixMs: e.Time.UnixMilli(),
 		})
 	}
 	return out, nil

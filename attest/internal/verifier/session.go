@@ -19,6 +19,10 @@ import (
 
 type conn struct {
 	cancel context.CancelFunc
+	// out queues messages from outside the session's loop (workloads,
+	// demotions); gone is closed when the session ends.
+	out  chan *apiv1.VerifierMessage
+	gone chan struct{}
 }
 
 type challenge struct {
@@ -71,7 +75,7 @@ func (v *Verifier) Session(stream apiv1.Attestation_SessionServer) error {
 	}
 	s := v.attach(n.ID, cancel)
 	defer v.detach(n.ID, s)
-	err = v.rounds(ctx, stream, in, n.ID)
+	err = v.rounds(ctx, stream, in, n.ID, s.out)
 	var r *refusal
 	if errors.As(err, &r) {
 		_ = stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Refusal{Refusal: &apiv1.Refusal{Reason: r.reason}}})
@@ -108,7 +112,7 @@ func (v *Verifier) attach(id string, cancel context.CancelFunc) *conn {
 	if old, ok := v.sessions[id]; ok {
 		old.cancel() // a node has one session: the newest wins
 	}
-	s := &conn{cancel: cancel}
+	s := &conn{cancel: cancel, out: make(chan *apiv1.VerifierMessage, 64), gone: make(chan struct{})}
 	v.sessions[id] = s
 	return s
 }
@@ -118,7 +122,9 @@ func (v *Verifier) detach(id string, s *conn) {
 	mine := v.sessions[id] == s
 	if mine {
 		delete(v.sessions, id)
+		delete(v.gpus, id)
 	}
+	close(s.gone)
 	v.mu.Unlock()
 	if mine {
 		v.demote(context.WithoutCancel(context.Background()), id, StateSuspect, "disconnected")
@@ -240,7 +246,7 @@ func sendEnrolled(stream apiv1.Attestation_SessionServer, n *store.Node) error {
 
 // rounds challenges the node: at once, then at random intervals. Each
 // challenge has a single-use nonce and a deadline.
-func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox, id string) error {
+func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox, id string, out <-chan *apiv1.VerifierMessage) error {
 	var (
 		open     *challenge            // the outstanding challenge
 		done     = map[uint64]string{} // recent challenge IDs: "answered" or "expired"
@@ -296,7 +302,17 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 			v.demote(ctx, id, StateSuspect, fmt.Sprintf("missed the %s deadline of challenge %d", v.o.Policy.Deadline, open.id))
 			open = nil
 			next.Reset(v.NextInterval())
+		case m := <-out:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
 		case m := <-in.recv:
+			if m.GetWorkloadEvent() != nil || m.GetWorkloadLog() != nil || m.GetGpuReport() != nil {
+				if err := v.workloadMessage(ctx, id, m); err != nil {
+					return err
+				}
+				continue
+			}
 			ev := m.GetEvidence()
 			if ev == nil {
 				v.demote(ctx, id, StateSuspect, "protocol violation: unexpected message")

@@ -31,6 +31,7 @@ import (
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/measure"
 )
 
 // Node states as stored.
@@ -89,6 +90,9 @@ type Verifier struct {
 	mu       sync.Mutex
 	sessions map[string]*conn
 	watchers map[chan *apiv1.StateChange]struct{}
+	// workloads are the watchers of workloads' updates.
+	workloads map[workloadKey][]chan *apiv1.WorkloadUpdate
+	gpus      map[string]*apiv1.GPUReport // latest per node
 }
 
 // New creates a Verifier. Nodes left trusted by a previous run are
@@ -112,6 +116,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	v := &Verifier{
 		o: o, rng: newRand(),
 		sessions: map[string]*conn{}, watchers: map[chan *apiv1.StateChange]struct{}{},
+		workloads: map[workloadKey][]chan *apiv1.WorkloadUpdate{}, gpus: map[string]*apiv1.GPUReport{},
 	}
 	v.nextID.Store(uint64(o.Now().UnixNano()))
 	n, err := o.Store.DemoteAll(ctx, StateTrusted, StateSuspect, "verifier restarted; awaiting re-check", o.Now())
@@ -144,6 +149,14 @@ func (v *Verifier) lock(id string) func() {
 // update loads a node, lets f change it, and stores the change with a
 // verdict, publishing the state change. f returns the verdict's manifest.
 func (v *Verifier) update(ctx context.Context, id string, f func(n *store.Node) (manifest string, err error)) (*store.Node, string, error) {
+	return v.updateVerdict(ctx, id, func(n *store.Node, vd *store.Verdict) (err error) {
+		vd.Manifest, err = f(n)
+		return err
+	})
+}
+
+// updateVerdict is update with the whole verdict record in reach of f.
+func (v *Verifier) updateVerdict(ctx context.Context, id string, f func(n *store.Node, vd *store.Verdict) error) (*store.Node, string, error) {
 	unlock := v.lock(id)
 	defer unlock()
 	n, err := v.o.Store.GetNode(ctx, id)
@@ -151,8 +164,8 @@ func (v *Verifier) update(ctx context.Context, id string, f func(n *store.Node) 
 		return nil, "", err
 	}
 	from := n.State
-	manifest, err := f(n)
-	if err != nil {
+	var vd store.Verdict
+	if err := f(n, &vd); err != nil {
 		return nil, "", err
 	}
 	now := v.o.Now()
@@ -160,16 +173,23 @@ func (v *Verifier) update(ctx context.Context, id string, f func(n *store.Node) 
 	if n.State != StateTrusted {
 		n.TrustedUntil = time.Time{}
 	}
-	if err := v.o.Store.SaveVerdict(ctx, n, store.Verdict{Node: id, Time: now, State: n.State, Reason: n.Reason, Manifest: manifest}); err != nil {
+	vd.Node, vd.Time, vd.State, vd.Reason = id, now, n.State, n.Reason
+	if err := v.o.Store.SaveVerdict(ctx, n, vd); err != nil {
 		return nil, "", fmt.Errorf("saving verdict for %s: %w", id, err)
 	}
-	tok, err := v.token(n, manifest, now)
+	tok, err := v.token(n, vd.Manifest, now)
 	if err != nil {
 		return nil, "", err
 	}
 	v.publish(&apiv1.StateChange{NodeId: id, From: stateProto(from), To: stateProto(n.State), Reason: n.Reason, UnixMs: now.UnixMilli(), Token: tok})
 	if from != n.State {
 		v.o.Logger.Info("node state changed", "node", id, "from", from, "to", n.State, "reason", n.Reason)
+		if n.State != StateTrusted {
+			// The node learns at once: it stops its trusted workloads.
+			v.push(id, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Verdict{Verdict: &apiv1.Verdict{
+				State: stateProto(n.State), Reason: n.Reason, Token: tok,
+			}}})
+		}
 	}
 	return n, tok, nil
 }
@@ -187,7 +207,7 @@ func (v *Verifier) token(n *store.Node, manifest string, now time.Time) (string,
 
 // appraise records the verdict for evidence answering challenge c.
 func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *apiv1.Evidence) (*store.Node, string, error) {
-	return v.update(ctx, id, func(n *store.Node) (string, error) {
+	return v.updateVerdict(ctx, id, func(n *store.Node, vd *store.Verdict) error {
 		pinned := n.FirmwarePCRs
 		if n.RepinFirmware {
 			pinned = nil
@@ -206,6 +226,7 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		}
 		r := attestation.Appraise(req)
 		defer func() { v.dump(n, req) }()
+		vd.Manifest = r.Manifest
 		n.Appraisals++
 		clockOK := true
 		for _, f := range r.Failures {
@@ -219,7 +240,29 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 			if r.Rebooted {
 				n.Reason += " (after a reboot)"
 			}
-			return r.Manifest, nil
+			return nil
+		}
+		// The runtime log replayed: it names every workload started.
+		ws, err := measure.Workloads(r.RuntimeEvents)
+		if err != nil {
+			n.State, n.Reason = StateUntrusted, string(attestation.CheckRuntimeLog)+": "+err.Error()
+			return nil
+		}
+		for _, w := range ws {
+			vd.Workloads = append(vd.Workloads, w.Name())
+		}
+		gpus, err := gpuDigest(r.RuntimeEvents)
+		if err != nil {
+			n.State, n.Reason = StateUntrusted, string(attestation.CheckRuntimeLog)+": "+err.Error()
+			return nil
+		}
+		if n.GPUDigest != "" && !n.RepinFirmware && gpus != n.GPUDigest {
+			n.State, n.Reason = StateUntrusted, fmt.Sprintf("%s: GPU inventory %s, pinned %s (an operator accepts a change with accept-firmware)",
+				attestation.CheckGPUPins, short(gpus), short(n.GPUDigest))
+			return nil
+		}
+		if n.GPUDigest == "" || n.RepinFirmware {
+			n.GPUDigest = gpus
 		}
 		if pinned == nil {
 			n.FirmwarePCRs, n.RepinFirmware = r.FirmwarePCRs, false
@@ -236,9 +279,32 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 			if r.Rebooted {
 				n.Reason += " after a reboot"
 			}
+			if len(ws) > 0 {
+				n.Reason += fmt.Sprintf("; %d workload(s) measured", len(ws))
+			}
 		}
-		return r.Manifest, nil
+		return nil
 	})
+}
+
+// gpuDigest is the GPU inventory digest the runtime log measured last,
+// or "none" when it measured none.
+func gpuDigest(events []measure.Event) (string, error) {
+	inv, err := measure.GPUInventories(events)
+	if err != nil {
+		return "", err
+	}
+	if len(inv) == 0 {
+		return "none", nil
+	}
+	return inv[len(inv)-1].Digest, nil
+}
+
+func short(d string) string {
+	if len(d) > 16 {
+		return d[:16] + "…"
+	}
+	return d
 }
 
 // dump writes the appraisal to EvidenceDir, if set. Failing to keep a

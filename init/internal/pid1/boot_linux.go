@@ -95,6 +95,9 @@ func mountAll(which func(mount) bool, optional func(mount) bool) error {
 }
 
 func run() error {
+	if err := switchRoot(); err != nil {
+		return fmt.Errorf("switching to a tmpfs root: %w", err)
+	}
 	say("RigOS init starting")
 	log.SetOutput(io.Discard) // the DHCP library logs every packet; init prints its own status
 	// efivarfs needs its module; it is mounted again after modules load.
@@ -112,11 +115,11 @@ func run() error {
 	}
 	setClockFloor(cfg.BuildTime)
 
-	rec, closeTPM, err := openRecorder()
+	rec, dev, err := openRecorder()
 	if err != nil {
 		return err
 	}
-	defer closeTPM()
+	defer dev.Close()
 	phase := func(p string) error {
 		if _, err := rec.Record(measure.KindPhase, []byte(p)); err != nil {
 			return err
@@ -146,6 +149,15 @@ func run() error {
 	if err := phase(measure.PhaseModulesLocked); err != nil {
 		return err
 	}
+	// The state key is sealed to PCR 15 as it is now; the next phase
+	// moves PCR 15 on, so nothing started later can unseal it.
+	stateErr := unlockState(dev)
+	if stateErr != nil {
+		say("state partition unavailable: %v (no workloads on this boot)", stateErr)
+	}
+	if err := phase(measure.PhaseStateKeySealed); err != nil {
+		return err
+	}
 
 	ctx := context.Background()
 	if err := setupNetwork(ctx, cfg.Network); err != nil {
@@ -158,7 +170,14 @@ func run() error {
 		return err
 	}
 	reaper := startReaper()
-	supervise(cfg.Agent, reaper)
+	if stateErr == nil {
+		if _, err := os.Stat(cfg.Containerd[0]); err == nil {
+			go supervise("containerd", cfg.Containerd, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, reaper)
+		} else {
+			say("containerd: %v (no workloads on this boot)", err)
+		}
+	}
+	supervise("agent", cfg.Agent, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, reaper)
 	return nil
 }
 
@@ -176,7 +195,7 @@ func setClockFloor(build int64) {
 	say("clock was before the build time; set to %s", time.Unix(build, 0).UTC().Format(time.RFC3339))
 }
 
-func openRecorder() (*measure.Recorder, func(), error) {
+func openRecorder() (*measure.Recorder, tpm.Device, error) {
 	dev, err := tpm.Open()
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening TPM: %w", err)
@@ -195,8 +214,9 @@ func openRecorder() (*measure.Recorder, func(), error) {
 		dev.Close()
 		return nil, nil, err
 	}
-	// The agent opens the TPM itself; init keeps it only for its phases.
-	return rec, func() { dev.Close() }, nil
+	// The agent opens the TPM itself; init keeps it for its phases and
+	// the state key.
+	return rec, dev, nil
 }
 
 // loadModules loads the allowlisted modules the hardware present needs,
@@ -370,12 +390,12 @@ func startReaper() *reaper {
 }
 
 // start starts argv and returns a channel that receives its exit status.
-func (r *reaper) start(argv []string) (int, chan unix.WaitStatus, error) {
+func (r *reaper) start(argv, env []string) (int, chan unix.WaitStatus, error) {
 	ch := make(chan unix.WaitStatus, 1)
 	r.mu.Lock()
 	defer r.mu.Unlock() // held so the reaper cannot see the exit before it is watched
 	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{
-		Env:   []string{"PATH=/usr/bin", "HOME=/run/rigos"},
+		Env:   env,
 		Files: []*os.File{nil, os.Stdout, os.Stderr},
 	})
 	if err != nil {
@@ -387,24 +407,24 @@ func (r *reaper) start(argv []string) (int, chan unix.WaitStatus, error) {
 	return pid, ch, nil
 }
 
-// supervise runs the agent forever, restarting it with backoff.
-func supervise(argv []string, r *reaper) {
+// supervise runs a service forever, restarting it with backoff.
+func supervise(name string, argv, env []string, r *reaper) {
 	b := newBackoff()
 	for {
 		started := time.Now()
-		pid, done, err := r.start(argv)
+		pid, done, err := r.start(argv, env)
 		if err != nil {
-			say("starting agent: %v", err)
+			say("starting %s: %v", name, err)
 		} else {
-			say("agent started (pid %d)", pid)
+			say("%s started (pid %d)", name, pid)
 			ws := <-done
-			say("agent exited (%s)", describe(ws))
+			say("%s exited (%s)", name, describe(ws))
 		}
 		if time.Since(started) > time.Minute {
 			b.reset()
 		}
 		d := b.next()
-		say("restarting agent in %s", d)
+		say("restarting %s in %s", name, d)
 		time.Sleep(d)
 	}
 }

@@ -32,7 +32,7 @@ func hardened() *fakeProbe {
 			"/proc/sys/kernel/modules_disabled": "1\n",
 			"/proc/sys/kernel/sysrq":            "0\n",
 		},
-		exes: []string{"/init", "/system/usr/bin/agent"},
+		exes: append([]string(nil), Allowed...),
 	}
 }
 

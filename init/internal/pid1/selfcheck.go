@@ -29,7 +29,14 @@ type Probe interface {
 }
 
 // Allowed executables in a RigOS image.
-var Allowed = []string{"/init", "/system/usr/bin/agent"}
+// containerd, its shim and runc run workloads; workload images (under
+// WorkloadRoot) are executable only inside containers and are not listed.
+var Allowed = []string{"/init", "/system/usr/bin/agent", "/system/usr/bin/containerd",
+	"/system/usr/bin/containerd-shim-runc-v2", "/system/usr/bin/runc"}
+
+// WorkloadRoot holds containerd's content and snapshots, on the
+// encrypted state partition.
+const WorkloadRoot = "var/lib/rigos/containerd"
 
 // SelfCheck runs the checks that show the owner has no way in.
 func SelfCheck(p Probe) []Check {
@@ -105,7 +112,7 @@ func (realProbe) Executables() ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && (p == "proc" || p == "sys" || p == "dev" || p == "run" || p == "tmp") {
+		if d.IsDir() && (p == "proc" || p == "sys" || p == "dev" || p == "run" || p == "tmp" || p == WorkloadRoot) {
 			return fs.SkipDir
 		}
 		if d.Type().IsRegular() {

@@ -28,6 +28,64 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WorkloadState int32
+
+const (
+	WorkloadState_WORKLOAD_STATE_UNSPECIFIED WorkloadState = 0
+	WorkloadState_WORKLOAD_STATE_PREPARING   WorkloadState = 1 // receiving, pulling or unpacking the image
+	WorkloadState_WORKLOAD_STATE_RUNNING     WorkloadState = 2
+	WorkloadState_WORKLOAD_STATE_EXITED      WorkloadState = 3 // ended by itself (see exit_code, oom_killed)
+	WorkloadState_WORKLOAD_STATE_KILLED      WorkloadState = 4 // stopped by the node (see reason)
+	WorkloadState_WORKLOAD_STATE_FAILED      WorkloadState = 5 // never started (see reason)
+)
+
+// Enum value maps for WorkloadState.
+var (
+	WorkloadState_name = map[int32]string{
+		0: "WORKLOAD_STATE_UNSPECIFIED",
+		1: "WORKLOAD_STATE_PREPARING",
+		2: "WORKLOAD_STATE_RUNNING",
+		3: "WORKLOAD_STATE_EXITED",
+		4: "WORKLOAD_STATE_KILLED",
+		5: "WORKLOAD_STATE_FAILED",
+	}
+	WorkloadState_value = map[string]int32{
+		"WORKLOAD_STATE_UNSPECIFIED": 0,
+		"WORKLOAD_STATE_PREPARING":   1,
+		"WORKLOAD_STATE_RUNNING":     2,
+		"WORKLOAD_STATE_EXITED":      3,
+		"WORKLOAD_STATE_KILLED":      4,
+		"WORKLOAD_STATE_FAILED":      5,
+	}
+)
+
+func (x WorkloadState) Enum() *WorkloadState {
+	p := new(WorkloadState)
+	*p = x
+	return p
+}
+
+func (x WorkloadState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WorkloadState) Descriptor() protoreflect.EnumDescriptor {
+	return file_rigos_proto_enumTypes[0].Descriptor()
+}
+
+func (WorkloadState) Type() protoreflect.EnumType {
+	return &file_rigos_proto_enumTypes[0]
+}
+
+func (x WorkloadState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WorkloadState.Descriptor instead.
+func (WorkloadState) EnumDescriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{0}
+}
+
 type NodeState int32
 
 const (
@@ -67,11 +125,11 @@ func (x NodeState) String() string {
 }
 
 func (NodeState) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[0].Descriptor()
+	return file_rigos_proto_enumTypes[1].Descriptor()
 }
 
 func (NodeState) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[0]
+	return &file_rigos_proto_enumTypes[1]
 }
 
 func (x NodeState) Number() protoreflect.EnumNumber {
@@ -80,7 +138,7 @@ func (x NodeState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeState.Descriptor instead.
 func (NodeState) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{0}
+	return file_rigos_proto_rawDescGZIP(), []int{1}
 }
 
 type TrustClass int32
@@ -118,11 +176,11 @@ func (x TrustClass) String() string {
 }
 
 func (TrustClass) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[1].Descriptor()
+	return file_rigos_proto_enumTypes[2].Descriptor()
 }
 
 func (TrustClass) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[1]
+	return &file_rigos_proto_enumTypes[2]
 }
 
 func (x TrustClass) Number() protoreflect.EnumNumber {
@@ -131,7 +189,7 @@ func (x TrustClass) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrustClass.Descriptor instead.
 func (TrustClass) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{1}
+	return file_rigos_proto_rawDescGZIP(), []int{2}
 }
 
 type AgentMessage struct {
@@ -141,6 +199,9 @@ type AgentMessage struct {
 	//	*AgentMessage_Hello
 	//	*AgentMessage_Activation
 	//	*AgentMessage_Evidence
+	//	*AgentMessage_WorkloadEvent
+	//	*AgentMessage_WorkloadLog
+	//	*AgentMessage_GpuReport
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -210,6 +271,33 @@ func (x *AgentMessage) GetEvidence() *Evidence {
 	return nil
 }
 
+func (x *AgentMessage) GetWorkloadEvent() *WorkloadEvent {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_WorkloadEvent); ok {
+			return x.WorkloadEvent
+		}
+	}
+	return nil
+}
+
+func (x *AgentMessage) GetWorkloadLog() *WorkloadLog {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_WorkloadLog); ok {
+			return x.WorkloadLog
+		}
+	}
+	return nil
+}
+
+func (x *AgentMessage) GetGpuReport() *GPUReport {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_GpuReport); ok {
+			return x.GpuReport
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -226,11 +314,274 @@ type AgentMessage_Evidence struct {
 	Evidence *Evidence `protobuf:"bytes,3,opt,name=evidence,proto3,oneof"`
 }
 
+type AgentMessage_WorkloadEvent struct {
+	WorkloadEvent *WorkloadEvent `protobuf:"bytes,4,opt,name=workload_event,json=workloadEvent,proto3,oneof"`
+}
+
+type AgentMessage_WorkloadLog struct {
+	WorkloadLog *WorkloadLog `protobuf:"bytes,5,opt,name=workload_log,json=workloadLog,proto3,oneof"`
+}
+
+type AgentMessage_GpuReport struct {
+	GpuReport *GPUReport `protobuf:"bytes,6,opt,name=gpu_report,json=gpuReport,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Activation) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Evidence) isAgentMessage_Msg() {}
+
+func (*AgentMessage_WorkloadEvent) isAgentMessage_Msg() {}
+
+func (*AgentMessage_WorkloadLog) isAgentMessage_Msg() {}
+
+func (*AgentMessage_GpuReport) isAgentMessage_Msg() {}
+
+// GPUReport is the node's GPU inventory and health, sent when the
+// session opens and periodically after.
+type GPUReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gpus  []*GPU                 `protobuf:"bytes,1,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	// InventoryDigest is the hex SHA-256 the node extended into its
+	// runtime PCR for this inventory (gpu.Digest).
+	InventoryDigest string `protobuf:"bytes,2,opt,name=inventory_digest,json=inventoryDigest,proto3" json:"inventory_digest,omitempty"`
+	// Error is set when the node could not read its GPUs.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	UnixMs        int64  `protobuf:"varint,4,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUReport) Reset() {
+	*x = GPUReport{}
+	mi := &file_rigos_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUReport) ProtoMessage() {}
+
+func (x *GPUReport) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUReport.ProtoReflect.Descriptor instead.
+func (*GPUReport) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GPUReport) GetGpus() []*GPU {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+func (x *GPUReport) GetInventoryDigest() string {
+	if x != nil {
+		return x.InventoryDigest
+	}
+	return ""
+}
+
+func (x *GPUReport) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *GPUReport) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
+type GPU struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Index           uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Uuid            string                 `protobuf:"bytes,2,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	Name            string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	MemoryBytes     uint64                 `protobuf:"varint,4,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	DriverVersion   string                 `protobuf:"bytes,5,opt,name=driver_version,json=driverVersion,proto3" json:"driver_version,omitempty"`
+	VbiosVersion    string                 `protobuf:"bytes,6,opt,name=vbios_version,json=vbiosVersion,proto3" json:"vbios_version,omitempty"`
+	PciBusId        string                 `protobuf:"bytes,7,opt,name=pci_bus_id,json=pciBusId,proto3" json:"pci_bus_id,omitempty"`
+	TemperatureC    uint32                 `protobuf:"varint,8,opt,name=temperature_c,json=temperatureC,proto3" json:"temperature_c,omitempty"`
+	PowerW          float64                `protobuf:"fixed64,9,opt,name=power_w,json=powerW,proto3" json:"power_w,omitempty"`
+	PowerLimitW     float64                `protobuf:"fixed64,10,opt,name=power_limit_w,json=powerLimitW,proto3" json:"power_limit_w,omitempty"`
+	GpuUtilPercent  uint32                 `protobuf:"varint,11,opt,name=gpu_util_percent,json=gpuUtilPercent,proto3" json:"gpu_util_percent,omitempty"`
+	MemUtilPercent  uint32                 `protobuf:"varint,12,opt,name=mem_util_percent,json=memUtilPercent,proto3" json:"mem_util_percent,omitempty"`
+	EccUncorrected  uint64                 `protobuf:"varint,13,opt,name=ecc_uncorrected,json=eccUncorrected,proto3" json:"ecc_uncorrected,omitempty"`
+	ThrottleReasons uint64                 `protobuf:"varint,14,opt,name=throttle_reasons,json=throttleReasons,proto3" json:"throttle_reasons,omitempty"`
+	Xids            []uint64               `protobuf:"varint,15,rep,packed,name=xids,proto3" json:"xids,omitempty"`
+	Healthy         bool                   `protobuf:"varint,16,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Problems        []string               `protobuf:"bytes,17,rep,name=problems,proto3" json:"problems,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *GPU) Reset() {
+	*x = GPU{}
+	mi := &file_rigos_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPU) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPU) ProtoMessage() {}
+
+func (x *GPU) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPU.ProtoReflect.Descriptor instead.
+func (*GPU) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GPU) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *GPU) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GPU) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *GPU) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *GPU) GetDriverVersion() string {
+	if x != nil {
+		return x.DriverVersion
+	}
+	return ""
+}
+
+func (x *GPU) GetVbiosVersion() string {
+	if x != nil {
+		return x.VbiosVersion
+	}
+	return ""
+}
+
+func (x *GPU) GetPciBusId() string {
+	if x != nil {
+		return x.PciBusId
+	}
+	return ""
+}
+
+func (x *GPU) GetTemperatureC() uint32 {
+	if x != nil {
+		return x.TemperatureC
+	}
+	return 0
+}
+
+func (x *GPU) GetPowerW() float64 {
+	if x != nil {
+		return x.PowerW
+	}
+	return 0
+}
+
+func (x *GPU) GetPowerLimitW() float64 {
+	if x != nil {
+		return x.PowerLimitW
+	}
+	return 0
+}
+
+func (x *GPU) GetGpuUtilPercent() uint32 {
+	if x != nil {
+		return x.GpuUtilPercent
+	}
+	return 0
+}
+
+func (x *GPU) GetMemUtilPercent() uint32 {
+	if x != nil {
+		return x.MemUtilPercent
+	}
+	return 0
+}
+
+func (x *GPU) GetEccUncorrected() uint64 {
+	if x != nil {
+		return x.EccUncorrected
+	}
+	return 0
+}
+
+func (x *GPU) GetThrottleReasons() uint64 {
+	if x != nil {
+		return x.ThrottleReasons
+	}
+	return 0
+}
+
+func (x *GPU) GetXids() []uint64 {
+	if x != nil {
+		return x.Xids
+	}
+	return nil
+}
+
+func (x *GPU) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *GPU) GetProblems() []string {
+	if x != nil {
+		return x.Problems
+	}
+	return nil
+}
 
 // Hello opens a session. It identifies the node and its TPM.
 type Hello struct {
@@ -250,7 +601,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_rigos_proto_msgTypes[1]
+	mi := &file_rigos_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -262,7 +613,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[1]
+	mi := &file_rigos_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -275,7 +626,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{1}
+	return file_rigos_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -325,7 +676,7 @@ type AKParameters struct {
 
 func (x *AKParameters) Reset() {
 	*x = AKParameters{}
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +688,7 @@ func (x *AKParameters) String() string {
 func (*AKParameters) ProtoMessage() {}
 
 func (x *AKParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +701,7 @@ func (x *AKParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AKParameters.ProtoReflect.Descriptor instead.
 func (*AKParameters) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{2}
+	return file_rigos_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *AKParameters) GetPublic() []byte {
@@ -391,7 +742,7 @@ type ActivationProof struct {
 
 func (x *ActivationProof) Reset() {
 	*x = ActivationProof{}
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -403,7 +754,7 @@ func (x *ActivationProof) String() string {
 func (*ActivationProof) ProtoMessage() {}
 
 func (x *ActivationProof) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -416,7 +767,7 @@ func (x *ActivationProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationProof.ProtoReflect.Descriptor instead.
 func (*ActivationProof) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{3}
+	return file_rigos_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ActivationProof) GetSecret() []byte {
@@ -443,7 +794,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -455,7 +806,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -468,7 +819,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{4}
+	return file_rigos_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Evidence) GetChallengeId() uint64 {
@@ -523,7 +874,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +886,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +899,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{5}
+	return file_rigos_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PCRValue) GetIndex() uint32 {
@@ -574,6 +925,9 @@ type VerifierMessage struct {
 	//	*VerifierMessage_Challenge
 	//	*VerifierMessage_Verdict
 	//	*VerifierMessage_Refusal
+	//	*VerifierMessage_StartWorkload
+	//	*VerifierMessage_ImageChunk
+	//	*VerifierMessage_StopWorkload
 	Msg           isVerifierMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -581,7 +935,7 @@ type VerifierMessage struct {
 
 func (x *VerifierMessage) Reset() {
 	*x = VerifierMessage{}
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -593,7 +947,7 @@ func (x *VerifierMessage) String() string {
 func (*VerifierMessage) ProtoMessage() {}
 
 func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -606,7 +960,7 @@ func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifierMessage.ProtoReflect.Descriptor instead.
 func (*VerifierMessage) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{6}
+	return file_rigos_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VerifierMessage) GetMsg() isVerifierMessage_Msg {
@@ -661,6 +1015,33 @@ func (x *VerifierMessage) GetRefusal() *Refusal {
 	return nil
 }
 
+func (x *VerifierMessage) GetStartWorkload() *StartWorkload {
+	if x != nil {
+		if x, ok := x.Msg.(*VerifierMessage_StartWorkload); ok {
+			return x.StartWorkload
+		}
+	}
+	return nil
+}
+
+func (x *VerifierMessage) GetImageChunk() *ImageChunk {
+	if x != nil {
+		if x, ok := x.Msg.(*VerifierMessage_ImageChunk); ok {
+			return x.ImageChunk
+		}
+	}
+	return nil
+}
+
+func (x *VerifierMessage) GetStopWorkload() *StopWorkload {
+	if x != nil {
+		if x, ok := x.Msg.(*VerifierMessage_StopWorkload); ok {
+			return x.StopWorkload
+		}
+	}
+	return nil
+}
+
 type isVerifierMessage_Msg interface {
 	isVerifierMessage_Msg()
 }
@@ -685,6 +1066,18 @@ type VerifierMessage_Refusal struct {
 	Refusal *Refusal `protobuf:"bytes,5,opt,name=refusal,proto3,oneof"`
 }
 
+type VerifierMessage_StartWorkload struct {
+	StartWorkload *StartWorkload `protobuf:"bytes,6,opt,name=start_workload,json=startWorkload,proto3,oneof"`
+}
+
+type VerifierMessage_ImageChunk struct {
+	ImageChunk *ImageChunk `protobuf:"bytes,7,opt,name=image_chunk,json=imageChunk,proto3,oneof"`
+}
+
+type VerifierMessage_StopWorkload struct {
+	StopWorkload *StopWorkload `protobuf:"bytes,8,opt,name=stop_workload,json=stopWorkload,proto3,oneof"`
+}
+
 func (*VerifierMessage_Activation) isVerifierMessage_Msg() {}
 
 func (*VerifierMessage_Enrolled) isVerifierMessage_Msg() {}
@@ -694,6 +1087,12 @@ func (*VerifierMessage_Challenge) isVerifierMessage_Msg() {}
 func (*VerifierMessage_Verdict) isVerifierMessage_Msg() {}
 
 func (*VerifierMessage_Refusal) isVerifierMessage_Msg() {}
+
+func (*VerifierMessage_StartWorkload) isVerifierMessage_Msg() {}
+
+func (*VerifierMessage_ImageChunk) isVerifierMessage_Msg() {}
+
+func (*VerifierMessage_StopWorkload) isVerifierMessage_Msg() {}
 
 // ActivationChallenge is the output of TPM2_MakeCredential for the EK and AK.
 type ActivationChallenge struct {
@@ -706,7 +1105,7 @@ type ActivationChallenge struct {
 
 func (x *ActivationChallenge) Reset() {
 	*x = ActivationChallenge{}
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1117,7 @@ func (x *ActivationChallenge) String() string {
 func (*ActivationChallenge) ProtoMessage() {}
 
 func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1130,7 @@ func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationChallenge.ProtoReflect.Descriptor instead.
 func (*ActivationChallenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{7}
+	return file_rigos_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ActivationChallenge) GetCredential() []byte {
@@ -758,7 +1157,7 @@ type Enrolled struct {
 
 func (x *Enrolled) Reset() {
 	*x = Enrolled{}
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +1169,7 @@ func (x *Enrolled) String() string {
 func (*Enrolled) ProtoMessage() {}
 
 func (x *Enrolled) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +1182,7 @@ func (x *Enrolled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrolled.ProtoReflect.Descriptor instead.
 func (*Enrolled) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{8}
+	return file_rigos_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Enrolled) GetNodeId() string {
@@ -813,7 +1212,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1224,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1237,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{9}
+	return file_rigos_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Challenge) GetId() uint64 {
@@ -883,7 +1282,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -895,7 +1294,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -908,7 +1307,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{10}
+	return file_rigos_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Verdict) GetChallengeId() uint64 {
@@ -946,6 +1345,641 @@ func (x *Verdict) GetToken() string {
 	return ""
 }
 
+// StartWorkload asks the node to run a container. When spec.image_archive
+// is set, the image follows as ImageChunk messages.
+type StartWorkload struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Spec          *WorkloadSpec          `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartWorkload) Reset() {
+	*x = StartWorkload{}
+	mi := &file_rigos_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartWorkload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartWorkload) ProtoMessage() {}
+
+func (x *StartWorkload) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartWorkload.ProtoReflect.Descriptor instead.
+func (*StartWorkload) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StartWorkload) GetSpec() *WorkloadSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+// WorkloadSpec describes one workload: an OCI image and how to run it.
+type WorkloadSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID names the workload (1-64 letters, digits, '.', '_' or '-').
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Image is a registry reference to pull (docker.io/library/x:tag), or,
+	// with image_archive, the name of the image inside the archive (empty:
+	// the archive's only image).
+	Image string `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
+	// ImageArchive: the image is an OCI image archive (tar) sent down the
+	// stream as ImageChunk messages instead of pulled.
+	ImageArchive bool          `protobuf:"varint,3,opt,name=image_archive,json=imageArchive,proto3" json:"image_archive,omitempty"`
+	RegistryAuth *RegistryAuth `protobuf:"bytes,4,opt,name=registry_auth,json=registryAuth,proto3" json:"registry_auth,omitempty"`
+	// Args replaces the image's command when set.
+	Args []string `protobuf:"bytes,5,rep,name=args,proto3" json:"args,omitempty"`
+	// Env adds KEY=VALUE variables to the image's.
+	Env       []string       `protobuf:"bytes,6,rep,name=env,proto3" json:"env,omitempty"`
+	Resources *Resources     `protobuf:"bytes,7,opt,name=resources,proto3" json:"resources,omitempty"`
+	Network   *NetworkPolicy `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	// MaxDurationMs stops the workload when reached (0: the node's plan).
+	MaxDurationMs int64 `protobuf:"varint,9,opt,name=max_duration_ms,json=maxDurationMs,proto3" json:"max_duration_ms,omitempty"`
+	// TrustedTier workloads run only while the node holds a fresh trusted
+	// verdict, and are killed (and their scratch wiped) on demotion.
+	TrustedTier   bool `protobuf:"varint,10,opt,name=trusted_tier,json=trustedTier,proto3" json:"trusted_tier,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadSpec) Reset() {
+	*x = WorkloadSpec{}
+	mi := &file_rigos_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadSpec) ProtoMessage() {}
+
+func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadSpec.ProtoReflect.Descriptor instead.
+func (*WorkloadSpec) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WorkloadSpec) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *WorkloadSpec) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *WorkloadSpec) GetImageArchive() bool {
+	if x != nil {
+		return x.ImageArchive
+	}
+	return false
+}
+
+func (x *WorkloadSpec) GetRegistryAuth() *RegistryAuth {
+	if x != nil {
+		return x.RegistryAuth
+	}
+	return nil
+}
+
+func (x *WorkloadSpec) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *WorkloadSpec) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *WorkloadSpec) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *WorkloadSpec) GetNetwork() *NetworkPolicy {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+func (x *WorkloadSpec) GetMaxDurationMs() int64 {
+	if x != nil {
+		return x.MaxDurationMs
+	}
+	return 0
+}
+
+func (x *WorkloadSpec) GetTrustedTier() bool {
+	if x != nil {
+		return x.TrustedTier
+	}
+	return false
+}
+
+type RegistryAuth struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Username string                 `protobuf:"bytes,1,opt,name=username,proto3" json:"username,omitempty"`
+	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// PlainHTTP allows a registry without TLS (tests, local mirrors).
+	PlainHttp     bool `protobuf:"varint,3,opt,name=plain_http,json=plainHttp,proto3" json:"plain_http,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryAuth) Reset() {
+	*x = RegistryAuth{}
+	mi := &file_rigos_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryAuth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryAuth) ProtoMessage() {}
+
+func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
+func (*RegistryAuth) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RegistryAuth) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+func (x *RegistryAuth) GetPlainHttp() bool {
+	if x != nil {
+		return x.PlainHttp
+	}
+	return false
+}
+
+// Resources are enforced with cgroup v2.
+type Resources struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// CPUs is a CPU quota in cores (fractions allowed; 0: no quota).
+	Cpus        float64 `protobuf:"fixed64,1,opt,name=cpus,proto3" json:"cpus,omitempty"`
+	MemoryBytes int64   `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	Pids        int64   `protobuf:"varint,3,opt,name=pids,proto3" json:"pids,omitempty"`
+	// ScratchBytes is the free space the workload needs on the state
+	// partition (checked at start).
+	ScratchBytes  int64  `protobuf:"varint,4,opt,name=scratch_bytes,json=scratchBytes,proto3" json:"scratch_bytes,omitempty"`
+	Gpus          uint32 `protobuf:"varint,5,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resources) Reset() {
+	*x = Resources{}
+	mi := &file_rigos_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resources) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resources) ProtoMessage() {}
+
+func (x *Resources) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resources.ProtoReflect.Descriptor instead.
+func (*Resources) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Resources) GetCpus() float64 {
+	if x != nil {
+		return x.Cpus
+	}
+	return 0
+}
+
+func (x *Resources) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *Resources) GetPids() int64 {
+	if x != nil {
+		return x.Pids
+	}
+	return 0
+}
+
+func (x *Resources) GetScratchBytes() int64 {
+	if x != nil {
+		return x.ScratchBytes
+	}
+	return 0
+}
+
+func (x *Resources) GetGpus() uint32 {
+	if x != nil {
+		return x.Gpus
+	}
+	return 0
+}
+
+type NetworkPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Outbound      bool                   `protobuf:"varint,1,opt,name=outbound,proto3" json:"outbound,omitempty"`
+	Ports         []uint32               `protobuf:"varint,2,rep,packed,name=ports,proto3" json:"ports,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkPolicy) Reset() {
+	*x = NetworkPolicy{}
+	mi := &file_rigos_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkPolicy) ProtoMessage() {}
+
+func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
+func (*NetworkPolicy) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *NetworkPolicy) GetOutbound() bool {
+	if x != nil {
+		return x.Outbound
+	}
+	return false
+}
+
+func (x *NetworkPolicy) GetPorts() []uint32 {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+// ImageChunk carries part of an image archive for a StartWorkload.
+type ImageChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkloadId    string                 `protobuf:"bytes,1,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Last          bool                   `protobuf:"varint,3,opt,name=last,proto3" json:"last,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageChunk) Reset() {
+	*x = ImageChunk{}
+	mi := &file_rigos_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageChunk) ProtoMessage() {}
+
+func (x *ImageChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
+func (*ImageChunk) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ImageChunk) GetWorkloadId() string {
+	if x != nil {
+		return x.WorkloadId
+	}
+	return ""
+}
+
+func (x *ImageChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ImageChunk) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+type StopWorkload struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopWorkload) Reset() {
+	*x = StopWorkload{}
+	mi := &file_rigos_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopWorkload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopWorkload) ProtoMessage() {}
+
+func (x *StopWorkload) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopWorkload.ProtoReflect.Descriptor instead.
+func (*StopWorkload) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StopWorkload) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StopWorkload) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// WorkloadEvent reports a workload's state.
+type WorkloadEvent struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State     WorkloadState          `protobuf:"varint,2,opt,name=state,proto3,enum=rigos.api.v1.WorkloadState" json:"state,omitempty"`
+	Reason    string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	ExitCode  int32                  `protobuf:"varint,4,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	OomKilled bool                   `protobuf:"varint,5,opt,name=oom_killed,json=oomKilled,proto3" json:"oom_killed,omitempty"`
+	// ImageDigest is the manifest digest of the image that runs.
+	ImageDigest   string `protobuf:"bytes,6,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
+	UnixMs        int64  `protobuf:"varint,7,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadEvent) Reset() {
+	*x = WorkloadEvent{}
+	mi := &file_rigos_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadEvent) ProtoMessage() {}
+
+func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadEvent.ProtoReflect.Descriptor instead.
+func (*WorkloadEvent) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WorkloadEvent) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *WorkloadEvent) GetState() WorkloadState {
+	if x != nil {
+		return x.State
+	}
+	return WorkloadState_WORKLOAD_STATE_UNSPECIFIED
+}
+
+func (x *WorkloadEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *WorkloadEvent) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *WorkloadEvent) GetOomKilled() bool {
+	if x != nil {
+		return x.OomKilled
+	}
+	return false
+}
+
+func (x *WorkloadEvent) GetImageDigest() string {
+	if x != nil {
+		return x.ImageDigest
+	}
+	return ""
+}
+
+func (x *WorkloadEvent) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
+// WorkloadLog is output of a running workload.
+type WorkloadLog struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Stderr        bool                   `protobuf:"varint,3,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadLog) Reset() {
+	*x = WorkloadLog{}
+	mi := &file_rigos_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadLog) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadLog) ProtoMessage() {}
+
+func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadLog.ProtoReflect.Descriptor instead.
+func (*WorkloadLog) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *WorkloadLog) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *WorkloadLog) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *WorkloadLog) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
 // Refusal ends the session with a reason.
 type Refusal struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -956,7 +1990,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +2002,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,10 +2015,213 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{11}
+	return file_rigos_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Refusal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RunWorkloadRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Spec   *WorkloadSpec          `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	// ImageArchive is the OCI image archive when spec.image_archive is set.
+	ImageArchive  []byte `protobuf:"bytes,3,opt,name=image_archive,json=imageArchive,proto3" json:"image_archive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunWorkloadRequest) Reset() {
+	*x = RunWorkloadRequest{}
+	mi := &file_rigos_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunWorkloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunWorkloadRequest) ProtoMessage() {}
+
+func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunWorkloadRequest.ProtoReflect.Descriptor instead.
+func (*RunWorkloadRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RunWorkloadRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RunWorkloadRequest) GetSpec() *WorkloadSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+func (x *RunWorkloadRequest) GetImageArchive() []byte {
+	if x != nil {
+		return x.ImageArchive
+	}
+	return nil
+}
+
+type WorkloadUpdate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Update:
+	//
+	//	*WorkloadUpdate_Event
+	//	*WorkloadUpdate_Log
+	Update        isWorkloadUpdate_Update `protobuf_oneof:"update"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadUpdate) Reset() {
+	*x = WorkloadUpdate{}
+	mi := &file_rigos_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadUpdate) ProtoMessage() {}
+
+func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadUpdate.ProtoReflect.Descriptor instead.
+func (*WorkloadUpdate) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *WorkloadUpdate) GetUpdate() isWorkloadUpdate_Update {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+func (x *WorkloadUpdate) GetEvent() *WorkloadEvent {
+	if x != nil {
+		if x, ok := x.Update.(*WorkloadUpdate_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *WorkloadUpdate) GetLog() *WorkloadLog {
+	if x != nil {
+		if x, ok := x.Update.(*WorkloadUpdate_Log); ok {
+			return x.Log
+		}
+	}
+	return nil
+}
+
+type isWorkloadUpdate_Update interface {
+	isWorkloadUpdate_Update()
+}
+
+type WorkloadUpdate_Event struct {
+	Event *WorkloadEvent `protobuf:"bytes,1,opt,name=event,proto3,oneof"`
+}
+
+type WorkloadUpdate_Log struct {
+	Log *WorkloadLog `protobuf:"bytes,2,opt,name=log,proto3,oneof"`
+}
+
+func (*WorkloadUpdate_Event) isWorkloadUpdate_Update() {}
+
+func (*WorkloadUpdate_Log) isWorkloadUpdate_Update() {}
+
+type StopWorkloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	WorkloadId    string                 `protobuf:"bytes,2,opt,name=workload_id,json=workloadId,proto3" json:"workload_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StopWorkloadRequest) Reset() {
+	*x = StopWorkloadRequest{}
+	mi := &file_rigos_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StopWorkloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StopWorkloadRequest) ProtoMessage() {}
+
+func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StopWorkloadRequest.ProtoReflect.Descriptor instead.
+func (*StopWorkloadRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StopWorkloadRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *StopWorkloadRequest) GetWorkloadId() string {
+	if x != nil {
+		return x.WorkloadId
+	}
+	return ""
+}
+
+func (x *StopWorkloadRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
 	}
@@ -999,7 +2236,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +2248,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +2261,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{12}
+	return file_rigos_proto_rawDescGZIP(), []int{26}
 }
 
 type ListNodesResponse struct {
@@ -1036,7 +2273,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +2285,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +2298,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{13}
+	return file_rigos_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1081,7 +2318,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +2330,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +2343,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{14}
+	return file_rigos_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -1132,7 +2369,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +2381,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +2394,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{15}
+	return file_rigos_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NodeRequest) GetNodeId() string {
@@ -1177,7 +2414,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +2426,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +2439,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{16}
+	return file_rigos_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RevokeRequest) GetNodeId() string {
@@ -1227,7 +2464,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1239,7 +2476,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1252,7 +2489,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{17}
+	return file_rigos_proto_rawDescGZIP(), []int{31}
 }
 
 type Node struct {
@@ -1274,7 +2511,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +2523,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +2536,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{18}
+	return file_rigos_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Node) GetNodeId() string {
@@ -1380,16 +2617,20 @@ func (x *Node) GetResetCount() uint32 {
 }
 
 type NodeDetail struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Node          *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
-	History       []*VerdictRecord       `protobuf:"bytes,2,rep,name=history,proto3" json:"history,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Node    *Node                  `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	History []*VerdictRecord       `protobuf:"bytes,2,rep,name=history,proto3" json:"history,omitempty"`
+	// Workloads are the node's latest workload events, newest first.
+	Workloads []*WorkloadEvent `protobuf:"bytes,3,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	// GPUs is the node's latest GPU report (while it is connected).
+	Gpus          *GPUReport `protobuf:"bytes,4,opt,name=gpus,proto3" json:"gpus,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1401,7 +2642,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1414,7 +2655,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{19}
+	return file_rigos_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeDetail) GetNode() *Node {
@@ -1431,19 +2672,35 @@ func (x *NodeDetail) GetHistory() []*VerdictRecord {
 	return nil
 }
 
+func (x *NodeDetail) GetWorkloads() []*WorkloadEvent {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
+func (x *NodeDetail) GetGpus() *GPUReport {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
 type VerdictRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UnixMs        int64                  `protobuf:"varint,1,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
-	State         NodeState              `protobuf:"varint,2,opt,name=state,proto3,enum=rigos.api.v1.NodeState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Manifest      string                 `protobuf:"bytes,4,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UnixMs   int64                  `protobuf:"varint,1,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	State    NodeState              `protobuf:"varint,2,opt,name=state,proto3,enum=rigos.api.v1.NodeState" json:"state,omitempty"`
+	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Manifest string                 `protobuf:"bytes,4,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	// Workloads named by the node's runtime event log at this appraisal.
+	Workloads     []string `protobuf:"bytes,5,rep,name=workloads,proto3" json:"workloads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerdictRecord) Reset() {
 	*x = VerdictRecord{}
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +2712,7 @@ func (x *VerdictRecord) String() string {
 func (*VerdictRecord) ProtoMessage() {}
 
 func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +2725,7 @@ func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerdictRecord.ProtoReflect.Descriptor instead.
 func (*VerdictRecord) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{20}
+	return file_rigos_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *VerdictRecord) GetUnixMs() int64 {
@@ -1499,6 +2756,13 @@ func (x *VerdictRecord) GetManifest() string {
 	return ""
 }
 
+func (x *VerdictRecord) GetWorkloads() []string {
+	if x != nil {
+		return x.Workloads
+	}
+	return nil
+}
+
 type StateChange struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -1513,7 +2777,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +2789,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +2802,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{21}
+	return file_rigos_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StateChange) GetNodeId() string {
@@ -1587,14 +2851,43 @@ var File_rigos_proto protoreflect.FileDescriptor
 
 const file_rigos_proto_rawDesc = "" +
 	"\n" +
-	"\vrigos.proto\x12\frigos.api.v1\"\xb9\x01\n" +
+	"\vrigos.proto\x12\frigos.api.v1\"\xf9\x02\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.rigos.api.v1.HelloH\x00R\x05hello\x12?\n" +
 	"\n" +
 	"activation\x18\x02 \x01(\v2\x1d.rigos.api.v1.ActivationProofH\x00R\n" +
 	"activation\x124\n" +
-	"\bevidence\x18\x03 \x01(\v2\x16.rigos.api.v1.EvidenceH\x00R\bevidenceB\x05\n" +
-	"\x03msg\"\xb5\x01\n" +
+	"\bevidence\x18\x03 \x01(\v2\x16.rigos.api.v1.EvidenceH\x00R\bevidence\x12D\n" +
+	"\x0eworkload_event\x18\x04 \x01(\v2\x1b.rigos.api.v1.WorkloadEventH\x00R\rworkloadEvent\x12>\n" +
+	"\fworkload_log\x18\x05 \x01(\v2\x19.rigos.api.v1.WorkloadLogH\x00R\vworkloadLog\x128\n" +
+	"\n" +
+	"gpu_report\x18\x06 \x01(\v2\x17.rigos.api.v1.GPUReportH\x00R\tgpuReportB\x05\n" +
+	"\x03msg\"\x8c\x01\n" +
+	"\tGPUReport\x12%\n" +
+	"\x04gpus\x18\x01 \x03(\v2\x11.rigos.api.v1.GPUR\x04gpus\x12)\n" +
+	"\x10inventory_digest\x18\x02 \x01(\tR\x0finventoryDigest\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x17\n" +
+	"\aunix_ms\x18\x04 \x01(\x03R\x06unixMs\"\xa4\x04\n" +
+	"\x03GPU\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
+	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12!\n" +
+	"\fmemory_bytes\x18\x04 \x01(\x04R\vmemoryBytes\x12%\n" +
+	"\x0edriver_version\x18\x05 \x01(\tR\rdriverVersion\x12#\n" +
+	"\rvbios_version\x18\x06 \x01(\tR\fvbiosVersion\x12\x1c\n" +
+	"\n" +
+	"pci_bus_id\x18\a \x01(\tR\bpciBusId\x12#\n" +
+	"\rtemperature_c\x18\b \x01(\rR\ftemperatureC\x12\x17\n" +
+	"\apower_w\x18\t \x01(\x01R\x06powerW\x12\"\n" +
+	"\rpower_limit_w\x18\n" +
+	" \x01(\x01R\vpowerLimitW\x12(\n" +
+	"\x10gpu_util_percent\x18\v \x01(\rR\x0egpuUtilPercent\x12(\n" +
+	"\x10mem_util_percent\x18\f \x01(\rR\x0ememUtilPercent\x12'\n" +
+	"\x0fecc_uncorrected\x18\r \x01(\x04R\x0eeccUncorrected\x12)\n" +
+	"\x10throttle_reasons\x18\x0e \x01(\x04R\x0fthrottleReasons\x12\x12\n" +
+	"\x04xids\x18\x0f \x03(\x04R\x04xids\x12\x18\n" +
+	"\ahealthy\x18\x10 \x01(\bR\ahealthy\x12\x1a\n" +
+	"\bproblems\x18\x11 \x03(\tR\bproblems\"\xb5\x01\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tek_public\x18\x02 \x01(\fR\bekPublic\x12%\n" +
@@ -1618,7 +2911,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x11runtime_event_log\x18\x06 \x01(\fR\x0fruntimeEventLog\"8\n" +
 	"\bPCRValue\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\fR\x06digest\"\xb2\x02\n" +
+	"\x06digest\x18\x02 \x01(\fR\x06digest\"\xf8\x03\n" +
 	"\x0fVerifierMessage\x12C\n" +
 	"\n" +
 	"activation\x18\x01 \x01(\v2!.rigos.api.v1.ActivationChallengeH\x00R\n" +
@@ -1626,7 +2919,11 @@ const file_rigos_proto_rawDesc = "" +
 	"\benrolled\x18\x02 \x01(\v2\x16.rigos.api.v1.EnrolledH\x00R\benrolled\x127\n" +
 	"\tchallenge\x18\x03 \x01(\v2\x17.rigos.api.v1.ChallengeH\x00R\tchallenge\x121\n" +
 	"\averdict\x18\x04 \x01(\v2\x15.rigos.api.v1.VerdictH\x00R\averdict\x121\n" +
-	"\arefusal\x18\x05 \x01(\v2\x15.rigos.api.v1.RefusalH\x00R\arefusalB\x05\n" +
+	"\arefusal\x18\x05 \x01(\v2\x15.rigos.api.v1.RefusalH\x00R\arefusal\x12D\n" +
+	"\x0estart_workload\x18\x06 \x01(\v2\x1b.rigos.api.v1.StartWorkloadH\x00R\rstartWorkload\x12;\n" +
+	"\vimage_chunk\x18\a \x01(\v2\x18.rigos.api.v1.ImageChunkH\x00R\n" +
+	"imageChunk\x12A\n" +
+	"\rstop_workload\x18\b \x01(\v2\x1a.rigos.api.v1.StopWorkloadH\x00R\fstopWorkloadB\x05\n" +
 	"\x03msg\"M\n" +
 	"\x13ActivationChallenge\x12\x1e\n" +
 	"\n" +
@@ -1647,9 +2944,72 @@ const file_rigos_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x121\n" +
 	"\x15trusted_until_unix_ms\x18\x04 \x01(\x03R\x12trustedUntilUnixMs\x12\x14\n" +
-	"\x05token\x18\x05 \x01(\tR\x05token\"!\n" +
+	"\x05token\x18\x05 \x01(\tR\x05token\"?\n" +
+	"\rStartWorkload\x12.\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1a.rigos.api.v1.WorkloadSpecR\x04spec\"\xf9\x02\n" +
+	"\fWorkloadSpec\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05image\x18\x02 \x01(\tR\x05image\x12#\n" +
+	"\rimage_archive\x18\x03 \x01(\bR\fimageArchive\x12?\n" +
+	"\rregistry_auth\x18\x04 \x01(\v2\x1a.rigos.api.v1.RegistryAuthR\fregistryAuth\x12\x12\n" +
+	"\x04args\x18\x05 \x03(\tR\x04args\x12\x10\n" +
+	"\x03env\x18\x06 \x03(\tR\x03env\x125\n" +
+	"\tresources\x18\a \x01(\v2\x17.rigos.api.v1.ResourcesR\tresources\x125\n" +
+	"\anetwork\x18\b \x01(\v2\x1b.rigos.api.v1.NetworkPolicyR\anetwork\x12&\n" +
+	"\x0fmax_duration_ms\x18\t \x01(\x03R\rmaxDurationMs\x12!\n" +
+	"\ftrusted_tier\x18\n" +
+	" \x01(\bR\vtrustedTier\"e\n" +
+	"\fRegistryAuth\x12\x1a\n" +
+	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1d\n" +
+	"\n" +
+	"plain_http\x18\x03 \x01(\bR\tplainHttp\"\x8f\x01\n" +
+	"\tResources\x12\x12\n" +
+	"\x04cpus\x18\x01 \x01(\x01R\x04cpus\x12!\n" +
+	"\fmemory_bytes\x18\x02 \x01(\x03R\vmemoryBytes\x12\x12\n" +
+	"\x04pids\x18\x03 \x01(\x03R\x04pids\x12#\n" +
+	"\rscratch_bytes\x18\x04 \x01(\x03R\fscratchBytes\x12\x12\n" +
+	"\x04gpus\x18\x05 \x01(\rR\x04gpus\"A\n" +
+	"\rNetworkPolicy\x12\x1a\n" +
+	"\boutbound\x18\x01 \x01(\bR\boutbound\x12\x14\n" +
+	"\x05ports\x18\x02 \x03(\rR\x05ports\"U\n" +
+	"\n" +
+	"ImageChunk\x12\x1f\n" +
+	"\vworkload_id\x18\x01 \x01(\tR\n" +
+	"workloadId\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x03 \x01(\bR\x04last\"6\n" +
+	"\fStopWorkload\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xe2\x01\n" +
+	"\rWorkloadEvent\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x121\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1b.rigos.api.v1.WorkloadStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1b\n" +
+	"\texit_code\x18\x04 \x01(\x05R\bexitCode\x12\x1d\n" +
+	"\n" +
+	"oom_killed\x18\x05 \x01(\bR\toomKilled\x12!\n" +
+	"\fimage_digest\x18\x06 \x01(\tR\vimageDigest\x12\x17\n" +
+	"\aunix_ms\x18\a \x01(\x03R\x06unixMs\"I\n" +
+	"\vWorkloadLog\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"!\n" +
 	"\aRefusal\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x12\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x82\x01\n" +
+	"\x12RunWorkloadRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12.\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1a.rigos.api.v1.WorkloadSpecR\x04spec\x12#\n" +
+	"\rimage_archive\x18\x03 \x01(\fR\fimageArchive\"~\n" +
+	"\x0eWorkloadUpdate\x123\n" +
+	"\x05event\x18\x01 \x01(\v2\x1b.rigos.api.v1.WorkloadEventH\x00R\x05event\x12-\n" +
+	"\x03log\x18\x02 \x01(\v2\x19.rigos.api.v1.WorkloadLogH\x00R\x03logB\b\n" +
+	"\x06update\"g\n" +
+	"\x13StopWorkloadRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1f\n" +
+	"\vworkload_id\x18\x02 \x01(\tR\n" +
+	"workloadId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x12\n" +
 	"\x10ListNodesRequest\"=\n" +
 	"\x11ListNodesResponse\x12(\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x12.rigos.api.v1.NodeR\x05nodes\"C\n" +
@@ -1678,23 +3038,33 @@ const file_rigos_proto_rawDesc = "" +
 	"\tconnected\x18\n" +
 	" \x01(\bR\tconnected\x12\x1f\n" +
 	"\vreset_count\x18\v \x01(\rR\n" +
-	"resetCount\"k\n" +
+	"resetCount\"\xd3\x01\n" +
 	"\n" +
 	"NodeDetail\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.rigos.api.v1.NodeR\x04node\x125\n" +
-	"\ahistory\x18\x02 \x03(\v2\x1b.rigos.api.v1.VerdictRecordR\ahistory\"\x8b\x01\n" +
+	"\ahistory\x18\x02 \x03(\v2\x1b.rigos.api.v1.VerdictRecordR\ahistory\x129\n" +
+	"\tworkloads\x18\x03 \x03(\v2\x1b.rigos.api.v1.WorkloadEventR\tworkloads\x12+\n" +
+	"\x04gpus\x18\x04 \x01(\v2\x17.rigos.api.v1.GPUReportR\x04gpus\"\xa9\x01\n" +
 	"\rVerdictRecord\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
-	"\bmanifest\x18\x04 \x01(\tR\bmanifest\"\xc3\x01\n" +
+	"\bmanifest\x18\x04 \x01(\tR\bmanifest\x12\x1c\n" +
+	"\tworkloads\x18\x05 \x03(\tR\tworkloads\"\xc3\x01\n" +
 	"\vStateChange\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12+\n" +
 	"\x04from\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x04from\x12'\n" +
 	"\x02to\x18\x03 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x02to\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
 	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\x12\x14\n" +
-	"\x05token\x18\x06 \x01(\tR\x05token*\x8b\x01\n" +
+	"\x05token\x18\x06 \x01(\tR\x05token*\xba\x01\n" +
+	"\rWorkloadState\x12\x1e\n" +
+	"\x1aWORKLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18WORKLOAD_STATE_PREPARING\x10\x01\x12\x1a\n" +
+	"\x16WORKLOAD_STATE_RUNNING\x10\x02\x12\x19\n" +
+	"\x15WORKLOAD_STATE_EXITED\x10\x03\x12\x19\n" +
+	"\x15WORKLOAD_STATE_KILLED\x10\x04\x12\x19\n" +
+	"\x15WORKLOAD_STATE_FAILED\x10\x05*\x8b\x01\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14NODE_STATE_ENROLLING\x10\x01\x12\x16\n" +
@@ -1707,13 +3077,15 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0fTRUST_CLASS_DEV\x10\x01\x12\x18\n" +
 	"\x14TRUST_CLASS_HARDWARE\x10\x022W\n" +
 	"\vAttestation\x12H\n" +
-	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xd6\x02\n" +
+	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xf7\x03\n" +
 	"\x05Admin\x12L\n" +
 	"\tListNodes\x12\x1e.rigos.api.v1.ListNodesRequest\x1a\x1f.rigos.api.v1.ListNodesResponse\x12A\n" +
 	"\aGetNode\x12\x1c.rigos.api.v1.GetNodeRequest\x1a\x18.rigos.api.v1.NodeDetail\x12@\n" +
 	"\x05Watch\x12\x1a.rigos.api.v1.WatchRequest\x1a\x19.rigos.api.v1.StateChange0\x01\x12?\n" +
 	"\x0eAcceptFirmware\x12\x19.rigos.api.v1.NodeRequest\x1a\x12.rigos.api.v1.Node\x129\n" +
-	"\x06Revoke\x12\x1b.rigos.api.v1.RevokeRequest\x1a\x12.rigos.api.v1.NodeB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
+	"\x06Revoke\x12\x1b.rigos.api.v1.RevokeRequest\x1a\x12.rigos.api.v1.Node\x12O\n" +
+	"\vRunWorkload\x12 .rigos.api.v1.RunWorkloadRequest\x1a\x1c.rigos.api.v1.WorkloadUpdate0\x01\x12N\n" +
+	"\fStopWorkload\x12!.rigos.api.v1.StopWorkloadRequest\x1a\x1b.rigos.api.v1.WorkloadEventB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
 
 var (
 	file_rigos_proto_rawDescOnce sync.Once
@@ -1727,72 +3099,108 @@ func file_rigos_proto_rawDescGZIP() []byte {
 	return file_rigos_proto_rawDescData
 }
 
-var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_rigos_proto_goTypes = []any{
-	(NodeState)(0),              // 0: rigos.api.v1.NodeState
-	(TrustClass)(0),             // 1: rigos.api.v1.TrustClass
-	(*AgentMessage)(nil),        // 2: rigos.api.v1.AgentMessage
-	(*Hello)(nil),               // 3: rigos.api.v1.Hello
-	(*AKParameters)(nil),        // 4: rigos.api.v1.AKParameters
-	(*ActivationProof)(nil),     // 5: rigos.api.v1.ActivationProof
-	(*Evidence)(nil),            // 6: rigos.api.v1.Evidence
-	(*PCRValue)(nil),            // 7: rigos.api.v1.PCRValue
-	(*VerifierMessage)(nil),     // 8: rigos.api.v1.VerifierMessage
-	(*ActivationChallenge)(nil), // 9: rigos.api.v1.ActivationChallenge
-	(*Enrolled)(nil),            // 10: rigos.api.v1.Enrolled
-	(*Challenge)(nil),           // 11: rigos.api.v1.Challenge
-	(*Verdict)(nil),             // 12: rigos.api.v1.Verdict
-	(*Refusal)(nil),             // 13: rigos.api.v1.Refusal
-	(*ListNodesRequest)(nil),    // 14: rigos.api.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 15: rigos.api.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),      // 16: rigos.api.v1.GetNodeRequest
-	(*NodeRequest)(nil),         // 17: rigos.api.v1.NodeRequest
-	(*RevokeRequest)(nil),       // 18: rigos.api.v1.RevokeRequest
-	(*WatchRequest)(nil),        // 19: rigos.api.v1.WatchRequest
-	(*Node)(nil),                // 20: rigos.api.v1.Node
-	(*NodeDetail)(nil),          // 21: rigos.api.v1.NodeDetail
-	(*VerdictRecord)(nil),       // 22: rigos.api.v1.VerdictRecord
-	(*StateChange)(nil),         // 23: rigos.api.v1.StateChange
+	(WorkloadState)(0),          // 0: rigos.api.v1.WorkloadState
+	(NodeState)(0),              // 1: rigos.api.v1.NodeState
+	(TrustClass)(0),             // 2: rigos.api.v1.TrustClass
+	(*AgentMessage)(nil),        // 3: rigos.api.v1.AgentMessage
+	(*GPUReport)(nil),           // 4: rigos.api.v1.GPUReport
+	(*GPU)(nil),                 // 5: rigos.api.v1.GPU
+	(*Hello)(nil),               // 6: rigos.api.v1.Hello
+	(*AKParameters)(nil),        // 7: rigos.api.v1.AKParameters
+	(*ActivationProof)(nil),     // 8: rigos.api.v1.ActivationProof
+	(*Evidence)(nil),            // 9: rigos.api.v1.Evidence
+	(*PCRValue)(nil),            // 10: rigos.api.v1.PCRValue
+	(*VerifierMessage)(nil),     // 11: rigos.api.v1.VerifierMessage
+	(*ActivationChallenge)(nil), // 12: rigos.api.v1.ActivationChallenge
+	(*Enrolled)(nil),            // 13: rigos.api.v1.Enrolled
+	(*Challenge)(nil),           // 14: rigos.api.v1.Challenge
+	(*Verdict)(nil),             // 15: rigos.api.v1.Verdict
+	(*StartWorkload)(nil),       // 16: rigos.api.v1.StartWorkload
+	(*WorkloadSpec)(nil),        // 17: rigos.api.v1.WorkloadSpec
+	(*RegistryAuth)(nil),        // 18: rigos.api.v1.RegistryAuth
+	(*Resources)(nil),           // 19: rigos.api.v1.Resources
+	(*NetworkPolicy)(nil),       // 20: rigos.api.v1.NetworkPolicy
+	(*ImageChunk)(nil),          // 21: rigos.api.v1.ImageChunk
+	(*StopWorkload)(nil),        // 22: rigos.api.v1.StopWorkload
+	(*WorkloadEvent)(nil),       // 23: rigos.api.v1.WorkloadEvent
+	(*WorkloadLog)(nil),         // 24: rigos.api.v1.WorkloadLog
+	(*Refusal)(nil),             // 25: rigos.api.v1.Refusal
+	(*RunWorkloadRequest)(nil),  // 26: rigos.api.v1.RunWorkloadRequest
+	(*WorkloadUpdate)(nil),      // 27: rigos.api.v1.WorkloadUpdate
+	(*StopWorkloadRequest)(nil), // 28: rigos.api.v1.StopWorkloadRequest
+	(*ListNodesRequest)(nil),    // 29: rigos.api.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 30: rigos.api.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),      // 31: rigos.api.v1.GetNodeRequest
+	(*NodeRequest)(nil),         // 32: rigos.api.v1.NodeRequest
+	(*RevokeRequest)(nil),       // 33: rigos.api.v1.RevokeRequest
+	(*WatchRequest)(nil),        // 34: rigos.api.v1.WatchRequest
+	(*Node)(nil),                // 35: rigos.api.v1.Node
+	(*NodeDetail)(nil),          // 36: rigos.api.v1.NodeDetail
+	(*VerdictRecord)(nil),       // 37: rigos.api.v1.VerdictRecord
+	(*StateChange)(nil),         // 38: rigos.api.v1.StateChange
 }
 var file_rigos_proto_depIdxs = []int32{
-	3,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
-	5,  // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
-	6,  // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
-	4,  // 3: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
-	7,  // 4: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
-	9,  // 5: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
-	10, // 6: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
-	11, // 7: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
-	12, // 8: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
-	13, // 9: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
-	1,  // 10: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
-	0,  // 11: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
-	20, // 12: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
-	0,  // 13: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
-	1,  // 14: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
-	20, // 15: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
-	22, // 16: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
-	0,  // 17: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
-	0,  // 18: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
-	0,  // 19: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
-	2,  // 20: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
-	14, // 21: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
-	16, // 22: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
-	19, // 23: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
-	17, // 24: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
-	18, // 25: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
-	8,  // 26: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
-	15, // 27: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
-	21, // 28: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
-	23, // 29: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
-	20, // 30: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
-	20, // 31: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
-	26, // [26:32] is the sub-list for method output_type
-	20, // [20:26] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	6,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
+	8,  // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
+	9,  // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
+	23, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
+	24, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
+	4,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
+	5,  // 6: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
+	7,  // 7: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
+	10, // 8: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
+	12, // 9: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
+	13, // 10: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
+	14, // 11: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
+	15, // 12: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
+	25, // 13: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
+	16, // 14: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
+	21, // 15: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
+	22, // 16: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
+	2,  // 17: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
+	1,  // 18: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
+	17, // 19: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
+	18, // 20: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
+	19, // 21: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
+	20, // 22: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
+	0,  // 23: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
+	17, // 24: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
+	23, // 25: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
+	24, // 26: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
+	35, // 27: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
+	1,  // 28: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
+	2,  // 29: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
+	35, // 30: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
+	37, // 31: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
+	23, // 32: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
+	4,  // 33: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
+	1,  // 34: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
+	1,  // 35: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
+	1,  // 36: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
+	3,  // 37: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
+	29, // 38: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
+	31, // 39: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
+	34, // 40: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
+	32, // 41: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
+	33, // 42: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
+	26, // 43: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
+	28, // 44: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
+	11, // 45: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
+	30, // 46: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
+	36, // 47: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
+	38, // 48: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
+	35, // 49: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
+	35, // 50: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
+	27, // 51: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
+	23, // 52: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
+	45, // [45:53] is the sub-list for method output_type
+	37, // [37:45] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_rigos_proto_init() }
@@ -1804,21 +3212,31 @@ func file_rigos_proto_init() {
 		(*AgentMessage_Hello)(nil),
 		(*AgentMessage_Activation)(nil),
 		(*AgentMessage_Evidence)(nil),
+		(*AgentMessage_WorkloadEvent)(nil),
+		(*AgentMessage_WorkloadLog)(nil),
+		(*AgentMessage_GpuReport)(nil),
 	}
-	file_rigos_proto_msgTypes[6].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[8].OneofWrappers = []any{
 		(*VerifierMessage_Activation)(nil),
 		(*VerifierMessage_Enrolled)(nil),
 		(*VerifierMessage_Challenge)(nil),
 		(*VerifierMessage_Verdict)(nil),
 		(*VerifierMessage_Refusal)(nil),
+		(*VerifierMessage_StartWorkload)(nil),
+		(*VerifierMessage_ImageChunk)(nil),
+		(*VerifierMessage_StopWorkload)(nil),
+	}
+	file_rigos_proto_msgTypes[24].OneofWrappers = []any{
+		(*WorkloadUpdate_Event)(nil),
+		(*WorkloadUpdate_Log)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rigos_proto_rawDesc), len(file_rigos_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   22,
+			NumEnums:      3,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

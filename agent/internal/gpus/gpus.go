@@ -1,0 +1,121 @@
+// Package gpus is the agent's GPU service: at start it reads the GPU
+// inventory, measures its digest into the runtime PCR (so the verifier
+// sees a swapped, added or removed GPU), writes the CDI specification
+// containerd gives GPUs to containers with, and keeps watching Xid
+// errors; it reports inventory and health to the verifier.
+package gpus
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/measure"
+)
+
+// Source reads GPUs; *gpu.Monitor is the real one.
+type Source interface {
+	Inventory() ([]gpu.GPU, error)
+	Health() ([]gpu.Health, error)
+	WatchXids(ctx context.Context) error
+}
+
+// CDIFile is the name of the CDI specification the service writes.
+const CDIFile = "rigos-nvidia-gpu.json"
+
+// Service is a started GPU service.
+type Service struct {
+	src    Source
+	inv    []gpu.GPU
+	digest string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	healthy map[int]bool
+}
+
+// Start reads the inventory, measures it with record, writes the CDI
+// specification into cdiDir and starts watching Xid errors until ctx
+// ends.
+func Start(ctx context.Context, src Source, record func(kind string, data []byte) error, cdiDir string, log *slog.Logger) (*Service, error) {
+	inv, err := src.Inventory()
+	if err != nil {
+		return nil, fmt.Errorf("reading the GPU inventory: %w", err)
+	}
+	s := &Service{src: src, inv: inv, digest: hex.EncodeToString(gpu.Digest(inv)), log: log, healthy: map[int]bool{}}
+	for _, g := range inv {
+		s.healthy[g.Index] = true
+	}
+	if err := record(measure.KindGPU, measure.GPUInventory{Count: len(inv), Digest: s.digest}.Encode()); err != nil {
+		return nil, fmt.Errorf("measuring the GPU inventory: %w", err)
+	}
+	spec, err := gpu.CDI(inv)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cdiDir, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cdiDir, CDIFile), spec, 0o644); err != nil {
+		return nil, fmt.Errorf("writing the CDI specification: %w", err)
+	}
+	go func() {
+		if err := src.WatchXids(ctx); err != nil {
+			log.Error("watching GPU Xid errors", "err", err)
+		}
+	}()
+	log.Info("GPUs", "count", len(inv), "inventory_digest", s.digest)
+	return s, nil
+}
+
+// Count is the number of GPUs.
+func (s *Service) Count() int { return len(s.inv) }
+
+// Healthy reports whether GPU index was healthy at the last report.
+func (s *Service) Healthy(index int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.healthy[index]
+}
+
+// Report reads health and returns the report for the verifier.
+func (s *Service) Report(now time.Time) *apiv1.AgentMessage {
+	r := &apiv1.GPUReport{InventoryDigest: s.digest, UnixMs: now.UnixMilli()}
+	health, err := s.src.Health()
+	if err != nil {
+		r.Error = err.Error()
+	}
+	byUUID := map[string]gpu.Health{}
+	for _, h := range health {
+		byUUID[h.UUID] = h
+	}
+	s.mu.Lock()
+	for _, g := range s.inv {
+		h, ok := byUUID[g.UUID]
+		p := &apiv1.GPU{
+			Index: uint32(g.Index), Uuid: g.UUID, Name: g.Name, MemoryBytes: g.MemoryBytes, DriverVersion: g.Driver,
+			VbiosVersion: g.VBIOS, PciBusId: g.PCIBusID,
+		}
+		if ok {
+			p.TemperatureC, p.PowerW, p.PowerLimitW = h.TemperatureC, h.PowerW, h.PowerLimitW
+			p.GpuUtilPercent, p.MemUtilPercent, p.EccUncorrected = h.GPUUtilPercent, h.MemUtilPercent, h.ECCUncorrected
+			p.ThrottleReasons, p.Xids, p.Healthy, p.Problems = h.ThrottleReasons, h.Xids, h.Healthy, h.Problems
+		} else {
+			p.Problems = []string{"no health reading"}
+		}
+		if s.healthy[g.Index] && !p.Healthy {
+			s.log.Warn("GPU unhealthy", "index", g.Index, "uuid", g.UUID, "problems", p.Problems)
+		}
+		s.healthy[g.Index] = p.Healthy
+		r.Gpus = append(r.Gpus, p)
+	}
+	s.mu.Unlock()
+	return &apiv1.AgentMessage{Msg: &apiv1.AgentMessage_GpuReport{GpuReport: r}}
+}

@@ -1,0 +1,304 @@
+package workload
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/containerd/v2/pkg/cdi"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+)
+
+// Namespace is the containerd namespace of RigOS workloads.
+const Namespace = "rigos"
+
+// Snapshotter is the containerd snapshotter workloads run on.
+const Snapshotter = "overlayfs"
+
+// Containerd is the Runtime backed by containerd.
+type Containerd struct {
+	Socket string
+	// CgroupRoot is where cgroup v2 is mounted (to read OOM kills).
+	CgroupRoot string
+	client     *containerd.Client
+}
+
+func (c *Containerd) connect(ctx context.Context) (*containerd.Client, error) {
+	if c.client != nil {
+		return c.client, nil
+	}
+	// containerd starts beside the agent: wait for its socket.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(c.Socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("containerd socket %s did not appear", c.Socket)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond): // waiting for a socket, bounded by the deadline
+		}
+	}
+	cl, err := containerd.New(c.Socket, containerd.WithDefaultNamespace(Namespace), containerd.WithTimeout(30*time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to containerd: %w", err)
+	}
+	c.client = cl
+	return cl, nil
+}
+
+// Prepare implements Runtime.
+func (c *Containerd) Prepare(ctx context.Context, s *apiv1.WorkloadSpec, archive string) (Image, error) {
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return Image{}, err
+	}
+	var img containerd.Image
+	switch {
+	case archive != "":
+		img, err = importArchive(ctx, cl, archive, s.GetImage())
+	default:
+		// An image already in the node's store is used as it is.
+		if img, err = cl.GetImage(ctx, s.GetImage()); errdefs.IsNotFound(err) {
+			img, err = pull(ctx, cl, s)
+		}
+	}
+	if err != nil {
+		return Image{}, err
+	}
+	if err := img.Unpack(ctx, Snapshotter); err != nil {
+		return Image{}, fmt.Errorf("unpacking image %s: %w", img.Name(), err)
+	}
+	return Image{Ref: img.Name(), Digest: img.Target().Digest.String(), handle: img}, nil
+}
+
+func importArchive(ctx context.Context, cl *containerd.Client, path, name string) (containerd.Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	imgs, err := cl.Import(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("image archive: %w", err)
+	}
+	if len(imgs) == 0 {
+		return nil, errors.New("image archive names no image (io.containerd.image.name or org.opencontainers.image.ref.name)")
+	}
+	var names []string
+	for _, i := range imgs {
+		names = append(names, i.Name)
+		if name == "" && len(imgs) == 1 || i.Name == name {
+			return containerd.NewImage(cl, i), nil
+		}
+	}
+	if name == "" {
+		return nil, fmt.Errorf("image archive holds %d images %v: name one", len(imgs), names)
+	}
+	return nil, fmt.Errorf("image not found: %s is not in the archive (it holds %v)", name, names)
+}
+
+func pull(ctx context.Context, cl *containerd.Client, s *apiv1.WorkloadSpec) (containerd.Image, error) {
+	auth := s.GetRegistryAuth()
+	ropts := []docker.RegistryOpt{docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(
+		func(string) (string, string, error) { return auth.GetUsername(), auth.GetPassword(), nil })))}
+	if auth.GetPlainHttp() {
+		ropts = append(ropts, docker.WithPlainHTTP(docker.MatchAllHosts))
+	}
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(ropts...)})
+	img, err := cl.Pull(ctx, s.GetImage(), containerd.WithResolver(resolver))
+	switch {
+	case errdefs.IsNotFound(err):
+		return nil, fmt.Errorf("image not found: %s: %w", s.GetImage(), err)
+	case err != nil && strings.Contains(err.Error(), "401 Unauthorized"):
+		return nil, fmt.Errorf("registry refused the credentials for %s: %w", s.GetImage(), err)
+	case err != nil:
+		return nil, fmt.Errorf("pulling %s: %w", s.GetImage(), err)
+	}
+	return img, nil
+}
+
+// Run implements Runtime.
+func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return Exit{}, err
+	}
+	img := r.Image.handle.(containerd.Image)
+	s, id := r.Spec, r.Spec.GetId()
+	opts := []oci.SpecOpts{
+		oci.WithDefaultSpec(), oci.WithDefaultUnixDevices,
+		oci.WithImageConfig(img),
+		oci.WithCgroup("/" + Namespace + "/" + id),
+		// Its own cgroup namespace: the workload sees its own limits at
+		// /sys/fs/cgroup and nothing of the node's cgroup tree.
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
+		oci.WithHostname(id),
+		oci.WithNoNewPrivileges,
+		oci.WithMounts([]specs.Mount{{
+			Destination: "/scratch", Type: "bind", Source: r.Scratch, Options: []string{"rbind", "rw", "nosuid", "nodev"},
+		}, {
+			Destination: "/sys/fs/cgroup", Type: "cgroup2", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"},
+		}}),
+	}
+	if len(s.GetArgs()) > 0 {
+		opts = append(opts, oci.WithProcessArgs(s.GetArgs()...))
+	}
+	if len(s.GetEnv()) > 0 {
+		opts = append(opts, oci.WithEnv(s.GetEnv()))
+	}
+	res := s.GetResources()
+	if res.GetMemoryBytes() > 0 {
+		opts = append(opts, oci.WithMemoryLimit(uint64(res.GetMemoryBytes())), withNoSwap(res.GetMemoryBytes()))
+	}
+	if res.GetCpus() > 0 {
+		const period = 100000
+		opts = append(opts, oci.WithCPUCFS(int64(res.GetCpus()*period), period))
+	}
+	pids := res.GetPids()
+	if pids <= 0 {
+		pids = 1024
+	}
+	opts = append(opts, oci.WithPidsLimit(pids))
+	if len(r.GPUs) > 0 {
+		var devs []string
+		for _, g := range r.GPUs {
+			devs = append(devs, fmt.Sprintf("nvidia.com/gpu=%d", g))
+		}
+		opts = append(opts, cdi.WithCDIDevices(devs...))
+	}
+
+	cont, err := cl.NewContainer(ctx, id,
+		containerd.WithSnapshotter(Snapshotter), containerd.WithNewSnapshot(id, img), containerd.WithNewSpec(opts...))
+	if err != nil {
+		return Exit{}, fmt.Errorf("creating the container: %w", err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_ = cont.Delete(dctx, containerd.WithSnapshotCleanup) // the writable layer goes with it
+	}()
+	spec, err := cont.Spec(ctx)
+	if err != nil {
+		return Exit{}, err
+	}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return Exit{}, err
+	}
+	sum := sha256.Sum256(b)
+	if err := r.Measure("sha256:" + hex.EncodeToString(sum[:])); err != nil {
+		return Exit{}, err
+	}
+	task, err := cont.NewTask(ctx, cio.NewCreator(cio.WithStreams(nil, writerFunc(r.Stdout), writerFunc(r.Stderr))))
+	if err != nil {
+		return Exit{}, fmt.Errorf("creating the task: %w", err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		_, _ = task.Delete(dctx, containerd.WithProcessKill)
+	}()
+	exitCh, err := task.Wait(context.WithoutCancel(ctx))
+	if err != nil {
+		return Exit{}, err
+	}
+	if err := task.Start(ctx); err != nil {
+		return Exit{}, fmt.Errorf("starting the task: %w", err)
+	}
+	r.Started(func() {
+		kctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = task.Kill(kctx, syscall.SIGKILL, containerd.WithKillAll)
+	})
+	st := <-exitCh
+	code, _, err := st.Result()
+	if err != nil {
+		return Exit{}, err
+	}
+	oom := c.oomKills(id) > 0
+	// Let the output copy finish before the task is deleted.
+	if io := task.IO(); io != nil {
+		io.Wait()
+	}
+	return Exit{Code: int(code), OOMKilled: oom}, nil
+}
+
+// oomKills reads the container cgroup's OOM kill count.
+func (c *Containerd) oomKills(id string) int {
+	root := c.CgroupRoot
+	if root == "" {
+		root = "/sys/fs/cgroup"
+	}
+	f, err := os.Open(filepath.Join(root, Namespace, id, "memory.events"))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), " "); ok && k == "oom_kill" {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// withNoSwap sets memory+swap to the memory limit: a workload at its
+// limit is OOM-killed rather than swapped.
+func withNoSwap(limit int64) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil || s.Linux.Resources == nil || s.Linux.Resources.Memory == nil {
+			return errors.New("memory limit not set")
+		}
+		s.Linux.Resources.Memory.Swap = &limit
+		return nil
+	}
+}
+
+type writerFunc func([]byte)
+
+func (f writerFunc) Write(b []byte) (int, error) {
+	total := len(b)
+	for len(b) > 0 {
+		n := min(len(b), 16<<10)
+		f(append([]byte(nil), b[:n]...))
+		b = b[n:]
+	}
+	return total, nil
+}
+
+func freeBytes(dir string) int64 {
+	for d := dir; ; d = filepath.Dir(d) {
+		var st unix.Statfs_t
+		if err := unix.Statfs(d, &st); err == nil {
+			return int64(st.Bavail) * st.Bsize
+		}
+		if d == "/" || d == "." {
+			return 0
+		}
+	}
+}

@@ -1,0 +1,571 @@
+// Package workload runs the platform's workloads on the node with
+// containerd: it receives or pulls the OCI image, checks the request
+// against the node's ASK plan and trust, measures the workload into the
+// runtime PCR before it starts, enforces its limits with cgroup v2,
+// streams its output back, and kills trusted-tier workloads (wiping their
+// scratch space) as soon as the node loses its trusted verdict.
+package workload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/measure"
+)
+
+// Plan is what the node offers (its ASK plan), after defaults.
+type Plan struct {
+	CPUs        float64
+	MemoryBytes int64
+	GPUs        int
+	MaxDuration time.Duration
+}
+
+// Runtime runs containers. Containerd is the real one.
+type Runtime interface {
+	// Prepare makes the image available: imported from archive (a path,
+	// when not empty) or pulled. It returns the image's manifest digest.
+	Prepare(ctx context.Context, spec *apiv1.WorkloadSpec, archive string) (Image, error)
+	// Run creates the container and starts it after measure succeeds;
+	// it returns when the container has exited.
+	Run(ctx context.Context, r RunRequest) (Exit, error)
+}
+
+// Image is a prepared image.
+type Image struct {
+	Ref, Digest string
+	handle      any
+}
+
+// RunRequest is one container to run.
+type RunRequest struct {
+	Spec    *apiv1.WorkloadSpec
+	Image   Image
+	Scratch string
+	GPUs    []int
+	Stdout  func([]byte)
+	Stderr  func([]byte)
+	// Measure is called with the SHA-256 of the final OCI runtime spec,
+	// after the container is created and before its process starts; an
+	// error stops the start.
+	Measure func(config string) error
+	// Started is called once the process runs; kill then stops it.
+	Started func(kill func())
+}
+
+// Exit is how a container ended.
+type Exit struct {
+	Code      int
+	OOMKilled bool
+}
+
+// Manager is the node's workload manager.
+type Manager struct {
+	rt      Runtime
+	plan    Plan
+	scratch string
+	record  func(kind string, data []byte) error
+	log     *slog.Logger
+	now     func() time.Time
+
+	mu           sync.Mutex
+	send         func(*apiv1.AgentMessage) error
+	pending      []*apiv1.AgentMessage // final events not yet delivered
+	trusted      bool
+	trustedUntil time.Time
+	trustReason  string
+	running      map[string]*workload
+	gpusInUse    map[int]bool
+	gpuOK        func(index int) bool
+	onAttach     func()
+}
+
+type workload struct {
+	spec    *apiv1.WorkloadSpec
+	archive *os.File
+	size    int64
+	kill    func()
+	killed  string // reason, once killed by the node
+	gpus    []int
+	cancel  context.CancelFunc
+}
+
+// MaxArchive bounds an image archive received down the stream.
+const MaxArchive = 512 << 20
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// New returns a Manager. record measures an event into the runtime PCR
+// and log (measure.Recorder.Record).
+func New(rt Runtime, plan Plan, scratch string, record func(kind string, data []byte) error, log *slog.Logger) *Manager {
+	return &Manager{rt: rt, plan: plan, scratch: scratch, record: record, log: log, now: time.Now,
+		running: map[string]*workload{}, gpusInUse: map[int]bool{}, gpuOK: func(int) bool { return true }}
+}
+
+// SetGPUs tells the manager the node's GPUs: count found, and whether
+// one is healthy (unhealthy GPUs are not given to workloads). A plan
+// offering no GPUs offers all found; one offering more is capped.
+func (m *Manager) SetGPUs(count int, healthy func(index int) bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.plan.GPUs == 0 || m.plan.GPUs > count {
+		m.plan.GPUs = count
+	}
+	m.gpuOK = healthy
+}
+
+// OnAttach registers f to run whenever a session opens.
+func (m *Manager) OnAttach(f func()) {
+	m.mu.Lock()
+	m.onAttach = f
+	m.mu.Unlock()
+}
+
+// Report sends a message on the current session, if there is one.
+func (m *Manager) Report(msg *apiv1.AgentMessage) { m.deliver(msg, false) }
+
+// Attach gives the manager the current session's sender; final events
+// that could not be delivered earlier are sent now. Detach with nil.
+func (m *Manager) Attach(send func(*apiv1.AgentMessage) error) {
+	m.mu.Lock()
+	m.send = send
+	pending := m.pending
+	m.pending = nil
+	hook := m.onAttach
+	m.mu.Unlock()
+	for _, p := range pending {
+		m.deliver(p, true)
+	}
+	if send != nil && hook != nil {
+		go hook()
+	}
+}
+
+func (m *Manager) deliver(msg *apiv1.AgentMessage, keep bool) {
+	m.mu.Lock()
+	send := m.send
+	m.mu.Unlock()
+	if send != nil && send(msg) == nil {
+		return
+	}
+	if keep {
+		m.mu.Lock()
+		m.pending = append(m.pending, msg)
+		m.mu.Unlock()
+	}
+}
+
+func (m *Manager) event(id string, state apiv1.WorkloadState, reason string, mod func(*apiv1.WorkloadEvent)) {
+	e := &apiv1.WorkloadEvent{Id: id, State: state, Reason: reason, UnixMs: m.now().UnixMilli()}
+	if mod != nil {
+		mod(e)
+	}
+	final := state == apiv1.WorkloadState_WORKLOAD_STATE_EXITED || state == apiv1.WorkloadState_WORKLOAD_STATE_KILLED ||
+		state == apiv1.WorkloadState_WORKLOAD_STATE_FAILED
+	m.log.Info("workload", "id", id, "state", state, "reason", reason, "exit", e.GetExitCode(), "oom", e.GetOomKilled())
+	m.deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: e}}, final)
+}
+
+// Verdict takes the verifier's latest verdict. Losing "trusted" kills
+// every trusted-tier workload at once.
+func (m *Manager) Verdict(v *apiv1.Verdict) {
+	m.mu.Lock()
+	if v.GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
+		m.trusted, m.trustedUntil, m.trustReason = true, time.UnixMilli(v.GetTrustedUntilUnixMs()), ""
+		m.mu.Unlock()
+		return
+	}
+	m.trusted, m.trustReason = false, fmt.Sprintf("node demoted to %s: %s", stateName(v.GetState()), v.GetReason())
+	reason := m.trustReason
+	m.mu.Unlock()
+	m.killTrusted(reason)
+}
+
+// CheckTrust kills trusted-tier workloads once the trusted verdict has
+// expired without a fresh one (a missed or late appraisal). Call it
+// periodically (Watch does).
+func (m *Manager) CheckTrust() {
+	m.mu.Lock()
+	expired := m.trusted && !m.now().Before(m.trustedUntil)
+	if expired {
+		m.trusted = false
+		m.trustReason = "trusted verdict expired at " + m.trustedUntil.UTC().Format(time.RFC3339) + " without a fresh appraisal"
+	}
+	reason := m.trustReason
+	m.mu.Unlock()
+	if expired {
+		m.killTrusted(reason)
+	}
+}
+
+// Watch runs CheckTrust every second until ctx ends.
+func (m *Manager) Watch(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.CheckTrust()
+		}
+	}
+}
+
+func (m *Manager) trustedNow() (bool, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.trusted {
+		if m.trustReason == "" {
+			return false, "node has no trusted verdict yet"
+		}
+		return false, m.trustReason
+	}
+	if !m.now().Before(m.trustedUntil) {
+		return false, "trusted verdict expired"
+	}
+	return true, ""
+}
+
+func (m *Manager) killTrusted(reason string) {
+	m.mu.Lock()
+	var victims []*workload
+	for _, w := range m.running {
+		if w.spec.GetTrustedTier() && w.killed == "" {
+			w.killed = reason
+			victims = append(victims, w)
+		}
+	}
+	m.mu.Unlock()
+	for _, w := range victims {
+		m.log.Warn("killing trusted-tier workload", "id", w.spec.GetId(), "reason", reason)
+		w.stop()
+	}
+}
+
+func (w *workload) stop() {
+	if w.kill != nil {
+		w.kill()
+	}
+	if w.cancel != nil {
+		w.cancel() // not started yet: stop preparing
+	}
+}
+
+// Handle processes a workload message from the verifier.
+func (m *Manager) Handle(msg *apiv1.VerifierMessage) {
+	switch {
+	case msg.GetStartWorkload() != nil:
+		m.start(msg.GetStartWorkload().GetSpec())
+	case msg.GetImageChunk() != nil:
+		m.chunk(msg.GetImageChunk())
+	case msg.GetStopWorkload() != nil:
+		m.Stop(msg.GetStopWorkload().GetId(), msg.GetStopWorkload().GetReason())
+	}
+}
+
+// Stop kills a workload with reason.
+func (m *Manager) Stop(id, reason string) {
+	m.mu.Lock()
+	w, ok := m.running[id]
+	if ok && w.killed == "" {
+		w.killed = reason
+	}
+	m.mu.Unlock()
+	if !ok {
+		m.event(id, apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "no such workload on this node", nil)
+		return
+	}
+	w.stop()
+}
+
+// check validates a spec against the plan, the node's trust and what is
+// free; it returns the GPUs to give the workload.
+func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
+	var errs []error
+	r := s.GetResources()
+	if r.GetCpus() < 0 || r.GetMemoryBytes() < 0 || r.GetPids() < 0 || r.GetScratchBytes() < 0 || s.GetMaxDurationMs() < 0 {
+		errs = append(errs, errors.New("negative resources"))
+	}
+	if r.GetCpus() > m.plan.CPUs {
+		errs = append(errs, fmt.Errorf("cpus %.2f beyond the node's ASK plan (%.2f)", r.GetCpus(), m.plan.CPUs))
+	}
+	if r.GetMemoryBytes() > m.plan.MemoryBytes {
+		errs = append(errs, fmt.Errorf("memory %d MiB beyond the node's ASK plan (%d MiB)", r.GetMemoryBytes()>>20, m.plan.MemoryBytes>>20))
+	}
+	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration {
+		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration))
+	}
+	if n := s.GetNetwork(); n.GetOutbound() || len(n.GetPorts()) > 0 {
+		errs = append(errs, errors.New("network: this node runs workloads without network access (outbound and incoming ports are not offered)"))
+	}
+	if free := freeBytes(m.scratch); r.GetScratchBytes() > 0 && r.GetScratchBytes() > free {
+		errs = append(errs, fmt.Errorf("not enough disk: %d MiB of scratch asked, %d MiB free", r.GetScratchBytes()>>20, free>>20))
+	}
+	if s.GetTrustedTier() {
+		if ok, why := m.trustedNow(); !ok {
+			errs = append(errs, fmt.Errorf("trusted tier: %s", why))
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, dup := m.running[s.GetId()]; dup {
+		errs = append(errs, fmt.Errorf("workload %s already exists on this node", s.GetId()))
+	}
+	var gpus []int
+	if want := int(r.GetGpus()); want > 0 {
+		unhealthy := 0
+		for i := 0; i < m.plan.GPUs && len(gpus) < want; i++ {
+			switch {
+			case !m.gpuOK(i):
+				unhealthy++
+			case !m.gpusInUse[i]:
+				gpus = append(gpus, i)
+			}
+		}
+		if len(gpus) < want {
+			errs = append(errs, fmt.Errorf("not enough GPUs: %d asked, %d free of the %d the node offers (%d unhealthy)", want, len(gpus), m.plan.GPUs, unhealthy))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	for _, g := range gpus {
+		m.gpusInUse[g] = true
+	}
+	m.running[s.GetId()] = &workload{spec: s, gpus: gpus}
+	return gpus, nil
+}
+
+func (m *Manager) start(s *apiv1.WorkloadSpec) {
+	if s == nil || !idPattern.MatchString(s.GetId()) {
+		m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "workload id: want 1-64 letters, digits, '.', '_' or '-'", nil)
+		return
+	}
+	if _, err := m.check(s); err != nil {
+		m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, err.Error(), nil)
+		return
+	}
+	m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_PREPARING, "", nil)
+	if !s.GetImageArchive() {
+		go m.run(s.GetId(), "")
+		return
+	}
+	if err := os.MkdirAll(m.scratch, 0o700); err != nil {
+		m.finish(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "scratch space: "+err.Error(), nil)
+		return
+	}
+	f, err := os.CreateTemp(m.scratch, s.GetId()+"-*.image.tar")
+	if err != nil {
+		m.finish(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "receiving the image: "+err.Error(), nil)
+		return
+	}
+	m.mu.Lock()
+	m.running[s.GetId()].archive = f
+	m.mu.Unlock()
+}
+
+func (m *Manager) chunk(c *apiv1.ImageChunk) {
+	m.mu.Lock()
+	w, ok := m.running[c.GetWorkloadId()]
+	m.mu.Unlock()
+	if !ok || w.archive == nil {
+		return // a workload that already failed; its failure was reported
+	}
+	w.size += int64(len(c.GetData()))
+	var err error
+	if w.size > MaxArchive {
+		err = fmt.Errorf("image archive larger than %d MiB", MaxArchive>>20)
+	} else {
+		_, err = w.archive.Write(c.GetData())
+	}
+	if err == nil && !c.GetLast() {
+		return
+	}
+	name := w.archive.Name()
+	if cerr := w.archive.Close(); err == nil {
+		err = cerr
+	}
+	w.archive = nil
+	if err != nil {
+		os.Remove(name)
+		m.finish(c.GetWorkloadId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "receiving the image: "+err.Error(), nil)
+		return
+	}
+	go m.run(c.GetWorkloadId(), name)
+}
+
+// run prepares the image and runs the container to its end.
+func (m *Manager) run(id, archive string) {
+	m.mu.Lock()
+	w := m.running[id]
+	ctx, cancel := context.WithCancel(context.Background())
+	w.cancel = cancel
+	killed := w.killed
+	m.mu.Unlock()
+	defer cancel()
+	if archive != "" {
+		defer os.Remove(archive)
+	}
+	if killed != "" {
+		m.finish(id, apiv1.WorkloadState_WORKLOAD_STATE_KILLED, killed, nil)
+		return
+	}
+	s := w.spec
+	img, err := m.rt.Prepare(ctx, s, archive)
+	if err != nil {
+		m.finish(id, m.failedOrKilled(id), err.Error(), nil)
+		return
+	}
+	scratch := filepath.Join(m.scratch, id)
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		m.finish(id, apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "scratch space: "+err.Error(), nil)
+		return
+	}
+	state, reason, mod := m.runContainer(ctx, w, img, scratch)
+	// Scratch never outlives its workload: it is gone before the final
+	// event is reported.
+	if err := os.RemoveAll(scratch); err != nil {
+		m.log.Error("wiping scratch space", "id", id, "err", err)
+	}
+	m.finish(id, state, reason, mod)
+}
+
+func (m *Manager) runContainer(ctx context.Context, w *workload, img Image, scratch string) (apiv1.WorkloadState, string, func(*apiv1.WorkloadEvent)) {
+	s := w.spec
+	id := s.GetId()
+	limit := m.plan.MaxDuration
+	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > 0 {
+		limit = d
+	}
+	timer := time.AfterFunc(limit, func() { m.Stop(id, fmt.Sprintf("maximum duration of %s reached", limit)) })
+	defer timer.Stop()
+
+	out := func(stderr bool) func([]byte) {
+		return func(b []byte) {
+			m.deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadLog{WorkloadLog: &apiv1.WorkloadLog{
+				Id: id, Data: b, Stderr: stderr,
+			}}}, false)
+		}
+	}
+	exit, err := m.rt.Run(ctx, RunRequest{
+		Spec: s, Image: img, Scratch: scratch, GPUs: w.gpus, Stdout: out(false), Stderr: out(true),
+		Measure: func(config string) error {
+			if s.GetTrustedTier() {
+				if ok, why := m.trustedNow(); !ok {
+					return fmt.Errorf("trusted tier: %s", why)
+				}
+			}
+			wl := measure.Workload{ID: id, Image: img.Ref, Digest: img.Digest, Config: config, TrustedTier: s.GetTrustedTier()}
+			if err := m.record(measure.KindWorkload, wl.Encode()); err != nil {
+				return fmt.Errorf("measuring the workload: %w", err)
+			}
+			return nil
+		},
+		Started: func(kill func()) {
+			m.mu.Lock()
+			w.kill = kill
+			killed := w.killed
+			m.mu.Unlock()
+			m.event(id, apiv1.WorkloadState_WORKLOAD_STATE_RUNNING, "", func(e *apiv1.WorkloadEvent) { e.ImageDigest = img.Digest })
+			if killed != "" {
+				kill() // demoted between the measurement and the start
+			}
+		},
+	})
+	if err != nil {
+		return m.failedOrKilled(id), err.Error(), nil
+	}
+	m.mu.Lock()
+	reason := w.killed
+	m.mu.Unlock()
+	state := apiv1.WorkloadState_WORKLOAD_STATE_EXITED
+	if reason != "" {
+		state = apiv1.WorkloadState_WORKLOAD_STATE_KILLED
+	} else if exit.OOMKilled {
+		reason = "out of memory: killed at its memory limit"
+	}
+	return state, reason, func(e *apiv1.WorkloadEvent) {
+		e.ExitCode, e.OomKilled, e.ImageDigest = int32(exit.Code), exit.OOMKilled, img.Digest
+	}
+}
+
+func (m *Manager) failedOrKilled(id string) apiv1.WorkloadState {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if w, ok := m.running[id]; ok && w.killed != "" {
+		return apiv1.WorkloadState_WORKLOAD_STATE_KILLED
+	}
+	return apiv1.WorkloadState_WORKLOAD_STATE_FAILED
+}
+
+// finish forgets a workload and reports its final event.
+func (m *Manager) finish(id string, state apiv1.WorkloadState, reason string, mod func(*apiv1.WorkloadEvent)) {
+	m.mu.Lock()
+	if w, ok := m.running[id]; ok {
+		if w.killed != "" && state == apiv1.WorkloadState_WORKLOAD_STATE_KILLED {
+			reason = w.killed
+		}
+		for _, g := range w.gpus {
+			delete(m.gpusInUse, g)
+		}
+		delete(m.running, id)
+	}
+	m.mu.Unlock()
+	m.event(id, state, reason, mod)
+}
+
+// Plan returns the node's plan.
+func (m *Manager) Plan() Plan {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.plan
+}
+
+// MemTotal returns the machine's memory in bytes (0 if unknown).
+func MemTotal() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// Running returns the IDs of the workloads on the node.
+func (m *Manager) Running() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for id := range m.running {
+		out = append(out, id)
+	}
+	return out
+}
+
+func stateName(s apiv1.NodeState) string {
+	switch s {
+	case apiv1.NodeState_NODE_STATE_SUSPECT:
+		return "suspect"
+	case apiv1.NodeState_NODE_STATE_UNTRUSTED:
+		return "untrusted"
+	case apiv1.NodeState_NODE_STATE_ENROLLING:
+		return "enrolling"
+	}
+	return s.String()
+}

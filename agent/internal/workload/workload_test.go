@@ -1,0 +1,301 @@
+package workload
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/measure"
+)
+
+// fakeRuntime stands in for containerd in these tests of the manager's
+// rules; the real runtime is exercised in the VM tests (testvm).
+type fakeRuntime struct {
+	mu       sync.Mutex
+	archives []string // contents of received archives
+	scratch  string
+	gpus     []int // GPUs given, over all runs
+	block    bool  // run until killed
+	oom      bool
+}
+
+func (f *fakeRuntime) Prepare(_ context.Context, s *apiv1.WorkloadSpec, archive string) (Image, error) {
+	if archive != "" {
+		b, err := os.ReadFile(archive)
+		if err != nil {
+			return Image{}, err
+		}
+		f.mu.Lock()
+		f.archives = append(f.archives, string(b))
+		f.mu.Unlock()
+	}
+	if s.GetImage() == "absent" {
+		return Image{}, errors.New("image not found: absent")
+	}
+	return Image{Ref: "img", Digest: "sha256:abc"}, nil
+}
+
+func (f *fakeRuntime) Run(ctx context.Context, r RunRequest) (Exit, error) {
+	f.mu.Lock()
+	f.scratch = r.Scratch
+	f.gpus = append(f.gpus, r.GPUs...)
+	f.mu.Unlock()
+	if err := os.WriteFile(filepath.Join(r.Scratch, "data"), []byte("x"), 0o600); err != nil {
+		return Exit{}, err
+	}
+	if err := r.Measure("sha256:cfg"); err != nil {
+		return Exit{}, err
+	}
+	killed := make(chan struct{})
+	var once sync.Once
+	r.Started(func() { once.Do(func() { close(killed) }) })
+	r.Stdout([]byte("out\n"))
+	if f.block {
+		<-killed
+		return Exit{Code: 137}, nil
+	}
+	return Exit{Code: 0, OOMKilled: f.oom}, nil
+}
+
+type harness struct {
+	m        *Manager
+	rt       *fakeRuntime
+	mu       sync.Mutex
+	events   []*apiv1.WorkloadEvent
+	logs     []string
+	measured []measure.Workload
+	eventsCh chan *apiv1.WorkloadEvent
+	failRec  bool
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{rt: &fakeRuntime{}, eventsCh: make(chan *apiv1.WorkloadEvent, 64)}
+	rec := func(kind string, data []byte) error {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.failRec {
+			return errors.New("TPM gone")
+		}
+		ws, err := measure.Workloads([]measure.Event{{Kind: kind, Data: data}})
+		if err != nil {
+			return err
+		}
+		h.measured = append(h.measured, ws...)
+		return nil
+	}
+	plan := Plan{CPUs: 2, MemoryBytes: 1 << 30, GPUs: 1, MaxDuration: time.Hour}
+	h.m = New(h.rt, plan, t.TempDir(), rec, slog.New(slog.DiscardHandler))
+	h.m.Attach(h.send)
+	return h
+}
+
+func (h *harness) send(m *apiv1.AgentMessage) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if e := m.GetWorkloadEvent(); e != nil {
+		h.events = append(h.events, e)
+		select {
+		case h.eventsCh <- e:
+		default: // wait() looks at h.events anyway
+		}
+	}
+	if l := m.GetWorkloadLog(); l != nil {
+		h.logs = append(h.logs, string(l.GetData()))
+	}
+	return nil
+}
+
+// wait returns the first event in state for id, failing if the
+// workload fails instead.
+func (h *harness) wait(t *testing.T, id string, state apiv1.WorkloadState) *apiv1.WorkloadEvent {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	for {
+		h.mu.Lock()
+		for _, e := range h.events {
+			if e.GetId() != id {
+				continue
+			}
+			if e.GetState() == state {
+				h.mu.Unlock()
+				return e
+			}
+			if e.GetState() == apiv1.WorkloadState_WORKLOAD_STATE_FAILED {
+				h.mu.Unlock()
+				t.Fatalf("%s failed: %s", id, e.GetReason())
+			}
+		}
+		h.mu.Unlock()
+		select {
+		case <-h.eventsCh: // something happened: look again
+		case <-timeout:
+			t.Fatalf("no %s event for %s; events so far %v", state, id, h.events)
+		}
+	}
+}
+
+func trusted(h *harness, d time.Duration) {
+	h.m.Verdict(&apiv1.Verdict{State: apiv1.NodeState_NODE_STATE_TRUSTED, TrustedUntilUnixMs: time.Now().Add(d).UnixMilli()})
+}
+
+func start(h *harness, s *apiv1.WorkloadSpec) {
+	h.m.Handle(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_StartWorkload{StartWorkload: &apiv1.StartWorkload{Spec: s}}})
+}
+
+func TestRunMeasuresThenStarts(t *testing.T) {
+	h := newHarness(t)
+	trusted(h, time.Minute)
+	start(h, &apiv1.WorkloadSpec{Id: "w1", ImageArchive: true, TrustedTier: true})
+	for _, part := range []string{"ab", "cd"} {
+		h.m.Handle(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
+			WorkloadId: "w1", Data: []byte(part), Last: part == "cd",
+		}}})
+	}
+	e := h.wait(t, "w1", apiv1.WorkloadState_WORKLOAD_STATE_EXITED)
+	if e.GetImageDigest() != "sha256:abc" || e.GetExitCode() != 0 {
+		t.Errorf("exit event %v", e)
+	}
+	if len(h.rt.archives) != 1 || h.rt.archives[0] != "abcd" {
+		t.Errorf("runtime got archives %q, want the chunks joined", h.rt.archives)
+	}
+	if len(h.measured) != 1 || h.measured[0].ID != "w1" || h.measured[0].Digest != "sha256:abc" || h.measured[0].Config != "sha256:cfg" || !h.measured[0].TrustedTier {
+		t.Errorf("measured %+v", h.measured)
+	}
+	if strings.Join(h.logs, "") != "out\n" {
+		t.Errorf("logs %q", h.logs)
+	}
+	if _, err := os.Stat(h.rt.scratch); !os.IsNotExist(err) {
+		t.Errorf("scratch %s survived its workload: %v", h.rt.scratch, err)
+	}
+	if len(h.m.Running()) != 0 {
+		t.Errorf("still running: %v", h.m.Running())
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	h := newHarness(t)
+	cases := map[string]struct {
+		spec *apiv1.WorkloadSpec
+		want string
+	}{
+		"bad id":          {&apiv1.WorkloadSpec{Id: "../x"}, "workload id"},
+		"untrusted":       {&apiv1.WorkloadSpec{Id: "t", TrustedTier: true}, "no trusted verdict"},
+		"cpus":            {&apiv1.WorkloadSpec{Id: "c", Resources: &apiv1.Resources{Cpus: 2.5}}, "cpus 2.50 beyond the node's ASK plan"},
+		"memory":          {&apiv1.WorkloadSpec{Id: "m", Resources: &apiv1.Resources{MemoryBytes: 2 << 30}}, "memory 2048 MiB beyond"},
+		"gpus":            {&apiv1.WorkloadSpec{Id: "g", Resources: &apiv1.Resources{Gpus: 2}}, "not enough GPUs: 2 asked, 1 free"},
+		"duration":        {&apiv1.WorkloadSpec{Id: "d", MaxDurationMs: (2 * time.Hour).Milliseconds()}, "max duration 2h0m0s beyond"},
+		"network":         {&apiv1.WorkloadSpec{Id: "n", Network: &apiv1.NetworkPolicy{Ports: []uint32{80}}}, "without network access"},
+		"negative":        {&apiv1.WorkloadSpec{Id: "neg", Resources: &apiv1.Resources{Pids: -1}}, "negative"},
+		"image absent":    {&apiv1.WorkloadSpec{Id: "i", Image: "absent"}, "image not found"},
+		"scratch":         {&apiv1.WorkloadSpec{Id: "s", Resources: &apiv1.Resources{ScratchBytes: 1 << 60}}, "not enough disk"},
+		"several at once": {&apiv1.WorkloadSpec{Id: "many", Resources: &apiv1.Resources{Cpus: 9, Gpus: 5}}, "cpus 9.00"},
+	}
+	for name, c := range cases {
+		start(h, c.spec)
+		e := h.wait(t, c.spec.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
+		if !strings.Contains(e.GetReason(), c.want) {
+			t.Errorf("%s: reason %q, want %q", name, e.GetReason(), c.want)
+		}
+	}
+	if len(h.measured) != 0 {
+		t.Errorf("refused workloads were measured: %+v", h.measured)
+	}
+}
+
+func TestDemotionKillsTrustedTier(t *testing.T) {
+	h := newHarness(t)
+	h.rt.block = true
+	trusted(h, time.Minute)
+	start(h, &apiv1.WorkloadSpec{Id: "gold", TrustedTier: true})
+	start(h, &apiv1.WorkloadSpec{Id: "plain"})
+	h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
+	h.wait(t, "plain", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
+	h.m.Verdict(&apiv1.Verdict{State: apiv1.NodeState_NODE_STATE_UNTRUSTED, Reason: "pcr11: unknown UKI"})
+	e := h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_KILLED)
+	if !strings.Contains(e.GetReason(), "node demoted to untrusted: pcr11: unknown UKI") {
+		t.Errorf("kill reason %q", e.GetReason())
+	}
+	if got := h.m.Running(); len(got) != 1 || got[0] != "plain" {
+		t.Errorf("running after demotion = %v, want only the non-trusted-tier workload", got)
+	}
+	h.m.Stop("plain", "done")
+	if e := h.wait(t, "plain", apiv1.WorkloadState_WORKLOAD_STATE_KILLED); e.GetReason() != "done" {
+		t.Errorf("stop reason %q", e.GetReason())
+	}
+}
+
+func TestExpiredVerdictKills(t *testing.T) {
+	h := newHarness(t)
+	h.rt.block = true
+	trusted(h, time.Hour)
+	start(h, &apiv1.WorkloadSpec{Id: "gold", TrustedTier: true})
+	h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
+	h.m.now = func() time.Time { return time.Now().Add(2 * time.Hour) } // no fresh verdict arrived
+	h.m.CheckTrust()
+	e := h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_KILLED)
+	if !strings.Contains(e.GetReason(), "expired") {
+		t.Errorf("kill reason %q", e.GetReason())
+	}
+}
+
+func TestMeasurementFailureStopsStart(t *testing.T) {
+	h := newHarness(t)
+	h.failRec = true
+	start(h, &apiv1.WorkloadSpec{Id: "w"})
+	e := h.wait(t, "w", apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
+	if !strings.Contains(e.GetReason(), "measuring the workload: TPM gone") {
+		t.Errorf("reason %q", e.GetReason())
+	}
+}
+
+func TestFinalEventsWaitForASession(t *testing.T) {
+	h := newHarness(t)
+	h.m.Attach(nil) // the session dropped
+	start(h, &apiv1.WorkloadSpec{Id: "w"})
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.m.Running()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // waiting for the workload to end, bounded
+	}
+	h.m.Attach(h.send)
+	h.wait(t, "w", apiv1.WorkloadState_WORKLOAD_STATE_EXITED)
+}
+
+func TestArchiveTooLarge(t *testing.T) {
+	h := newHarness(t)
+	start(h, &apiv1.WorkloadSpec{Id: "big", ImageArchive: true})
+	h.m.Handle(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
+		WorkloadId: "big", Data: make([]byte, MaxArchive+1),
+	}}})
+	e := h.wait(t, "big", apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
+	if !strings.Contains(e.GetReason(), "larger than") {
+		t.Errorf("reason %q", e.GetReason())
+	}
+}
+
+func TestUnhealthyGPUsAreNotGiven(t *testing.T) {
+	h := newHarness(t)
+	h.rt.block = true
+	h.m.plan.GPUs = 0                                  // the plan offers every GPU found
+	h.m.SetGPUs(2, func(i int) bool { return i != 0 }) // GPU 0 had a fatal Xid
+	start(h, &apiv1.WorkloadSpec{Id: "one", Resources: &apiv1.Resources{Gpus: 1}})
+	h.wait(t, "one", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
+	start(h, &apiv1.WorkloadSpec{Id: "two", Resources: &apiv1.Resources{Gpus: 1}})
+	e := h.wait(t, "two", apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
+	if !strings.Contains(e.GetReason(), "not enough GPUs: 1 asked, 0 free of the 2 the node offers (1 unhealthy)") {
+		t.Errorf("reason %q", e.GetReason())
+	}
+	h.m.Stop("one", "done")
+	h.wait(t, "one", apiv1.WorkloadState_WORKLOAD_STATE_KILLED)
+	h.rt.mu.Lock()
+	defer h.rt.mu.Unlock()
+	if len(h.rt.gpus) != 1 || h.rt.gpus[0] != 1 {
+		t.Errorf("GPUs given = %v, want only the healthy GPU 1", h.rt.gpus)
+	}
+}

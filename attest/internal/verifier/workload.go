@@ -1,0 +1,289 @@
+package verifier
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/rigos/rigos/attest/internal/store"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+)
+
+// MaxImageArchive bounds an image archive sent through the verifier.
+const MaxImageArchive = 512 << 20
+
+// ImageChunkSize is the size of the ImageChunk messages an archive is
+// cut into on the node's stream.
+const ImageChunkSize = 1 << 20
+
+var workloadIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// push queues a message for a connected node without waiting; it reports
+// false when the node is not connected or its queue is full.
+func (v *Verifier) push(id string, m *apiv1.VerifierMessage) bool {
+	v.mu.Lock()
+	c, ok := v.sessions[id]
+	v.mu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case c.out <- m:
+		return true
+	default:
+		v.o.Logger.Warn("node queue full; message dropped", "node", id)
+		return false
+	}
+}
+
+// send queues a message for a connected node, waiting for room.
+func (v *Verifier) send(ctx context.Context, id string, m *apiv1.VerifierMessage) error {
+	v.mu.Lock()
+	c, ok := v.sessions[id]
+	v.mu.Unlock()
+	if !ok {
+		return status.Errorf(codes.Unavailable, "node %s is not connected", id)
+	}
+	select {
+	case c.out <- m:
+		return nil
+	case <-c.gone:
+		return status.Errorf(codes.Unavailable, "node %s disconnected", id)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+type workloadKey struct{ node, id string }
+
+// watchWorkload subscribes to a workload's updates from its node.
+func (v *Verifier) watchWorkload(node, id string) (chan *apiv1.WorkloadUpdate, func()) {
+	ch := make(chan *apiv1.WorkloadUpdate, 256)
+	k := workloadKey{node, id}
+	v.mu.Lock()
+	v.workloads[k] = append(v.workloads[k], ch)
+	v.mu.Unlock()
+	return ch, func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		subs := v.workloads[k]
+		for i, c := range subs {
+			if c == ch {
+				subs = append(subs[:i], subs[i+1:]...)
+				break
+			}
+		}
+		if len(subs) == 0 {
+			delete(v.workloads, k)
+		} else {
+			v.workloads[k] = subs
+		}
+	}
+}
+
+// workloadMessage handles a workload event or log line from a node: it
+// records events and passes both to the workload's watchers.
+func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.AgentMessage) error {
+	var u *apiv1.WorkloadUpdate
+	var id string
+	switch {
+	case m.GetWorkloadEvent() != nil:
+		e := m.GetWorkloadEvent()
+		id = e.GetId()
+		if err := v.o.Store.SaveWorkloadEvent(ctx, store.WorkloadEvent{
+			Node: node, Workload: e.GetId(), Time: v.o.Now(), State: workloadStateName(e.GetState()),
+			Reason: e.GetReason(), ExitCode: int(e.GetExitCode()), OOMKilled: e.GetOomKilled(), ImageDigest: e.GetImageDigest(),
+		}); err != nil {
+			return err
+		}
+		v.o.Logger.Info("workload", "node", node, "workload", e.GetId(), "state", workloadStateName(e.GetState()),
+			"reason", e.GetReason(), "exit", e.GetExitCode(), "oom", e.GetOomKilled())
+		u = &apiv1.WorkloadUpdate{Update: &apiv1.WorkloadUpdate_Event{Event: e}}
+	case m.GetGpuReport() != nil:
+		v.gpuReport(node, m.GetGpuReport())
+		return nil
+	case m.GetWorkloadLog() != nil:
+		id = m.GetWorkloadLog().GetId()
+		u = &apiv1.WorkloadUpdate{Update: &apiv1.WorkloadUpdate_Log{Log: m.GetWorkloadLog()}}
+	default:
+		return nil
+	}
+	v.mu.Lock()
+	subs := append([]chan *apiv1.WorkloadUpdate(nil), v.workloads[workloadKey{node, id}]...)
+	v.mu.Unlock()
+	for _, ch := range subs {
+		select {
+		case ch <- u:
+		default: // a slow watcher loses output, never the node's session
+		}
+	}
+	return nil
+}
+
+func terminal(s apiv1.WorkloadState) bool {
+	return s == apiv1.WorkloadState_WORKLOAD_STATE_EXITED || s == apiv1.WorkloadState_WORKLOAD_STATE_KILLED ||
+		s == apiv1.WorkloadState_WORKLOAD_STATE_FAILED
+}
+
+// RunWorkload implements Admin: it checks the request, sends the
+// workload (and its image archive) down the node's stream and relays
+// the node's events and output until the workload ends.
+func (v *Verifier) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_RunWorkloadServer) error {
+	ctx := stream.Context()
+	spec := r.GetSpec()
+	if spec == nil || !workloadIDPattern.MatchString(spec.GetId()) {
+		return status.Error(codes.InvalidArgument, "workload id: want 1-64 letters, digits, '.', '_' or '-'")
+	}
+	switch {
+	case spec.GetImageArchive() && len(r.GetImageArchive()) == 0:
+		return status.Error(codes.InvalidArgument, "image_archive is set but no archive was sent")
+	case !spec.GetImageArchive() && len(r.GetImageArchive()) > 0:
+		return status.Error(codes.InvalidArgument, "an archive was sent but image_archive is not set")
+	case !spec.GetImageArchive() && spec.GetImage() == "":
+		return status.Error(codes.InvalidArgument, "image: a registry reference is required without an archive")
+	}
+	n, err := v.o.Store.GetNode(ctx, r.GetNodeId())
+	if err != nil {
+		return grpcErr(err)
+	}
+	if spec.GetTrustedTier() && (n.State != StateTrusted || !v.o.Now().Before(n.TrustedUntil)) {
+		return status.Errorf(codes.FailedPrecondition, "node %s is not trusted (%s: %s)", n.ID, n.State, n.Reason)
+	}
+	if !v.connected(n.ID) {
+		return status.Errorf(codes.Unavailable, "node %s is not connected", n.ID)
+	}
+	updates, stop := v.watchWorkload(n.ID, spec.GetId())
+	defer stop()
+	if err := v.send(ctx, n.ID, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_StartWorkload{
+		StartWorkload: &apiv1.StartWorkload{Spec: spec},
+	}}); err != nil {
+		return err
+	}
+	archive := r.GetImageArchive()
+	for off := 0; off < len(archive); off += ImageChunkSize {
+		end := min(off+ImageChunkSize, len(archive))
+		if err := v.send(ctx, n.ID, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
+			WorkloadId: spec.GetId(), Data: archive[off:end], Last: end == len(archive),
+		}}}); err != nil {
+			return err
+		}
+	}
+	gone := v.sessionGone(n.ID)
+	for {
+		select {
+		case u := <-updates:
+			if err := stream.Send(u); err != nil {
+				return err
+			}
+			if e := u.GetEvent(); e != nil && terminal(e.GetState()) {
+				return nil
+			}
+		case <-gone:
+			return status.Errorf(codes.Unavailable, "node %s disconnected; the workload's fate is reported when it reconnects", n.ID)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// StopWorkload implements Admin: it asks the node to stop a workload and
+// returns the workload's final event.
+func (v *Verifier) StopWorkload(ctx context.Context, r *apiv1.StopWorkloadRequest) (*apiv1.WorkloadEvent, error) {
+	if !workloadIDPattern.MatchString(r.GetWorkloadId()) {
+		return nil, status.Error(codes.InvalidArgument, "workload id: want 1-64 letters, digits, '.', '_' or '-'")
+	}
+	updates, stop := v.watchWorkload(r.GetNodeId(), r.GetWorkloadId())
+	defer stop()
+	reason := r.GetReason()
+	if reason == "" {
+		reason = "stopped by the platform"
+	}
+	if err := v.send(ctx, r.GetNodeId(), &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_StopWorkload{
+		StopWorkload: &apiv1.StopWorkload{Id: r.GetWorkloadId(), Reason: reason},
+	}}); err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case u := <-updates:
+			if e := u.GetEvent(); e != nil && terminal(e.GetState()) {
+				return e, nil
+			}
+		case <-t.C:
+			return nil, status.Errorf(codes.DeadlineExceeded, "node %s did not report workload %s stopped within a minute", r.GetNodeId(), r.GetWorkloadId())
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// sessionGone returns a channel closed when the node's current session
+// ends (closed at once if it has none).
+func (v *Verifier) sessionGone(id string) <-chan struct{} {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if c, ok := v.sessions[id]; ok {
+		return c.gone
+	}
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+
+var workloadStates = map[apiv1.WorkloadState]string{
+	apiv1.WorkloadState_WORKLOAD_STATE_PREPARING: "preparing",
+	apiv1.WorkloadState_WORKLOAD_STATE_RUNNING:   "running",
+	apiv1.WorkloadState_WORKLOAD_STATE_EXITED:    "exited",
+	apiv1.WorkloadState_WORKLOAD_STATE_KILLED:    "killed",
+	apiv1.WorkloadState_WORKLOAD_STATE_FAILED:    "failed",
+}
+
+func workloadStateName(s apiv1.WorkloadState) string {
+	if n, ok := workloadStates[s]; ok {
+		return n
+	}
+	return fmt.Sprintf("unknown(%d)", s)
+}
+
+func workloadStateProto(name string) apiv1.WorkloadState {
+	for s, n := range workloadStates {
+		if n == name {
+			return s
+		}
+	}
+	return apiv1.WorkloadState_WORKLOAD_STATE_UNSPECIFIED
+}
+
+// gpuReport keeps a node's latest GPU report and logs GPUs that turned
+// unhealthy.
+func (v *Verifier) gpuReport(node string, r *apiv1.GPUReport) {
+	v.mu.Lock()
+	prev := v.gpus[node]
+	v.gpus[node] = r
+	v.mu.Unlock()
+	was := map[string]bool{}
+	for _, g := range prev.GetGpus() {
+		was[g.GetUuid()] = g.GetHealthy()
+	}
+	for _, g := range r.GetGpus() {
+		if healthy, seen := was[g.GetUuid()]; !g.GetHealthy() && (!seen || healthy) {
+			v.o.Logger.Warn("GPU unhealthy", "node", node, "gpu", g.GetIndex(), "uuid", g.GetUuid(), "problems", g.GetProblems())
+		}
+	}
+	if r.GetError() != "" {
+		v.o.Logger.Warn("node cannot read its GPUs", "node", node, "err", r.GetError())
+	}
+}
+
+// GPUs returns a node's latest GPU report, or nil.
+func (v *Verifier) GPUs(node string) *apiv1.GPUReport {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.gpus[node]
+}

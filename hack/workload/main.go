@@ -1,0 +1,68 @@
+// Command workload is the small container RigOS's tests and demo run on
+// a node: a static program with a few modes.
+//
+//	hello           print a greeting and what the container sees, then exit
+//	marker TEXT     write TEXT to /marker.txt and /scratch/marker.txt, sync,
+//	                print "marker written", then run until killed
+//	sleep           print a line every second until killed
+//	eat MIB         allocate and touch MIB MiB of memory, then exit
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: workload hello|marker TEXT|sleep|eat MIB")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "hello":
+		host, _ := os.Hostname()
+		fmt.Printf("hello from a RigOS workload: pid %d, hostname %s, %d CPUs visible\n", os.Getpid(), host, runtime.NumCPU())
+		if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+			fmt.Printf("memory.max %s", b)
+		}
+	case "marker":
+		text := []byte(os.Args[2] + "\n")
+		for _, p := range []string{"/marker.txt", "/scratch/marker.txt"} {
+			if err := os.WriteFile(p, text, 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+		}
+		syscall.Sync()
+		fmt.Println("marker written")
+		for {
+			time.Sleep(time.Second)
+		}
+	case "sleep":
+		for i := 0; ; i++ {
+			fmt.Printf("tick %d\n", i)
+			time.Sleep(time.Second)
+		}
+	case "eat":
+		n, _ := strconv.Atoi(os.Args[2])
+		var keep [][]byte
+		for i := 0; i < n; i++ {
+			b := make([]byte, 1<<20)
+			for j := range b {
+				b[j] = byte(j)
+			}
+			keep = append(keep, b)
+			if i%16 == 0 {
+				fmt.Printf("allocated %d MiB\n", i)
+			}
+		}
+		fmt.Printf("allocated %d MiB, done\n", len(keep))
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
+		os.Exit(2)
+	}
+}

@@ -1,0 +1,269 @@
+package testvm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rigos/rigos/internal/ociarchive"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+)
+
+// runResult is what RunWorkload streamed back.
+type runResult struct {
+	events  []*apiv1.WorkloadEvent
+	stdout  bytes.Buffer
+	err     error
+	running time.Duration // from the request to the running event
+}
+
+func (r *runResult) last() *apiv1.WorkloadEvent {
+	if len(r.events) == 0 {
+		return nil
+	}
+	return r.events[len(r.events)-1]
+}
+
+// runWorkload runs a workload to its end (or until onOutput returns
+// true, after which it keeps reading in the background into done).
+func runWorkload(ctx context.Context, v *verifier, req *apiv1.RunWorkloadRequest, onOutput func(string) bool) (*runResult, <-chan *runResult) {
+	res := &runResult{}
+	done := make(chan *runResult, 1)
+	start := time.Now()
+	s, err := v.admin.RunWorkload(ctx, req)
+	if err != nil {
+		res.err = err
+		done <- res
+		return res, done
+	}
+	early := make(chan struct{})
+	go func() {
+		defer close(done)
+		signalled := false
+		for {
+			u, err := s.Recv()
+			if err != nil {
+				if !errors.Is(err, io.EOF) {
+					res.err = err
+				}
+				if !signalled {
+					close(early)
+				}
+				done <- res
+				return
+			}
+			if e := u.GetEvent(); e != nil {
+				if e.GetState() == apiv1.WorkloadState_WORKLOAD_STATE_RUNNING {
+					res.running = time.Since(start)
+				}
+				res.events = append(res.events, e)
+			}
+			if l := u.GetLog(); l != nil && !l.GetStderr() {
+				res.stdout.Write(l.GetData())
+				if !signalled && onOutput != nil && onOutput(res.stdout.String()) {
+					signalled = true
+					close(early)
+				}
+			}
+		}
+	}()
+	if onOutput == nil {
+		return <-done, nil
+	}
+	<-early
+	return res, done
+}
+
+// TestWorkloads runs containers on an attested VM through the verifier:
+// output comes back through the stream, the runtime log names the
+// workloads, limits hold, plan violations are refused by name, a
+// revocation kills the trusted-tier workload, the owner's offline view of
+// the disk holds no plaintext, and a reboot of the same image unlocks the
+// state with containerd's images still there.
+func TestWorkloads(t *testing.T) {
+	setup(t)
+	img, err := buildImage("genuine", env.keys, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	archivePath := filepath.Join(env.work, "workload.tar")
+	if err := ociarchive.WriteWorkload(archivePath, ociarchive.WorkloadName); err != nil {
+		t.Fatal(err)
+	}
+	archive, err := os.ReadFile(archivePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantDigest, err := ociarchive.ManifestDigest(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	o := Options{Image: img.QCOW2, Vars: env.vars, Dir: dir, Memory: "384M", Timeout: 15 * time.Minute, Reuse: true}
+	vm, err := Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		vm.Stop()
+		if t.Failed() {
+			t.Logf("console:\n%s", tail(vm.ConsoleText(), 60))
+		}
+	})
+	v := startVerifier(t, img.Manifest)
+	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
+	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
+		t.Fatalf("node not trusted: %v", c)
+	}
+	node := c.GetNodeId()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	spec := func(id string, args ...string) *apiv1.WorkloadSpec {
+		return &apiv1.WorkloadSpec{Id: id, ImageArchive: true, Args: append([]string{"/workload"}, args...), TrustedTier: true,
+			Resources: &apiv1.Resources{Cpus: 0.5, MemoryBytes: 64 << 20}}
+	}
+
+	// A container from an archive sent down the stream; its output comes back.
+	r, _ := runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("hello", "hello"), ImageArchive: archive}, nil)
+	if r.err != nil || r.last().GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || r.last().GetExitCode() != 0 {
+		t.Fatalf("hello: %v, events %v", r.err, r.events)
+	}
+	if !strings.Contains(r.stdout.String(), "hello from a RigOS workload") || !strings.Contains(r.stdout.String(), "memory.max 67108864") {
+		t.Errorf("hello output = %q, want the greeting and its 64 MiB limit", r.stdout.String())
+	}
+	if got := r.last().GetImageDigest(); got != wantDigest {
+		t.Errorf("image digest = %s, want %s", got, wantDigest)
+	}
+	t.Logf("hello: running %s after the request (image sent and imported)", r.running.Round(time.Millisecond))
+
+	// Over its memory limit: OOM-killed, and reported so.
+	oom := spec("oom", "eat", "200")
+	oom.Resources.MemoryBytes = 32 << 20
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: oom, ImageArchive: archive}, nil)
+	if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || !e.GetOomKilled() ||
+		!strings.Contains(e.GetReason(), "out of memory") {
+		t.Errorf("oom: %v, events %v", r.err, r.events)
+	}
+
+	// Requests the node cannot honour fail by name and start nothing.
+	for name, c := range map[string]struct {
+		mod  func(*apiv1.RunWorkloadRequest)
+		want string
+	}{
+		"beyond plan": {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.MemoryBytes = 1 << 40 }, "beyond the node's ASK plan"},
+		"gpus":        {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.Gpus = 1 }, "not enough GPUs"},
+		"network":     {func(r *apiv1.RunWorkloadRequest) { r.Spec.Network = &apiv1.NetworkPolicy{Outbound: true} }, "network"},
+		"no image":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Image = "rigos.test/absent:1" }, "image not found"},
+	} {
+		req := &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("bad-"+strings.ReplaceAll(name, " ", "-"), "hello"), ImageArchive: archive}
+		c.mod(req)
+		r, _ := runWorkload(ctx, v, req, nil)
+		if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_FAILED || !strings.Contains(e.GetReason(), c.want) {
+			t.Errorf("%s: %v, events %v; want failed with %q", name, r.err, r.events, c.want)
+		}
+	}
+
+	// The next appraisal names the workloads that ran, by image digest.
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node, History: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := d.GetHistory(); len(h) > 0 && strings.Contains(strings.Join(h[0].GetWorkloads(), " "), "hello@"+wantDigest) {
+			t.Logf("appraisal: %s; workloads %v", h[0].GetReason(), h[0].GetWorkloads())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no appraisal named the workloads: %v", d.GetHistory())
+		}
+		select {
+		case <-v.changes: // an appraisal happened
+		case <-time.After(5 * time.Second):
+		}
+	}
+
+	// A trusted-tier workload writes a marker to its disk, then the node
+	// is revoked: the workload is killed and the verifier records why.
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	marker := "RIGOS-MARKER-" + hex.EncodeToString(b)
+	_, done := runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("secret", "marker", marker), ImageArchive: archive},
+		func(out string) bool { return strings.Contains(out, "marker written") })
+	revoked := time.Now()
+	if _, err := v.admin.Revoke(ctx, &apiv1.RevokeRequest{NodeId: node, Reason: "test: owner tampering suspected"}); err != nil {
+		t.Fatal(err)
+	}
+	r = <-done
+	if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_KILLED || !strings.Contains(e.GetReason(), "owner tampering suspected") {
+		t.Fatalf("secret after revocation: %v, events %v", r.err, r.events)
+	}
+	t.Logf("revocation → workload killed in %s: %s", time.Since(revoked).Round(time.Millisecond), r.last().GetReason())
+	d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := d.GetWorkloads(); len(w) == 0 || w[0].GetId() != "secret" || w[0].GetState() != apiv1.WorkloadState_WORKLOAD_STATE_KILLED {
+		t.Errorf("verifier's workload record = %v, want secret killed first", w)
+	}
+	// Untrusted now: a trusted-tier workload is refused.
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("late", "hello"), ImageArchive: archive}, nil)
+	if r.err == nil || !strings.Contains(r.err.Error(), "not trusted") {
+		t.Errorf("trusted-tier workload on a revoked node: %v, events %v", r.err, r.events)
+	}
+
+	// Power off; the owner reads the disk: no plaintext marker. The
+	// state header (plaintext by design) shows the scan can see data.
+	appraisals := d.GetNode().GetAppraisals()
+	vm.Stop()
+	raw, err := os.ReadFile(Disk(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(marker)) {
+		t.Fatal("the marker is readable on the powered-off disk")
+	}
+	if !bytes.Contains(raw, []byte("RIGOSST1")) {
+		t.Fatal("the scan does not see the state header: is the disk file the VM's?")
+	}
+	t.Logf("disk scan: %d MiB, no marker", len(raw)>>20)
+
+	// The same genuine image boots again: the state unlocks, and the
+	// image is still in containerd's store (no archive is sent, and there
+	// is no registry to pull from).
+	vm, err = Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(vm.Stop)
+	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: state partition \S+ unlocked`)); err != nil {
+		t.Fatalf("state not unlocked after reboot: %v\n%s", err, tail(vm.ConsoleText(), 30))
+	}
+	deadline = time.Now().Add(bootDeadline)
+	for {
+		d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
+		if err == nil && d.GetNode().GetConnected() && d.GetNode().GetAppraisals() > appraisals {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node did not reconnect after the reboot: %v %v", d, err)
+		}
+		time.Sleep(time.Second) // polling the verifier, bounded
+	}
+	again := &apiv1.WorkloadSpec{Id: "again", Image: ociarchive.WorkloadName, Args: []string{"/workload", "hello"},
+		Resources: &apiv1.Resources{MemoryBytes: 64 << 20}}
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: again}, nil)
+	if r.err != nil || r.last().GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || !strings.Contains(r.stdout.String(), "hello from") {
+		t.Fatalf("after reboot: %v, events %v, output %q", r.err, r.events, r.stdout.String())
+	}
+	t.Logf("after reboot: image present, running %s after the request", r.running.Round(time.Millisecond))
+}
