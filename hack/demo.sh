@@ -2,8 +2,10 @@
 # The RigOS demo: builds a RigOS image, starts the verifier (SQLite) on the
 # host, boots the image in QEMU (OVMF with Secure Boot and RigOS's keys,
 # swtpm, TCG) and shows the node enrol, become trusted and then be
-# spot-checked. Prints how long boot → trusted took. Stops everything it
-# started. DEMO_CHECKS spot checks after the first verdict (default 2).
+# spot-checked, then runs a container on the trusted node through the
+# verifier and shows the next appraisal naming it. Prints how long boot →
+# trusted took. Stops everything it started. DEMO_CHECKS spot checks after
+# the first verdict (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.bin}
@@ -30,7 +32,7 @@ echo "demo: verifier listening on 127.0.0.1:$PORT; the guest reaches it as 10.0.
 "$BIN/attest" watch -admin "$DIR/admin.sock" -n $((CHECKS + 2)) >"$DIR/watch.log" &
 watch=$!
 start=$(date +%s%N)
-"$BIN/runvm" -image "$OUT/rigos.qcow2" -keys "$KEYS" -timeout 8m >"$DIR/console.log" 2>&1 &
+"$BIN/runvm" -image "$OUT/rigos.qcow2" -keys "$KEYS" -memory 384M -timeout 10m >"$DIR/console.log" 2>&1 &
 pids+=($!)
 echo "demo: booting the image in QEMU (TCG; console in $DIR/console.log)"
 tail -f "$DIR/watch.log" --pid=$watch &
@@ -41,3 +43,17 @@ wait $tailpid 2>/dev/null || true
 trusted=$(grep -m1 -- '-> trusted' "$DIR/watch.log" | cut -d' ' -f1) || { echo "demo: the node never became trusted"; exit 1; }
 took=$(( ($(date -d "$trusted" +%s%N) - start) / 1000000 ))
 echo "demo: boot → trusted in $((took / 1000)).$(( (took % 1000) / 100 )) s (QEMU start to the first passing appraisal)"
+
+node=$(grep -m1 -- '-> trusted' "$DIR/watch.log" | awk '{print $2}')
+echo "demo: running a container on $node (an OCI image archive sent down the node's stream)"
+go run ./hack/mkworkload -o "$DIR/workload.tar" >/dev/null
+"$BIN/attest" watch -admin "$DIR/admin.sock" -n 1 >"$DIR/watch2.log" &
+watch=$!
+pids+=($watch)
+"$BIN/attest" run -admin "$DIR/admin.sock" -node "$node" -id hello -archive "$DIR/workload.tar" \
+  -memory 64M -cpus 0.5 -- /workload hello
+echo "demo: waiting for the next spot check, which names the workload from the node's runtime log"
+if ! timeout 120 tail --pid=$watch -f /dev/null; then echo "demo: no spot check within 2 minutes"; exit 1; fi
+"$BIN/attest" node -admin "$DIR/admin.sock" -id "$node" | head -8
+grep -q "measured workload hello@sha256:" <("$BIN/attest" node -admin "$DIR/admin.sock" -id "$node") ||
+  { echo "demo: the appraisal did not name the workload"; exit 1; }

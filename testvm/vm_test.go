@@ -385,8 +385,9 @@ func TestTamperedSystemPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The middle of the file system: inside the agent binary.
-	raw[genuine.SystemOffset+int64(genuine.SystemSize)/3] ^= 0x01
+	// Early in the file system, inside the agent (the first of the
+	// system binaries; containerd, its shim and runc follow).
+	raw[genuine.SystemOffset+int64(genuine.SystemSize)/8] ^= 0x01
 	rawPath, qcow := filepath.Join(dir, "tampered.raw"), filepath.Join(dir, "tampered.qcow2")
 	if err := os.WriteFile(rawPath, raw, 0o600); err != nil {
 		t.Fatal(err)

@@ -6,7 +6,10 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -145,6 +148,34 @@ func TestWorkloads(t *testing.T) {
 	}
 	t.Logf("hello: running %s after the request (image sent and imported)", r.running.Round(time.Millisecond))
 
+	// The pull path: a registry with basic authentication on the host
+	// (the guest reaches it as 10.0.2.2); containerd on the node pulls.
+	reg, err := ociarchive.NewRegistry(archive, "rigos/pulled", "1", "rig", "s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: reg}
+	go srv.Serve(lis)
+	t.Cleanup(func() { srv.Close() })
+	ref := fmt.Sprintf("10.0.2.2:%d/rigos/pulled:1", lis.Addr().(*net.TCPAddr).Port)
+	pulled := &apiv1.WorkloadSpec{Id: "pulled", Image: ref, Args: []string{"/workload", "hello"}, TrustedTier: true,
+		RegistryAuth: &apiv1.RegistryAuth{Username: "rig", Password: "wrong", PlainHttp: true}}
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: pulled}, nil)
+	if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_FAILED || !strings.Contains(e.GetReason(), "credentials") {
+		t.Errorf("pull with a wrong password: %v, events %v; want failed naming the credentials", r.err, r.events)
+	}
+	pulled.RegistryAuth.Password = "s3cret"
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: pulled}, nil)
+	if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || e.GetImageDigest() != wantDigest ||
+		!strings.Contains(r.stdout.String(), "hello from a RigOS workload") {
+		t.Errorf("pull: %v, events %v, output %q", r.err, r.events, r.stdout.String())
+	}
+	t.Logf("pulled: running %s after the request (pull and unpack)", r.running.Round(time.Millisecond))
+
 	// Over its memory limit: OOM-killed, and reported so.
 	oom := spec("oom", "eat", "200")
 	oom.Resources.MemoryBytes = 32 << 20
@@ -172,14 +203,22 @@ func TestWorkloads(t *testing.T) {
 		}
 	}
 
-	// The next appraisal names the workloads that ran, by image digest.
+	// A long-running workload; the next appraisal names every workload
+	// that ran, by image digest, and the long one survives it.
+	_, ticking := runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("ticker", "sleep"), ImageArchive: archive},
+		func(out string) bool { return strings.Contains(out, "tick 1") })
+	seen := len(v.changes) // drain what came before
+	for i := 0; i < seen; i++ {
+		<-v.changes
+	}
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node, History: 1})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if h := d.GetHistory(); len(h) > 0 && strings.Contains(strings.Join(h[0].GetWorkloads(), " "), "hello@"+wantDigest) {
+		if h := d.GetHistory(); len(h) > 0 && strings.Contains(strings.Join(h[0].GetWorkloads(), " "), "ticker@"+wantDigest) &&
+			d.GetNode().GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
 			t.Logf("appraisal: %s; workloads %v", h[0].GetReason(), h[0].GetWorkloads())
 			break
 		}
@@ -191,6 +230,15 @@ func TestWorkloads(t *testing.T) {
 		case <-time.After(5 * time.Second):
 		}
 	}
+	stopped, err := v.admin.StopWorkload(ctx, &apiv1.StopWorkloadRequest{NodeId: node, WorkloadId: "ticker", Reason: "customer cancelled"})
+	if err != nil || stopped.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_KILLED || stopped.GetReason() != "customer cancelled" {
+		t.Fatalf("stop: %v %v", stopped, err)
+	}
+	if r := <-ticking; !strings.Contains(r.stdout.String(), "tick 2") {
+		t.Errorf("ticker output %q: it did not keep running across the appraisal", r.stdout.String())
+	}
+	idle, busy := agentRSS(vm.ConsoleText())
+	t.Logf("agent RSS: idle %v KiB, with a workload %v KiB", idle, busy)
 
 	// A trusted-tier workload writes a marker to its disk, then the node
 	// is revoked: the workload is killed and the verifier records why.
@@ -266,4 +314,19 @@ func TestWorkloads(t *testing.T) {
 		t.Fatalf("after reboot: %v, events %v, output %q", r.err, r.events, r.stdout.String())
 	}
 	t.Logf("after reboot: image present, running %s after the request", r.running.Round(time.Millisecond))
+}
+
+var rssLine = regexp.MustCompile(`msg="agent resources" rss_kib=(\d+) workloads=(\d+)`)
+
+// agentRSS returns the agent's resident memory readings from the console,
+// without workloads and with at least one.
+func agentRSS(console string) (idle, busy []string) {
+	for _, m := range rssLine.FindAllStringSubmatch(console, -1) {
+		if m[2] == "0" {
+			idle = append(idle, m[1])
+		} else {
+			busy = append(busy, m[1])
+		}
+	}
+	return idle, busy
 }

@@ -37,6 +37,7 @@ func run() error {
 	timeout := flag.Duration("timeout", 10*time.Minute, "stop the VM after this long")
 	until := flag.String("until", "", "stop when the console matches this regular expression")
 	quiet := flag.Bool("quiet", false, "do not copy the console to standard output")
+	memory := flag.String("memory", "256M", "guest memory")
 	flag.Parse()
 	dir, err := os.MkdirTemp("", "rigos-runvm-")
 	if err != nil {
@@ -52,7 +53,7 @@ func run() error {
 	if err := testvm.PrepareVars(filepath.Join(root, "hack", "virt-fw-vars.sh"), *keys, *secure, vars); err != nil {
 		return err
 	}
-	vm, err := testvm.Start(testvm.Options{Image: *image, Vars: vars, Dir: dir, Timeout: *timeout})
+	vm, err := testvm.Start(testvm.Options{Image: *image, Vars: vars, Dir: dir, Timeout: *timeout, Memory: *memory})
 	if err != nil {
 		return err
 	}

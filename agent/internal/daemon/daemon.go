@@ -84,7 +84,11 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		defer closeMgr()
 		go mgr.Watch(ctx)
-		node.Workloads, node.OnVerdict = mgr, mgr.Verdict
+		node.Workloads = mgr
+		node.OnVerdict = func(v *apiv1.Verdict) {
+			mgr.Verdict(v)
+			log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
+		}
 		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryBytes>>20)
 	}
 

@@ -132,7 +132,7 @@ func pull(ctx context.Context, cl *containerd.Client, s *apiv1.WorkloadSpec) (co
 	switch {
 	case errdefs.IsNotFound(err):
 		return nil, fmt.Errorf("image not found: %s: %w", s.GetImage(), err)
-	case err != nil && strings.Contains(err.Error(), "401 Unauthorized"):
+	case errdefs.IsUnauthorized(err) || err != nil && (strings.Contains(err.Error(), "401 Unauthorized") || strings.Contains(err.Error(), "403 Forbidden")):
 		return nil, fmt.Errorf("registry refused the credentials for %s: %w", s.GetImage(), err)
 	case err != nil:
 		return nil, fmt.Errorf("pulling %s: %w", s.GetImage(), err)

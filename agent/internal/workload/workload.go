@@ -533,15 +533,18 @@ func (m *Manager) Plan() Plan {
 }
 
 // MemTotal returns the machine's memory in bytes (0 if unknown).
-func MemTotal() int64 {
-	b, err := os.ReadFile("/proc/meminfo")
+func MemTotal() int64 { return ProcKiB("/proc/meminfo", "MemTotal") << 10 }
+
+// ProcKiB reads a "Field: N kB" line from a /proc file (0 if absent).
+func ProcKiB(path, field string) int64 {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "MemTotal:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
+		if v, ok := strings.CutPrefix(l, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
 		}
 	}
 	return 0

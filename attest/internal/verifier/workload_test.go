@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -274,4 +275,37 @@ func TestGPUInventoryPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+}
+
+// A node that stops answering is demoted at the deadline, and told so at
+// once (it kills its trusted-tier workloads on that verdict).
+func TestMissedDeadlineTellsTheNode(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	n := bootNode(t, 1, devboot.Default())
+	var answered atomic.Bool
+	echo := &echoNode{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
+		OnChallenge: func(_ *apiv1.Challenge, ev *apiv1.Evidence) *apiv1.Evidence {
+			if answered.Swap(true) {
+				return nil // silent from the second challenge on
+			}
+			return ev
+		}})
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	c := h.await("rig-1", to(apiv1.NodeState_NODE_STATE_SUSPECT))
+	deadline := time.Now().Add(wait)
+	for {
+		echo.mu.Lock()
+		last := echo.verdicts[len(echo.verdicts)-1]
+		echo.mu.Unlock()
+		if last.GetState() == apiv1.NodeState_NODE_STATE_SUSPECT && last.GetReason() == c.GetReason() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node's last verdict %v, want suspect: %s", last, c.GetReason())
+		}
+		time.Sleep(10 * time.Millisecond) // polling the fake node, bounded
+	}
 }

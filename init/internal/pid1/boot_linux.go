@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/u-root/u-root/pkg/dhclient"
@@ -170,14 +171,44 @@ func run() error {
 		return err
 	}
 	reaper := startReaper()
+	if err := setupCgroups(); err != nil {
+		return err
+	}
 	if stateErr == nil {
 		if _, err := os.Stat(cfg.Containerd[0]); err == nil {
-			go supervise("containerd", cfg.Containerd, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, reaper)
+			go supervise("containerd", cfg.Containerd, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, RuntimeCgroup, reaper)
 		} else {
 			say("containerd: %v (no workloads on this boot)", err)
 		}
 	}
-	supervise("agent", cfg.Agent, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, reaper)
+	supervise("agent", cfg.Agent, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, AgentCgroup, reaper)
+	return nil
+}
+
+// The agent and containerd run in cgroups of their own. The agent's CPU
+// weight is ten times the default every workload's cgroup gets: it must
+// answer challenges within their deadline however busy workloads keep
+// the CPUs.
+const (
+	AgentCgroup     = "/sys/fs/cgroup/rigos.agent"
+	RuntimeCgroup   = "/sys/fs/cgroup/rigos.runtime"
+	AgentCPUWeight  = "1000"
+	cgroupControls  = "+cpu +memory +pids"
+	subtreeControls = "/sys/fs/cgroup/cgroup.subtree_control"
+)
+
+func setupCgroups() error {
+	if err := os.WriteFile(subtreeControls, []byte(cgroupControls), 0); err != nil {
+		return fmt.Errorf("enabling cgroup controllers: %w", err)
+	}
+	for _, d := range []string{AgentCgroup, RuntimeCgroup} {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("creating cgroup %s: %w", d, err)
+		}
+	}
+	if err := os.WriteFile(AgentCgroup+"/cpu.weight", []byte(AgentCPUWeight), 0); err != nil {
+		return fmt.Errorf("agent CPU weight: %w", err)
+	}
 	return nil
 }
 
@@ -390,13 +421,25 @@ func startReaper() *reaper {
 }
 
 // start starts argv and returns a channel that receives its exit status.
-func (r *reaper) start(argv, env []string) (int, chan unix.WaitStatus, error) {
+func (r *reaper) start(argv, env []string, cgroup string) (int, chan unix.WaitStatus, error) {
 	ch := make(chan unix.WaitStatus, 1)
+	attr := &syscall.SysProcAttr{}
+	if cgroup != "" {
+		// Started inside its cgroup (clone3), so no thread ever runs
+		// outside it.
+		fd, err := unix.Open(cgroup, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, nil, fmt.Errorf("opening cgroup %s: %w", cgroup, err)
+		}
+		defer unix.Close(fd)
+		attr.UseCgroupFD, attr.CgroupFD = true, fd
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock() // held so the reaper cannot see the exit before it is watched
 	p, err := os.StartProcess(argv[0], argv, &os.ProcAttr{
 		Env:   env,
 		Files: []*os.File{nil, os.Stdout, os.Stderr},
+		Sys:   attr,
 	})
 	if err != nil {
 		return 0, nil, err
@@ -407,12 +450,13 @@ func (r *reaper) start(argv, env []string) (int, chan unix.WaitStatus, error) {
 	return pid, ch, nil
 }
 
-// supervise runs a service forever, restarting it with backoff.
-func supervise(name string, argv, env []string, r *reaper) {
+// supervise runs a service forever in cgroup (a folder under
+// /sys/fs/cgroup; empty: init's own), restarting it with backoff.
+func supervise(name string, argv, env []string, cgroup string, r *reaper) {
 	b := newBackoff()
 	for {
 		started := time.Now()
-		pid, done, err := r.start(argv, env)
+		pid, done, err := r.start(argv, env, cgroup)
 		if err != nil {
 			say("starting %s: %v", name, err)
 		} else {
