@@ -269,10 +269,18 @@ func TestWorkloads(t *testing.T) {
 		t.Errorf("trusted-tier workload on a revoked node: %v, events %v", r.err, r.events)
 	}
 
+	// A (non-trusted-tier) workload is still running when the power goes.
+	_, leftover := runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, ImageArchive: archive,
+		Spec: &apiv1.WorkloadSpec{Id: "leftover", ImageArchive: true, Args: []string{"/workload", "sleep"}}},
+		func(out string) bool { return strings.Contains(out, "tick 1") })
+
 	// Power off; the owner reads the disk: no plaintext marker. The
 	// state header (plaintext by design) shows the scan can see data.
 	appraisals := d.GetNode().GetAppraisals()
 	vm.Stop()
+	if r := <-leftover; r.err == nil {
+		t.Errorf("the leftover workload's stream ended cleanly at power-off: %v", r.events)
+	}
 	raw, err := os.ReadFile(Disk(dir))
 	if err != nil {
 		t.Fatal(err)
@@ -304,6 +312,22 @@ func TestWorkloads(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("node did not reconnect after the reboot: %v %v", d, err)
+		}
+		time.Sleep(time.Second) // polling the verifier, bounded
+	}
+	// What ran before the reboot is cleaned up and reported, not left
+	// running unsupervised.
+	for {
+		d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := d.GetWorkloads(); len(w) > 0 && w[0].GetId() == "leftover" && w[0].GetState() == apiv1.WorkloadState_WORKLOAD_STATE_KILLED {
+			t.Logf("after reboot: %s %s", w[0].GetId(), w[0].GetReason())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the leftover workload was not reported stopped: %v", d.GetWorkloads())
 		}
 		time.Sleep(time.Second) // polling the verifier, bounded
 	}

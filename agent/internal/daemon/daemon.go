@@ -83,6 +83,13 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			return err
 		}
 		defer closeMgr()
+		// Nothing an earlier agent started may run unsupervised.
+		recovered := mgr.Recover(ctx)
+		go func() {
+			if err := <-recovered; err != nil {
+				log.Error("stopping workloads left from before", "err", err)
+			}
+		}()
 		go mgr.Watch(ctx)
 		node.Workloads = mgr
 		node.OnVerdict = func(v *apiv1.Verdict) {

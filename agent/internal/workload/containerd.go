@@ -240,10 +240,37 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 	}
 	oom := c.oomKills(id) > 0
 	// Let the output copy finish before the task is deleted.
-	if io := task.IO(); io != nil {
-		io.Wait()
+	if tio := task.IO(); tio != nil {
+		tio.Wait()
 	}
 	return Exit{Code: int(code), OOMKilled: oom}, nil
+}
+
+// Cleanup implements Runtime.
+func (c *Containerd) Cleanup(ctx context.Context) ([]string, error) {
+	cl, err := c.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	conts, err := cl.Containers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("listing containers: %w", err)
+	}
+	var ids []string
+	var errs []error
+	for _, cont := range conts {
+		ids = append(ids, cont.ID())
+		if task, err := cont.Task(ctx, nil); err == nil {
+			_ = task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+			if _, err := task.Delete(ctx, containerd.WithProcessKill); err != nil {
+				errs = append(errs, fmt.Errorf("deleting the task of %s: %w", cont.ID(), err))
+			}
+		}
+		if err := cont.Delete(ctx, containerd.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("deleting container %s: %w", cont.ID(), err))
+		}
+	}
+	return ids, errors.Join(errs...)
 }
 
 // oomKills reads the container cgroup's OOM kill count.

@@ -39,6 +39,9 @@ type Runtime interface {
 	// Run creates the container and starts it after measure succeeds;
 	// it returns when the container has exited.
 	Run(ctx context.Context, r RunRequest) (Exit, error)
+	// Cleanup kills and deletes every workload container left from
+	// before (an agent restart, a reboot) and returns their IDs.
+	Cleanup(ctx context.Context) ([]string, error)
 }
 
 // Image is a prepared image.
@@ -88,6 +91,7 @@ type Manager struct {
 	gpusInUse    map[int]bool
 	gpuOK        func(index int) bool
 	onAttach     func()
+	ready        chan struct{} // closed when Recover is done (nil: no recovery)
 }
 
 type workload struct {
@@ -411,12 +415,21 @@ func (m *Manager) run(id, archive string) {
 	w := m.running[id]
 	ctx, cancel := context.WithCancel(context.Background())
 	w.cancel = cancel
-	killed := w.killed
+	ready := m.ready
 	m.mu.Unlock()
 	defer cancel()
 	if archive != "" {
 		defer os.Remove(archive)
 	}
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+		}
+	}
+	m.mu.Lock()
+	killed := w.killed
+	m.mu.Unlock()
 	if killed != "" {
 		m.finish(id, apiv1.WorkloadState_WORKLOAD_STATE_KILLED, killed, nil)
 		return
@@ -523,6 +536,34 @@ func (m *Manager) finish(id string, state apiv1.WorkloadState, reason string, mo
 	}
 	m.mu.Unlock()
 	m.event(id, state, reason, mod)
+}
+
+// Recover stops what an earlier agent left running: containers it can
+// no longer supervise (after a restart) or records of containers from
+// before a reboot, and their scratch space. Each is reported as killed.
+// It returns at once (containerd may still be starting); new workloads
+// wait for it before they start. Call it once, before the first session.
+func (m *Manager) Recover(ctx context.Context) <-chan error {
+	// Scratch space first, at once: nothing can be receiving yet.
+	if entries, err := os.ReadDir(m.scratch); err == nil {
+		for _, e := range entries {
+			_ = os.RemoveAll(filepath.Join(m.scratch, e.Name()))
+		}
+	}
+	ready := make(chan struct{})
+	m.mu.Lock()
+	m.ready = ready
+	m.mu.Unlock()
+	errc := make(chan error, 1)
+	go func() {
+		defer close(ready)
+		ids, err := m.rt.Cleanup(ctx)
+		for _, id := range ids {
+			m.event(id, apiv1.WorkloadState_WORKLOAD_STATE_KILLED, "the agent restarted; the workload was stopped", nil)
+		}
+		errc <- err
+	}()
+	return errc
 }
 
 // Plan returns the node's plan.

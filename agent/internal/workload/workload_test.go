@@ -19,7 +19,10 @@ import (
 // rules; the real runtime is exercised in the VM tests (testvm).
 type fakeRuntime struct {
 	mu       sync.Mutex
-	archives []string // contents of received archives
+	leftover []string      // containers from before
+	hold     chan struct{} // Cleanup waits for it when set
+	early    bool          // Prepare ran while Cleanup was held
+	archives []string      // contents of received archives
 	scratch  string
 	gpus     []int // GPUs given, over all runs
 	block    bool  // run until killed
@@ -27,6 +30,15 @@ type fakeRuntime struct {
 }
 
 func (f *fakeRuntime) Prepare(_ context.Context, s *apiv1.WorkloadSpec, archive string) (Image, error) {
+	if f.hold != nil {
+		select {
+		case <-f.hold:
+		default:
+			f.mu.Lock()
+			f.early = true
+			f.mu.Unlock()
+		}
+	}
 	if archive != "" {
 		b, err := os.ReadFile(archive)
 		if err != nil {
@@ -40,6 +52,17 @@ func (f *fakeRuntime) Prepare(_ context.Context, s *apiv1.WorkloadSpec, archive 
 		return Image{}, errors.New("image not found: absent")
 	}
 	return Image{Ref: "img", Digest: "sha256:abc"}, nil
+}
+
+func (f *fakeRuntime) Cleanup(context.Context) ([]string, error) {
+	if f.hold != nil {
+		<-f.hold
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ids := f.leftover
+	f.leftover = nil
+	return ids, nil
 }
 
 func (f *fakeRuntime) Run(ctx context.Context, r RunRequest) (Exit, error) {
@@ -297,5 +320,43 @@ func TestUnhealthyGPUsAreNotGiven(t *testing.T) {
 	defer h.rt.mu.Unlock()
 	if len(h.rt.gpus) != 1 || h.rt.gpus[0] != 1 {
 		t.Errorf("GPUs given = %v, want only the healthy GPU 1", h.rt.gpus)
+	}
+}
+
+func TestRecoverStopsLeftovers(t *testing.T) {
+	h := newHarness(t)
+	h.rt.leftover = []string{"old-1"}
+	stale := filepath.Join(h.m.scratch, "old-1")
+	if err := os.MkdirAll(stale, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-h.m.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e := h.wait(t, "old-1", apiv1.WorkloadState_WORKLOAD_STATE_KILLED)
+	if !strings.Contains(e.GetReason(), "agent restarted") {
+		t.Errorf("reason %q", e.GetReason())
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("stale scratch survived: %v", err)
+	}
+}
+
+func TestStartsWaitForRecovery(t *testing.T) {
+	h := newHarness(t)
+	h.rt.hold = make(chan struct{})
+	h.rt.leftover = []string{"w"} // an old container with the same ID
+	done := h.m.Recover(context.Background())
+	start(h, &apiv1.WorkloadSpec{Id: "w"})
+	h.wait(t, "w", apiv1.WorkloadState_WORKLOAD_STATE_PREPARING)
+	close(h.rt.hold)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	h.wait(t, "w", apiv1.WorkloadState_WORKLOAD_STATE_EXITED)
+	h.rt.mu.Lock()
+	defer h.rt.mu.Unlock()
+	if h.rt.early {
+		t.Error("a workload was prepared before the leftovers were stopped")
 	}
 }

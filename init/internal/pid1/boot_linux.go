@@ -96,6 +96,9 @@ func mountAll(which func(mount) bool, optional func(mount) bool) error {
 }
 
 func run() error {
+	if os.Getenv("RIGOS_ROOT") == "" {
+		say("moving from the initramfs to a tmpfs root")
+	}
 	if err := switchRoot(); err != nil {
 		return fmt.Errorf("switching to a tmpfs root: %w", err)
 	}
@@ -144,6 +147,14 @@ func run() error {
 		say("%v (no EFI variables: not booted by UEFI?)", err)
 	}
 	applySysctls()
+	// The network comes up while the partitions are opened.
+	netDone := make(chan struct{})
+	go func() {
+		defer close(netDone)
+		if err := setupNetwork(context.Background(), cfg.Network); err != nil {
+			say("network: %v (the agent keeps retrying)", err)
+		}
+	}()
 	if _, err := mountSystem(); err != nil {
 		return fmt.Errorf("system partition: %w", err)
 	}
@@ -160,10 +171,7 @@ func run() error {
 		return err
 	}
 
-	ctx := context.Background()
-	if err := setupNetwork(ctx, cfg.Network); err != nil {
-		say("network: %v (the agent keeps retrying)", err)
-	}
+	<-netDone
 	line, ok := FormatChecks(SelfCheck(realProbe{}))
 	say("selfcheck %s %s", map[bool]string{true: "passed", false: "FAILED"}[ok], line)
 
