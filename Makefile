@@ -30,8 +30,8 @@ test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	$(MAKE) --no-print-directory test-vm
 
-test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility
-	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+vm_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
+test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility, workloads
+	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+(vm|workload)_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
 
 fuzz: ## run each fuzz target for FUZZTIME
 	@for pkg in $$($(GO) list ./...); do \

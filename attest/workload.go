@@ -31,8 +31,10 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 	scratch := fs.String("scratch", "", "scratch space the workload needs (e.g. 1G)")
 	gpus := fs.Uint("gpus", 0, "number of GPUs")
 	maxDur := fs.Duration("max-duration", 0, "stop the workload after this long (0: the node's plan)")
-	var env multiFlag
+	outbound := fs.Bool("outbound", false, "let the workload open connections out (masqueraded)")
+	var env, ports multiFlag
 	fs.Var(&env, "env", "KEY=VALUE (repeatable)")
+	fs.Var(&ports, "port", "TCP port of the rig forwarded to the same port of the workload (repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -47,8 +49,17 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return fmt.Errorf("-scratch: %w", err)
 	}
+	var portNums []uint32
+	for _, p := range ports {
+		n, err := strconv.ParseUint(p, 10, 16)
+		if err != nil || n == 0 {
+			return fmt.Errorf("-port %q: want 1-65535", p)
+		}
+		portNums = append(portNums, uint32(n))
+	}
 	spec := &apiv1.WorkloadSpec{
-		Id: *id, Image: *image, ImageArchive: *archive != "", Args: fs.Args(), Env: env, TrustedTier: *trusted,
+		Network: &apiv1.NetworkPolicy{Outbound: *outbound, Ports: portNums},
+		Id:      *id, Image: *image, ImageArchive: *archive != "", Args: fs.Args(), Env: env, TrustedTier: *trusted,
 		Resources:     &apiv1.Resources{Cpus: *cpus, MemoryBytes: mem, Pids: *pids, ScratchBytes: scr, Gpus: uint32(*gpus)},
 		MaxDurationMs: maxDur.Milliseconds(),
 	}

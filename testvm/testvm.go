@@ -88,6 +88,8 @@ type Options struct {
 	// Reuse boots the same machine again: the disk overlay, the TPM
 	// state and the firmware variables already in Dir are kept.
 	Reuse bool
+	// Forward are QEMU host forwards ("tcp:127.0.0.1:HOSTPORT-:GUESTPORT").
+	Forward []string
 }
 
 // EKCARoot and EKCAIntermediate are the certificates of a local EK CA.
@@ -196,7 +198,7 @@ func Start(o Options) (*VM, error) {
 		"-chardev", "socket,id=chrtpm,path="+sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
 		"-device", "tpm-tis,tpmdev=tpm0",
 		"-drive", "file="+overlay+",if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+		"-netdev", netdev(o.Forward), "-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
 		"-serial", "file:"+v.Console)
 	v.qemu.Stdout, _ = os.Create(filepath.Join(o.Dir, "qemu.log"))
@@ -210,6 +212,14 @@ func Start(o Options) (*VM, error) {
 		close(v.done)
 	}()
 	return v, nil
+}
+
+func netdev(forward []string) string {
+	s := "user,id=n0"
+	for _, f := range forward {
+		s += ",hostfwd=" + f
+	}
+	return s
 }
 
 func waitFile(p string, d time.Duration) error {

@@ -1,6 +1,7 @@
 package testvm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -111,7 +112,14 @@ func TestWorkloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	o := Options{Image: img.QCOW2, Vars: env.vars, Dir: dir, Memory: "384M", Timeout: 15 * time.Minute, Reuse: true}
+	fwd, err := net.Listen("tcp", "127.0.0.1:0") // a free port for the published workload port
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwdPort := fwd.Addr().(*net.TCPAddr).Port
+	fwd.Close()
+	o := Options{Image: img.QCOW2, Vars: env.vars, Dir: dir, Memory: "384M", Timeout: 15 * time.Minute, Reuse: true,
+		Forward: []string{fmt.Sprintf("tcp:127.0.0.1:%d-:9090", fwdPort)}}
 	vm, err := Start(o)
 	if err != nil {
 		t.Fatal(err)
@@ -176,6 +184,54 @@ func TestWorkloads(t *testing.T) {
 	}
 	t.Logf("pulled: running %s after the request (pull and unpack)", r.running.Round(time.Millisecond))
 
+	// Network, granted per workload: outbound (to a server on the host,
+	// 10.0.2.2 in the guest), none, and a published port.
+	hostSrv, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostSrv.Close()
+	go func() {
+		for {
+			c, err := hostSrv.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, "hello from the host")
+			c.Close()
+		}
+	}()
+	hostAddr := fmt.Sprintf("10.0.2.2:%d", hostSrv.Addr().(*net.TCPAddr).Port)
+	out := spec("outbound", "fetch", hostAddr)
+	out.Network = &apiv1.NetworkPolicy{Outbound: true}
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: out, ImageArchive: archive}, nil)
+	if e := r.last(); r.err != nil || e.GetExitCode() != 0 || !strings.Contains(r.stdout.String(), "fetched: hello from the host") {
+		t.Errorf("outbound workload: %v, events %v, output %q", r.err, r.events, r.stdout.String())
+	}
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("isolated", "fetch", hostAddr), ImageArchive: archive}, nil)
+	if e := r.last(); r.err != nil || e.GetExitCode() == 0 || !strings.Contains(r.stdout.String(), "fetch error") {
+		t.Errorf("workload without network: %v, events %v, output %q; want no connection", r.err, r.events, r.stdout.String())
+	}
+	serve := spec("server", "serve", "9090")
+	serve.Network = &apiv1.NetworkPolicy{Ports: []uint32{9090}}
+	_, serving := runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: serve, ImageArchive: archive},
+		func(out string) bool { return strings.Contains(out, "serving on port 9090") })
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", fwdPort), 10*time.Second)
+	if err == nil {
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		conn.Close()
+		if line != "workload server answers\n" {
+			t.Errorf("published port answered %q", line)
+		}
+	} else {
+		t.Errorf("published port: %v", err)
+	}
+	if _, err := v.admin.StopWorkload(ctx, &apiv1.StopWorkloadRequest{NodeId: node, WorkloadId: "server"}); err != nil {
+		t.Fatal(err)
+	}
+	<-serving
+
 	// Over its memory limit: OOM-killed, and reported so.
 	oom := spec("oom", "eat", "200")
 	oom.Resources.MemoryBytes = 32 << 20
@@ -192,7 +248,7 @@ func TestWorkloads(t *testing.T) {
 	}{
 		"beyond plan": {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.MemoryBytes = 1 << 40 }, "beyond the node's ASK plan"},
 		"gpus":        {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.Gpus = 1 }, "not enough GPUs"},
-		"network":     {func(r *apiv1.RunWorkloadRequest) { r.Spec.Network = &apiv1.NetworkPolicy{Outbound: true} }, "network"},
+		"bad port":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Network = &apiv1.NetworkPolicy{Ports: []uint32{70000}} }, "port 70000"},
 		"no image":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Image = "rigos.test/absent:1" }, "image not found"},
 	} {
 		req := &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("bad-"+strings.ReplaceAll(name, " ", "-"), "hello"), ImageArchive: archive}

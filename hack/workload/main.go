@@ -6,10 +6,14 @@
 //	                print "marker written", then run until killed
 //	sleep           print a line every second until killed
 //	eat MIB         allocate and touch MIB MiB of memory, then exit
+//	fetch ADDR      connect to TCP ADDR and print the first line it sends
+//	serve PORT      answer TCP connections on PORT until killed
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -19,7 +23,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: workload hello|marker TEXT|sleep|eat MIB")
+		fmt.Fprintln(os.Stderr, "usage: workload hello|marker TEXT|sleep|eat MIB|fetch ADDR|serve PORT")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -61,6 +65,35 @@ func main() {
 			}
 		}
 		fmt.Printf("allocated %d MiB, done\n", len(keep))
+	case "fetch":
+		c, err := net.DialTimeout("tcp", os.Args[2], 5*time.Second)
+		if err != nil {
+			fmt.Println("fetch error:", err)
+			os.Exit(1)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fmt.Println("fetch error:", err)
+			os.Exit(1)
+		}
+		fmt.Print("fetched: ", line)
+	case "serve":
+		l, err := net.Listen("tcp", ":"+os.Args[2])
+		if err != nil {
+			fmt.Println("serve error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("serving on port", os.Args[2])
+		host, _ := os.Hostname()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				os.Exit(1)
+			}
+			fmt.Fprintf(c, "workload %s answers\n", host)
+			c.Close()
+		}
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)

@@ -238,11 +238,14 @@ type Workload struct {
 	Digest      string `json:"digest"`
 	Config      string `json:"config"`
 	TrustedTier bool   `json:"trusted_tier"`
+	// Outbound and Ports are the network access granted.
+	Outbound bool     `json:"outbound,omitempty"`
+	Ports    []uint32 `json:"ports,omitempty"`
 }
 
 // Encode returns the event data for w.
 func (w Workload) Encode() []byte {
-	b, _ := json.Marshal(w) // strings and a bool always marshal
+	b, _ := json.Marshal(w) // strings, bools and numbers always marshal
 	return b
 }
 

@@ -86,13 +86,14 @@ func TestRecorder(t *testing.T) {
 }
 
 func TestWorkloads(t *testing.T) {
-	w := Workload{ID: "job-1", Image: "rigos.test/w:1", Digest: "sha256:aa", Config: "sha256:bb", TrustedTier: true}
+	w := Workload{ID: "job-1", Image: "rigos.test/w:1", Digest: "sha256:aa", Config: "sha256:bb", TrustedTier: true,
+		Outbound: true, Ports: []uint32{8080}}
 	events := []Event{
 		NewEvent(0, KindPhase, []byte(PhaseEnterInitrd)),
 		NewEvent(1, KindWorkload, w.Encode()),
 	}
 	got, err := Workloads(events)
-	if err != nil || len(got) != 1 || got[0] != w || got[0].Name() != "job-1@sha256:aa" {
+	if err != nil || len(got) != 1 || !cmp.Equal(got[0], w) || got[0].Name() != "job-1@sha256:aa" {
 		t.Fatalf("Workloads() = %+v, %v", got, err)
 	}
 	for name, data := range map[string]string{

@@ -155,7 +155,7 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 	if plan.MemoryBytes == 0 {
 		plan.MemoryBytes = workload.MemTotal()
 	}
-	m := workload.New(&workload.Containerd{Socket: cfg.Containerd}, plan, cfg.ScratchDir, record, log)
+	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork()}, plan, cfg.ScratchDir, record, log)
 	closeGPUs := func() {}
 	if cfg.GPUs == "auto" {
 		closeGPUs = startGPUs(ctx, cfg, m, record, log)

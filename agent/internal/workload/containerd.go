@@ -37,6 +37,8 @@ const Snapshotter = "overlayfs"
 // Containerd is the Runtime backed by containerd.
 type Containerd struct {
 	Socket string
+	// Net connects workloads granted network access; nil: none is.
+	Net *Network
 	// CgroupRoot is where cgroup v2 is mounted (to read OOM kills).
 	CgroupRoot string
 	client     *containerd.Client
@@ -182,6 +184,18 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 		pids = 1024
 	}
 	opts = append(opts, oci.WithPidsLimit(pids))
+	netPolicy := s.GetNetwork()
+	wantsNet := netPolicy.GetOutbound() || len(netPolicy.GetPorts()) > 0
+	if wantsNet && c.Net == nil {
+		return Exit{}, errors.New("network: this node offers workloads no network")
+	}
+	if netPolicy.GetOutbound() {
+		if _, err := os.Stat("/etc/resolv.conf"); err == nil {
+			opts = append(opts, oci.WithMounts([]specs.Mount{{
+				Destination: "/etc/resolv.conf", Type: "bind", Source: "/etc/resolv.conf", Options: []string{"rbind", "ro"},
+			}}))
+		}
+	}
 	if len(r.GPUs) > 0 {
 		var devs []string
 		for _, g := range r.GPUs {
@@ -221,6 +235,14 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 		defer cancel()
 		_, _ = task.Delete(dctx, containerd.WithProcessKill)
 	}()
+	if wantsNet {
+		// The task exists (its namespaces too) but has not started.
+		detach, err := c.Net.Attach(id, int(task.Pid()), netPolicy.GetOutbound(), netPolicy.GetPorts())
+		if err != nil {
+			return Exit{}, err
+		}
+		defer detach()
+	}
 	exitCh, err := task.Wait(context.WithoutCancel(ctx))
 	if err != nil {
 		return Exit{}, err

@@ -310,8 +310,10 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration {
 		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration))
 	}
-	if n := s.GetNetwork(); n.GetOutbound() || len(n.GetPorts()) > 0 {
-		errs = append(errs, errors.New("network: this node runs workloads without network access (outbound and incoming ports are not offered)"))
+	for _, p := range s.GetNetwork().GetPorts() {
+		if p == 0 || p > 65535 {
+			errs = append(errs, fmt.Errorf("network: port %d out of range", p))
+		}
 	}
 	if free := freeBytes(m.scratch); r.GetScratchBytes() > 0 && r.GetScratchBytes() > free {
 		errs = append(errs, fmt.Errorf("not enough disk: %d MiB of scratch asked, %d MiB free", r.GetScratchBytes()>>20, free>>20))
@@ -479,7 +481,8 @@ func (m *Manager) runContainer(ctx context.Context, w *workload, img Image, scra
 					return fmt.Errorf("trusted tier: %s", why)
 				}
 			}
-			wl := measure.Workload{ID: id, Image: img.Ref, Digest: img.Digest, Config: config, TrustedTier: s.GetTrustedTier()}
+			wl := measure.Workload{ID: id, Image: img.Ref, Digest: img.Digest, Config: config, TrustedTier: s.GetTrustedTier(),
+				Outbound: s.GetNetwork().GetOutbound(), Ports: s.GetNetwork().GetPorts()}
 			if err := m.record(measure.KindWorkload, wl.Encode()); err != nil {
 				return fmt.Errorf("measuring the workload: %w", err)
 			}

@@ -214,7 +214,7 @@ func TestRefusals(t *testing.T) {
 		"memory":          {&apiv1.WorkloadSpec{Id: "m", Resources: &apiv1.Resources{MemoryBytes: 2 << 30}}, "memory 2048 MiB beyond"},
 		"gpus":            {&apiv1.WorkloadSpec{Id: "g", Resources: &apiv1.Resources{Gpus: 2}}, "not enough GPUs: 2 asked, 1 free"},
 		"duration":        {&apiv1.WorkloadSpec{Id: "d", MaxDurationMs: (2 * time.Hour).Milliseconds()}, "max duration 2h0m0s beyond"},
-		"network":         {&apiv1.WorkloadSpec{Id: "n", Network: &apiv1.NetworkPolicy{Ports: []uint32{80}}}, "without network access"},
+		"port":            {&apiv1.WorkloadSpec{Id: "n", Network: &apiv1.NetworkPolicy{Ports: []uint32{70000}}}, "port 70000 out of range"},
 		"negative":        {&apiv1.WorkloadSpec{Id: "neg", Resources: &apiv1.Resources{Pids: -1}}, "negative"},
 		"image absent":    {&apiv1.WorkloadSpec{Id: "i", Image: "absent"}, "image not found"},
 		"scratch":         {&apiv1.WorkloadSpec{Id: "s", Resources: &apiv1.Resources{ScratchBytes: 1 << 60}}, "not enough disk"},
