@@ -12,14 +12,19 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+
 	"github.com/rigos/rigos/internal/ociarchive"
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/imager/disk"
 )
 
 // runResult is what RunWorkload streamed back.
@@ -337,15 +342,30 @@ func TestWorkloads(t *testing.T) {
 	if r := <-leftover; r.err == nil {
 		t.Errorf("the leftover workload's stream ended cleanly at power-off: %v", r.events)
 	}
-	raw, err := os.ReadFile(Disk(dir))
+	// The owner's view: the disk as a raw image, as dd would copy it.
+	rawPath := filepath.Join(t.TempDir(), "owner.raw")
+	if out, err := exec.Command("qemu-img", "convert", "-O", "raw", Disk(dir), rawPath).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	raw, err := os.ReadFile(rawPath)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Contains(raw, []byte(marker)) {
 		t.Fatal("the marker is readable on the powered-off disk")
 	}
-	if !bytes.Contains(raw, []byte("RIGOSST1")) {
-		t.Fatal("the scan does not see the state header: is the disk file the VM's?")
+	state := statePartition(t, rawPath, raw)
+	if !bytes.HasPrefix(state, []byte("LUKS\xba\xbe")) {
+		t.Fatal("the STATE partition does not start with a LUKS2 header: is this the VM's disk?")
+	}
+	// cryptsetup recognises the volume and our token; without the TPM
+	// there is no passphrase to give it.
+	hdr := filepath.Join(t.TempDir(), "state-header")
+	if err := os.WriteFile(hdr, state[:16<<20], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cryptsetup", "luksDump", hdr).CombinedOutput(); err != nil || !strings.Contains(string(out), "rigos-tpm2") {
+		t.Errorf("cryptsetup luksDump of the state partition: %v\n%s", err, out)
 	}
 	t.Logf("disk scan: %d MiB, no marker", len(raw)>>20)
 
@@ -409,4 +429,25 @@ func agentRSS(console string) (idle, busy []string) {
 		}
 	}
 	return idle, busy
+}
+
+// statePartition returns the RIGOS-STATE partition of a raw disk image.
+func statePartition(t *testing.T, path string, raw []byte) []byte {
+	t.Helper()
+	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	pt, err := d.GetPartitionTable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pt.GetPartitions() {
+		if gp, ok := p.(*gpt.Partition); ok && gp.Name == disk.StateName {
+			return raw[gp.GetStart() : gp.GetStart()+gp.GetSize()]
+		}
+	}
+	t.Fatal("no STATE partition")
+	return nil
 }

@@ -1,153 +1,139 @@
-// Package statedisk defines the header of RigOS's encrypted STATE
-// partition. The partition is dm-crypt (aes-xts-plain64, 512-bit key);
-// its key exists only sealed by the node's TPM, to the Secure Boot state
-// (PCR 7) and the runtime PCR at the boot phase where init unlocks it
-// (PCR 15 after "modules-locked"). Init extends PCR 15 right after
-// unlocking, so nothing that runs later, workloads included, can unseal
-// the key again. The owner reading the disk offline sees the header (a
-// TPM-sealed blob) and ciphertext.
+// Package statedisk describes RigOS's encrypted STATE partition: a LUKS2
+// volume (pkg/luks2: aes-xts-plain64, 512-bit volume key) whose only
+// keyslot is opened by a random passphrase that exists only sealed by the
+// node's TPM, to the Secure Boot state (PCR 7) and the runtime PCR at the
+// boot phase where init opens the partition (PCR 15 after
+// "modules-locked"). The sealed passphrase is kept in a LUKS2 token of
+// type TokenType. Init extends PCR 15 right after opening, so nothing
+// that runs later, workloads included, can unseal it again. The owner
+// reading the disk offline sees a LUKS2 header, a TPM-sealed blob and
+// ciphertext; cryptsetup recognises the volume (luksDump).
 //
-// Layout: two copies of the header (slots at 0 and SlotSize), then the
-// encrypted data from DataOffset to the end of the partition. A slot is
-// Magic, a big-endian uint32 length, the header as JSON, and the SHA-256
-// of that JSON. Init writes the header only after the file system inside
-// is complete, so a first boot cut short leaves a blank partition, which
-// the next boot formats again; a damaged header is never formatted over.
+// Init writes the LUKS2 metadata only after the file system inside is
+// complete, so a first boot cut short leaves a blank partition, which the
+// next boot formats again; a damaged header is never formatted over.
 package statedisk
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/json"
+	"encoding/base64"
 	"errors"
 	"fmt"
 
+	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
-// Format constants.
-const (
-	Magic      = "RIGOSST1"
-	Version    = 1
-	SlotSize   = 64 << 10
-	Slots      = 2
-	DataOffset = 1 << 20 // bytes; the first MiB holds the header slots
-	Cipher     = "aes-xts-plain64"
-	KeySize    = 64 // bytes: AES-256 in XTS mode
-)
+// TokenType is the LUKS2 token type holding the TPM-sealed passphrase.
+const TokenType = "rigos-tpm2"
 
-// SealPCRs are the PCRs the key is sealed to.
+// MetadataSize is how much of the partition the metadata takes; the
+// encrypted data starts there.
+const MetadataSize = luks2.DataOffset
+
+// SealPCRs are the PCRs the passphrase is sealed to.
 var SealPCRs = []int{7, 15}
 
-// ErrBlank means the partition has no header in either slot: it was
-// never formatted (or its first format was cut short).
+// ErrBlank means the partition has no LUKS2 header: it was never
+// formatted (or its first format was cut short).
 var ErrBlank = errors.New("state partition is blank")
 
-// ErrDamaged means a header is there but neither copy is intact.
-var ErrDamaged = errors.New("state partition header is damaged")
-
-// Header describes one encrypted STATE partition.
-type Header struct {
-	Version    int        `json:"version"`
-	Cipher     string     `json:"cipher"`
-	KeySize    int        `json:"key_size"`
-	DataOffset int64      `json:"data_offset"`
-	Key        tpm.Sealed `json:"key"`
+// New returns the metadata region (MetadataSize bytes) of a new volume
+// with volume key key, opened by passphrase, which s is the TPM-sealed
+// copy of.
+func New(key, passphrase []byte, s *tpm.Sealed, uuid string) ([]byte, error) {
+	b64 := base64.StdEncoding.EncodeToString
+	return luks2.Format(key, passphrase, luks2.Token{
+		"type": TokenType, "pcrs": s.PCRs, "policy": b64(s.Policy), "public": b64(s.Public),
+		"private": b64(s.Private), "srk_name": b64(s.SRKName),
+	}, uuid)
 }
 
-// New returns a header for a key sealed as s.
-func New(s *tpm.Sealed) *Header {
-	return &Header{Version: Version, Cipher: Cipher, KeySize: KeySize, DataOffset: DataOffset, Key: *s}
+// Volume is an opened (not yet unlocked) state volume.
+type Volume struct {
+	Header *luks2.Header
+	// Sealed is the TPM-sealed passphrase of Keyslot.
+	Sealed  *tpm.Sealed
+	Keyslot string
+	// DataOffset is where the encrypted data starts, in bytes.
+	DataOffset int64
 }
 
-// Encode returns both header slots (Slots × SlotSize bytes).
-func (h *Header) Encode() ([]byte, error) {
-	if err := h.check(); err != nil {
-		return nil, err
+// Read parses the metadata region (at least MetadataSize bytes). It
+// returns ErrBlank for a partition without a LUKS2 header.
+func Read(meta []byte) (*Volume, error) {
+	h, err := luks2.Parse(meta)
+	if errors.Is(err, luks2.ErrNotLUKS) {
+		return nil, ErrBlank
 	}
-	j, err := json.Marshal(h)
 	if err != nil {
 		return nil, err
 	}
-	if len(Magic)+4+len(j)+sha256.Size > SlotSize {
-		return nil, fmt.Errorf("state header of %d bytes does not fit a slot", len(j))
-	}
-	slot := make([]byte, SlotSize)
-	n := copy(slot, Magic)
-	binary.BigEndian.PutUint32(slot[n:], uint32(len(j)))
-	n += 4
-	n += copy(slot[n:], j)
-	sum := sha256.Sum256(j)
-	copy(slot[n:], sum[:])
-	return bytes.Repeat(slot, Slots), nil
-}
-
-// Decode reads the header from the start of the partition (at least
-// Slots × SlotSize bytes). It returns ErrBlank when no slot has the
-// magic, and an error wrapping ErrDamaged when none is intact.
-func Decode(b []byte) (*Header, error) {
-	if len(b) < Slots*SlotSize {
-		return nil, fmt.Errorf("state header: read %d bytes, need %d", len(b), Slots*SlotSize)
-	}
-	var errs []error
-	blank := true
-	for i := 0; i < Slots; i++ {
-		slot := b[i*SlotSize : (i+1)*SlotSize]
-		if !bytes.HasPrefix(slot, []byte(Magic)) {
-			errs = append(errs, fmt.Errorf("slot %d: no header", i))
-			continue
-		}
-		blank = false
-		h, err := decodeSlot(slot)
-		if err == nil {
-			return h, nil
-		}
-		errs = append(errs, fmt.Errorf("slot %d: %w", i, err))
-	}
-	if blank {
-		return nil, ErrBlank
-	}
-	return nil, fmt.Errorf("%w: %w", ErrDamaged, errors.Join(errs...))
-}
-
-func decodeSlot(slot []byte) (*Header, error) {
-	n := len(Magic)
-	size := int(binary.BigEndian.Uint32(slot[n:]))
-	n += 4
-	if size <= 0 || n+size+sha256.Size > len(slot) {
-		return nil, fmt.Errorf("length %d out of range", size)
-	}
-	j := slot[n : n+size]
-	sum := sha256.Sum256(j)
-	if !bytes.Equal(sum[:], slot[n+size:n+size+sha256.Size]) {
-		return nil, errors.New("checksum mismatch")
-	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	var h Header
-	if err := dec.Decode(&h); err != nil {
-		return nil, fmt.Errorf("parsing: %w", err)
-	}
-	if err := h.check(); err != nil {
+	off, cipher, err := h.Segment0()
+	if err != nil {
 		return nil, err
 	}
-	return &h, nil
+	if cipher != luks2.Cipher {
+		return nil, fmt.Errorf("state volume cipher %q, want %s", cipher, luks2.Cipher)
+	}
+	for _, t := range h.Metadata.Tokens {
+		if t["type"] != TokenType {
+			continue
+		}
+		s, slot, err := sealedFrom(t)
+		if err != nil {
+			return nil, fmt.Errorf("state volume token: %w", err)
+		}
+		return &Volume{Header: h, Sealed: s, Keyslot: slot, DataOffset: off}, nil
+	}
+	return nil, fmt.Errorf("state volume has no %s token", TokenType)
 }
 
-func (h *Header) check() error {
+func sealedFrom(t luks2.Token) (*tpm.Sealed, string, error) {
+	str := func(k string) ([]byte, error) {
+		v, ok := t[k].(string)
+		if !ok {
+			return nil, fmt.Errorf("%s missing", k)
+		}
+		return base64.StdEncoding.DecodeString(v)
+	}
+	var s tpm.Sealed
+	var err error
 	var errs []error
-	if h.Version != Version {
-		errs = append(errs, fmt.Errorf("version %d (this build reads %d)", h.Version, Version))
+	for k, dst := range map[string]*[]byte{"policy": &s.Policy, "public": &s.Public, "private": &s.Private, "srk_name": &s.SRKName} {
+		if *dst, err = str(k); err != nil || len(*dst) == 0 {
+			errs = append(errs, fmt.Errorf("%s: missing or malformed", k))
+		}
 	}
-	if h.Cipher != Cipher || h.KeySize != KeySize {
-		errs = append(errs, fmt.Errorf("cipher %s/%d bytes (want %s/%d)", h.Cipher, h.KeySize, Cipher, KeySize))
+	pcrs, _ := t["pcrs"].([]any)
+	for _, p := range pcrs {
+		f, ok := p.(float64)
+		if !ok || f < 0 || f > 23 || f != float64(int(f)) {
+			errs = append(errs, fmt.Errorf("pcr %v", p))
+			continue
+		}
+		s.PCRs = append(s.PCRs, int(f))
 	}
-	if h.DataOffset != DataOffset {
-		errs = append(errs, fmt.Errorf("data offset %d (want %d)", h.DataOffset, DataOffset))
+	if len(s.PCRs) == 0 {
+		errs = append(errs, errors.New("no PCRs"))
 	}
-	if len(h.Key.PCRs) == 0 || len(h.Key.Public) == 0 || len(h.Key.Private) == 0 || len(h.Key.SRKName) == 0 {
-		errs = append(errs, errors.New("sealed key incomplete"))
+	slots, _ := t["keyslots"].([]any)
+	slot, _ := func() (string, bool) {
+		if len(slots) != 1 {
+			return "", false
+		}
+		v, ok := slots[0].(string)
+		return v, ok
+	}()
+	if slot == "" {
+		errs = append(errs, errors.New("want exactly one keyslot"))
 	}
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return nil, "", err
+	}
+	return &s, slot, nil
+}
+
+// Unlock returns the volume key, given the unsealed passphrase.
+func (v *Volume) Unlock(meta, passphrase []byte) ([]byte, error) {
+	return v.Header.Unlock(meta, v.Keyslot, passphrase)
 }

@@ -2,80 +2,79 @@ package statedisk
 
 import (
 	"bytes"
+	"crypto/rand"
 	"errors"
 	"testing"
 
+	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
-func sample() *Header {
-	return New(&tpm.Sealed{PCRs: []int{7, 15}, Policy: []byte{1}, Public: []byte{2, 3}, Private: []byte{4, 5}, SRKName: []byte{6}})
+func sealed() *tpm.Sealed {
+	return &tpm.Sealed{PCRs: []int{7, 15}, Policy: []byte{1}, Public: []byte{2, 3}, Private: []byte{4, 5}, SRKName: []byte{6}}
 }
 
 func TestRoundTrip(t *testing.T) {
-	b, err := sample().Encode()
+	key, pass := make([]byte, luks2.KeySize), make([]byte, 64)
+	rand.Read(key)
+	rand.Read(pass)
+	meta, err := New(key, pass, sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(b) != Slots*SlotSize {
-		t.Fatalf("encoded %d bytes", len(b))
-	}
-	h, err := Decode(b)
+	v, err := Read(meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(h.Key.Private, []byte{4, 5}) || h.Cipher != Cipher {
-		t.Fatalf("decoded %+v", h)
+	if !bytes.Equal(v.Sealed.Private, []byte{4, 5}) || v.Keyslot != "0" || v.DataOffset != MetadataSize {
+		t.Fatalf("read %+v", v)
+	}
+	got, err := v.Unlock(meta, pass)
+	if err != nil || !bytes.Equal(got, key) {
+		t.Fatalf("Unlock = %x, %v", got, err)
 	}
 }
 
-func TestDecodeBlankAndDamaged(t *testing.T) {
-	good, _ := sample().Encode()
-	if _, err := Decode(make([]byte, Slots*SlotSize)); !errors.Is(err, ErrBlank) {
+func TestReadRejects(t *testing.T) {
+	if _, err := Read(make([]byte, MetadataSize)); !errors.Is(err, ErrBlank) {
 		t.Errorf("zeros: %v, want ErrBlank", err)
 	}
-	if _, err := Decode(good[:SlotSize]); err == nil || errors.Is(err, ErrBlank) {
-		t.Errorf("short read: %v", err)
+	key := make([]byte, luks2.KeySize)
+	// A LUKS2 volume without our token (formatted by someone else) is
+	// not blank and not ours: never formatted over.
+	plain, err := luks2.Format(key, []byte("p"), nil, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	if err != nil {
+		t.Fatal(err)
 	}
-	// One damaged slot: the other copy is used.
-	oneBad := bytes.Clone(good)
-	oneBad[20] ^= 1
-	if _, err := Decode(oneBad); err != nil {
-		t.Errorf("first slot damaged: %v, want the second copy", err)
+	if _, err := Read(plain); err == nil || errors.Is(err, ErrBlank) {
+		t.Errorf("volume without the token: %v", err)
 	}
-	// Both damaged: never blank, so never formatted over.
-	bothBad := bytes.Clone(oneBad)
-	bothBad[SlotSize+20] ^= 1
-	if _, err := Decode(bothBad); !errors.Is(err, ErrDamaged) {
-		t.Errorf("both slots damaged: %v, want ErrDamaged", err)
+	// A token with a PCR out of range or a missing blob.
+	bad, err := luks2.Format(key, []byte("p"), luks2.Token{"type": TokenType, "pcrs": []int{7, 99}, "public": "AA=="}, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Half-written: magic only in the first slot, rest zero.
-	half := make([]byte, Slots*SlotSize)
-	copy(half, good[:len(Magic)+10])
-	if _, err := Decode(half); !errors.Is(err, ErrDamaged) {
-		t.Errorf("half-written header: %v, want ErrDamaged", err)
+	if _, err := Read(bad); err == nil {
+		t.Error("a malformed token was accepted")
 	}
-	// A header naming another cipher is refused, not guessed at.
-	h := sample()
-	h.Cipher = "cipher_null"
-	if _, err := h.Encode(); err == nil {
-		t.Error("encoded a header with cipher_null")
+	// Both header copies damaged: an error, not blank.
+	good, _ := New(key, []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	good[5000] ^= 1
+	good[luks2.HeaderSize+5000] ^= 1
+	if _, err := Read(good); err == nil || errors.Is(err, ErrBlank) {
+		t.Errorf("damaged headers: %v", err)
 	}
 }
 
-func FuzzDecode(f *testing.F) {
-	good, _ := sample().Encode()
-	f.Add(good[:SlotSize])
-	f.Add(make([]byte, 64))
-	f.Fuzz(func(t *testing.T, slot []byte) {
-		b := make([]byte, Slots*SlotSize)
-		copy(b, slot)
-		h, err := Decode(b)
-		if err != nil {
-			return
-		}
-		if _, err := h.Encode(); err != nil {
-			t.Fatalf("decoded a header that does not encode: %v", err)
+func FuzzRead(f *testing.F) {
+	meta, _ := New(make([]byte, luks2.KeySize), []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	f.Add(meta[:luks2.HeaderSize])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		buf := make([]byte, MetadataSize)
+		copy(buf, b)
+		v, err := Read(buf)
+		if err == nil && (v.Sealed == nil || v.Keyslot == "") {
+			t.Fatal("read a volume without its sealed passphrase")
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rigos/rigos/pkg/devmapper"
+	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/statedisk"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -45,42 +46,43 @@ func unlockState(rw io.ReadWriter) error {
 	if err != nil {
 		return err
 	}
-	if size <= statedisk.DataOffset+16<<20 {
+	if size <= statedisk.MetadataSize+16<<20 {
 		return fmt.Errorf("state partition of %d bytes is too small", size)
 	}
-	head := make([]byte, statedisk.Slots*statedisk.SlotSize)
-	if _, err := f.ReadAt(head, 0); err != nil {
+	meta := make([]byte, statedisk.MetadataSize)
+	if _, err := f.ReadAt(meta, 0); err != nil {
 		return fmt.Errorf("reading the state header: %w", err)
 	}
-	key := make([]byte, statedisk.KeySize)
-	defer clear(key)
-	h, err := statedisk.Decode(head)
+	var key []byte
+	defer func() { clear(key) }()
+	vol, err := statedisk.Read(meta)
 	fresh := errors.Is(err, statedisk.ErrBlank)
+	dataOffset := int64(statedisk.MetadataSize)
 	switch {
 	case fresh:
-		if _, err := rand.Read(key); err != nil {
-			return err
-		}
-		sealed, err := tpm.Seal(rw, key, statedisk.SealPCRs)
+		key, meta, err = newStateVolume(rw)
 		if err != nil {
 			return err
 		}
-		h = statedisk.New(sealed)
 	case err != nil:
 		return fmt.Errorf("%w; leaving the partition untouched", err)
 	default:
-		k, err := tpm.Unseal(rw, &h.Key)
+		pass, err := tpm.Unseal(rw, vol.Sealed)
 		if err != nil {
 			return fmt.Errorf("state key: %w", err)
 		}
-		copy(key, k)
-		clear(k)
+		key, err = vol.Unlock(meta, pass)
+		clear(pass)
+		if err != nil {
+			return fmt.Errorf("state key: %w", err)
+		}
+		dataOffset = vol.DataOffset
 	}
 
-	dataSize := size - statedisk.DataOffset
+	dataSize := size - dataOffset
 	mapped, err := devmapper.Create("rigos-state", []devmapper.Target{{
 		Start: 0, Length: uint64(dataSize / 512), Type: "crypt",
-		Params: devmapper.CryptParams(statedisk.Cipher, key, part, statedisk.DataOffset/512),
+		Params: devmapper.CryptParams(luks2.Cipher, key, part, uint64(dataOffset/512)),
 	}})
 	if err != nil {
 		return err
@@ -90,20 +92,16 @@ func unlockState(rw io.ReadWriter) error {
 		if err := formatState(mapped, dataSize); err != nil {
 			return err
 		}
-		// The header goes last: a first boot cut short before this point
-		// leaves a blank partition, formatted again next time.
-		b, err := h.Encode()
-		if err != nil {
-			return err
-		}
-		if _, err := f.WriteAt(b, 0); err != nil {
+		// The LUKS2 metadata goes last: a first boot cut short before
+		// this point leaves a blank partition, formatted again next time.
+		if _, err := f.WriteAt(meta, 0); err != nil {
 			return fmt.Errorf("writing the state header: %w", err)
 		}
 		if err := f.Sync(); err != nil {
 			return fmt.Errorf("syncing the state header: %w", err)
 		}
-		say("state partition %s created: ext4 in dm-crypt %s, key sealed to PCRs %v (%s)",
-			devPath, statedisk.Cipher, statedisk.SealPCRs, time.Since(start).Round(time.Millisecond))
+		say("state partition %s created: ext4 in LUKS2 (%s), passphrase sealed to PCRs %v (%s)",
+			devPath, luks2.Cipher, statedisk.SealPCRs, time.Since(start).Round(time.Millisecond))
 	}
 	if err := os.MkdirAll(StateMount, 0o700); err != nil {
 		return err
@@ -115,6 +113,30 @@ func unlockState(rw io.ReadWriter) error {
 		say("state partition %s unlocked with the TPM-sealed key and mounted on %s", devPath, StateMount)
 	}
 	return nil
+}
+
+// newStateVolume draws a volume key and a passphrase, seals the
+// passphrase in the TPM and returns the key and the LUKS2 metadata.
+func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
+	key, pass := make([]byte, luks2.KeySize), make([]byte, 64)
+	defer clear(pass)
+	uuid := make([]byte, 16)
+	for _, b := range [][]byte{key, pass, uuid} {
+		if _, err := rand.Read(b); err != nil {
+			return nil, nil, err
+		}
+	}
+	sealed, err := tpm.Seal(rw, pass, statedisk.SealPCRs)
+	if err != nil {
+		return nil, nil, err
+	}
+	uuid[6], uuid[8] = uuid[6]&0x0f|0x40, uuid[8]&0x3f|0x80 // version 4
+	id := fmt.Sprintf("%x-%x-%x-%x-%x", uuid[0:4], uuid[4:6], uuid[6:8], uuid[8:10], uuid[10:16])
+	meta, err := statedisk.New(key, pass, sealed, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	return key, meta, nil
 }
 
 func formatState(dev string, size int64) error {
