@@ -160,6 +160,12 @@ func admin(cmd, sock, id, reason string, n int) error {
 				fmt.Printf("                measured workload %s\n", w)
 			}
 		}
+		switch {
+		case d.GetAskPlanError() != "":
+			fmt.Printf("ASK plan unusable (no workloads): %s\n", d.GetAskPlanError())
+		case d.GetAskPlan() != "":
+			fmt.Printf("ASK plan: %s\n", d.GetAskPlan())
+		}
 		if len(d.GetWorkloads()) > 0 {
 			fmt.Println("workload events:")
 		}

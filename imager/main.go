@@ -41,6 +41,7 @@ func run() error {
 	flag.StringVar(&static, "static", "", "static address (CIDR) instead of DHCP")
 	flag.StringVar(&gateway, "gateway", "", "gateway for -static")
 	flag.StringVar(&dns, "dns", "", "comma-separated DNS servers for -static")
+	flag.StringVar(&o.Plan, "plan", "", "the supplier's ASK plan (JSON, see pkg/askplan), written to RIGOS/plan.json on the ESP")
 	flag.Int64Var(&o.Epoch, "epoch", 0, "build time, Unix seconds (default: SOURCE_DATE_EPOCH or 2026-01-01)")
 	flag.Parse()
 	if o.Epoch == 0 {

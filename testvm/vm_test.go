@@ -103,6 +103,10 @@ func prepare() error {
 	return PrepareVars(filepath.Join(env.root, "hack", "virt-fw-vars.sh"), env.keys, true, env.vars)
 }
 
+// testPlan is the ASK plan of the test images.
+const testPlan = `{"version": 1, "cpus": 2, "memory_mb": 320, "max_duration": "1h",
+  "price": {"currency": "USD", "per_gpu_hour": 1.5, "per_cpu_hour": 0.02, "per_gb_memory_hour": 0.004}}`
+
 // buildImage builds (once per name) an image with the given keys.
 func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte) (*imager.Result, error) {
 	env.imageMu.Lock()
@@ -110,8 +114,14 @@ func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte) (
 	if r, ok := env.images.Load(name); ok {
 		return r.(*imager.Result), nil
 	}
+	// Every test image carries an ASK plan on its ESP, as a supplier's
+	// stick would.
+	plan := filepath.Join(env.work, "plan.json")
+	if err := os.WriteFile(plan, []byte(testPlan), 0o644); err != nil {
+		return nil, err
+	}
 	start := time.Now()
-	r, err := imager.Build(imager.Options{
+	r, err := imager.Build(imager.Options{Plan: plan,
 		Out: filepath.Join(env.work, "image-"+name), Source: env.root, Keys: keys, KernelRoot: env.kernel,
 		Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"),
 		Console: "ttyS0", ExtraCmdline: cmdline, InitrdHook: hook,

@@ -143,6 +143,11 @@ func TestWorkloads(t *testing.T) {
 	node := c.GetNodeId()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	// The supplier's ASK plan on the stick's ESP reached the verifier.
+	if d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node}); err != nil ||
+		!strings.Contains(d.GetAskPlan(), `"memory_mb":320`) || d.GetAskPlanError() != "" {
+		t.Errorf("ASK plan at the verifier: %q (error %q), %v", d.GetAskPlan(), d.GetAskPlanError(), err)
+	}
 	spec := func(id string, args ...string) *apiv1.WorkloadSpec {
 		return &apiv1.WorkloadSpec{Id: id, ImageArchive: true, Args: append([]string{"/workload"}, args...), TrustedTier: true,
 			Resources: &apiv1.Resources{Cpus: 0.5, MemoryBytes: 64 << 20}}
@@ -251,7 +256,7 @@ func TestWorkloads(t *testing.T) {
 		mod  func(*apiv1.RunWorkloadRequest)
 		want string
 	}{
-		"beyond plan": {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.MemoryBytes = 1 << 40 }, "beyond the node's ASK plan"},
+		"beyond plan": {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.MemoryBytes = 400 << 20 }, "memory 400 MiB beyond the node's ASK plan (320 MiB)"},
 		"gpus":        {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.Gpus = 1 }, "not enough GPUs"},
 		"bad port":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Network = &apiv1.NetworkPolicy{Ports: []uint32{70000}} }, "port 70000"},
 		"no image":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Image = "rigos.test/absent:1" }, "image not found"},

@@ -23,6 +23,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/rigos/rigos/kernel"
+	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/bootconfig"
 	"github.com/rigos/rigos/pkg/imager/cpio"
@@ -63,6 +64,11 @@ type Options struct {
 	// Epoch is the build time recorded everywhere (SOURCE_DATE_EPOCH).
 	// Default is 2026-01-01.
 	Epoch int64
+	// Plan is the supplier's ASK plan file (pkg/askplan), checked and
+	// written to the ESP as RIGOS/plan.json. Optional: without one the
+	// rig offers the whole machine. It is the supplier's to change after
+	// flashing, so it is not part of the measured UKI.
+	Plan string
 	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
 	// before it is compressed into the UKI (tests build tampered images
 	// with it).
@@ -107,6 +113,13 @@ func (o *Options) check() error {
 	if o.VerifierCA != "" {
 		if _, err := os.Stat(o.VerifierCA); err != nil {
 			errs = append(errs, fmt.Errorf("verifier CA: %w", err))
+		}
+	}
+	if o.Plan != "" {
+		if b, err := os.ReadFile(o.Plan); err != nil {
+			errs = append(errs, err)
+		} else if _, err := askplan.Parse(b); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", o.Plan, err))
 		}
 	}
 	if o.Epoch == 0 {
@@ -266,7 +279,15 @@ func Build(o Options) (*Result, error) {
 	if err := os.WriteFile(r.System, system, 0o644); err != nil {
 		return nil, err
 	}
-	if r.SystemOffset, err = disk.Write(r.Raw, signed, system, disk.Layout{Seed: sum[:]}); err != nil {
+	layout := disk.Layout{Seed: sum[:]}
+	if o.Plan != "" {
+		plan, err := os.ReadFile(o.Plan)
+		if err != nil {
+			return nil, err
+		}
+		layout.Files = map[string][]byte{"/" + askplan.Path: plan}
+	}
+	if r.SystemOffset, err = disk.Write(r.Raw, signed, system, layout); err != nil {
 		return nil, err
 	}
 	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", r.Raw, r.QCOW2).CombinedOutput(); err != nil {

@@ -35,6 +35,9 @@ type Node struct {
 	Logger     *slog.Logger
 	// OnVerdict, if set, is called with every verdict.
 	OnVerdict func(*apiv1.Verdict)
+	// AskPlan and AskPlanError describe the supplier's ASK plan for the
+	// verifier (see apiv1.Hello).
+	AskPlan, AskPlanError string
 	// Workloads, if set, receives the verifier's workload messages and
 	// sends workload events and output on the session.
 	Workloads Workloads
@@ -83,6 +86,7 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 	ak := n.TPM.AKParams()
 	if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
 		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
+		AskPlan: n.AskPlan, AskPlanError: n.AskPlanError,
 		Ak: &apiv1.AKParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature},
 	}}}); err != nil {
 		return fmt.Errorf("sending hello: %w", err)

@@ -53,8 +53,14 @@ type Config struct {
 	// CDIDir is where the agent writes the GPUs' CDI specification for
 	// containerd. Default is /run/cdi.
 	CDIDir string `json:"cdi_dir"`
-	// Plan is what the supplier sells (the ASK plan): workloads asking
-	// for more are refused. Zero fields mean the whole machine.
+	// PlanFile is the supplier's ASK plan (pkg/askplan) on the EFI
+	// partition. Default is /run/rigos/esp/RIGOS/plan.json. When it
+	// exists it replaces Plan; when it is malformed the node takes no
+	// workloads and says why.
+	PlanFile string `json:"plan_file"`
+	// Plan is what the supplier sells when there is no plan file:
+	// workloads asking for more are refused. Zero fields mean the whole
+	// machine.
 	Plan Plan `json:"plan"`
 	// ReconnectMin and ReconnectMax bound the reconnect backoff.
 	// Defaults are "1s" and "1m".
@@ -84,7 +90,7 @@ func Load(path string) (*Config, error) {
 	}
 	dir := filepath.Dir(path)
 	c.CACert, c.StateDir, c.RuntimeLog = config.Resolve(dir, c.CACert), config.Resolve(dir, c.StateDir), config.Resolve(dir, c.RuntimeLog)
-	c.ScratchDir = config.Resolve(dir, c.ScratchDir)
+	c.ScratchDir, c.PlanFile = config.Resolve(dir, c.ScratchDir), config.Resolve(dir, c.PlanFile)
 	c.Defaults()
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
@@ -108,6 +114,9 @@ func (c *Config) Defaults() {
 	}
 	if c.CDIDir == "" {
 		c.CDIDir = "/run/cdi"
+	}
+	if c.PlanFile == "" {
+		c.PlanFile = "/run/rigos/esp/RIGOS/plan.json"
 	}
 	if c.ScratchDir == "" {
 		c.ScratchDir = "/var/lib/rigos/scratch"

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,7 @@ import (
 	"github.com/rigos/rigos/agent/internal/workload"
 	"github.com/rigos/rigos/internal/simnode"
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/devboot"
@@ -92,6 +94,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}()
 		go mgr.Watch(ctx)
 		node.Workloads = mgr
+		node.AskPlan, node.AskPlanError = mgr.AskPlan, mgr.AskPlanError
 		node.OnVerdict = func(v *apiv1.Verdict) {
 			mgr.Verdict(v)
 			log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
@@ -149,6 +152,10 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 	plan := workload.Plan{
 		CPUs: cfg.Plan.CPUs, MemoryBytes: cfg.Plan.MemoryMB << 20, GPUs: cfg.Plan.GPUs, MaxDuration: cfg.Plan.MaxDuration.D(),
 	}
+	planJSON, planErr := readPlan(cfg.PlanFile, &plan)
+	if planErr != nil {
+		log.Error("ASK plan unusable: this node takes no workloads until it is fixed", "file", cfg.PlanFile, "err", planErr)
+	}
 	if plan.CPUs == 0 {
 		plan.CPUs = float64(runtime.NumCPU())
 	}
@@ -156,11 +163,39 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 		plan.MemoryBytes = workload.MemTotal()
 	}
 	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork()}, plan, cfg.ScratchDir, record, log)
+	m.SetPlanError(planErr)
+	m.AskPlan, m.AskPlanError = planJSON, errString(planErr)
 	closeGPUs := func() {}
 	if cfg.GPUs == "auto" {
 		closeGPUs = startGPUs(ctx, cfg, m, record, log)
 	}
 	return m, func() { closeGPUs(); dev.Close() }, nil
+}
+
+// readPlan applies the supplier's ASK plan at path, if there is one, to
+// plan and returns it as JSON for the verifier.
+func readPlan(path string, plan *workload.Plan) (string, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", path, err)
+	}
+	ask, err := askplan.Parse(b)
+	if err != nil {
+		return "", err
+	}
+	*plan = workload.Plan{CPUs: ask.CPUs, MemoryBytes: ask.MemoryMB << 20, GPUs: ask.GPUs, MaxDuration: ask.MaxDuration.D()}
+	j, err := json.Marshal(ask)
+	return string(j), err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // startGPUs starts the GPU service when NVML finds GPUs, and reports

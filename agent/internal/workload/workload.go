@@ -74,6 +74,10 @@ type Exit struct {
 
 // Manager is the node's workload manager.
 type Manager struct {
+	// AskPlan (JSON) and AskPlanError are what the node reports about
+	// the supplier's ASK plan.
+	AskPlan, AskPlanError string
+
 	rt      Runtime
 	plan    Plan
 	scratch string
@@ -92,6 +96,7 @@ type Manager struct {
 	gpuOK        func(index int) bool
 	onAttach     func()
 	ready        chan struct{} // closed when Recover is done (nil: no recovery)
+	planErr      error         // the ASK plan is unusable: no workloads
 }
 
 type workload struct {
@@ -126,6 +131,14 @@ func (m *Manager) SetGPUs(count int, healthy func(index int) bool) {
 		m.plan.GPUs = count
 	}
 	m.gpuOK = healthy
+}
+
+// SetPlanError makes the node refuse every workload, naming err (an
+// unusable ASK plan).
+func (m *Manager) SetPlanError(err error) {
+	m.mu.Lock()
+	m.planErr = err
+	m.mu.Unlock()
 }
 
 // OnAttach registers f to run whenever a session opens.
@@ -317,6 +330,12 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	}
 	if free := freeBytes(m.scratch); r.GetScratchBytes() > 0 && r.GetScratchBytes() > free {
 		errs = append(errs, fmt.Errorf("not enough disk: %d MiB of scratch asked, %d MiB free", r.GetScratchBytes()>>20, free>>20))
+	}
+	m.mu.Lock()
+	planErr := m.planErr
+	m.mu.Unlock()
+	if planErr != nil {
+		errs = append(errs, fmt.Errorf("this node takes no workloads until its ASK plan is fixed: %w", planErr))
 	}
 	if s.GetTrustedTier() {
 		if ok, why := m.trustedNow(); !ok {

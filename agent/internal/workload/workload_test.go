@@ -360,3 +360,13 @@ func TestStartsWaitForRecovery(t *testing.T) {
 		t.Error("a workload was prepared before the leftovers were stopped")
 	}
 }
+
+func TestUnusablePlanRefusesEverything(t *testing.T) {
+	h := newHarness(t)
+	h.m.SetPlanError(errors.New("ASK plan: version 7 (this build reads 1)"))
+	start(h, &apiv1.WorkloadSpec{Id: "w"})
+	e := h.wait(t, "w", apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
+	if !strings.Contains(e.GetReason(), "no workloads until its ASK plan is fixed: ASK plan: version 7") {
+		t.Errorf("reason %q", e.GetReason())
+	}
+}

@@ -66,6 +66,9 @@ func (v *Verifier) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1
 		})
 	}
 	out.Gpus = v.GPUs(n.ID)
+	v.mu.Lock()
+	out.AskPlan, out.AskPlanError = v.plans[n.ID][0], v.plans[n.ID][1]
+	v.mu.Unlock()
 	ws, err := v.o.Store.WorkloadEvents(ctx, n.ID, limit)
 	if err != nil {
 		return nil, err

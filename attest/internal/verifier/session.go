@@ -151,6 +151,15 @@ func (v *Verifier) enrol(ctx context.Context, stream apiv1.Attestation_SessionSe
 	if !nodeIDPattern.MatchString(h.GetNodeId()) {
 		return nil, refuse("node id %q: want 1-128 letters, digits, '.', '_' or '-'", h.GetNodeId())
 	}
+	if len(h.GetAskPlan()) > 64<<10 || len(h.GetAskPlanError()) > 64<<10 {
+		return nil, refuse("hello: ASK plan too large")
+	}
+	v.mu.Lock()
+	v.plans[h.GetNodeId()] = [2]string{h.GetAskPlan(), h.GetAskPlanError()}
+	v.mu.Unlock()
+	if e := h.GetAskPlanError(); e != "" {
+		v.o.Logger.Warn("node's ASK plan unusable: it takes no workloads", "node", h.GetNodeId(), "err", e)
+	}
 	now := v.o.Now()
 	ek, err := attestation.AppraiseEK(h.GetEkPublic(), h.GetEkCertificate(), v.o.Roots, v.o.Intermediates, now)
 	if err != nil {

@@ -93,6 +93,7 @@ type Verifier struct {
 	// workloads are the watchers of workloads' updates.
 	workloads map[workloadKey][]chan *apiv1.WorkloadUpdate
 	gpus      map[string]*apiv1.GPUReport // latest per node
+	plans     map[string][2]string        // ASK plan and its error, from the latest hello
 }
 
 // New creates a Verifier. Nodes left trusted by a previous run are
@@ -116,7 +117,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	v := &Verifier{
 		o: o, rng: newRand(),
 		sessions: map[string]*conn{}, watchers: map[chan *apiv1.StateChange]struct{}{},
-		workloads: map[workloadKey][]chan *apiv1.WorkloadUpdate{}, gpus: map[string]*apiv1.GPUReport{},
+		workloads: map[workloadKey][]chan *apiv1.WorkloadUpdate{}, gpus: map[string]*apiv1.GPUReport{}, plans: map[string][2]string{},
 	}
 	v.nextID.Store(uint64(o.Now().UnixNano()))
 	n, err := o.Store.DemoteAll(ctx, StateTrusted, StateSuspect, "verifier restarted; awaiting re-check", o.Now())

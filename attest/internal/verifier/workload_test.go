@@ -115,12 +115,16 @@ func TestWorkloadRelay(t *testing.T) {
 	echo := &echoNode{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict})
+	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
+		AskPlan: `{"version":1,"cpus":4}`})
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 
 	d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1", History: 1})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if d.GetAskPlan() != `{"version":1,"cpus":4}` {
+		t.Errorf("ASK plan at the verifier: %q", d.GetAskPlan())
 	}
 	if w := d.GetHistory()[0].GetWorkloads(); len(w) != 1 || w[0] != "early@sha256:abc" {
 		t.Errorf("verdict workloads = %v, want early@sha256:abc", w)

@@ -155,6 +155,9 @@ func run() error {
 			say("network: %v (the agent keeps retrying)", err)
 		}
 	}()
+	if err := mountESP(); err != nil {
+		say("%v (no ASK plan: the agent offers the whole machine)", err)
+	}
 	if _, err := mountSystem(); err != nil {
 		return fmt.Errorf("system partition: %w", err)
 	}

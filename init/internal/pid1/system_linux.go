@@ -64,6 +64,31 @@ func mountSystem() (bool, error) {
 	return true, nil
 }
 
+// ESPMount is where init mounts the EFI system partition, read-only:
+// the agent reads the supplier's ASK plan there.
+const ESPMount = "/run/rigos/esp"
+
+// mountESP mounts the RIGOS-ESP partition (pkg/imager/disk.ESPName)
+// read-only, without device files, set-id or executables.
+func mountESP() error {
+	num, err := findPartition("RIGOS-ESP", 5*time.Second)
+	if err != nil {
+		return err
+	}
+	dev, err := blockDevice(num)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(ESPMount, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount(dev, ESPMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
+		"codepage=437,iocharset=ascii,fmask=0133,dmask=0022"); err != nil {
+		return fmt.Errorf("mounting the EFI system partition: %w", err)
+	}
+	return nil
+}
+
 // findPartition returns "MAJOR:MINOR" of the partition with the GPT name,
 // waiting for the kernel to scan the disks.
 func findPartition(name string, wait time.Duration) (string, error) {

@@ -593,8 +593,13 @@ type Hello struct {
 	// EK certificate (DER) when the TPM carries one.
 	EkCertificate []byte `protobuf:"bytes,3,opt,name=ek_certificate,json=ekCertificate,proto3" json:"ek_certificate,omitempty"`
 	// Attestation key parameters (TPM2B_PUBLIC contents and creation proof).
-	Ak            *AKParameters `protobuf:"bytes,4,opt,name=ak,proto3" json:"ak,omitempty"`
-	AgentVersion  string        `protobuf:"bytes,5,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	Ak           *AKParameters `protobuf:"bytes,4,opt,name=ak,proto3" json:"ak,omitempty"`
+	AgentVersion string        `protobuf:"bytes,5,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// AskPlan is the supplier's ASK plan the node enforces (JSON,
+	// pkg/askplan), or empty; AskPlanError says why the plan file the
+	// node has is unusable (it then takes no workloads).
+	AskPlan       string `protobuf:"bytes,6,opt,name=ask_plan,json=askPlan,proto3" json:"ask_plan,omitempty"`
+	AskPlanError  string `protobuf:"bytes,7,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -660,6 +665,20 @@ func (x *Hello) GetAk() *AKParameters {
 func (x *Hello) GetAgentVersion() string {
 	if x != nil {
 		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *Hello) GetAskPlan() string {
+	if x != nil {
+		return x.AskPlan
+	}
+	return ""
+}
+
+func (x *Hello) GetAskPlanError() string {
+	if x != nil {
+		return x.AskPlanError
 	}
 	return ""
 }
@@ -2623,7 +2642,10 @@ type NodeDetail struct {
 	// Workloads are the node's latest workload events, newest first.
 	Workloads []*WorkloadEvent `protobuf:"bytes,3,rep,name=workloads,proto3" json:"workloads,omitempty"`
 	// GPUs is the node's latest GPU report (while it is connected).
-	Gpus          *GPUReport `protobuf:"bytes,4,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	Gpus *GPUReport `protobuf:"bytes,4,opt,name=gpus,proto3" json:"gpus,omitempty"`
+	// AskPlan and AskPlanError are from the node's latest hello.
+	AskPlan       string `protobuf:"bytes,5,opt,name=ask_plan,json=askPlan,proto3" json:"ask_plan,omitempty"`
+	AskPlanError  string `protobuf:"bytes,6,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2684,6 +2706,20 @@ func (x *NodeDetail) GetGpus() *GPUReport {
 		return x.Gpus
 	}
 	return nil
+}
+
+func (x *NodeDetail) GetAskPlan() string {
+	if x != nil {
+		return x.AskPlan
+	}
+	return ""
+}
+
+func (x *NodeDetail) GetAskPlanError() string {
+	if x != nil {
+		return x.AskPlanError
+	}
+	return ""
 }
 
 type VerdictRecord struct {
@@ -2887,13 +2923,15 @@ const file_rigos_proto_rawDesc = "" +
 	"\x10throttle_reasons\x18\x0e \x01(\x04R\x0fthrottleReasons\x12\x12\n" +
 	"\x04xids\x18\x0f \x03(\x04R\x04xids\x12\x18\n" +
 	"\ahealthy\x18\x10 \x01(\bR\ahealthy\x12\x1a\n" +
-	"\bproblems\x18\x11 \x03(\tR\bproblems\"\xb5\x01\n" +
+	"\bproblems\x18\x11 \x03(\tR\bproblems\"\xf6\x01\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tek_public\x18\x02 \x01(\fR\bekPublic\x12%\n" +
 	"\x0eek_certificate\x18\x03 \x01(\fR\rekCertificate\x12*\n" +
 	"\x02ak\x18\x04 \x01(\v2\x1a.rigos.api.v1.AKParametersR\x02ak\x12#\n" +
-	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\"\xa1\x01\n" +
+	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\x12\x19\n" +
+	"\bask_plan\x18\x06 \x01(\tR\aaskPlan\x12$\n" +
+	"\x0eask_plan_error\x18\a \x01(\tR\faskPlanError\"\xa1\x01\n" +
 	"\fAKParameters\x12\x16\n" +
 	"\x06public\x18\x01 \x01(\fR\x06public\x12\x1f\n" +
 	"\vcreate_data\x18\x02 \x01(\fR\n" +
@@ -3038,13 +3076,15 @@ const file_rigos_proto_rawDesc = "" +
 	"\tconnected\x18\n" +
 	" \x01(\bR\tconnected\x12\x1f\n" +
 	"\vreset_count\x18\v \x01(\rR\n" +
-	"resetCount\"\xd3\x01\n" +
+	"resetCount\"\x94\x02\n" +
 	"\n" +
 	"NodeDetail\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.rigos.api.v1.NodeR\x04node\x125\n" +
 	"\ahistory\x18\x02 \x03(\v2\x1b.rigos.api.v1.VerdictRecordR\ahistory\x129\n" +
 	"\tworkloads\x18\x03 \x03(\v2\x1b.rigos.api.v1.WorkloadEventR\tworkloads\x12+\n" +
-	"\x04gpus\x18\x04 \x01(\v2\x17.rigos.api.v1.GPUReportR\x04gpus\"\xa9\x01\n" +
+	"\x04gpus\x18\x04 \x01(\v2\x17.rigos.api.v1.GPUReportR\x04gpus\x12\x19\n" +
+	"\bask_plan\x18\x05 \x01(\tR\aaskPlan\x12$\n" +
+	"\x0eask_plan_error\x18\x06 \x01(\tR\faskPlanError\"\xa9\x01\n" +
 	"\rVerdictRecord\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +

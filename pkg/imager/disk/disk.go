@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	pathpkg "path"
+	"sort"
 
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/disk"
@@ -44,6 +46,9 @@ type Layout struct {
 	State int64
 	// Seed derives the disk and partition GUIDs (the build's digest).
 	Seed []byte
+	// Files are extra files for the ESP, by path ("/RIGOS/plan.json");
+	// their folders are created.
+	Files map[string][]byte
 }
 
 // Write creates the raw image at path (which must not exist) with uki
@@ -99,14 +104,32 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 			return 0, fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
-	f, err := fs.OpenFile("/EFI/BOOT/BOOTX64.EFI", os.O_CREATE|os.O_RDWR)
-	if err != nil {
-		return 0, fmt.Errorf("creating BOOTX64.EFI: %w", err)
+	files := map[string][]byte{"/EFI/BOOT/BOOTX64.EFI": uki}
+	names := []string{"/EFI/BOOT/BOOTX64.EFI"}
+	for name, data := range l.Files {
+		files[name] = data
+		names = append(names, name)
 	}
-	if _, err := f.Write(uki); err != nil {
-		return 0, fmt.Errorf("writing BOOTX64.EFI: %w", err)
+	sort.Strings(names[1:]) // deterministic order
+	for _, name := range names {
+		if dir := pathpkg.Dir(name); dir != "/" {
+			if err := fs.Mkdir(dir); err != nil {
+				return 0, fmt.Errorf("creating %s: %w", dir, err)
+			}
+		}
+		f, err := fs.OpenFile(name, os.O_CREATE|os.O_RDWR)
+		if err != nil {
+			return 0, fmt.Errorf("creating %s: %w", name, err)
+		}
+		if _, err := f.Write(files[name]); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("writing %s: %w", name, err)
+		}
+		if err := f.Close(); err != nil {
+			return 0, err
+		}
 	}
-	return sysStart, f.Close()
+	return sysStart, nil
 }
 
 func roundMiB(v int64) int64 { return (v + mib - 1) / mib * mib }
