@@ -286,6 +286,11 @@ func TestBootToTrusted(t *testing.T) {
 	if m[1] != "passed" {
 		t.Errorf("self-check %s: %s", m[1], m[2])
 	}
+	// The agent runs in its own cgroup (with a CPU weight above the
+	// workloads'), placed there before its first instruction.
+	if !strings.Contains(vm.ConsoleText(), `msg="agent starting"`) || !strings.Contains(vm.ConsoleText(), "cgroup=/rigos.agent") {
+		t.Errorf("the agent did not report running in /rigos.agent:\n%s", tail(vm.ConsoleText(), 20))
+	}
 	if os.Getenv("RIGOS_RECORD") != "" {
 		record(t, v, img)
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -76,7 +77,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		nodeID = NodeIDFromEK(ek)
 	}
-	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier)
+	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", selfCgroup())
 
 	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log}
 	if cfg.Containerd != "" {
@@ -170,6 +171,20 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 		closeGPUs = startGPUs(ctx, cfg, m, record, log)
 	}
 	return m, func() { closeGPUs(); dev.Close() }, nil
+}
+
+// selfCgroup is the agent's cgroup v2 path ("" if unknown).
+func selfCgroup() string {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			return p
+		}
+	}
+	return ""
 }
 
 // readPlan applies the supplier's ASK plan at path, if there is one, to
