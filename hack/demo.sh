@@ -32,7 +32,7 @@ echo "demo: verifier listening on 127.0.0.1:$PORT; the guest reaches it as 10.0.
 "$BIN/attest" watch -admin "$DIR/admin.sock" -n $((CHECKS + 2)) >"$DIR/watch.log" &
 watch=$!
 start=$(date +%s%N)
-"$BIN/runvm" -image "$OUT/rigos.qcow2" -keys "$KEYS" -memory 384M -timeout 10m >"$DIR/console.log" 2>&1 &
+"$BIN/runvm" -image "$OUT/rigos.qcow2" -keys "$KEYS" -memory 512M -timeout 10m >"$DIR/console.log" 2>&1 &
 pids+=($!)
 echo "demo: booting the image in QEMU (TCG; console in $DIR/console.log)"
 tail -f "$DIR/watch.log" --pid=$watch &
@@ -51,7 +51,8 @@ go run ./hack/mkworkload -o "$DIR/workload.tar" >/dev/null
 watch=$!
 pids+=($watch)
 "$BIN/attest" run -admin "$DIR/admin.sock" -node "$node" -id hello -archive "$DIR/workload.tar" \
-  -memory 64M -cpus 0.5 -- /workload hello
+  -memory 64M -cpus 0.5 -- /workload hello ||
+  { echo "demo: the workload failed; the end of the node's console:"; tail -n 30 "$DIR/console.log"; exit 1; }
 echo "demo: waiting for the next spot check, which names the workload from the node's runtime log"
 if ! timeout 120 tail --pid=$watch -f /dev/null; then echo "demo: no spot check within 2 minutes"; exit 1; fi
 "$BIN/attest" node -admin "$DIR/admin.sock" -id "$node" | head -8

@@ -123,7 +123,7 @@ func TestWorkloads(t *testing.T) {
 	}
 	fwdPort := fwd.Addr().(*net.TCPAddr).Port
 	fwd.Close()
-	o := Options{Image: img.QCOW2, Vars: env.vars, Dir: dir, Memory: "384M", Timeout: 15 * time.Minute, Reuse: true,
+	o := Options{Image: img.QCOW2, Vars: env.vars, Dir: dir, Memory: "512M", Timeout: 15 * time.Minute, Reuse: true,
 		Forward: []string{fmt.Sprintf("tcp:127.0.0.1:%d-:9090", fwdPort)}}
 	vm, err := Start(o)
 	if err != nil {
@@ -158,8 +158,10 @@ func TestWorkloads(t *testing.T) {
 	if r.err != nil || r.last().GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || r.last().GetExitCode() != 0 {
 		t.Fatalf("hello: %v, events %v", r.err, r.events)
 	}
-	if !strings.Contains(r.stdout.String(), "hello from a RigOS workload") || !strings.Contains(r.stdout.String(), "memory.max 67108864") {
-		t.Errorf("hello output = %q, want the greeting and its 64 MiB limit", r.stdout.String())
+	for _, want := range []string{"hello from a RigOS workload", "memory.max 67108864", "Seccomp: 2", "NoNewPrivs: 1"} {
+		if !strings.Contains(r.stdout.String(), want) {
+			t.Errorf("hello output = %q, want %q (the greeting, its 64 MiB limit, a seccomp filter, no new privileges)", r.stdout.String(), want)
+		}
 	}
 	if got := r.last().GetImageDigest(); got != wantDigest {
 		t.Errorf("image digest = %s, want %s", got, wantDigest)

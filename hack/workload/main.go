@@ -17,6 +17,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -32,6 +33,13 @@ func main() {
 		fmt.Printf("hello from a RigOS workload: pid %d, hostname %s, %d CPUs visible\n", os.Getpid(), host, runtime.NumCPU())
 		if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
 			fmt.Printf("memory.max %s", b)
+		}
+		if b, err := os.ReadFile("/proc/self/status"); err == nil {
+			for _, l := range strings.Split(string(b), "\n") {
+				if strings.HasPrefix(l, "Seccomp:") || strings.HasPrefix(l, "NoNewPrivs:") {
+					fmt.Println(strings.Join(strings.Fields(l), " "))
+				}
+			}
 		}
 	case "marker":
 		text := []byte(os.Args[2] + "\n")

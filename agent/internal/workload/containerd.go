@@ -16,6 +16,7 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/cdi"
@@ -159,6 +160,9 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
 		oci.WithHostname(id),
 		oci.WithNoNewPrivileges,
+		// containerd's default seccomp profile (the one Docker and CRI
+		// use): no kernel keyring, no io_uring, no mount, no ptrace...
+		seccomp.WithDefaultProfile(),
 		oci.WithMounts([]specs.Mount{{
 			Destination: "/scratch", Type: "bind", Source: r.Scratch, Options: []string{"rbind", "rw", "nosuid", "nodev"},
 		}, {
