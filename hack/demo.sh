@@ -55,6 +55,7 @@ pids+=($watch)
   { echo "demo: the workload failed; the end of the node's console:"; tail -n 30 "$DIR/console.log"; exit 1; }
 echo "demo: waiting for the next spot check, which names the workload from the node's runtime log"
 if ! timeout 120 tail --pid=$watch -f /dev/null; then echo "demo: no spot check within 2 minutes"; exit 1; fi
-"$BIN/attest" node -admin "$DIR/admin.sock" -id "$node" | head -8
-grep -q "measured workload hello@sha256:" <("$BIN/attest" node -admin "$DIR/admin.sock" -id "$node") ||
+detail=$("$BIN/attest" node -admin "$DIR/admin.sock" -id "$node")
+echo "$detail" | sed -n '1,8p'   # sed reads it all: no SIGPIPE under pipefail
+echo "$detail" | grep -q "measured workload hello@sha256:" ||
   { echo "demo: the appraisal did not name the workload"; exit 1; }
