@@ -47,13 +47,15 @@ echo "demo: boot → trusted in $((took / 1000)).$(( (took % 1000) / 100 )) s (Q
 node=$(grep -m1 -- '-> trusted' "$DIR/watch.log" | awk '{print $2}')
 echo "demo: running a container on $node (an OCI image archive sent down the node's stream)"
 go run ./hack/mkworkload -o "$DIR/workload.tar" >/dev/null
-"$BIN/attest" watch -admin "$DIR/admin.sock" -n 1 >"$DIR/watch2.log" &
-watch=$!
-pids+=($watch)
 "$BIN/attest" run -admin "$DIR/admin.sock" -node "$node" -id hello -archive "$DIR/workload.tar" \
   -memory 64M -cpus 0.5 -- /workload hello ||
   { echo "demo: the workload failed; the end of the node's console:"; tail -n 30 "$DIR/console.log"; exit 1; }
 echo "demo: waiting for the next spot check, which names the workload from the node's runtime log"
+# Started after the workload ran (it was measured before it started), so
+# the change it waits for is an appraisal of a log that holds it.
+"$BIN/attest" watch -admin "$DIR/admin.sock" -n 1 >"$DIR/watch2.log" &
+watch=$!
+pids+=($watch)
 if ! timeout 120 tail --pid=$watch -f /dev/null; then echo "demo: no spot check within 2 minutes"; exit 1; fi
 detail=$("$BIN/attest" node -admin "$DIR/admin.sock" -id "$node")
 echo "$detail" | sed -n '1,8p'   # sed reads it all: no SIGPIPE under pipefail
