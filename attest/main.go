@@ -170,7 +170,7 @@ func admin(cmd, sock, id, reason string, n int) error {
 			fmt.Println("workload events:")
 		}
 		for _, e := range d.GetWorkloads() {
-			fmt.Printf("  %s  %s %s%s\n", when(e.GetUnixMs()), e.GetId(), workloadState(e.GetState()), eventDetail(e))
+			fmt.Printf("  %s  %s %s%s\n", when(e.GetUnixMs()), e.GetId(), e.GetState().Name(), eventDetail(e))
 		}
 		return nil
 	case "watch":
@@ -197,17 +197,10 @@ func admin(cmd, sock, id, reason string, n int) error {
 }
 
 func state(s apiv1.NodeState) string {
-	switch s {
-	case apiv1.NodeState_NODE_STATE_ENROLLING:
-		return "enrolling"
-	case apiv1.NodeState_NODE_STATE_TRUSTED:
-		return "trusted"
-	case apiv1.NodeState_NODE_STATE_SUSPECT:
-		return "suspect"
-	case apiv1.NodeState_NODE_STATE_UNTRUSTED:
-		return "untrusted"
+	if s == apiv1.NodeState_NODE_STATE_UNSPECIFIED {
+		return "-"
 	}
-	return "-"
+	return s.Name()
 }
 
 func class(c apiv1.TrustClass) string {

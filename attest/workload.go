@@ -98,7 +98,7 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 			continue
 		}
 		e := u.GetEvent()
-		fmt.Fprintf(os.Stderr, "%s  workload %s %s%s\n", when(e.GetUnixMs()), e.GetId(), workloadState(e.GetState()), eventDetail(e))
+		fmt.Fprintf(os.Stderr, "%s  workload %s %s%s\n", when(e.GetUnixMs()), e.GetId(), e.GetState().Name(), eventDetail(e))
 		switch e.GetState() {
 		case apiv1.WorkloadState_WORKLOAD_STATE_EXITED:
 			if e.GetExitCode() != 0 {
@@ -106,7 +106,7 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 			}
 			return nil
 		case apiv1.WorkloadState_WORKLOAD_STATE_KILLED, apiv1.WorkloadState_WORKLOAD_STATE_FAILED:
-			return fmt.Errorf("workload %s %s: %s", e.GetId(), workloadState(e.GetState()), e.GetReason())
+			return fmt.Errorf("workload %s %s: %s", e.GetId(), e.GetState().Name(), e.GetReason())
 		}
 	}
 }
@@ -130,7 +130,7 @@ func stopWorkload(fs *flag.FlagSet, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("workload %s %s%s\n", e.GetId(), workloadState(e.GetState()), eventDetail(e))
+	fmt.Printf("workload %s %s%s\n", e.GetId(), e.GetState().Name(), eventDetail(e))
 	return nil
 }
 
@@ -152,10 +152,6 @@ func eventDetail(e *apiv1.WorkloadEvent) string {
 		return ""
 	}
 	return ": " + strings.Join(parts, "; ")
-}
-
-func workloadState(s apiv1.WorkloadState) string {
-	return strings.ToLower(strings.TrimPrefix(s.String(), "WORKLOAD_STATE_"))
 }
 
 // parseBytes reads sizes such as 512M or 2G (binary units); empty is 0.

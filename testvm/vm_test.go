@@ -231,6 +231,13 @@ func boot(t *testing.T, img *imager.Result, vars string, ekCA ...string) *VM {
 	if len(ekCA) > 0 {
 		o.EKCA = ekCA[0]
 	}
+	return startVM(t, o)
+}
+
+// startVM starts a VM that is stopped when the test ends; a failed test
+// logs the end of its console.
+func startVM(t *testing.T, o Options) *VM {
+	t.Helper()
 	vm, err := Start(o)
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +245,7 @@ func boot(t *testing.T, img *imager.Result, vars string, ekCA ...string) *VM {
 	t.Cleanup(func() {
 		vm.Stop()
 		if t.Failed() {
-			t.Logf("console:\n%s", tail(vm.ConsoleText(), 40))
+			t.Logf("console:\n%s", tail(vm.ConsoleText(), 60))
 		}
 	})
 	return vm
@@ -288,7 +295,7 @@ func TestBootToTrusted(t *testing.T) {
 	}
 	// The agent runs in its own cgroup (with a CPU weight above the
 	// workloads'), placed there before its first instruction.
-	if !strings.Contains(vm.ConsoleText(), `msg="agent starting"`) || !strings.Contains(vm.ConsoleText(), "cgroup=/rigos.agent") {
+	if !strings.Contains(vm.ConsoleText(), `msg="agent starting"`) || !strings.Contains(vm.ConsoleText(), "cgroup=/rigos.agent cpu_weight=1000") {
 		t.Errorf("the agent did not report running in /rigos.agent:\n%s", tail(vm.ConsoleText(), 20))
 	}
 	if os.Getenv("RIGOS_RECORD") != "" {

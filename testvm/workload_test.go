@@ -125,16 +125,7 @@ func TestWorkloads(t *testing.T) {
 	fwd.Close()
 	o := Options{Image: img.QCOW2, Vars: env.vars, Dir: dir, Memory: "512M", Timeout: 15 * time.Minute, Reuse: true,
 		Forward: []string{fmt.Sprintf("tcp:127.0.0.1:%d-:9090", fwdPort)}}
-	vm, err := Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		vm.Stop()
-		if t.Failed() {
-			t.Logf("console:\n%s", tail(vm.ConsoleText(), 60))
-		}
-	})
+	vm := startVM(t, o)
 	v := startVerifier(t, img.Manifest)
 	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
 	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
@@ -380,11 +371,7 @@ func TestWorkloads(t *testing.T) {
 	// The same genuine image boots again: the state unlocks, and the
 	// image is still in containerd's store (no archive is sent, and there
 	// is no registry to pull from).
-	vm, err = Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(vm.Stop)
+	vm = startVM(t, o)
 	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: state partition \S+ unlocked`)); err != nil {
 		t.Fatalf("state not unlocked after reboot: %v\n%s", err, tail(vm.ConsoleText(), 30))
 	}

@@ -19,6 +19,10 @@ import (
 // Version is the plan format this build reads.
 const Version = 1
 
+// DefaultMaxDuration is the longest workload a rig takes when its plan
+// does not say.
+const DefaultMaxDuration = 24 * time.Hour
+
 // Path is where the plan lives on the EFI system partition.
 const Path = "RIGOS/plan.json"
 
@@ -54,7 +58,7 @@ func Parse(b []byte) (*Plan, error) {
 		return nil, fmt.Errorf("ASK plan: %w", err)
 	}
 	if p.MaxDuration == 0 {
-		p.MaxDuration = config.Duration(24 * time.Hour)
+		p.MaxDuration = config.Duration(DefaultMaxDuration)
 	}
 	if err := p.Validate(); err != nil {
 		return nil, fmt.Errorf("ASK plan: %w", err)

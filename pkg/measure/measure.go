@@ -256,18 +256,24 @@ func (w Workload) Name() string { return w.ID + "@" + w.Digest }
 // event whose data is not a workload description is an error: the log
 // replayed, so the node measured something it cannot explain.
 func Workloads(events []Event) ([]Workload, error) {
-	var out []Workload
+	return decodeAll(events, KindWorkload, "workload", func(w Workload) bool { return w.ID != "" && w.Digest != "" })
+}
+
+// decodeAll strictly decodes the data of the events of kind, in order;
+// an event that does not decode, or that ok rejects, is an error.
+func decodeAll[T any](events []Event, kind, what string, ok func(T) bool) ([]T, error) {
+	var out []T
 	for _, e := range events {
-		if e.Kind != KindWorkload {
+		if e.Kind != kind {
 			continue
 		}
-		var w Workload
+		var v T
 		dec := json.NewDecoder(bytes.NewReader(e.Data))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&w); err != nil || w.ID == "" || w.Digest == "" {
-			return nil, fmt.Errorf("runtime event %d: malformed workload event", e.Recnum)
+		if err := dec.Decode(&v); err != nil || !ok(v) {
+			return nil, fmt.Errorf("runtime event %d: malformed %s event", e.Recnum, what)
 		}
-		out = append(out, w)
+		out = append(out, v)
 	}
 	return out, nil
 }
@@ -287,18 +293,5 @@ func (g GPUInventory) Encode() []byte {
 
 // GPUInventories returns the GPU events' data, in order.
 func GPUInventories(events []Event) ([]GPUInventory, error) {
-	var out []GPUInventory
-	for _, e := range events {
-		if e.Kind != KindGPU {
-			continue
-		}
-		var g GPUInventory
-		dec := json.NewDecoder(bytes.NewReader(e.Data))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&g); err != nil || len(g.Digest) != 64 {
-			return nil, fmt.Errorf("runtime event %d: malformed GPU event", e.Recnum)
-		}
-		out = append(out, g)
-	}
-	return out, nil
+	return decodeAll(events, KindGPU, "GPU", func(g GPUInventory) bool { return len(g.Digest) == 64 })
 }

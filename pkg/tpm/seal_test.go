@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"errors"
+	"io"
 	"testing"
 )
 
@@ -21,16 +22,22 @@ func TestSealUnseal(t *testing.T) {
 		t.Fatal(err)
 	}
 	secret := bytes.Repeat([]byte{0x5a}, 64)
-	s, err := Seal(sim, secret, []int{7, 15})
+	bus := &recorder{rw: sim}
+	s, err := Seal(bus, secret, []int{7, 15})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if bytes.Contains(s.Public, secret) || bytes.Contains(s.Private, secret) {
 		t.Fatal("sealed blob contains the secret in the clear")
 	}
-	got, err := Unseal(sim, s)
+	got, err := Unseal(bus, s)
 	if err != nil || !bytes.Equal(got, secret) {
 		t.Fatalf("Unseal = %x, %v; want the secret", got, err)
+	}
+	// Parameter encryption: the secret crossed the TPM bus in neither
+	// direction in the clear (an interposer sees only ciphertext).
+	if bytes.Contains(bus.seen.Bytes(), secret[:16]) {
+		t.Fatal("the secret was on the TPM bus in the clear")
 	}
 
 	t.Run("tampered private part", func(t *testing.T) {
@@ -78,4 +85,22 @@ func TestSealRejects(t *testing.T) {
 	if _, err := selection(nil); err == nil {
 		t.Error("empty selection accepted")
 	}
+}
+
+// recorder passes TPM traffic through and keeps a copy of both
+// directions, as a bus interposer would.
+type recorder struct {
+	rw   io.ReadWriter
+	seen bytes.Buffer
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.seen.Write(p)
+	return r.rw.Write(p)
+}
+
+func (r *recorder) Read(p []byte) (int, error) {
+	n, err := r.rw.Read(p)
+	r.seen.Write(p[:n])
+	return n, err
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/config"
 )
 
@@ -122,7 +123,7 @@ func (c *Config) Defaults() {
 		c.ScratchDir = "/var/lib/rigos/scratch"
 	}
 	if c.Plan.MaxDuration == 0 {
-		c.Plan.MaxDuration = config.Duration(24 * time.Hour)
+		c.Plan.MaxDuration = config.Duration(askplan.DefaultMaxDuration)
 	}
 	if c.ReconnectMin == 0 {
 		c.ReconnectMin = config.Duration(time.Second)

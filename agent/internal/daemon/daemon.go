@@ -77,7 +77,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		}
 		nodeID = NodeIDFromEK(ek)
 	}
-	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", selfCgroup())
+	cg := selfCgroup()
+	weight, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup", cg, "cpu.weight"))
+	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", cg, "cpu_weight", strings.TrimSpace(string(weight)))
 
 	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log}
 	if cfg.Containerd != "" {

@@ -202,7 +202,7 @@ func (m *Manager) Verdict(v *apiv1.Verdict) {
 		m.mu.Unlock()
 		return
 	}
-	m.trusted, m.trustReason = false, fmt.Sprintf("node demoted to %s: %s", stateName(v.GetState()), v.GetReason())
+	m.trusted, m.trustReason = false, fmt.Sprintf("node demoted to %s: %s", v.GetState().Name(), v.GetReason())
 	reason := m.trustReason
 	m.mu.Unlock()
 	m.killTrusted(reason)
@@ -622,16 +622,4 @@ func (m *Manager) Running() []string {
 		out = append(out, id)
 	}
 	return out
-}
-
-func stateName(s apiv1.NodeState) string {
-	switch s {
-	case apiv1.NodeState_NODE_STATE_SUSPECT:
-		return "suspect"
-	case apiv1.NodeState_NODE_STATE_UNTRUSTED:
-		return "untrusted"
-	case apiv1.NodeState_NODE_STATE_ENROLLING:
-		return "enrolling"
-	}
-	return s.String()
 }

@@ -67,7 +67,7 @@ func (v *Verifier) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1
 	}
 	out.Gpus = v.GPUs(n.ID)
 	v.mu.Lock()
-	out.AskPlan, out.AskPlanError = v.plans[n.ID][0], v.plans[n.ID][1]
+	out.AskPlan, out.AskPlanError = v.plans[n.ID].plan, v.plans[n.ID].err
 	v.mu.Unlock()
 	ws, err := v.o.Store.WorkloadEvents(ctx, n.ID, limit)
 	if err != nil {
@@ -75,7 +75,7 @@ func (v *Verifier) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1
 	}
 	for _, e := range ws {
 		out.Workloads = append(out.Workloads, &apiv1.WorkloadEvent{
-			Id: e.Workload, State: workloadStateProto(e.State), Reason: e.Reason, ExitCode: int32(e.ExitCode),
+			Id: e.Workload, State: apiv1.WorkloadStateByName(e.State), Reason: e.Reason, ExitCode: int32(e.ExitCode),
 			OomKilled: e.OOMKilled, ImageDigest: e.ImageDigest, UnixMs: e.Time.UnixMilli(),
 		})
 	}

@@ -155,7 +155,7 @@ func (v *Verifier) enrol(ctx context.Context, stream apiv1.Attestation_SessionSe
 		return nil, refuse("hello: ASK plan too large")
 	}
 	v.mu.Lock()
-	v.plans[h.GetNodeId()] = [2]string{h.GetAskPlan(), h.GetAskPlanError()}
+	v.plans[h.GetNodeId()] = helloPlan{h.GetAskPlan(), h.GetAskPlanError()}
 	v.mu.Unlock()
 	if e := h.GetAskPlanError(); e != "" {
 		v.o.Logger.Warn("node's ASK plan unusable: it takes no workloads", "node", h.GetNodeId(), "err", e)

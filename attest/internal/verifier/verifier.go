@@ -93,8 +93,11 @@ type Verifier struct {
 	// workloads are the watchers of workloads' updates.
 	workloads map[workloadKey][]chan *apiv1.WorkloadUpdate
 	gpus      map[string]*apiv1.GPUReport // latest per node
-	plans     map[string][2]string        // ASK plan and its error, from the latest hello
+	plans     map[string]helloPlan        // from each node's latest hello
 }
+
+// helloPlan is the ASK plan a node reported, or why its plan is unusable.
+type helloPlan struct{ plan, err string }
 
 // New creates a Verifier. Nodes left trusted by a previous run are
 // demoted to suspect: they must pass again before they count.
@@ -117,7 +120,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	v := &Verifier{
 		o: o, rng: newRand(),
 		sessions: map[string]*conn{}, watchers: map[chan *apiv1.StateChange]struct{}{},
-		workloads: map[workloadKey][]chan *apiv1.WorkloadUpdate{}, gpus: map[string]*apiv1.GPUReport{}, plans: map[string][2]string{},
+		workloads: map[workloadKey][]chan *apiv1.WorkloadUpdate{}, gpus: map[string]*apiv1.GPUReport{}, plans: map[string]helloPlan{},
 	}
 	v.nextID.Store(uint64(o.Now().UnixNano()))
 	n, err := o.Store.DemoteAll(ctx, StateTrusted, StateSuspect, "verifier restarted; awaiting re-check", o.Now())

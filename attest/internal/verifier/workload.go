@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"context"
-	"fmt"
 	"regexp"
 	"time"
 
@@ -95,12 +94,12 @@ func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.Ag
 		e := m.GetWorkloadEvent()
 		id = e.GetId()
 		if err := v.o.Store.SaveWorkloadEvent(ctx, store.WorkloadEvent{
-			Node: node, Workload: e.GetId(), Time: v.o.Now(), State: workloadStateName(e.GetState()),
+			Node: node, Workload: e.GetId(), Time: v.o.Now(), State: e.GetState().Name(),
 			Reason: e.GetReason(), ExitCode: int(e.GetExitCode()), OOMKilled: e.GetOomKilled(), ImageDigest: e.GetImageDigest(),
 		}); err != nil {
 			return err
 		}
-		v.o.Logger.Info("workload", "node", node, "workload", e.GetId(), "state", workloadStateName(e.GetState()),
+		v.o.Logger.Info("workload", "node", node, "workload", e.GetId(), "state", e.GetState().Name(),
 			"reason", e.GetReason(), "exit", e.GetExitCode(), "oom", e.GetOomKilled())
 		u = &apiv1.WorkloadUpdate{Update: &apiv1.WorkloadUpdate_Event{Event: e}}
 	case m.GetGpuReport() != nil:
@@ -234,30 +233,6 @@ func (v *Verifier) sessionGone(id string) <-chan struct{} {
 	ch := make(chan struct{})
 	close(ch)
 	return ch
-}
-
-var workloadStates = map[apiv1.WorkloadState]string{
-	apiv1.WorkloadState_WORKLOAD_STATE_PREPARING: "preparing",
-	apiv1.WorkloadState_WORKLOAD_STATE_RUNNING:   "running",
-	apiv1.WorkloadState_WORKLOAD_STATE_EXITED:    "exited",
-	apiv1.WorkloadState_WORKLOAD_STATE_KILLED:    "killed",
-	apiv1.WorkloadState_WORKLOAD_STATE_FAILED:    "failed",
-}
-
-func workloadStateName(s apiv1.WorkloadState) string {
-	if n, ok := workloadStates[s]; ok {
-		return n
-	}
-	return fmt.Sprintf("unknown(%d)", s)
-}
-
-func workloadStateProto(name string) apiv1.WorkloadState {
-	for s, n := range workloadStates {
-		if n == name {
-			return s
-		}
-	}
-	return apiv1.WorkloadState_WORKLOAD_STATE_UNSPECIFIED
 }
 
 // gpuReport keeps a node's latest GPU report and logs GPUs that turned
