@@ -33,11 +33,21 @@ test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds
 test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility, workloads
 	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+(vm|workload)_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
 
+# A bare "context deadline exceeded" at the end of -fuzztime, with no
+# failing input written, is Go 1.26's fuzz-coordinator shutdown race
+# (go.dev/issue/75804, fixed in Go 1.27), not a finding: it is reported
+# and the target run once more. Anything else fails.
 fuzz: ## run each fuzz target for FUZZTIME
 	@for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
 	    echo "fuzz $$pkg $$f"; \
-	    out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) || { echo "$$out" | tail -30; exit 1; }; \
+	    for try in 1 2; do \
+	      out=$$($(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg 2>&1) && break; \
+	      if [ $$try = 1 ] && echo "$$out" | grep -q 'context deadline exceeded' && ! echo "$$out" | grep -q 'Failing input written'; then \
+	        echo "  fuzz-coordinator deadline race (go.dev/issue/75804), no failing input: running $$f again"; continue; \
+	      fi; \
+	      echo "$$out" | tail -30; exit 1; \
+	    done; \
 	  done; \
 	done
 
