@@ -137,9 +137,9 @@ func Appraise(req Request) *Result {
 	r.add(err)
 	r.RuntimeEvents, err = replayRuntime(ev.RuntimeLog, q.PCRs)
 	r.add(err)
-	if err == nil && fwEvents != nil {
-		r.add(checkUnlogged(q.PCRs, logged))
-	}
+	// Always, whatever the replays said: a PCR extended without a log
+	// entry is caught even when a log is empty or fails to parse.
+	r.add(checkUnlogged(q.PCRs, logged))
 
 	r.FirmwarePCRs = map[int][]byte{}
 	for _, i := range FirmwarePCRs {
@@ -160,9 +160,8 @@ func Appraise(req Request) *Result {
 		}
 	}
 
-	if fwEvents == nil {
-		return r // the policy needs a replayed firmware log
-	}
+	// The policy always runs: with a firmware log that failed to replay
+	// it sees no events and fails on its own terms as well.
 	for _, e := range fwEvents {
 		if e.Index == 4 && uint32(e.Type) == tcglog.EvEFIBootServicesApp {
 			r.BootApplications = append(r.BootApplications, e.Digest)
@@ -172,29 +171,80 @@ func Appraise(req Request) *Result {
 	return r
 }
 
+// LoggedPCRs must be quoted and must have firmware log events: the
+// policy reads them (Secure Boot state and authorities in PCR 7, boot
+// applications in PCR 4, the UKI's sections in PCR 11, the firmware in
+// 0-3, 5, 6). A log without events for one of them proves nothing about
+// it, and an empty log must not pass as "nothing to check".
+var LoggedPCRs = []int{0, 1, 2, 3, 4, 5, 6, 7, 11}
+
+// MaxNoActionEvents bounds the EV_NO_ACTION events a firmware log may
+// carry; real firmware logs a handful.
+const MaxNoActionEvents = 8
+
+// noActionSignatures are the EV_NO_ACTION events the TCG PC Client
+// specification defines (beyond the Spec ID header, which the parser
+// consumes). They extend nothing and the appraisal never reads them, but
+// any other EV_NO_ACTION is padding or a smuggled record and fails.
+var noActionSignatures = []string{
+	"StartupLocality\x00",
+	"SP800-155 Event\x00",
+	"SP800-155 Event3",
+	"NvIndexInstance\x00",
+	"NvIndexDynamic\x00\x00",
+}
+
 // replayFirmware parses the firmware log and replays it against the
 // quoted PCRs. It returns the verified events and the set of PCRs that
+// have events. Only the SHA-256 bank is replayed and read: the log's
+// SHA-1 digests are neither checked nor used (no SHA-1 PCR is quoted).
+// Every event must be for a quoted PCR, and every PCR in LoggedPCRs must
 // have events.
 func replayFirmware(log []byte, quoted map[int][]byte) ([]attest.Event, map[int]bool, error) {
+	logged := map[int]bool{}
 	el, err := attest.ParseEventLog(log)
 	if err != nil {
-		return nil, nil, fail(CheckFirmwareLog, "parsing: %v", err)
+		return nil, logged, fail(CheckFirmwareLog, "parsing: %v", err)
 	}
 	if !slices.Contains(el.Algs, attest.HashSHA256) {
-		return nil, nil, fail(CheckFirmwareLog, "log has no SHA-256 bank")
+		return nil, logged, fail(CheckFirmwareLog, "log has no SHA-256 bank")
 	}
-	logged := map[int]bool{}
-	for _, e := range el.Events(attest.HashSHA256) {
+	noAction := 0
+	var unquoted []int
+	for seq, e := range el.Events(attest.HashSHA256) {
 		if uint32(e.Type) == tcglog.EvNoAction { // extends nothing
+			noAction++
+			if noAction > MaxNoActionEvents {
+				return nil, map[int]bool{}, fail(CheckFirmwareLog, "more than %d EV_NO_ACTION events", MaxNoActionEvents)
+			}
+			if len(e.Data) < 16 || !slices.Contains(noActionSignatures, string(e.Data[:16])) {
+				return nil, map[int]bool{}, fail(CheckFirmwareLog, "EV_NO_ACTION event %d is not one the specification defines", seq)
+			}
 			continue
 		}
 		if e.Index == measure.RuntimePCR {
-			return nil, nil, fail(CheckFirmwareLog, "firmware log has events for the runtime PCR %d", measure.RuntimePCR)
+			return nil, map[int]bool{}, fail(CheckFirmwareLog, "firmware log has events for the runtime PCR %d", measure.RuntimePCR)
 		}
-		if _, ok := quoted[e.Index]; !ok && e.Index < 24 {
-			continue // not asked for, not verified, not used
+		if _, ok := quoted[e.Index]; !ok {
+			if !slices.Contains(unquoted, e.Index) {
+				unquoted = append(unquoted, e.Index)
+			}
+			continue
 		}
 		logged[e.Index] = true
+	}
+	if len(unquoted) > 0 {
+		slices.Sort(unquoted)
+		return nil, logged, fail(CheckFirmwareLog, "events for PCRs %v, which the challenge did not quote", unquoted)
+	}
+	var missing []int
+	for _, i := range LoggedPCRs {
+		if !logged[i] {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, logged, fail(CheckFirmwareLog, "no events for PCRs %v, which the policy needs", missing)
 	}
 	var pcrs []attest.PCR
 	for i, v := range quoted {
@@ -206,9 +256,9 @@ func replayFirmware(log []byte, quoted map[int][]byte) ([]attest.Event, map[int]
 	if err != nil {
 		var re attest.ReplayError
 		if errors.As(err, &re) {
-			return nil, nil, fail(CheckFirmwareLog, "PCRs %v do not match the log", re.InvalidPCRs)
+			return nil, logged, fail(CheckFirmwareLog, "PCRs %v do not match the log", re.InvalidPCRs)
 		}
-		return nil, nil, fail(CheckFirmwareLog, "replay: %v", err)
+		return nil, logged, fail(CheckFirmwareLog, "replay: %v", err)
 	}
 	return events, logged, nil
 }

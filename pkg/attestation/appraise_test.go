@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -410,5 +411,94 @@ func TestNoManifest(t *testing.T) {
 	r.Manifests = []*Manifest{other, devboot.Manifest(devboot.Default(), "new")}
 	if res := Appraise(r); res.Err() != nil || res.Manifest != "new" {
 		t.Fatalf("Appraise(two manifests) = %v, manifest %q; want pass with new", res.Err(), res.Manifest)
+	}
+}
+
+// A firmware log that is only the Spec ID header replays to nothing. It
+// must fail, and the policy must still run: a node whose log says nothing
+// proves nothing.
+func TestHeaderOnlyFirmwareLog(t *testing.T) {
+	for name, cfg := range map[string]devboot.Config{
+		"genuine boot":    devboot.Default(),
+		"Secure Boot off": func() devboot.Config { c := devboot.Default(); c.SecureBoot = false; return c }(),
+		"foreign UKI":     {Sections: []devboot.Section{{Name: ".linux", Content: []byte("someone else's kernel")}}},
+		"PCR 12 extended": func() devboot.Config {
+			c := devboot.Default()
+			c.Extra = append(c.Extra, devboot.Extra{PCR: 12, Type: tcglog.EvIPL, Data: []byte("x")})
+			return c
+		}(),
+	} {
+		t.Run(name, func(t *testing.T) {
+			n := boot(t, 1, cfg)
+			ev, no := gather(t, n)
+			ev.FirmwareLog = splitLog(t, ev.FirmwareLog)[0]
+			r := Appraise(request(n, ev, no))
+			if r.Err() == nil || r.Manifest != "" {
+				t.Fatalf("Appraise(header-only log) passed with build %q", r.Manifest)
+			}
+			wantFail(t, r, CheckFirmwareLog)
+			wantFail(t, r, CheckUnlogged)
+			wantFail(t, r, CheckBootApp) // the policy ran: no boot application
+		})
+	}
+}
+
+// EV_NO_ACTION events extend nothing. The ones the specification defines
+// may appear; anything else is padding and fails.
+func TestNoActionPadding(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	with := func(data ...[]byte) []byte {
+		l := tcglog.New()
+		for _, d := range data {
+			l.Append(0, tcglog.EvNoAction, make([]byte, 32), d)
+		}
+		return append(bytes.Clone(ev.FirmwareLog), bytes.Join(splitLog(t, l.Bytes())[1:], nil)...)
+	}
+	locality := append([]byte("StartupLocality\x00"), 3)
+	for name, tc := range map[string]struct {
+		log  []byte
+		pass bool
+	}{
+		"startup locality":  {with(locality), true},
+		"unknown signature": {with([]byte("RigOS-is-fine!!!\x00anything")), false},
+		"short":             {with([]byte("x")), false},
+		"too many":          {with(slices.Repeat([][]byte{locality}, MaxNoActionEvents+1)...), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			e := ev
+			e.FirmwareLog = tc.log
+			r := Appraise(request(n, e, no))
+			if tc.pass {
+				if err := r.Err(); err != nil {
+					t.Fatalf("Appraise() = %v, want pass", err)
+				}
+				return
+			}
+			wantFail(t, r, CheckFirmwareLog)
+		})
+	}
+}
+
+// Events for a PCR the challenge did not quote cannot be verified, so a
+// log carrying them fails rather than being half-read.
+func TestEventsForUnquotedPCR(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	l := tcglog.New()
+	l.Measure(10, tcglog.EvIPL, []byte("not quoted"))
+	ev.FirmwareLog = append(bytes.Clone(ev.FirmwareLog), bytes.Join(splitLog(t, l.Bytes())[1:], nil)...)
+	wantFail(t, Appraise(request(n, ev, no)), CheckFirmwareLog)
+}
+
+// The PCRs the policy reads must have events: a boot without PCR 11
+// events (no UKI stub) fails although PCR 11 itself is all zeros.
+func TestPolicyPCRsNeedEvents(t *testing.T) {
+	n := boot(t, 1, devboot.Config{SecureBoot: true})
+	ev, no := gather(t, n)
+	r := Appraise(request(n, ev, no))
+	wantFail(t, r, CheckFirmwareLog)
+	if !strings.Contains(r.Err().Error(), "11") {
+		t.Errorf("Appraise() = %v, want PCR 11 named", r.Err())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"os"
 	"slices"
@@ -108,5 +109,44 @@ func BenchmarkAppraiseQEMU(b *testing.B) {
 		if r := Appraise(req); len(r.Failures) != 0 {
 			b.Fatal(r.Err())
 		}
+	}
+}
+
+// The appraisal replays and reads the SHA-256 bank only. A SHA-1 digest
+// that disagrees with its event changes nothing (no SHA-1 PCR is quoted,
+// so it could not be checked), while the same edit in the SHA-256 digest
+// fails the replay.
+func TestRecordedQEMUSHA1BankIgnored(t *testing.T) {
+	d, m := loadQEMU(t)
+	log := d.Request().Evidence.FirmwareLog
+	// The Spec ID header is a SHA-1-format record; the first crypto-agile
+	// record follows: PCR, type, digest count, then (alg, digest) pairs.
+	off := 32 + int(binary.LittleEndian.Uint32(log[28:32]))
+	sizes := map[uint16]int{0x0004: 20, 0x000b: 32, 0x000c: 48, 0x000d: 64, 0x0012: 32}
+	at := map[uint16]int{}
+	p := off + 12
+	for range binary.LittleEndian.Uint32(log[off+8:]) {
+		alg := binary.LittleEndian.Uint16(log[p:])
+		at[alg] = p + 2
+		p += 2 + sizes[alg]
+	}
+	sha1At, sha256At := at[0x0004], at[0x000b]
+	if sha1At == 0 || sha256At == 0 {
+		t.Fatalf("first event's digests at %v, want SHA-1 and SHA-256", at)
+	}
+	for name, tc := range map[string]struct {
+		at   int
+		pass bool
+	}{"SHA-1 digest": {sha1At, true}, "SHA-256 digest": {sha256At, false}} {
+		t.Run(name, func(t *testing.T) {
+			req := d.Request()
+			req.Manifests = []*Manifest{m}
+			req.Evidence.FirmwareLog = bytes.Clone(log)
+			req.Evidence.FirmwareLog[tc.at] ^= 0xff
+			r := Appraise(req)
+			if got := r.Err() == nil; got != tc.pass {
+				t.Fatalf("Appraise(changed %s) passed = %v (%v), want %v", name, got, r.Err(), tc.pass)
+			}
+		})
 	}
 }
