@@ -35,6 +35,9 @@ func NewEd25519() (private, public []byte, err error) {
 
 // ReadEd25519Private reads a PKCS#8 PEM Ed25519 private key.
 func ReadEd25519Private(path string) (ed25519.PrivateKey, error) {
+	if err := CheckPrivate(path); err != nil {
+		return nil, err
+	}
 	der, err := readPEM(path, "PRIVATE KEY")
 	if err != nil {
 		return nil, err
@@ -65,6 +68,26 @@ func ReadEd25519Public(path string) (ed25519.PublicKey, error) {
 		return nil, fmt.Errorf("%s: not an Ed25519 key", path)
 	}
 	return ek, nil
+}
+
+// ErrExposed is wrapped when a private key file can be read, or
+// replaced, by someone other than its owner.
+var ErrExposed = errors.New("private key file is accessible to group or others")
+
+// CheckPrivate refuses a private key file that is not a regular file or
+// whose mode lets group or others read or write it.
+func CheckPrivate(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", path)
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s: %w (mode %04o): run chmod 600 %s", path, ErrExposed, perm, path)
+	}
+	return nil
 }
 
 func readPEM(path, typ string) ([]byte, error) {

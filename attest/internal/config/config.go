@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/config"
+	"github.com/rigos/rigos/pkg/measure"
 )
 
 // SpotCheck controls the random attestation rounds.
@@ -19,6 +22,19 @@ type SpotCheck struct {
 	Max config.Duration `json:"max"`
 	// Deadline is the time a node has to answer. Default is "10s".
 	Deadline config.Duration `json:"deadline"`
+}
+
+// Enrolment limits strangers: every TPM the verifier does not know yet
+// costs an enrolment, and every stream holds a handshake slot until it
+// has proven its TPM.
+type Enrolment struct {
+	// Rate is the sustained number of new TPMs per second. Default is 2.
+	Rate float64 `json:"rate"`
+	// Burst is how many may come at once. Default is 50.
+	Burst int `json:"burst"`
+	// MaxHandshakes bounds streams still in their handshake. Default is
+	// 256.
+	MaxHandshakes int `json:"max_handshakes"`
 }
 
 // Config is the attest configuration file (JSON). Relative paths are
@@ -52,11 +68,18 @@ type Config struct {
 	// AllowDev lets dev-class TPMs (software TPMs, uncertified EKs) be
 	// trusted. Default is false.
 	AllowDev bool `json:"allow_dev"`
+	// RefuseDev refuses dev-class TPMs at the hello, so they are never
+	// enrolled: the production setting. Default is false.
+	RefuseDev bool `json:"refuse_dev"`
+	// Enrolment bounds how fast new TPMs may enrol and how many streams
+	// may be in their handshake at once.
+	Enrolment Enrolment `json:"enrolment"`
 	// PCRs to quote. Default is 0-9 and 11-15.
 	PCRs []int `json:"pcrs"`
 	// SpotCheck controls the random rounds.
 	SpotCheck SpotCheck `json:"spot_check"`
-	// HandshakeTimeout bounds each enrolment step. Default is "30s".
+	// HandshakeTimeout bounds a stream's whole handshake (hello and
+	// credential activation). Default is "30s".
 	HandshakeTimeout config.Duration `json:"handshake_timeout"`
 	// EvidenceDir, if set, keeps a full dump (JSON) of every appraisal:
 	// challenge, quote, PCRs, event logs and verdict. Default is none.
@@ -111,6 +134,15 @@ func (c *Config) Defaults() {
 	setD(&c.SpotCheck.Max, 20*time.Minute)
 	setD(&c.SpotCheck.Deadline, 10*time.Second)
 	setD(&c.HandshakeTimeout, 30*time.Second)
+	if c.Enrolment.Rate == 0 {
+		c.Enrolment.Rate = 2
+	}
+	if c.Enrolment.Burst == 0 {
+		c.Enrolment.Burst = 50
+	}
+	if c.Enrolment.MaxHandshakes == 0 {
+		c.Enrolment.MaxHandshakes = 256
+	}
 }
 
 // Validate reports every problem at once.
@@ -133,12 +165,25 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("pcrs: %d is not a PCR", p))
 		}
 	}
+	if len(c.PCRs) > 0 {
+		for _, p := range append(slices.Clone(attestation.LoggedPCRs), measure.RuntimePCR) {
+			if !slices.Contains(c.PCRs, p) {
+				errs = append(errs, fmt.Errorf("pcrs: PCR %d is needed by the appraisal policy", p))
+			}
+		}
+	}
 	s := c.SpotCheck
 	if s.Min > s.Max {
 		errs = append(errs, fmt.Errorf("spot_check: min %s exceeds max %s", s.Min.D(), s.Max.D()))
 	}
 	if s.Mean <= 0 || s.Deadline <= 0 {
 		errs = append(errs, errors.New("spot_check: mean and deadline must be positive"))
+	}
+	if e := c.Enrolment; e.Rate < 0 || e.Burst < 0 || e.MaxHandshakes < 0 {
+		errs = append(errs, errors.New("enrolment: rate, burst and max_handshakes must not be negative"))
+	}
+	if c.RefuseDev && c.AllowDev {
+		errs = append(errs, errors.New("refuse_dev and allow_dev contradict each other"))
 	}
 	if _, err := config.ParseLogLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)

@@ -110,6 +110,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("ek_intermediates: %w", err)
 	}
+	if err := keyfile.CheckPrivate(cfg.TLSKey); err != nil {
+		return nil, fmt.Errorf("tls_key: %w", err)
+	}
 	cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("TLS certificate: %w", err)
@@ -135,7 +138,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		Policy: verifier.Policy{
 			PCRs: cfg.PCRs, MeanInterval: cfg.SpotCheck.Mean.D(), MinInterval: cfg.SpotCheck.Min.D(),
 			MaxInterval: cfg.SpotCheck.Max.D(), Deadline: cfg.SpotCheck.Deadline.D(),
-			HandshakeTimeout: cfg.HandshakeTimeout.D(), AllowDev: cfg.AllowDev,
+			HandshakeTimeout: cfg.HandshakeTimeout.D(), AllowDev: cfg.AllowDev, RefuseDev: cfg.RefuseDev,
+			EnrolRate: cfg.Enrolment.Rate, EnrolBurst: cfg.Enrolment.Burst, MaxHandshakes: cfg.Enrolment.MaxHandshakes,
 		},
 	})
 	if err != nil {
@@ -146,6 +150,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	d.agents = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})),
 		grpc.MaxRecvMsgSize(MaxMessage),
+		// One session per agent connection; a few spare for reconnects.
+		grpc.MaxConcurrentStreams(4),
 		// Agents sit behind NAT: let them ping to keep the stream open.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
@@ -163,14 +169,51 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		db.Close()
 		return nil, err
 	}
-	_ = os.Remove(cfg.AdminSocket)
-	if d.adminLis, err = net.Listen("unix", cfg.AdminSocket); err != nil {
+	if d.adminLis, err = listenPrivate(cfg.AdminSocket); err != nil {
 		d.agentLis.Close()
 		db.Close()
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	return d, nil
+}
+
+// listenPrivate listens on a Unix socket at path that is mode 0600 from
+// the moment it appears there: it is created in a fresh private folder,
+// restricted, then renamed into place, so no other user can connect in
+// between. Closing the listener removes it.
+func listenPrivate(path string) (net.Listener, error) {
+	tmp, err := os.MkdirTemp(filepath.Dir(path), ".admin-") // mode 0700
+	if err != nil {
 		return nil, err
 	}
-	_ = os.Chmod(cfg.AdminSocket, 0o600)
-	return d, nil
+	defer os.RemoveAll(tmp)
+	p := filepath.Join(tmp, "sock")
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		return nil, err
+	}
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false)
+	if err := os.Chmod(p, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	if err := os.Rename(p, path); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return &unlinkListener{UnixListener: ul, path: path}, nil
+}
+
+type unlinkListener struct {
+	*net.UnixListener
+	path string
+}
+
+func (l *unlinkListener) Close() error {
+	err := l.UnixListener.Close()
+	_ = os.Remove(l.path)
+	return err
 }
 
 // Addr is the agents' listening address.

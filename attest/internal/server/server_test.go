@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/rigos/rigos/internal/simnode"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/keyfile"
 	"github.com/rigos/rigos/pkg/session"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -91,5 +93,53 @@ func TestDaemonFromDevSetup(t *testing.T) {
 	case <-trusted:
 	case <-sctx.Done():
 		t.Fatal("node not trusted within a minute")
+	}
+}
+
+// Private keys readable by others are refused with what to do; the admin
+// socket is the owner's alone.
+func TestKeyFilesAndAdminSocket(t *testing.T) {
+	dir := t.TempDir()
+	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1", SpotMean: "1m", SpotMin: "1m", SpotMax: "1m", Deadline: "5s"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(filepath.Join(dir, "attest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{cfg.SigningKey, cfg.TLSKey} {
+		if err := os.Chmod(key, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler))
+		if !errors.Is(err, keyfile.ErrExposed) || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("New() with %s mode 0644 = %v, want ErrExposed saying chmod 600", filepath.Base(key), err)
+		}
+		os.Chmod(key, 0o600)
+	}
+	// A socket folder others may enter does not widen the socket.
+	sockDir := filepath.Join(dir, "run")
+	if err := os.Mkdir(sockDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(sockDir, 0o777)
+	cfg.AdminSocket = filepath.Join(sockDir, "admin.sock")
+	d, err := New(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(cfg.AdminSocket)
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("admin socket: %v, %v; want a socket of mode 0600", fi.Mode(), err)
+	}
+	entries, _ := os.ReadDir(sockDir)
+	if len(entries) != 1 {
+		t.Errorf("socket folder holds %d entries, want only the socket", len(entries))
+	}
+	d.adminLis.Close()
+	d.agentLis.Close()
+	d.db.Close()
+	if _, err := os.Stat(cfg.AdminSocket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("admin socket left behind after close: %v", err)
 	}
 }

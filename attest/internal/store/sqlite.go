@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS workload_events (
 	image_digest TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS workload_events_node ON workload_events(node, seq);
+CREATE INDEX IF NOT EXISTS workload_events_workload ON workload_events(node, workload);
 `
 
 // OpenSQLite opens (creating if needed) the database at path.
@@ -326,6 +327,16 @@ func (s *SQLite) SaveWorkloadEvent(ctx context.Context, e WorkloadEvent) error {
 		return fmt.Errorf("recording workload event for %s: %w", e.Node, err)
 	}
 	return nil
+}
+
+// WorkloadEventCount implements Store.
+func (s *SQLite) WorkloadEventCount(ctx context.Context, node, workload string) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM workload_events WHERE node = ? AND workload = ?`, node, workload).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("counting workload events for %s: %w", node, err)
+	}
+	return n, nil
 }
 
 // WorkloadEvents implements Store.

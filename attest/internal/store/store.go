@@ -59,7 +59,7 @@ type Verdict struct {
 type WorkloadEvent struct {
 	Node, Workload string
 	Time           time.Time
-	State          string // "preparing", "running", "exited", "killed", "failed"
+	State          string // "sent" (by the verifier), "preparing", "running", "exited", "killed", "failed"
 	Reason         string
 	ExitCode       int
 	OOMKilled      bool
@@ -86,6 +86,9 @@ type Store interface {
 	DemoteAll(ctx context.Context, from, to, reason string, now time.Time) (int, error)
 	// SaveWorkloadEvent records a workload event.
 	SaveWorkloadEvent(ctx context.Context, e WorkloadEvent) error
+	// WorkloadEventCount returns how many events are recorded for one
+	// workload of a node (0: it was never sent there).
+	WorkloadEventCount(ctx context.Context, node, workload string) (int, error)
 	// WorkloadEvents returns a node's latest workload events, newest first.
 	WorkloadEvents(ctx context.Context, node string, limit int) ([]WorkloadEvent, error)
 	Close() error

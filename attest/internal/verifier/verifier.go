@@ -28,6 +28,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
@@ -51,11 +53,23 @@ type Policy struct {
 	MeanInterval, MinInterval, MaxInterval time.Duration
 	// Deadline is how long a node has to answer a challenge.
 	Deadline time.Duration
-	// HandshakeTimeout bounds each step of enrolment.
+	// HandshakeTimeout bounds the whole handshake: hello, credential
+	// activation and the answer, before a stream is attached.
 	HandshakeTimeout time.Duration
 	// AllowDev lets dev-class TPMs (software TPMs, uncertified EKs) be
 	// trusted. Off in production.
 	AllowDev bool
+	// RefuseDev refuses dev-class TPMs at the hello: they are not even
+	// enrolled. The production switch.
+	RefuseDev bool
+	// EnrolRate and EnrolBurst bound how fast EKs the verifier does not
+	// know yet may enrol (new nodes, and known node IDs presenting another
+	// TPM). Defaults are 2 per second and a burst of 50.
+	EnrolRate  float64
+	EnrolBurst int
+	// MaxHandshakes bounds the streams that have not proven their TPM
+	// yet; more are refused at once. Default is 256.
+	MaxHandshakes int
 }
 
 // Options configure a Verifier.
@@ -93,7 +107,15 @@ type Verifier struct {
 	// workloads are the watchers of workloads' updates.
 	workloads map[workloadKey][]chan *apiv1.WorkloadUpdate
 	gpus      map[string]*apiv1.GPUReport // latest per node
-	plans     map[string]helloPlan        // from each node's latest hello
+	plans     map[string]helloPlan        // from each node's latest proven hello
+	// sent counts, per node and workload sent to it, the events the node
+	// reported: only those workloads' events are taken, and only so many.
+	sent map[string]map[string]int
+	// conflicts are the EK conflicts already recorded (node/EK).
+	conflicts map[string]bool
+	// enrolments limits new EKs; handshakes counts unproven streams.
+	enrolments *rate.Limiter
+	handshakes chan struct{}
 }
 
 // helloPlan is the ASK plan a node reported, or why its plan is unusable.
@@ -117,10 +139,22 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	if len(o.Policy.PCRs) == 0 {
 		o.Policy.PCRs = attestation.DefaultPCRs
 	}
+	if o.Policy.EnrolRate == 0 {
+		o.Policy.EnrolRate = 2
+	}
+	if o.Policy.EnrolBurst == 0 {
+		o.Policy.EnrolBurst = 50
+	}
+	if o.Policy.MaxHandshakes == 0 {
+		o.Policy.MaxHandshakes = 256
+	}
 	v := &Verifier{
 		o: o, rng: newRand(),
 		sessions: map[string]*conn{}, watchers: map[chan *apiv1.StateChange]struct{}{},
 		workloads: map[workloadKey][]chan *apiv1.WorkloadUpdate{}, gpus: map[string]*apiv1.GPUReport{}, plans: map[string]helloPlan{},
+		sent: map[string]map[string]int{}, conflicts: map[string]bool{},
+		enrolments: rate.NewLimiter(rate.Limit(o.Policy.EnrolRate), o.Policy.EnrolBurst),
+		handshakes: make(chan struct{}, o.Policy.MaxHandshakes),
 	}
 	v.nextID.Store(uint64(o.Now().UnixNano()))
 	n, err := o.Store.DemoteAll(ctx, StateTrusted, StateSuspect, "verifier restarted; awaiting re-check", o.Now())

@@ -41,12 +41,16 @@ func (v *Verifier) push(id string, m *apiv1.VerifierMessage) bool {
 
 // send queues a message for a connected node, waiting for room.
 func (v *Verifier) send(ctx context.Context, id string, m *apiv1.VerifierMessage) error {
-	v.mu.Lock()
-	c, ok := v.sessions[id]
-	v.mu.Unlock()
-	if !ok {
+	c := v.session(id)
+	if c == nil {
 		return status.Errorf(codes.Unavailable, "node %s is not connected", id)
 	}
+	return sendTo(ctx, id, c, m)
+}
+
+// sendTo queues a message on one session, waiting for room; it fails
+// once that session has ended, whatever replaced it.
+func sendTo(ctx context.Context, id string, c *conn, m *apiv1.VerifierMessage) error {
 	select {
 	case c.out <- m:
 		return nil
@@ -86,6 +90,13 @@ func (v *Verifier) watchWorkload(node, id string) (chan *apiv1.WorkloadUpdate, f
 
 // workloadMessage handles a workload event or log line from a node: it
 // records events and passes both to the workload's watchers.
+// MaxWorkloadEvents bounds the events stored for one workload (a
+// workload reports a handful: preparing, running, then how it ended).
+const MaxWorkloadEvents = 16
+
+// maxEventText bounds the free text of a stored workload event.
+const maxEventText = 1024
+
 func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.AgentMessage) error {
 	var u *apiv1.WorkloadUpdate
 	var id string
@@ -93,14 +104,23 @@ func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.Ag
 	case m.GetWorkloadEvent() != nil:
 		e := m.GetWorkloadEvent()
 		id = e.GetId()
+		ok, err := v.takeEvent(ctx, node, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			v.o.Logger.Warn("workload event dropped: not a workload sent to this node, or too many events", "node", node, "workload", truncate(id, 64))
+			return nil
+		}
 		if err := v.o.Store.SaveWorkloadEvent(ctx, store.WorkloadEvent{
-			Node: node, Workload: e.GetId(), Time: v.o.Now(), State: e.GetState().Name(),
-			Reason: e.GetReason(), ExitCode: int(e.GetExitCode()), OOMKilled: e.GetOomKilled(), ImageDigest: e.GetImageDigest(),
+			Node: node, Workload: id, Time: v.o.Now(), State: e.GetState().Name(),
+			Reason: truncate(e.GetReason(), maxEventText), ExitCode: int(e.GetExitCode()), OOMKilled: e.GetOomKilled(),
+			ImageDigest: truncate(e.GetImageDigest(), 128),
 		}); err != nil {
 			return err
 		}
 		v.o.Logger.Info("workload", "node", node, "workload", e.GetId(), "state", e.GetState().Name(),
-			"reason", e.GetReason(), "exit", e.GetExitCode(), "oom", e.GetOomKilled())
+			"reason", truncate(e.GetReason(), maxEventText), "exit", e.GetExitCode(), "oom", e.GetOomKilled())
 		u = &apiv1.WorkloadUpdate{Update: &apiv1.WorkloadUpdate_Event{Event: e}}
 	case m.GetGpuReport() != nil:
 		v.gpuReport(node, m.GetGpuReport())
@@ -121,6 +141,56 @@ func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.Ag
 		}
 	}
 	return nil
+}
+
+// sentWorkload records that workload id was sent to node: its events
+// will be taken.
+func (v *Verifier) sentWorkload(ctx context.Context, node, id string) error {
+	if err := v.o.Store.SaveWorkloadEvent(ctx, store.WorkloadEvent{
+		Node: node, Workload: id, Time: v.o.Now(), State: "sent", Reason: "sent to the node",
+	}); err != nil {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.sent[node] == nil {
+		v.sent[node] = map[string]int{}
+	}
+	v.sent[node][id] = 1
+	return nil
+}
+
+// takeEvent reports whether an event for workload id from node is to be
+// stored: the workload was sent to that node (now, or before a verifier
+// restart, as the store says) and has not used up MaxWorkloadEvents.
+func (v *Verifier) takeEvent(ctx context.Context, node, id string) (bool, error) {
+	v.mu.Lock()
+	n, ok := v.sent[node][id]
+	v.mu.Unlock()
+	if !ok {
+		c, err := v.o.Store.WorkloadEventCount(ctx, node, id)
+		if err != nil || c == 0 {
+			return false, err
+		}
+		n = c
+	}
+	if n >= MaxWorkloadEvents {
+		return false, nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.sent[node] == nil {
+		v.sent[node] = map[string]int{}
+	}
+	v.sent[node][id] = n + 1
+	return true, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
 }
 
 func terminal(s apiv1.WorkloadState) bool {
@@ -152,12 +222,19 @@ func (v *Verifier) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_R
 	if spec.GetTrustedTier() && (n.State != StateTrusted || !v.o.Now().Before(n.TrustedUntil)) {
 		return status.Errorf(codes.FailedPrecondition, "node %s is not trusted (%s: %s)", n.ID, n.State, n.Reason)
 	}
-	if !v.connected(n.ID) {
+	c := v.session(n.ID)
+	if c == nil {
 		return status.Errorf(codes.Unavailable, "node %s is not connected", n.ID)
+	}
+	if spec.GetTrustedTier() && !c.passed.Load() {
+		return status.Errorf(codes.FailedPrecondition, "node %s: its current connection has not passed an appraisal yet; retry in a few seconds", n.ID)
 	}
 	updates, stop := v.watchWorkload(n.ID, spec.GetId())
 	defer stop()
-	if err := v.send(ctx, n.ID, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_StartWorkload{
+	if err := v.sentWorkload(ctx, n.ID, spec.GetId()); err != nil {
+		return err
+	}
+	if err := sendTo(ctx, n.ID, c, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_StartWorkload{
 		StartWorkload: &apiv1.StartWorkload{Spec: spec},
 	}}); err != nil {
 		return err
@@ -165,13 +242,13 @@ func (v *Verifier) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_R
 	archive := r.GetImageArchive()
 	for off := 0; off < len(archive); off += ImageChunkSize {
 		end := min(off+ImageChunkSize, len(archive))
-		if err := v.send(ctx, n.ID, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
+		if err := sendTo(ctx, n.ID, c, &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
 			WorkloadId: spec.GetId(), Data: archive[off:end], Last: end == len(archive),
 		}}}); err != nil {
 			return err
 		}
 	}
-	gone := v.sessionGone(n.ID)
+	gone := c.gone
 	for {
 		select {
 		case u := <-updates:
@@ -220,19 +297,6 @@ func (v *Verifier) StopWorkload(ctx context.Context, r *apiv1.StopWorkloadReques
 			return nil, ctx.Err()
 		}
 	}
-}
-
-// sessionGone returns a channel closed when the node's current session
-// ends (closed at once if it has none).
-func (v *Verifier) sessionGone(id string) <-chan struct{} {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if c, ok := v.sessions[id]; ok {
-		return c.gone
-	}
-	ch := make(chan struct{})
-	close(ch)
-	return ch
 }
 
 // gpuReport keeps a node's latest GPU report and logs GPUs that turned
