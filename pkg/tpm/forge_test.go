@@ -92,7 +92,8 @@ func forge(t *testing.T, rw io.ReadWriter, secret, policy []byte, attrs tpm2.TPM
 }
 
 // policyOnly unseals s the way RigOS did before creation checks: the PCR
-// policy alone. It shows a forged object would unseal but for them.
+// policy alone, in the same salted, encrypted session. It shows a forged
+// object would unseal but for them.
 func policyOnly(t testing.TB, rw io.ReadWriter, s *Sealed) []byte {
 	t.Helper()
 	tp := transport.FromReadWriter(rw)
@@ -102,7 +103,7 @@ func policyOnly(t testing.TB, rw io.ReadWriter, s *Sealed) []byte {
 	}
 	pub, _ := tpm2.Unmarshal[tpm2.TPM2BPublic](s.Public)
 	priv, _ := tpm2.Unmarshal[tpm2.TPM2BPrivate](s.Private)
-	srk, _, flush, err := createSRK(tp)
+	srk, srkPub, flush, err := createSRK(tp)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +116,8 @@ func policyOnly(t testing.TB, rw io.ReadWriter, s *Sealed) []byte {
 		t.Fatal(err)
 	}
 	defer func() { _, _ = tpm2.FlushContext{FlushHandle: obj.ObjectHandle}.Execute(tp) }()
-	sess, closeSess, err := tpm2.PolicySession(tp, tpm2.TPMAlgSHA256, 16)
+	sess, closeSess, err := tpm2.PolicySession(tp, tpm2.TPMAlgSHA256, 16,
+		tpm2.AESEncryption(128, tpm2.EncryptOut), tpm2.Salted(srk.Handle, srkPub))
 	if err != nil {
 		t.Fatal(err)
 	}
