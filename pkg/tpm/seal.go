@@ -157,11 +157,13 @@ func Unseal(rw io.ReadWriter, s *Sealed, pcrs []int) ([]byte, error) {
 	if pub.Type != tpm2.TPMAlgKeyedHash || pub.NameAlg != tpm2.TPMAlgSHA256 || pub.ObjectAttributes != sealedAttrs {
 		return nil, fmt.Errorf("unsealing: %w: not a sealed object as Seal makes (keyed hash, SHA-256 name, attributes fixedTPM|fixedParent|noDA alone)", ErrForged)
 	}
-	pcrDigest, err := pcrDigest(t, sel)
+	// A policy for other PCR values than the current ones does not
+	// unseal here, whoever made the object.
+	current, err := pcrDigest(t, sel)
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: %w", err)
 	}
-	if !bytes.Equal(pub.AuthPolicy.Buffer, policyPCRDigest(sel, pcrDigest)) {
+	if !bytes.Equal(pub.AuthPolicy.Buffer, policyPCRDigest(sel, current)) {
 		return nil, fmt.Errorf("unsealing: %w", ErrPolicy)
 	}
 
@@ -173,7 +175,7 @@ func Unseal(rw io.ReadWriter, s *Sealed, pcrs []int) ([]byte, error) {
 	if got := tpm2.Marshal(srk.Name); !bytes.Equal(got, s.SRKName) {
 		return nil, errors.New("unsealing: this TPM's storage root key is not the one the secret was sealed under (another TPM, or the TPM was cleared)")
 	}
-	ticket, err := creation(s, sel, pcrDigest, srk.Name)
+	ticket, err := creation(s, sel, current, srk.Name)
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: %w: %w", ErrForged, err)
 	}
@@ -228,9 +230,9 @@ func Unseal(rw io.ReadWriter, s *Sealed, pcrs []int) ([]byte, error) {
 }
 
 // creation checks s's creation data against what a genuine Seal at the
-// current PCR values under srkName records, and returns the ticket for
+// current PCR values (their digest: current) under srkName records, and returns the ticket for
 // the TPM to check. It is pure: the ticket itself only the TPM can check.
-func creation(s *Sealed, sel tpm2.TPMLPCRSelection, pcrDigest []byte, srkName tpm2.TPM2BName) (*tpm2.TPMTTKCreation, error) {
+func creation(s *Sealed, sel tpm2.TPMLPCRSelection, current []byte, srkName tpm2.TPM2BName) (*tpm2.TPMTTKCreation, error) {
 	if len(s.CreationData) == 0 || len(s.CreationHash) == 0 || len(s.CreationTicket) == 0 {
 		return nil, errors.New("no creation data (forged, or sealed before creation was checked)")
 	}
@@ -253,7 +255,7 @@ func creation(s *Sealed, sel tpm2.TPMLPCRSelection, pcrDigest []byte, srkName tp
 	if !slices.Equal(got, want) {
 		return nil, fmt.Errorf("created with PCRs %v recorded, want %v", got, want)
 	}
-	if !bytes.Equal(cd.PCRDigest.Buffer, pcrDigest) {
+	if !bytes.Equal(cd.PCRDigest.Buffer, current) {
 		return nil, fmt.Errorf("created while PCRs %v held other values", want)
 	}
 	if !bytes.Equal(cd.ParentName.Buffer, srkName.Buffer) {
