@@ -31,7 +31,7 @@ test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds
 	$(MAKE) --no-print-directory test-vm
 
 test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility, workloads
-	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+(vm|workload)_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
+	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+(vm|workload|state)_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
 
 # A bare "context deadline exceeded" at the end of -fuzztime, with no
 # failing input written, is Go 1.26's fuzz-coordinator shutdown race

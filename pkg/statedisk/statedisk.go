@@ -1,13 +1,16 @@
 // Package statedisk describes RigOS's encrypted STATE partition: a LUKS2
 // volume (pkg/luks2: aes-xts-plain64, 512-bit volume key) whose only
 // keyslot is opened by a random passphrase that exists only sealed by the
-// node's TPM, to the Secure Boot state (PCR 7) and the runtime PCR at the
-// boot phase where init opens the partition (PCR 15 after
-// "modules-locked"). The sealed passphrase is kept in a LUKS2 token of
-// type TokenType. Init extends PCR 15 right after opening, so nothing
-// that runs later, workloads included, can unseal it again. The owner
-// reading the disk offline sees a LUKS2 header, a TPM-sealed blob and
-// ciphertext; cryptsetup recognises the volume (luksDump).
+// node's TPM (see SealPCRs): to the Secure Boot state (PCR 7), the build
+// (PCR 11) and the runtime PCR at the boot phase where init opens the
+// partition (PCR 15 after "modules-locked"). The sealed passphrase is
+// kept in a LUKS2 token of type TokenType, with the TPM's creation data
+// and ticket, which prove the TPM created the sealed object itself at
+// those PCR values (tpm.ErrForged). Init extends PCR 15 right after
+// opening, so nothing that runs later, workloads included, can unseal it
+// again. The owner reading the disk offline sees a LUKS2 header, a
+// TPM-sealed blob and ciphertext; cryptsetup recognises the volume
+// (luksDump).
 //
 // Init writes the LUKS2 metadata only after the file system inside is
 // complete, so a first boot cut short leaves a blank partition, which the
@@ -30,8 +33,30 @@ const TokenType = "rigos-tpm2"
 // encrypted data starts there.
 const MetadataSize = luks2.DataOffset
 
-// SealPCRs are the PCRs the passphrase is sealed to.
-var SealPCRs = []int{7, 15}
+// SealPCRs are the PCRs the passphrase is sealed to, and whose values at
+// creation the unseal checks (tpm.Unseal), all at the phase init opens
+// the partition:
+//
+//   - PCR 7, the Secure Boot state: only images signed with our db key.
+//   - PCR 11, the build: systemd-stub measures every section of the UKI,
+//     kernel command line included, and nothing in RigOS extends PCR 11
+//     later. Without it every build signed with the same db key (an old
+//     vulnerable release, a UKI with lockdown=none) would open every
+//     build's state.
+//   - PCR 15 at "modules-locked": init's own phase, the same in every
+//     build, so that nothing started later can unseal.
+//
+// So a build opens only the state sealed to it: a retired build cannot
+// open the state of another build by construction. An update (not done
+// yet) has to re-seal the passphrase to the next build's PCR 11,
+// predicted from its UKI sections as systemd-measure does, before
+// rebooting into it; otherwise the next build finds the state sealed to
+// another build (tpm.ErrPolicy) and runs without workloads. The object
+// the running build re-seals records the running build's PCR 11 in its
+// creation data, which tpm.Unseal today compares with the current
+// values only: the update will also have to let the next build accept
+// creation at its predecessor's known PCR values.
+var SealPCRs = []int{7, 11, 15}
 
 // ErrBlank means the partition has no LUKS2 header: it was never
 // formatted (or its first format was cut short).
@@ -45,6 +70,8 @@ func New(key, passphrase []byte, s *tpm.Sealed, uuid string) ([]byte, error) {
 	return luks2.Format(key, passphrase, luks2.Token{
 		"type": TokenType, "pcrs": s.PCRs, "policy": b64(s.Policy), "public": b64(s.Public),
 		"private": b64(s.Private), "srk_name": b64(s.SRKName),
+		"creation_data": b64(s.CreationData), "creation_hash": b64(s.CreationHash),
+		"creation_ticket": b64(s.CreationTicket),
 	}, uuid)
 }
 
@@ -102,6 +129,17 @@ func sealedFrom(t luks2.Token) (*tpm.Sealed, string, error) {
 	for k, dst := range map[string]*[]byte{"policy": &s.Policy, "public": &s.Public, "private": &s.Private, "srk_name": &s.SRKName} {
 		if *dst, err = str(k); err != nil || len(*dst) == 0 {
 			errs = append(errs, fmt.Errorf("%s: missing or malformed", k))
+		}
+	}
+	// A token from before creation checks has no creation fields: it
+	// reads, and tpm.Unseal refuses it as forged. Present, they must be
+	// well formed.
+	for k, dst := range map[string]*[]byte{"creation_data": &s.CreationData, "creation_hash": &s.CreationHash, "creation_ticket": &s.CreationTicket} {
+		if _, ok := t[k]; !ok {
+			continue
+		}
+		if *dst, err = str(k); err != nil || len(*dst) == 0 {
+			errs = append(errs, fmt.Errorf("%s: malformed", k))
 		}
 	}
 	pcrs, _ := t["pcrs"].([]any)

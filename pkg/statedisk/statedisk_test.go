@@ -3,15 +3,22 @@ package statedisk
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
 func sealed() *tpm.Sealed {
-	return &tpm.Sealed{PCRs: []int{7, 15}, Policy: []byte{1}, Public: []byte{2, 3}, Private: []byte{4, 5}, SRKName: []byte{6}}
+	return &tpm.Sealed{
+		PCRs: []int{7, 11, 15}, Policy: []byte{1}, Public: []byte{2, 3}, Private: []byte{4, 5}, SRKName: []byte{6},
+		CreationData: []byte{7, 8}, CreationHash: []byte{9}, CreationTicket: []byte{10, 11},
+	}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -26,8 +33,8 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(v.Sealed.Private, []byte{4, 5}) || v.Keyslot != "0" || v.DataOffset != MetadataSize {
-		t.Fatalf("read %+v", v)
+	if diff := cmp.Diff(sealed(), v.Sealed); diff != "" || v.Keyslot != "0" || v.DataOffset != MetadataSize {
+		t.Fatalf("Read(New(...)) = %+v; sealed (-want +got):\n%s", v, diff)
 	}
 	got, err := v.Unlock(meta, pass)
 	if err != nil || !bytes.Equal(got, key) {
@@ -57,6 +64,42 @@ func TestReadRejects(t *testing.T) {
 	if _, err := Read(bad); err == nil {
 		t.Error("a malformed token was accepted")
 	}
+	// Creation fields: absent (a volume from before creation checks)
+	// reads, for tpm.Unseal to refuse as forged; present, they must be
+	// well-formed base64 and not empty.
+	old := sealed()
+	old.CreationData, old.CreationHash, old.CreationTicket = nil, nil, nil
+	tok := func(s *tpm.Sealed, set map[string]any) luks2.Token {
+		b64 := base64.StdEncoding.EncodeToString
+		t := luks2.Token{
+			"type": TokenType, "pcrs": s.PCRs, "policy": b64(s.Policy), "public": b64(s.Public),
+			"private": b64(s.Private), "srk_name": b64(s.SRKName),
+		}
+		for k, v := range set {
+			t[k] = v
+		}
+		return t
+	}
+	oldMeta, err := luks2.Format(key, []byte("p"), tok(old, nil), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := Read(oldMeta); err != nil || v.Sealed.CreationData != nil || v.Sealed.CreationTicket != nil {
+		t.Errorf("Read(token without creation fields) = %+v, %v; want no creation data, nil", v, err)
+	}
+	for _, set := range []map[string]any{
+		{"creation_data": "not base64!"},
+		{"creation_hash": ""},
+		{"creation_ticket": 12},
+	} {
+		m, err := luks2.Format(key, []byte("p"), tok(old, set), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Read(m); err == nil {
+			t.Errorf("Read(token with %v) accepted", set)
+		}
+	}
 	// Both header copies damaged: an error, not blank.
 	good, _ := New(key, []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
 	good[5000] ^= 1
@@ -69,6 +112,10 @@ func TestReadRejects(t *testing.T) {
 func FuzzRead(f *testing.F) {
 	meta, _ := New(make([]byte, luks2.KeySize), []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
 	f.Add(meta[:luks2.HeaderSize])
+	old := sealed()
+	old.CreationData, old.CreationHash, old.CreationTicket = nil, nil, nil
+	meta, _ = New(make([]byte, luks2.KeySize), []byte("p"), old, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	f.Add(meta[:luks2.HeaderSize])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		buf := make([]byte, MetadataSize)
 		copy(buf, b)
@@ -77,4 +124,51 @@ func FuzzRead(f *testing.F) {
 			t.Fatal("read a volume without its sealed passphrase")
 		}
 	})
+}
+
+// TestSealPCRsBindBuild: the passphrase sealed to SealPCRs by build A
+// does not unseal under build B, signed with the same db key (same
+// PCR 7) and at the same phase (same PCR 15), whose UKI measures to
+// another PCR 11 (another release, or the same one with lockdown=none on
+// its command line); build A booted again unseals it.
+func TestSealPCRsBindBuild(t *testing.T) {
+	if !tpm.SimulatorAvailable {
+		t.Skip("simulator needs cgo")
+	}
+	sim, err := tpm.OpenSimulator(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sim.Close()
+	boot := func(build string) {
+		t.Helper()
+		if err := sim.(interface{ Reset() error }).Reset(); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range []struct {
+			pcr int
+			v   string
+		}{{7, "secure boot: rigos db"}, {11, build}, {15, "modules-locked"}} {
+			d := sha256.Sum256([]byte(e.v))
+			if err := tpm.Extend(sim, e.pcr, d[:]); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	boot("rigos 2.0")
+	pass := []byte("state passphrase")
+	s, err := tpm.Seal(sim, pass, SealPCRs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, build := range []string{"rigos 1.0 (retired)", "rigos 2.0 lockdown=none"} {
+		boot(build)
+		if got, err := tpm.Unseal(sim, s, SealPCRs); !errors.Is(err, tpm.ErrPolicy) {
+			t.Errorf("%s: Unseal = %q, %v; want ErrPolicy", build, got, err)
+		}
+	}
+	boot("rigos 2.0")
+	if got, err := tpm.Unseal(sim, s, SealPCRs); err != nil || !bytes.Equal(got, pass) {
+		t.Errorf("rigos 2.0 again: Unseal = %q, %v; want the passphrase", got, err)
+	}
 }

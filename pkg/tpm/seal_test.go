@@ -30,7 +30,7 @@ func TestSealUnseal(t *testing.T) {
 	if bytes.Contains(s.Public, secret) || bytes.Contains(s.Private, secret) {
 		t.Fatal("sealed blob contains the secret in the clear")
 	}
-	got, err := Unseal(bus, s)
+	got, err := Unseal(bus, s, []int{7, 15})
 	if err != nil || !bytes.Equal(got, secret) {
 		t.Fatalf("Unseal = %x, %v; want the secret", got, err)
 	}
@@ -44,7 +44,7 @@ func TestSealUnseal(t *testing.T) {
 		bad := *s
 		bad.Private = bytes.Clone(s.Private)
 		bad.Private[len(bad.Private)-1] ^= 1
-		if _, err := Unseal(sim, &bad); err == nil {
+		if _, err := Unseal(sim, &bad, []int{7, 15}); err == nil {
 			t.Fatal("a tampered sealed object was loaded")
 		}
 	})
@@ -52,14 +52,14 @@ func TestSealUnseal(t *testing.T) {
 		bad := *s
 		bad.SRKName = bytes.Clone(s.SRKName)
 		bad.SRKName[len(bad.SRKName)-1] ^= 1
-		if _, err := Unseal(sim, &bad); err == nil {
+		if _, err := Unseal(sim, &bad, []int{7, 15}); err == nil {
 			t.Fatal("unsealed under another storage root key")
 		}
 	})
 	t.Run("truncated public part", func(t *testing.T) {
 		bad := *s
 		bad.Public = s.Public[:5]
-		if _, err := Unseal(sim, &bad); err == nil {
+		if _, err := Unseal(sim, &bad, []int{7, 15}); err == nil {
 			t.Fatal("unsealed from a truncated public part")
 		}
 	})
@@ -68,7 +68,7 @@ func TestSealUnseal(t *testing.T) {
 		if err := Extend(sim, 15, next[:]); err != nil {
 			t.Fatal(err)
 		}
-		_, err := Unseal(sim, s)
+		_, err := Unseal(sim, s, []int{7, 15})
 		if !errors.Is(err, ErrPolicy) {
 			t.Fatalf("Unseal after PCR 15 moved on = %v, want ErrPolicy", err)
 		}

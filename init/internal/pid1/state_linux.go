@@ -26,8 +26,12 @@ const StateMount = "/var/lib/rigos"
 // unlockState opens the encrypted RIGOS-STATE partition with the key
 // sealed in the TPM, or creates it on first boot, and mounts it on
 // StateMount. It must run while PCR 15 is at the "modules-locked" phase:
-// that value is part of the seal. A damaged header or a key that does
-// not unseal leaves the partition untouched.
+// that value is part of the seal, and of the creation data the unseal
+// checks. A damaged header, a key that does not unseal (tpm.ErrPolicy:
+// another build or boot chain) or a sealed key this boot chain did not
+// create (tpm.ErrForged: a volume the owner wrote, or one from before
+// creation checks) leaves the partition untouched, and the node runs
+// without workloads.
 func unlockState(rw io.ReadWriter) error {
 	part, err := findPartition("RIGOS-STATE", 20*time.Second)
 	if err != nil {
@@ -67,7 +71,7 @@ func unlockState(rw io.ReadWriter) error {
 	case err != nil:
 		return fmt.Errorf("%w; leaving the partition untouched", err)
 	default:
-		pass, err := tpm.Unseal(rw, vol.Sealed)
+		pass, err := tpm.Unseal(rw, vol.Sealed, statedisk.SealPCRs)
 		if err != nil {
 			return fmt.Errorf("state key: %w", err)
 		}
