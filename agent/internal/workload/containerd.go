@@ -227,20 +227,16 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 		oci.WithDefaultSpec(), oci.WithDefaultUnixDevices,
 		oci.WithImageConfig(img),
 		oci.WithCgroup("/" + Namespace + "/" + id),
-		// Its own cgroup namespace: the workload sees its own limits at
-		// /sys/fs/cgroup and nothing of the node's cgroup tree.
-		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
 		oci.WithHostname(id),
-		oci.WithNoNewPrivileges,
-		// containerd's default seccomp profile (the one Docker and CRI
-		// use): no kernel keyring, no io_uring, no mount, no ptrace...
-		seccomp.WithDefaultProfile(),
+	}
+	opts = append(opts, confinement()...)
+	opts = append(opts,
 		oci.WithMounts([]specs.Mount{{
 			Destination: "/scratch", Type: "bind", Source: r.Scratch, Options: []string{"rbind", "rw", "nosuid", "nodev"},
 		}, {
 			Destination: "/sys/fs/cgroup", Type: "cgroup2", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"},
 		}}),
-	}
+	)
 	if len(s.GetArgs()) > 0 {
 		opts = append(opts, oci.WithProcessArgs(s.GetArgs()...))
 	}
@@ -390,6 +386,38 @@ func (c *Containerd) oomKills(id string) int {
 		}
 	}
 	return 0
+}
+
+// Capabilities are the capabilities a workload's processes hold (as
+// root in the container; there is no user namespace yet, so they are
+// the node's root's, bounded by the container's namespaces, cgroup and
+// seccomp). Of containerd's 14 defaults, what a GPU job and its
+// entrypoint scripts use: file ownership and permission overrides in
+// its own rootfs (CHOWN, DAC_OVERRIDE, FOWNER, FSETID), dropping to
+// another user (SETUID, SETGID), signalling its own processes (KILL),
+// and serving on a port below 1024 (NET_BIND_SERVICE). Dropped: NET_RAW
+// (raw sockets: spoofed sources, ARP and ICMP tricks on its link), MKNOD
+// (device nodes), SETFCAP and SETPCAP (file and bounding-set
+// capabilities, useless under no_new_privs), SYS_CHROOT, AUDIT_WRITE.
+var Capabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID",
+	"CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_NET_BIND_SERVICE",
+}
+
+// confinement is what holds every workload in, beyond its namespaces
+// and limits.
+func confinement() []oci.SpecOpts {
+	return []oci.SpecOpts{
+		// Its own cgroup namespace: the workload sees its own limits at
+		// /sys/fs/cgroup and nothing of the node's cgroup tree.
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
+		oci.WithNoNewPrivileges,
+		oci.WithCapabilities(Capabilities),
+		// containerd's default seccomp profile (the one Docker and CRI
+		// use): no kernel keyring, no io_uring, no mount, no ptrace...
+		// It follows the capabilities (it allows some calls by them).
+		seccomp.WithDefaultProfile(),
+	}
 }
 
 // withNoSwap sets memory+swap to the memory limit: a workload at its
