@@ -18,11 +18,16 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
+	imagearchive "github.com/containerd/containerd/v2/core/images/archive"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/cdi"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
@@ -72,19 +77,23 @@ func (c *Containerd) connect(ctx context.Context) (*containerd.Client, error) {
 	return cl, nil
 }
 
-// Prepare implements Runtime.
+// Prepare implements Runtime. See registry.go for which image a
+// reference gets.
 func (c *Containerd) Prepare(ctx context.Context, s *apiv1.WorkloadSpec, archive string) (Image, error) {
+	if err := checkRegistryAuth(s); err != nil {
+		return Image{}, err
+	}
 	cl, err := c.connect(ctx)
 	if err != nil {
 		return Image{}, err
 	}
 	var img containerd.Image
+	ref := s.GetImage()
 	switch {
 	case archive != "":
-		img, err = importArchive(ctx, cl, archive, s.GetImage())
+		img, ref, err = importArchive(ctx, cl, archive, s.GetImage(), s.GetId())
 	default:
-		// An image already in the node's store is used as it is.
-		if img, err = cl.GetImage(ctx, s.GetImage()); errdefs.IsNotFound(err) {
+		if img, err = fromStore(ctx, cl, s); err == nil && img == nil {
 			img, err = pull(ctx, cl, s)
 		}
 	}
@@ -92,46 +101,109 @@ func (c *Containerd) Prepare(ctx context.Context, s *apiv1.WorkloadSpec, archive
 		return Image{}, err
 	}
 	if err := img.Unpack(ctx, Snapshotter); err != nil {
-		return Image{}, fmt.Errorf("unpacking image %s: %w", img.Name(), err)
+		return Image{}, fmt.Errorf("unpacking image %s: %w", ref, err)
 	}
-	return Image{Ref: img.Name(), Digest: img.Target().Digest.String(), handle: img}, nil
+	return Image{Ref: ref, Digest: img.Target().Digest.String(), handle: img}, nil
 }
 
-func importArchive(ctx context.Context, cl *containerd.Client, path, name string) (containerd.Image, error) {
-	f, err := os.Open(path)
+// fromStore returns the stored image that may serve s, or nil.
+func fromStore(ctx context.Context, cl *containerd.Client, s *apiv1.WorkloadSpec) (containerd.Image, error) {
+	d := storeDigest(s.GetImage(), hasCredentials(s.GetRegistryAuth()))
+	if d == "" {
+		return nil, nil
+	}
+	imgs, err := cl.ListImages(ctx, "target.digest=="+d.String())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("listing stored images: %w", err)
 	}
-	defer f.Close()
-	imgs, err := cl.Import(ctx, f)
-	if err != nil {
-		return nil, fmt.Errorf("image archive: %w", err)
-	}
-	if len(imgs) == 0 {
-		return nil, errors.New("image archive names no image (io.containerd.image.name or org.opencontainers.image.ref.name)")
-	}
-	var names []string
 	for _, i := range imgs {
-		names = append(names, i.Name)
-		if name == "" && len(imgs) == 1 || i.Name == name {
-			return containerd.NewImage(cl, i), nil
+		if usableStored(d, i.Metadata()) {
+			return i, nil
 		}
 	}
-	if name == "" {
-		return nil, fmt.Errorf("image archive holds %d images %v: name one", len(imgs), names)
+	return nil, nil
+}
+
+// importArchive stores the image named want (or the only one) of the
+// archive at path under importName, never under the names inside the
+// archive, and returns it with its name in the archive.
+func importArchive(ctx context.Context, cl *containerd.Client, path, want, id string) (containerd.Image, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, "", err
 	}
-	return nil, fmt.Errorf("image not found: %s is not in the archive (it holds %v)", name, names)
+	defer f.Close()
+	ctx, done, err := cl.WithLease(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	defer done(context.WithoutCancel(ctx))
+	cs := cl.ContentStore()
+	index, err := imagearchive.ImportIndex(ctx, cs, f)
+	if err != nil {
+		return nil, "", fmt.Errorf("image archive: %w", err)
+	}
+	b, err := content.ReadBlob(ctx, cs, index)
+	if err != nil {
+		return nil, "", fmt.Errorf("image archive: index: %w", err)
+	}
+	var idx ocispec.Index
+	if err := json.Unmarshal(b, &idx); err != nil {
+		return nil, "", fmt.Errorf("image archive: index: %w", err)
+	}
+	var named []archiveImage
+	for i, m := range idx.Manifests {
+		if _, ok := m.Annotations[images.AnnotationManifestSubject]; ok {
+			continue // a referrer, not an image
+		}
+		name := m.Annotations[images.AnnotationImageName]
+		if name == "" {
+			name = m.Annotations[ocispec.AnnotationRefName]
+		}
+		if name != "" {
+			named = append(named, archiveImage{name: name, index: i})
+		}
+	}
+	pick, err := pickArchiveImage(named, want)
+	if err != nil {
+		return nil, "", err
+	}
+	target := idx.Manifests[pick.index]
+	// Label the content as the image's children, so that it outlives the
+	// import's lease (as containerd's own Import does).
+	handler := images.SetChildrenLabels(cs, images.FilterPlatforms(images.ChildrenHandler(cs), platforms.Default()))
+	if err := images.WalkNotEmpty(ctx, handler, target); err != nil {
+		return nil, "", fmt.Errorf("image archive: %w", err)
+	}
+	rec := images.Image{Name: importName(id, target.Digest), Target: target}
+	is := cl.ImageService()
+	stored, err := is.Create(ctx, rec)
+	if errdefs.IsAlreadyExists(err) {
+		stored, err = is.Update(ctx, rec, "target")
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("storing image %s: %w", rec.Name, err)
+	}
+	return containerd.NewImage(cl, stored), pick.name, nil
 }
 
 func pull(ctx context.Context, cl *containerd.Client, s *apiv1.WorkloadSpec) (containerd.Image, error) {
 	auth := s.GetRegistryAuth()
-	ropts := []docker.RegistryOpt{docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(
-		func(string) (string, string, error) { return auth.GetUsername(), auth.GetPassword(), nil })))}
+	creds, err := scopedCredentials(s.GetImage(), auth.GetUsername(), auth.GetPassword())
+	if err != nil {
+		return nil, err
+	}
+	ropts := []docker.RegistryOpt{docker.WithAuthorizer(docker.NewDockerAuthorizer(docker.WithAuthCreds(creds)))}
 	if auth.GetPlainHttp() {
 		ropts = append(ropts, docker.WithPlainHTTP(docker.MatchAllHosts))
 	}
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: docker.ConfigureDefaultRegistries(ropts...)})
-	img, err := cl.Pull(ctx, s.GetImage(), containerd.WithResolver(resolver))
+	popts := []containerd.RemoteOpt{containerd.WithResolver(resolver)}
+	if hasCredentials(auth) {
+		// Never taken from the store for another workload.
+		popts = append(popts, containerd.WithPullLabel(labelPrivate, "true"))
+	}
+	img, err := cl.Pull(ctx, s.GetImage(), popts...)
 	switch {
 	case errdefs.IsNotFound(err):
 		return nil, fmt.Errorf("image not found: %s: %w", s.GetImage(), err)
@@ -155,20 +227,16 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 		oci.WithDefaultSpec(), oci.WithDefaultUnixDevices,
 		oci.WithImageConfig(img),
 		oci.WithCgroup("/" + Namespace + "/" + id),
-		// Its own cgroup namespace: the workload sees its own limits at
-		// /sys/fs/cgroup and nothing of the node's cgroup tree.
-		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
 		oci.WithHostname(id),
-		oci.WithNoNewPrivileges,
-		// containerd's default seccomp profile (the one Docker and CRI
-		// use): no kernel keyring, no io_uring, no mount, no ptrace...
-		seccomp.WithDefaultProfile(),
+	}
+	opts = append(opts, confinement()...)
+	opts = append(opts,
 		oci.WithMounts([]specs.Mount{{
 			Destination: "/scratch", Type: "bind", Source: r.Scratch, Options: []string{"rbind", "rw", "nosuid", "nodev"},
 		}, {
 			Destination: "/sys/fs/cgroup", Type: "cgroup2", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"},
 		}}),
-	}
+	)
 	if len(s.GetArgs()) > 0 {
 		opts = append(opts, oci.WithProcessArgs(s.GetArgs()...))
 	}
@@ -318,6 +386,38 @@ func (c *Containerd) oomKills(id string) int {
 		}
 	}
 	return 0
+}
+
+// Capabilities are the capabilities a workload's processes hold (as
+// root in the container; there is no user namespace yet, so they are
+// the node's root's, bounded by the container's namespaces, cgroup and
+// seccomp). Of containerd's 14 defaults, what a GPU job and its
+// entrypoint scripts use: file ownership and permission overrides in
+// its own rootfs (CHOWN, DAC_OVERRIDE, FOWNER, FSETID), dropping to
+// another user (SETUID, SETGID), signalling its own processes (KILL),
+// and serving on a port below 1024 (NET_BIND_SERVICE). Dropped: NET_RAW
+// (raw sockets: spoofed sources, ARP and ICMP tricks on its link), MKNOD
+// (device nodes), SETFCAP and SETPCAP (file and bounding-set
+// capabilities, useless under no_new_privs), SYS_CHROOT, AUDIT_WRITE.
+var Capabilities = []string{
+	"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID",
+	"CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_NET_BIND_SERVICE",
+}
+
+// confinement is what holds every workload in, beyond its namespaces
+// and limits.
+func confinement() []oci.SpecOpts {
+	return []oci.SpecOpts{
+		// Its own cgroup namespace: the workload sees its own limits at
+		// /sys/fs/cgroup and nothing of the node's cgroup tree.
+		oci.WithLinuxNamespace(specs.LinuxNamespace{Type: specs.CgroupNamespace}),
+		oci.WithNoNewPrivileges,
+		oci.WithCapabilities(Capabilities),
+		// containerd's default seccomp profile (the one Docker and CRI
+		// use): no kernel keyring, no io_uring, no mount, no ptrace...
+		// It follows the capabilities (it allows some calls by them).
+		seccomp.WithDefaultProfile(),
+	}
 }
 
 // withNoSwap sets memory+swap to the memory limit: a workload at its

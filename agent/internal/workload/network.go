@@ -4,8 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
+	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -24,9 +27,15 @@ import (
 //
 //   - outbound: new connections from the workload to anything outside
 //     10.88.0.0/16, masqueraded behind the node's address;
-//   - ports: TCP connections to the node's port P are forwarded to the
-//     same port of the workload;
+//   - ports: TCP connections arriving from outside (not from a workload's
+//     link, not from 10.88.0.0/16) for one of the node's own addresses
+//     at port P are forwarded to the same port of the workload; another
+//     workload dialling port P anywhere is never redirected to it;
 //   - nothing from a workload to the node itself.
+//
+// Workload links carry no IPv6: it is disabled on both ends of each veth
+// (and in the workload's namespace as a whole), and table "ip6 rigos"
+// drops any IPv6 from or to a workload link should it come up anyway.
 //
 // Workloads without network flags keep an empty network namespace.
 type Network struct {
@@ -62,7 +71,10 @@ func addrs(index int) (host, workload net.IP) {
 	return host, workload
 }
 
-func hostIfname(index int) string { return fmt.Sprintf("rig%d", index) }
+// hostIfPrefix starts the name of every workload link's host end.
+const hostIfPrefix = "rig"
+
+func hostIfname(index int) string { return fmt.Sprintf("%s%d", hostIfPrefix, index) }
 
 // reserve takes a slot for a workload, checking its ports are free.
 func (n *Network) reserve(id string, outbound bool, ports []uint32) (int, error) {
@@ -136,6 +148,9 @@ func (n *Network) connect(index, pid int) error {
 	if err := netlink.AddrAdd(hl, &netlink.Addr{IPNet: &net.IPNet{IP: host, Mask: mask}}); err != nil {
 		return fmt.Errorf("addressing %s: %w", name, err)
 	}
+	if err := disableIPv6("/proc/sys", name); err != nil {
+		return err
+	}
 	if err := netlink.LinkSetUp(hl); err != nil {
 		return err
 	}
@@ -165,6 +180,11 @@ func (n *Network) connect(index, pid int) error {
 	if err := h.LinkSetName(wlLink, "eth0"); err != nil {
 		return err
 	}
+	// Moving a link resets its IPv6 settings to the namespace's defaults:
+	// disable IPv6 there for every link (lo and eth0 included).
+	if err := inNetns(ns, func() error { return disableIPv6("/proc/sys", "all", "default", "lo", "eth0") }); err != nil {
+		return fmt.Errorf("workload namespace: %w", err)
+	}
 	if err := h.AddrAdd(wlLink, &netlink.Addr{IPNet: &net.IPNet{IP: wl, Mask: mask}}); err != nil {
 		return fmt.Errorf("addressing the workload: %w", err)
 	}
@@ -178,6 +198,38 @@ func (n *Network) connect(index, pid int) error {
 		return fmt.Errorf("workload default route: %w", err)
 	}
 	return nil
+}
+
+// disableIPv6 turns IPv6 off on the links named (or "all", "default")
+// of the network namespace that sysctl (normally /proc/sys) was opened
+// in. A kernel without IPv6 has nothing to turn off.
+func disableIPv6(sysctl string, links ...string) error {
+	if _, err := os.Stat(filepath.Join(sysctl, "net/ipv6")); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	for _, l := range links {
+		p := filepath.Join(sysctl, "net/ipv6/conf", l, "disable_ipv6")
+		if err := os.WriteFile(p, []byte("1"), 0); err != nil {
+			return fmt.Errorf("disabling IPv6 on %s: %w", l, err)
+		}
+	}
+	return nil
+}
+
+// inNetns runs f on a thread of its own inside network namespace ns.
+// The thread is never unlocked, so it ends with the goroutine and no
+// other goroutine ever runs in ns.
+func inNetns(ns netns.NsHandle, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("entering the namespace: %w", err)
+			return
+		}
+		errc <- f()
+	}()
+	return <-errc
 }
 
 // apply replaces the "ip rigos" table with the rules for the workloads
@@ -214,7 +266,35 @@ func (n *Network) apply() error {
 	for _, r := range rules {
 		c.AddRule(&nftables.Rule{Table: t, Chain: chains[r.chain], Exprs: r.exprs})
 	}
+	if err := replaceIPv6Table(c); err != nil {
+		return err
+	}
 	return c.Flush()
+}
+
+// replaceIPv6Table (re)adds table "ip6 rigos", which drops IPv6 from a
+// workload link to the node and any IPv6 forwarded from or to one.
+// IPv6 is disabled on those links; this holds should it come back.
+func replaceIPv6Table(c *nftables.Conn) error {
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv6)
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		if t.Name == "rigos" {
+			c.DelTable(t)
+		}
+	}
+	t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv6, Name: "rigos"})
+	accept := nftables.ChainPolicyAccept
+	input := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	forward := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+	c.AddRule(&nftables.Rule{Table: t, Chain: input, Exprs: concat(ifnamePrefix(expr.MetaKeyIIFNAME, true), drop())})
+	c.AddRule(&nftables.Rule{Table: t, Chain: forward, Exprs: concat(ifnamePrefix(expr.MetaKeyIIFNAME, true), drop())})
+	c.AddRule(&nftables.Rule{Table: t, Chain: forward, Exprs: concat(ifnamePrefix(expr.MetaKeyOIFNAME, true), drop())})
+	return nil
 }
 
 type rule struct {
@@ -249,6 +329,13 @@ func (n *Network) rules() []rule {
 		for _, p := range s.ports {
 			port := binary.BigEndian.AppendUint16(nil, uint16(p))
 			out = append(out, rule{"prerouting", concat(
+				// Only from outside: not from a workload's link nor
+				// from a workload address, and only for the node's own
+				// addresses (a workload dialling port P of some other
+				// host is not redirected here).
+				ifnamePrefix(expr.MetaKeyIIFNAME, false),
+				ipInSubnet(12, false),
+				daddrIsLocal(),
 				[]expr.Any{
 					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
@@ -281,6 +368,25 @@ func ifnameIs(key expr.MetaKey, name string) []expr.Any {
 	b := make([]byte, unix.IFNAMSIZ)
 	copy(b, name)
 	return []expr.Any{&expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b}}
+}
+
+// ifnamePrefix matches the interface name starting (in) or not with
+// the workloads' host link prefix "rig" (rig<n>, nft's "rig*").
+func ifnamePrefix(key expr.MetaKey, in bool) []expr.Any {
+	op := expr.CmpOpEq
+	if !in {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{&expr.Meta{Key: key, Register: 1}, &expr.Cmp{Op: op, Register: 1, Data: []byte(hostIfPrefix)}}
+}
+
+// daddrIsLocal matches a destination address that is one of the node's
+// own (nft's "fib daddr type local").
+func daddrIsLocal() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, unix.RTN_LOCAL)},
+	}
 }
 
 // ipInSubnet matches the source (offset 12) or destination (16) address

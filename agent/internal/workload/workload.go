@@ -323,6 +323,9 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration {
 		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration))
 	}
+	if err := checkRegistryAuth(s); err != nil {
+		errs = append(errs, err)
+	}
 	for _, p := range s.GetNetwork().GetPorts() {
 		if p == 0 || p > 65535 {
 			errs = append(errs, fmt.Errorf("network: port %d out of range", p))

@@ -208,16 +208,18 @@ func TestRefusals(t *testing.T) {
 		spec *apiv1.WorkloadSpec
 		want string
 	}{
-		"bad id":          {&apiv1.WorkloadSpec{Id: "../x"}, "workload id"},
-		"untrusted":       {&apiv1.WorkloadSpec{Id: "t", TrustedTier: true}, "no trusted verdict"},
-		"cpus":            {&apiv1.WorkloadSpec{Id: "c", Resources: &apiv1.Resources{Cpus: 2.5}}, "cpus 2.50 beyond the node's ASK plan"},
-		"memory":          {&apiv1.WorkloadSpec{Id: "m", Resources: &apiv1.Resources{MemoryBytes: 2 << 30}}, "memory 2048 MiB beyond"},
-		"gpus":            {&apiv1.WorkloadSpec{Id: "g", Resources: &apiv1.Resources{Gpus: 2}}, "not enough GPUs: 2 asked, 1 free"},
-		"duration":        {&apiv1.WorkloadSpec{Id: "d", MaxDurationMs: (2 * time.Hour).Milliseconds()}, "max duration 2h0m0s beyond"},
-		"port":            {&apiv1.WorkloadSpec{Id: "n", Network: &apiv1.NetworkPolicy{Ports: []uint32{70000}}}, "port 70000 out of range"},
-		"negative":        {&apiv1.WorkloadSpec{Id: "neg", Resources: &apiv1.Resources{Pids: -1}}, "negative"},
-		"image absent":    {&apiv1.WorkloadSpec{Id: "i", Image: "absent"}, "image not found"},
-		"scratch":         {&apiv1.WorkloadSpec{Id: "s", Resources: &apiv1.Resources{ScratchBytes: 1 << 60}}, "not enough disk"},
+		"bad id":       {&apiv1.WorkloadSpec{Id: "../x"}, "workload id"},
+		"untrusted":    {&apiv1.WorkloadSpec{Id: "t", TrustedTier: true}, "no trusted verdict"},
+		"cpus":         {&apiv1.WorkloadSpec{Id: "c", Resources: &apiv1.Resources{Cpus: 2.5}}, "cpus 2.50 beyond the node's ASK plan"},
+		"memory":       {&apiv1.WorkloadSpec{Id: "m", Resources: &apiv1.Resources{MemoryBytes: 2 << 30}}, "memory 2048 MiB beyond"},
+		"gpus":         {&apiv1.WorkloadSpec{Id: "g", Resources: &apiv1.Resources{Gpus: 2}}, "not enough GPUs: 2 asked, 1 free"},
+		"duration":     {&apiv1.WorkloadSpec{Id: "d", MaxDurationMs: (2 * time.Hour).Milliseconds()}, "max duration 2h0m0s beyond"},
+		"port":         {&apiv1.WorkloadSpec{Id: "n", Network: &apiv1.NetworkPolicy{Ports: []uint32{70000}}}, "port 70000 out of range"},
+		"negative":     {&apiv1.WorkloadSpec{Id: "neg", Resources: &apiv1.Resources{Pids: -1}}, "negative"},
+		"image absent": {&apiv1.WorkloadSpec{Id: "i", Image: "absent"}, "image not found"},
+		"scratch":      {&apiv1.WorkloadSpec{Id: "s", Resources: &apiv1.Resources{ScratchBytes: 1 << 60}}, "not enough disk"},
+		"credentials in clear": {&apiv1.WorkloadSpec{Id: "clear", Image: "reg.example/x:1",
+			RegistryAuth: &apiv1.RegistryAuth{Username: "u", Password: "p", PlainHttp: true}}, "registry credentials over plain HTTP refused"},
 		"several at once": {&apiv1.WorkloadSpec{Id: "many", Resources: &apiv1.Resources{Cpus: 9, Gpus: 5}}, "cpus 9.00"},
 	}
 	for name, c := range cases {
