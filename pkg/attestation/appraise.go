@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -402,14 +403,36 @@ func checkSecureBoot(m *Manifest, pcr7 []attest.Event) *CheckError {
 	if !sb.Enabled {
 		return fail(CheckSecureBoot, "Secure Boot is disabled")
 	}
+	fingerprint := func(c x509.Certificate) string {
+		s := sha256.Sum256(c.Raw)
+		return hex.EncodeToString(s[:])
+	}
+	// Every key in db can sign what boots (and kernel modules): db holds
+	// what the manifest names and nothing else.
+	for _, c := range sb.PermittedKeys {
+		if fp := fingerprint(c); !slices.Contains(m.SecureBoot.DBCerts, fp) && !slices.Contains(m.SecureBoot.OtherDBCerts, fp) {
+			return fail(CheckSecureBoot, "db holds a certificate no manifest names (%q, SHA-256 %s): it could sign boot images and kernel modules", c.Subject.CommonName, fp[:16])
+		}
+	}
+	if len(sb.PermittedHashes) > 0 {
+		return fail(CheckSecureBoot, "db holds %d image hashes: any image with one of them would boot", len(sb.PermittedHashes))
+	}
+	if len(m.SecureBoot.KEKCerts) > 0 {
+		for _, c := range sb.ExchangeKeys {
+			if fp := fingerprint(c); !slices.Contains(m.SecureBoot.KEKCerts, fp) {
+				return fail(CheckSecureBoot, "KEK holds a certificate no manifest names (%q, SHA-256 %s): its key can rewrite db", c.Subject.CommonName, fp[:16])
+			}
+		}
+		if len(sb.ExchangeKeyHashes) > 0 {
+			return fail(CheckSecureBoot, "KEK holds %d key hashes", len(sb.ExchangeKeyHashes))
+		}
+	}
 	inDB := map[string]bool{}
 	for _, c := range sb.PermittedKeys {
-		s := sha256.Sum256(c.Raw)
-		inDB[hex.EncodeToString(s[:])] = true
+		inDB[fingerprint(c)] = true
 	}
 	for _, c := range append(sb.PreSeparatorAuthority, sb.PostSeparatorAuthority...) {
-		s := sha256.Sum256(c.Raw)
-		fp := hex.EncodeToString(s[:])
+		fp := fingerprint(c)
 		if inDB[fp] && slices.Contains(m.SecureBoot.DBCerts, fp) {
 			return nil
 		}

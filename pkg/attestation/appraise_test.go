@@ -3,6 +3,7 @@ package attestation_test
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/binary"
 	"slices"
 	"strings"
@@ -364,6 +365,12 @@ func TestPolicyViolations(t *testing.T) {
 	pcr12.Extra = []devboot.Extra{{PCR: 12, Type: tcglog.EvIPL, Data: []byte("init=/bin/sh")}}
 	fw := devboot.Default()
 	fw.Firmware = "another motherboard"
+	// A second db certificate beside RigOS's: the UKI is still verified by
+	// RigOS's, but the other key could sign boot images and modules.
+	extraDB := devboot.Default()
+	extraDB.ExtraDB = []*x509.Certificate{devboot.Cert("owner's module key", 11)}
+	extraKEK := devboot.Default()
+	extraKEK.ExtraKEK = []*x509.Certificate{devboot.Cert("owner's KEK", 12)}
 
 	pinned := func() map[int][]byte {
 		n := boot(t, 1, devboot.Default())
@@ -384,6 +391,8 @@ func TestPolicyViolations(t *testing.T) {
 		"debug mode":           {cfg: debug, want: []Check{CheckSecureBoot}},
 		"PCR 12 used":          {cfg: pcr12, want: []Check{CheckEmptyPCR}},
 		"firmware changed":     {cfg: fw, want: []Check{CheckFirmwarePins}, pin: true},
+		"extra db certificate": {cfg: extraDB, want: []Check{CheckSecureBoot}},
+		"extra KEK":            {cfg: extraKEK, want: []Check{CheckSecureBoot}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			n := boot(t, 1, tc.cfg)

@@ -48,8 +48,18 @@ type SecureBootPolicy struct {
 	// Required demands SecureBoot=1 and a db authority from DBCerts.
 	Required bool `json:"required"`
 	// DBCerts are hex SHA-256 fingerprints of the DER db certificates
-	// allowed to have verified the UKI.
+	// allowed to have verified the UKI. With Required, db may hold these
+	// certificates and those in OtherDBCerts, nothing else: every db entry
+	// can sign boot images and (Debian kernels trust db for modules)
+	// kernel modules.
 	DBCerts []string `json:"db_certs"`
+	// OtherDBCerts are further db certificates that may be present but
+	// never count as having verified the UKI (for example a platform's
+	// option-ROM CA). Hex SHA-256 of the DER.
+	OtherDBCerts []string `json:"other_db_certs,omitempty"`
+	// KEKCerts, when set, are the only certificates KEK may hold (a KEK
+	// key can rewrite db). Hex SHA-256 of the DER.
+	KEKCerts []string `json:"kek_certs,omitempty"`
 }
 
 // Validate reports every problem in m.
@@ -77,6 +87,8 @@ func (m *Manifest) Validate() error {
 	check("boot_applications", m.BootApplications)
 	check("pcr11", m.PCR11)
 	check("secure_boot.db_certs", m.SecureBoot.DBCerts)
+	check("secure_boot.other_db_certs", m.SecureBoot.OtherDBCerts)
+	check("secure_boot.kek_certs", m.SecureBoot.KEKCerts)
 	if m.SecureBoot.Required && len(m.SecureBoot.DBCerts) == 0 {
 		errs = append(errs, errors.New("secure_boot.required without db_certs"))
 	}

@@ -49,6 +49,8 @@ type Config struct {
 	// Keys enrolled in PK, KEK and db; Signer is the db certificate that
 	// verified the UKI (logged as the authority in PCR 7).
 	PK, KEK, DB, Signer *x509.Certificate
+	// ExtraDB and ExtraKEK are further certificates enrolled in db and KEK.
+	ExtraDB, ExtraKEK []*x509.Certificate
 	// DebugMode logs the "UEFI Debug Mode" action in PCR 7.
 	DebugMode bool
 	// Extra events logged and extended after the stub's (for example a
@@ -120,8 +122,8 @@ func Simulate(cfg Config) Boot {
 	l.Measure(1, tcglog.EvEFIVariableBoot, efiVar(globalVar, "BootOrder", []byte{1, 0}))
 	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "SecureBoot", []byte{boolByte(cfg.SecureBoot)}))
 	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "PK", sigList(cfg.PK)))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "KEK", sigList(cfg.KEK)))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "db", sigList(cfg.DB)))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "KEK", sigLists(append([]*x509.Certificate{cfg.KEK}, cfg.ExtraKEK...))))
+	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "db", sigLists(append([]*x509.Certificate{cfg.DB}, cfg.ExtraDB...))))
 	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "dbx", nil))
 	if cfg.DebugMode {
 		l.Measure(7, tcglog.EvEFIAction, []byte("UEFI Debug Mode"))
@@ -178,6 +180,16 @@ func sigData(c *x509.Certificate) []byte {
 }
 
 // sigList encodes an EFI_SIGNATURE_LIST holding one certificate.
+// sigLists is one EFI_SIGNATURE_LIST per certificate, as a variable
+// holding several certificates has them.
+func sigLists(cs []*x509.Certificate) []byte {
+	var b []byte
+	for _, c := range cs {
+		b = append(b, sigList(c)...)
+	}
+	return b
+}
+
 func sigList(c *x509.Certificate) []byte {
 	if c == nil {
 		return nil
@@ -240,13 +252,18 @@ func Manifest(cfg Config, build string) *attestation.Manifest {
 		s := sha256.Sum256(cfg.Signer.Raw)
 		dbs = append(dbs, hex.EncodeToString(s[:]))
 	}
+	var keks []string
+	if cfg.KEK != nil {
+		s := sha256.Sum256(cfg.KEK.Raw)
+		keks = append(keks, hex.EncodeToString(s[:]))
+	}
 	return &attestation.Manifest{
 		Version:          attestation.ManifestVersion,
 		Build:            build,
 		Created:          time.Date(2026, 11, 21, 0, 0, 0, 0, time.UTC),
 		BootApplications: []string{hex.EncodeToString(UKIDigest(cfg.Sections))},
 		PCR11:            []string{hex.EncodeToString(PCR11(cfg.Sections))},
-		SecureBoot:       attestation.SecureBootPolicy{Required: cfg.SecureBoot, DBCerts: dbs},
+		SecureBoot:       attestation.SecureBootPolicy{Required: cfg.SecureBoot, DBCerts: dbs, KEKCerts: keks},
 		Phases:           measure.BootPhases,
 	}
 }

@@ -296,14 +296,16 @@ func Build(o Options) (*Result, error) {
 	step("disk images: %s, %s", r.Raw, r.QCOW2)
 
 	dbSum := sha256.Sum256(keys.DB.Cert.Raw)
+	kekSum := sha256.Sum256(keys.KEK.Cert.Raw)
 	m := &attestation.Manifest{
 		Version: attestation.ManifestVersion, Build: r.Build, Created: time.Unix(o.Epoch, 0).UTC(),
 		// systemd-stub starts the kernel itself: the firmware measures only
 		// the UKI into PCR 4.
 		BootApplications: []string{hex.EncodeToString(ukiDigest)},
 		PCR11:            []string{hex.EncodeToString(pcr11)},
-		SecureBoot:       attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])}},
-		Phases:           measure.BootPhases,
+		SecureBoot: attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])},
+			KEKCerts: []string{hex.EncodeToString(kekSum[:])}},
+		Phases: measure.BootPhases,
 	}
 	signedManifest, err := attestation.SignManifest(m, manKey)
 	if err != nil {
