@@ -55,6 +55,10 @@ type Request struct {
 	PinnedFirmware map[int][]byte
 	// Manifests are the active reference manifests.
 	Manifests []*Manifest
+	// Retired are manifests of builds no longer accepted: evidence one of
+	// them accepts fails naming the build and why (RetiredWhy, by build).
+	Retired    []*Manifest
+	RetiredWhy map[string]string
 }
 
 // Result is the outcome of an appraisal.
@@ -169,6 +173,14 @@ func Appraise(req Request) *Result {
 		}
 	}
 	r.Manifest = r.applyPolicy(req.Manifests, fwEvents, q.PCRs)
+	if r.Manifest == "" {
+		for _, m := range req.Retired {
+			if len(checkManifest(m, fwEvents, q.PCRs, r.RuntimeEvents)) == 0 {
+				r.add(fail(CheckManifest, "%s", req.RetiredWhy[m.Build]))
+				break
+			}
+		}
+	}
 	return r
 }
 

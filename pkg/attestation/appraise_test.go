@@ -511,3 +511,41 @@ func TestPolicyPCRsNeedEvents(t *testing.T) {
 		t.Errorf("Appraise() = %v, want PCR 11 named", r.Err())
 	}
 }
+
+// A node proving a retired build fails naming the build and why; the
+// retirement rules cover a name, a minimum creation time and expiry.
+func TestRetiredBuild(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	ev, no := gather(t, n)
+	m := devboot.Manifest(devboot.Default(), "old")
+	now := m.Created.Add(48 * time.Hour)
+	for name, tc := range map[string]struct {
+		r       Retirement
+		expires time.Time
+		want    string
+	}{
+		"by name":     {r: Retirement{Builds: []string{"old"}}, want: "build old is retired"},
+		"minimum":     {r: Retirement{MinCreated: m.Created.Add(time.Hour)}, want: "older than the minimum build"},
+		"expired":     {expires: now.Add(-time.Second), want: "expired"},
+		"not retired": {r: Retirement{Builds: []string{"other"}, MinCreated: m.Created}, expires: now.Add(time.Hour)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			mm := *m
+			mm.Expires = tc.expires
+			why := tc.r.Retired(&mm, now)
+			if (why == "") != (tc.want == "") || !strings.Contains(why, tc.want) {
+				t.Fatalf("Retired() = %q, want %q", why, tc.want)
+			}
+			if why == "" {
+				return
+			}
+			req := request(n, ev, no)
+			req.Manifests, req.Retired, req.RetiredWhy = nil, []*Manifest{&mm}, map[string]string{mm.Build: why}
+			r := Appraise(req)
+			wantFail(t, r, CheckManifest)
+			if !strings.Contains(r.Reason(), why) {
+				t.Errorf("Appraise(retired) reason = %q, want %q", r.Reason(), why)
+			}
+		})
+	}
+}

@@ -152,8 +152,16 @@ func TestToken(t *testing.T) {
 		t.Errorf("VerifyToken(later) = %v, want ErrTokenExpired", err)
 	}
 	otherPub, _, _ := ed25519.GenerateKey(rand.Reader)
-	if _, err := VerifyToken(tok, otherPub, now); !errors.Is(err, ErrTokenSignature) {
-		t.Errorf("VerifyToken(other key) = %v, want ErrTokenSignature", err)
+	if _, err := VerifyToken(tok, otherPub, now); !errors.Is(err, ErrTokenKey) {
+		t.Errorf("VerifyToken(other key) = %v, want ErrTokenKey", err)
+	}
+	// Signed by the right key but naming another (kid): refused, so a
+	// holder of several keys can never check a token against the wrong one.
+	h := b64.EncodeToString([]byte(`{"alg":"EdDSA","typ":"JWT","kid":"` + KeyID(otherPub) + `"}`))
+	body := strings.Split(tok, ".")[1]
+	wrongKid := h + "." + body + "." + b64.EncodeToString(ed25519.Sign(key, []byte(h+"."+body)))
+	if _, err := VerifyToken(wrongKid, pub, now); !errors.Is(err, ErrTokenKey) {
+		t.Errorf("VerifyToken(kid of another key) = %v, want ErrTokenKey", err)
 	}
 	parts := strings.Split(tok, ".")
 	forged := parts[0] + "." + b64.EncodeToString([]byte(`{"sub":"rig-1","state":"trusted","exp":9999999999}`)) + "." + parts[2]

@@ -26,6 +26,9 @@ type Manifest struct {
 	Version int       `json:"version"`
 	Build   string    `json:"build"` // build identifier shown in verdicts
 	Created time.Time `json:"created"`
+	// Expires, when set, ends the manifest's life: from then on evidence
+	// of this build fails as retired.
+	Expires time.Time `json:"expires,omitzero"`
 	// BootApplications are the acceptable Authenticode digests of
 	// EV_EFI_BOOT_SERVICES_APPLICATION events in PCR 4 (the UKI, and the
 	// kernel if the stub loads it as an image). Hex SHA-256.
@@ -98,6 +101,29 @@ func (m *Manifest) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// Retirement says which builds a verifier no longer accepts.
+type Retirement struct {
+	// Builds are retired by name.
+	Builds []string
+	// MinCreated retires every build created before it (the fleet's
+	// minimum build); zero retires none.
+	MinCreated time.Time
+}
+
+// Retired says why m is retired at now, or "" if it is active.
+func (r Retirement) Retired(m *Manifest, now time.Time) string {
+	switch {
+	case slices.Contains(r.Builds, m.Build):
+		return "build " + m.Build + " is retired"
+	case m.Created.Before(r.MinCreated):
+		return fmt.Sprintf("build %s (created %s) is older than the minimum build (%s)", m.Build,
+			m.Created.UTC().Format(time.RFC3339), r.MinCreated.UTC().Format(time.RFC3339))
+	case !m.Expires.IsZero() && !now.Before(m.Expires):
+		return fmt.Sprintf("build %s's manifest expired at %s", m.Build, m.Expires.UTC().Format(time.RFC3339))
+	}
+	return ""
 }
 
 func (m *Manifest) emptyPCRs() []int {

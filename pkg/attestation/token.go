@@ -55,6 +55,8 @@ var (
 	ErrTokenMalformed = errors.New("malformed token")
 	ErrTokenSignature = errors.New("token signature does not verify")
 	ErrTokenExpired   = errors.New("token expired")
+	// ErrTokenKey: the token names (kid) a key other than the one given.
+	ErrTokenKey = errors.New("token was signed by another key")
 )
 
 // VerifyToken checks a token's signature and expiry and returns its
@@ -73,6 +75,9 @@ func VerifyToken(tok string, pub ed25519.PublicKey, now time.Time) (*Claims, err
 	var h jwsHeader
 	if err := json.Unmarshal(hb, &h); err != nil || h.Alg != "EdDSA" {
 		return nil, fmt.Errorf("%w: header must name alg EdDSA", ErrTokenMalformed)
+	}
+	if want := KeyID(pub); h.Kid != want {
+		return nil, fmt.Errorf("%w: kid %q, want %q", ErrTokenKey, h.Kid, want)
 	}
 	if !ed25519.Verify(pub, []byte(parts[0]+"."+parts[1]), sig) {
 		return nil, ErrTokenSignature

@@ -60,6 +60,12 @@ type Config struct {
 	// ManifestKeys are the Ed25519 public keys (PEM) trusted to sign
 	// manifests. Required.
 	ManifestKeys []string `json:"manifest_keys"`
+	// RetiredBuilds are builds no longer accepted: a node that proves one
+	// of them is untrusted, naming it. Default is none.
+	RetiredBuilds []string `json:"retired_builds"`
+	// MinBuildCreated retires every build whose manifest was created
+	// before it (RFC 3339): the fleet's minimum build. Default is none.
+	MinBuildCreated time.Time `json:"min_build_created"`
 	// EKRoots and EKIntermediates are the TPM manufacturers' CA
 	// certificates (PEM). EKs that chain to them are hardware-class.
 	// Default is none: every node is dev-class.

@@ -34,17 +34,36 @@ const MaxImageArchive = verifier.MaxImageArchive
 // MaxMessage bounds one message from an agent (evidence with logs).
 const MaxMessage = 4 << 20
 
-// Manifests holds the active manifests, reloadable.
+// Manifests holds the reference manifests, reloadable: the folder and
+// the trusted manifest keys are read again on every Reload (SIGHUP).
 type Manifests struct {
-	dir  string
-	keys []ed25519.PublicKey
-	log  *slog.Logger
-	cur  atomic.Pointer[[]*attestation.Manifest]
+	dir      string
+	keyPaths []string
+	retire   attestation.Retirement
+	log      *slog.Logger
+	now      func() time.Time
+	cur      atomic.Pointer[[]*attestation.Manifest] // every valid one
 }
 
-// Reload reads every *.json in the directory. A manifest that does not
-// verify is reported and skipped; the others stay active.
+// NewManifests returns the manifests of dir signed by one of the keys at
+// keyPaths, with retire applied; call Reload to load them.
+func NewManifests(dir string, keyPaths []string, retire attestation.Retirement, log *slog.Logger) *Manifests {
+	return &Manifests{dir: dir, keyPaths: keyPaths, retire: retire, log: log, now: time.Now}
+}
+
+// Reload reads the manifest keys and every *.json in the directory. A
+// manifest that does not verify is reported and skipped; the others
+// stay. A key that cannot be read fails the reload, which leaves the
+// previous manifests in force. It returns how many manifests are active.
 func (m *Manifests) Reload() (int, error) {
+	var keys []ed25519.PublicKey
+	for _, p := range m.keyPaths {
+		k, err := keyfile.ReadEd25519Public(p)
+		if err != nil {
+			return 0, fmt.Errorf("manifest key: %w", err)
+		}
+		keys = append(keys, k)
+	}
 	paths, err := filepath.Glob(filepath.Join(m.dir, "*.json"))
 	if err != nil {
 		return 0, err
@@ -55,24 +74,53 @@ func (m *Manifests) Reload() (int, error) {
 		b, err := os.ReadFile(p)
 		if err == nil {
 			var man *attestation.Manifest
-			if man, err = attestation.ParseManifest(b, m.keys); err == nil {
+			if man, err = attestation.ParseManifest(b, keys); err == nil {
 				out = append(out, man)
-				m.log.Info("manifest active", "file", p, "build", man.Build)
+				if why := m.retire.Retired(man, m.now()); why != "" {
+					m.log.Warn("manifest retired", "file", p, "build", man.Build, "why", why)
+				} else {
+					m.log.Info("manifest active", "file", p, "build", man.Build)
+				}
 				continue
 			}
 		}
 		m.log.Error("manifest rejected", "file", p, "err", err)
 	}
 	m.cur.Store(&out)
-	return len(out), nil
+	return len(m.Active()), nil
 }
 
-// Active returns the active manifests.
-func (m *Manifests) Active() []*attestation.Manifest {
+func (m *Manifests) all() []*attestation.Manifest {
 	if p := m.cur.Load(); p != nil {
 		return *p
 	}
 	return nil
+}
+
+// Active returns the manifests in force now.
+func (m *Manifests) Active() []*attestation.Manifest {
+	var out []*attestation.Manifest
+	now := m.now()
+	for _, man := range m.all() {
+		if m.retire.Retired(man, now) == "" {
+			out = append(out, man)
+		}
+	}
+	return out
+}
+
+// Retired returns the retired manifests and why, by build.
+func (m *Manifests) Retired() ([]*attestation.Manifest, map[string]string) {
+	var out []*attestation.Manifest
+	why := map[string]string{}
+	now := m.now()
+	for _, man := range m.all() {
+		if w := m.retire.Retired(man, now); w != "" {
+			out = append(out, man)
+			why[man.Build] = w
+		}
+	}
+	return out, why
 }
 
 // Daemon is a configured, listening verifier.
@@ -94,14 +142,6 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
-	var mkeys []ed25519.PublicKey
-	for _, p := range cfg.ManifestKeys {
-		k, err := keyfile.ReadEd25519Public(p)
-		if err != nil {
-			return nil, fmt.Errorf("manifest key: %w", err)
-		}
-		mkeys = append(mkeys, k)
-	}
 	roots, err := keyfile.CertPool(cfg.EKRoots)
 	if err != nil {
 		return nil, fmt.Errorf("ek_roots: %w", err)
@@ -117,7 +157,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("TLS certificate: %w", err)
 	}
-	ms := &Manifests{dir: cfg.ManifestDir, keys: mkeys, log: log}
+	ms := NewManifests(cfg.ManifestDir, cfg.ManifestKeys, attestation.Retirement{Builds: cfg.RetiredBuilds, MinCreated: cfg.MinBuildCreated}, log)
 	n, err := ms.Reload()
 	if err != nil {
 		return nil, err
@@ -133,7 +173,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		return nil, err
 	}
 	v, err := verifier.New(ctx, verifier.Options{
-		Store: db, Manifests: ms.Active, SigningKey: signing, Roots: roots, Intermediates: inter, Logger: log,
+		Store: db, Manifests: ms.Active, Retired: ms.Retired, SigningKey: signing, Roots: roots, Intermediates: inter, Logger: log,
 		EvidenceDir: cfg.EvidenceDir,
 		Policy: verifier.Policy{
 			PCRs: cfg.PCRs, MeanInterval: cfg.SpotCheck.Mean.D(), MinInterval: cfg.SpotCheck.Min.D(),

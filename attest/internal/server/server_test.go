@@ -19,6 +19,7 @@ import (
 	"github.com/rigos/rigos/attest/internal/devinit"
 	"github.com/rigos/rigos/internal/simnode"
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/keyfile"
 	"github.com/rigos/rigos/pkg/session"
@@ -141,5 +142,45 @@ func TestKeyFilesAndAdminSocket(t *testing.T) {
 	d.db.Close()
 	if _, err := os.Stat(cfg.AdminSocket); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("admin socket left behind after close: %v", err)
+	}
+}
+
+// A reload (SIGHUP) reads the manifest keys again: a manifest signed by a
+// key added since start becomes active, and a retired build is kept
+// apart with its reason.
+func TestManifestReloadReadsKeys(t *testing.T) {
+	dir := t.TempDir()
+	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1", SpotMean: "1m", SpotMin: "1m", SpotMax: "1m", Deadline: "5s"}); err != nil {
+		t.Fatal(err)
+	}
+	mdir := filepath.Join(dir, "manifests")
+	newKey := filepath.Join(dir, "new.pub")
+	ms := NewManifests(mdir, []string{filepath.Join(dir, "manifest.pub"), newKey},
+		attestation.Retirement{Builds: []string{"dev-simulated"}}, slog.New(slog.DiscardHandler))
+	if _, err := ms.Reload(); err == nil {
+		t.Fatal("Reload() with a missing key file = nil, want an error")
+	}
+	priv, pub, err := keyfile.NewEd25519()
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(newKey, pub, 0o644)
+	os.WriteFile(filepath.Join(dir, "new.key"), priv, 0o600)
+	key, err := keyfile.ReadEd25519Private(filepath.Join(dir, "new.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := attestation.SignManifest(devboot.Manifest(devboot.Default(), "next"), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(mdir, "next.json"), signed, 0o600)
+	n, err := ms.Reload()
+	if err != nil || n != 1 || ms.Active()[0].Build != "next" {
+		t.Fatalf("Reload() = %d, %v; active %v; want only build next", n, err, ms.Active())
+	}
+	retired, why := ms.Retired()
+	if len(retired) != 1 || !strings.Contains(why["dev-simulated"], "retired") {
+		t.Errorf("Retired() = %v, %v; want dev-simulated retired", retired, why)
 	}
 }

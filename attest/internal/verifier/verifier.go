@@ -77,6 +77,8 @@ type Options struct {
 	Store store.Store
 	// Manifests returns the active reference manifests.
 	Manifests func() []*attestation.Manifest
+	// Retired, if set, returns the retired manifests and why, by build.
+	Retired func() ([]*attestation.Manifest, map[string]string)
 	// SigningKey signs attestation result tokens.
 	SigningKey ed25519.PrivateKey
 	// Roots (and Intermediates) certify hardware-class EKs.
@@ -261,6 +263,9 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 				FirmwareLog: ev.GetFirmwareEventLog(), RuntimeLog: ev.GetRuntimeEventLog(),
 			},
 			LastClock: n.LastClock, PinnedFirmware: pinned, Manifests: v.o.Manifests(),
+		}
+		if v.o.Retired != nil {
+			req.Retired, req.RetiredWhy = v.o.Retired()
 		}
 		r := attestation.Appraise(req)
 		defer func() { v.dump(n, req) }()
