@@ -91,6 +91,9 @@ type Manager struct {
 	trusted      bool
 	trustedUntil time.Time
 	trustReason  string
+	// detached is when the session carrying the trusted verdict ended;
+	// zero while a verdict is fresh on a live session.
+	detached time.Time
 	running      map[string]*workload
 	gpusInUse    map[int]bool
 	gpuOK        func(index int) bool
@@ -98,6 +101,13 @@ type Manager struct {
 	ready        chan struct{} // closed when Recover is done (nil: no recovery)
 	planErr      error         // the ASK plan is unusable: no workloads
 }
+
+// DisconnectGrace is how long trusted-tier workloads outlive the session
+// that carried the node's trusted verdict: a reconnect and a fresh
+// appraisal fit well inside it; a rig cut off from its verifier (an owner
+// pulling the cable to stop spot checks) loses its trusted-tier work
+// within seconds rather than at trusted_until.
+const DisconnectGrace = 20 * time.Second
 
 type workload struct {
 	spec    *apiv1.WorkloadSpec
@@ -156,6 +166,9 @@ func (m *Manager) Report(msg *apiv1.AgentMessage) { m.deliver(msg, false) }
 func (m *Manager) Attach(send func(*apiv1.AgentMessage) error) {
 	m.mu.Lock()
 	m.send = send
+	if send == nil && m.detached.IsZero() {
+		m.detached = m.now()
+	}
 	pending := m.pending
 	m.pending = nil
 	hook := m.onAttach
@@ -199,6 +212,7 @@ func (m *Manager) Verdict(v *apiv1.Verdict) {
 	m.mu.Lock()
 	if v.GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
 		m.trusted, m.trustedUntil, m.trustReason = true, time.UnixMilli(v.GetTrustedUntilUnixMs()), ""
+		m.detached = time.Time{}
 		m.mu.Unlock()
 		return
 	}
@@ -209,14 +223,23 @@ func (m *Manager) Verdict(v *apiv1.Verdict) {
 }
 
 // CheckTrust kills trusted-tier workloads once the trusted verdict has
-// expired without a fresh one (a missed or late appraisal). Call it
-// periodically (Watch does).
+// expired without a fresh one (a missed or late appraisal), or the
+// session that carried it ended DisconnectGrace ago without a fresh one
+// on a new session. Call it periodically (Watch does).
 func (m *Manager) CheckTrust() {
 	m.mu.Lock()
-	expired := m.trusted && !m.now().Before(m.trustedUntil)
-	if expired {
+	now := m.now()
+	expired := m.trusted && !now.Before(m.trustedUntil)
+	cut := m.trusted && !m.detached.IsZero() && now.Sub(m.detached) >= DisconnectGrace
+	switch {
+	case expired:
 		m.trusted = false
 		m.trustReason = "trusted verdict expired at " + m.trustedUntil.UTC().Format(time.RFC3339) + " without a fresh appraisal"
+	case cut:
+		expired = true
+		m.trusted = false
+		m.trustReason = fmt.Sprintf("connection to the verifier lost at %s and no fresh trusted verdict within %s",
+			m.detached.UTC().Format(time.RFC3339), DisconnectGrace)
 	}
 	reason := m.trustReason
 	m.mu.Unlock()
@@ -250,6 +273,9 @@ func (m *Manager) trustedNow() (bool, string) {
 	}
 	if !m.now().Before(m.trustedUntil) {
 		return false, "trusted verdict expired"
+	}
+	if !m.detached.IsZero() {
+		return false, "no session with the verifier since the trusted verdict"
 	}
 	return true, ""
 }

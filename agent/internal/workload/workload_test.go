@@ -372,3 +372,41 @@ func TestUnusablePlanRefusesEverything(t *testing.T) {
 		t.Errorf("reason %q", e.GetReason())
 	}
 }
+
+// A rig cut off from its verifier (the owner pulls the cable to escape
+// spot checks) loses its trusted-tier work within DisconnectGrace, long
+// before its verdict's trusted_until; a reconnect with a fresh trusted
+// verdict inside the grace keeps it.
+func TestDisconnectKillsTrustedTier(t *testing.T) {
+	h := newHarness(t)
+	h.rt.block = true
+	trusted(h, time.Hour)
+	start(h, &apiv1.WorkloadSpec{Id: "gold", TrustedTier: true})
+	start(h, &apiv1.WorkloadSpec{Id: "plain"})
+	h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
+	h.wait(t, "plain", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
+	send := h.m.send
+
+	base := time.Now()
+	h.m.now = func() time.Time { return base }
+	h.m.Attach(nil) // the session dropped
+	h.m.now = func() time.Time { return base.Add(DisconnectGrace / 2) }
+	h.m.Attach(send) // reconnected, and a fresh verdict came in time
+	trusted(h, time.Hour)
+	h.m.CheckTrust()
+	if got := h.m.Running(); len(got) != 2 {
+		t.Fatalf("running after a quick reconnect = %v, want both", got)
+	}
+
+	h.m.Attach(nil) // dropped again, for good
+	h.m.now = func() time.Time { return base.Add(DisconnectGrace/2 + DisconnectGrace) }
+	h.m.CheckTrust()
+	h.m.Attach(send) // the final event waits for a session
+	e := h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_KILLED)
+	if !strings.Contains(e.GetReason(), "connection to the verifier lost") {
+		t.Errorf("kill reason %q", e.GetReason())
+	}
+	if got := h.m.Running(); len(got) != 1 || got[0] != "plain" {
+		t.Errorf("running = %v, want only the non-trusted-tier workload", got)
+	}
+}
