@@ -30,7 +30,7 @@ type Evidence struct {
 // Evidence size limits. Real firmware logs are 8-64 KiB.
 const (
 	MaxFirmwareLog = 1 << 20
-	MaxRuntimeLog  = 1 << 20
+	MaxRuntimeLog  = measure.MaxLogBytes
 )
 
 // FirmwarePCRs depend on the motherboard and its firmware settings; they

@@ -56,10 +56,23 @@ const (
 	algSHA256 = 0x000b
 )
 
-// MaxEventData bounds one event's data; MaxEvents bounds a log.
+// MaxEventData bounds one event's data; MaxEvents and MaxLogBytes bound
+// a log (the verifier refuses a longer one).
 const (
 	MaxEventData = 64 << 10
 	MaxEvents    = 4096
+	MaxLogBytes  = 1 << 20
+)
+
+// Workload events are the ones that come and go with customers; a log
+// keeps WorkloadReserveEvents and WorkloadReserveBytes free of them for
+// the node's own measurements (boot phases, GPU inventory changes), so
+// a node that has run as many workloads as fit still attests, and new
+// workloads are refused with ErrLogFull instead.
+const (
+	MaxWorkloadData       = 2 << 10
+	WorkloadReserveEvents = 256
+	WorkloadReserveBytes  = 256 << 10
 )
 
 // Event is one runtime measurement.

@@ -117,3 +117,46 @@ func TestGPUInventories(t *testing.T) {
 		t.Error("a short digest was accepted")
 	}
 }
+
+// Workloads fill the runtime log only up to its reserve: then they are
+// refused with ErrLogFull (nothing extended), while the node's own events
+// still fit, and the whole log stays within what the verifier accepts, so
+// a node that ran as many workloads as fit keeps passing appraisals.
+func TestRecorderKeepsRoomForTheNode(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "runtime.cel")
+	extends := 0
+	r, err := NewRecorder(path, func(int, []byte) error { extends++; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := Workload{ID: "w", Image: strings.Repeat("r", 1800), Digest: "sha256:" + strings.Repeat("a", 64)}.Encode()
+	if _, err := r.Record(KindWorkload, append(big, make([]byte, MaxWorkloadData)...)); err == nil {
+		t.Fatal("Record(oversized workload event) = nil, want an error")
+	}
+	n := 0
+	for ; n < MaxEvents; n++ {
+		if _, err = r.Record(KindWorkload, big); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, ErrLogFull) {
+		t.Fatalf("after %d workloads: %v, want ErrLogFull", n, err)
+	}
+	before := extends
+	if _, err := r.Record(KindWorkload, big); !errors.Is(err, ErrLogFull) || extends != before {
+		t.Fatalf("a workload on a full log: %v (extends %d→%d), want ErrLogFull and nothing extended", err, before, extends)
+	}
+	for range 8 {
+		if _, err := r.Record(KindGPU, []byte(strings.Repeat("g", 1024))); err != nil {
+			t.Fatalf("the node's own event on a log full of workloads: %v", err)
+		}
+	}
+	b, _ := readFile(path)
+	if len(b) > MaxLogBytes {
+		t.Fatalf("log of %d bytes exceeds MaxLogBytes %d", len(b), MaxLogBytes)
+	}
+	if events, err := Parse(b); err != nil || len(events) != n+8 {
+		t.Fatalf("Parse(full log) = %d events, %v; want %d", len(events), err, n+8)
+	}
+	t.Logf("%d workload events of %d bytes fit", n, len(big))
+}

@@ -1,6 +1,7 @@
 package measure
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -15,7 +16,14 @@ type Recorder struct {
 	path   string
 	extend func(pcr int, digest []byte) error
 	next   uint64
+	size   int64
 }
+
+// ErrLogFull is wrapped when a workload event would eat into the room the
+// runtime log keeps for the node's own measurements (see
+// WorkloadReserveEvents): the node takes new workloads again after a
+// reboot, which starts a new log.
+var ErrLogFull = errors.New("runtime log full until the next reboot")
 
 // NewRecorder returns a Recorder appending to the log at path (created if
 // missing; its existing records are counted) and extending with extend.
@@ -28,7 +36,7 @@ func NewRecorder(path string, extend func(pcr int, digest []byte) error) (*Recor
 	if err != nil {
 		return nil, fmt.Errorf("reading runtime log: %w", err)
 	}
-	return &Recorder{path: path, extend: extend, next: uint64(len(events))}, nil
+	return &Recorder{path: path, extend: extend, next: uint64(len(events)), size: int64(len(b))}, nil
 }
 
 // Record measures one event.
@@ -36,6 +44,17 @@ func (r *Recorder) Record(kind string, data []byte) (Event, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e := NewEvent(r.next, kind, data)
+	enc := e.Encode()
+	room, events := int64(MaxLogBytes), MaxEvents
+	if kind == KindWorkload {
+		if len(data) > MaxWorkloadData {
+			return Event{}, fmt.Errorf("workload event of %d bytes exceeds %d", len(data), MaxWorkloadData)
+		}
+		room, events = MaxLogBytes-WorkloadReserveBytes, MaxEvents-WorkloadReserveEvents
+	}
+	if r.size+int64(len(enc)) > room || int(r.next)+1 > events {
+		return Event{}, fmt.Errorf("measuring %s event: %w (%d events, %d bytes)", kind, ErrLogFull, r.next, r.size)
+	}
 	if err := r.extend(e.PCR, e.Digest); err != nil {
 		return Event{}, fmt.Errorf("measuring %s event: %w", kind, err)
 	}
@@ -44,12 +63,13 @@ func (r *Recorder) Record(kind string, data []byte) (Event, error) {
 		return Event{}, fmt.Errorf("opening runtime log: %w", err)
 	}
 	defer f.Close()
-	if _, err := f.Write(e.Encode()); err != nil {
+	if _, err := f.Write(enc); err != nil {
 		return Event{}, fmt.Errorf("appending to runtime log: %w", err)
 	}
 	if err := f.Sync(); err != nil {
 		return Event{}, fmt.Errorf("syncing runtime log: %w", err)
 	}
 	r.next++
+	r.size += int64(len(enc))
 	return e, nil
 }
