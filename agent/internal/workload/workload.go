@@ -93,13 +93,13 @@ type Manager struct {
 	trustReason  string
 	// detached is when the session carrying the trusted verdict ended;
 	// zero while a verdict is fresh on a live session.
-	detached time.Time
-	running      map[string]*workload
-	gpusInUse    map[int]bool
-	gpuOK        func(index int) bool
-	onAttach     func()
-	ready        chan struct{} // closed when Recover is done (nil: no recovery)
-	planErr      error         // the ASK plan is unusable: no workloads
+	detached  time.Time
+	running   map[string]*workload
+	gpusInUse map[int]bool
+	gpuOK     func(index int) bool
+	onAttach  func()
+	ready     chan struct{} // closed when Recover is done (nil: no recovery)
+	planErr   error         // the ASK plan is unusable: no workloads
 }
 
 // DisconnectGrace is how long trusted-tier workloads outlive the session
