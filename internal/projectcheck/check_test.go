@@ -1,12 +1,14 @@
 package projectcheck
 
 import (
+	"go/ast"
 	"go/parser"
 	"go/token"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -96,6 +98,56 @@ func TestInitStaysSmall(t *testing.T) {
 			if strings.HasPrefix(dep, heavy) {
 				t.Errorf("init links %s", dep)
 			}
+		}
+	}
+}
+
+// Every test docs/threat-model.md names as a defence's proof exists (a
+// renamed or deleted test must take its line with it), and every table
+// row names one.
+func TestThreatModelNamesRealTests(t *testing.T) {
+	r := root(t)
+	doc, err := os.ReadFile(filepath.Join(r, "docs", "threat-model.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defined := map[string]bool{}
+	_ = filepath.WalkDir(r, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && strings.HasPrefix(d.Name(), ".") {
+			return filepath.SkipDir
+		}
+		if !strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		f, err := parser.ParseFile(token.NewFileSet(), p, nil, 0)
+		if err != nil {
+			return err
+		}
+		for _, decl := range f.Decls {
+			if fn, ok := decl.(*ast.FuncDecl); ok && fn.Recv == nil {
+				defined[fn.Name.Name] = true
+			}
+		}
+		return nil
+	})
+	name := regexp.MustCompile(`\b(Test|Fuzz)[A-Z][A-Za-z0-9]*`)
+	inTable := false // a table whose last column is "Test"
+	for i, line := range strings.Split(string(doc), "\n") {
+		for _, n := range name.FindAllString(line, -1) {
+			if !defined[n] {
+				t.Errorf("docs/threat-model.md:%d names %s, which no test defines", i+1, n)
+			}
+		}
+		switch cells := strings.Split(line, "|"); {
+		case strings.HasSuffix(line, "| Test |"):
+			inTable = true
+		case !strings.HasPrefix(line, "|"):
+			inTable = false
+		case inTable && !strings.HasPrefix(line, "|---") && !name.MatchString(cells[len(cells)-2]):
+			t.Errorf("docs/threat-model.md:%d: a defence without a test: %s", i+1, strings.TrimSpace(cells[1]))
 		}
 	}
 }
