@@ -71,7 +71,7 @@ VERIFIER ?= 10.0.2.2:7443
 CA ?= .demo/ca.crt
 
 image: build ## build the image into OUT (VERIFIER=host:port CA=ca.crt KEYS=dir [PLAN=plan.json])
-	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
+	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -ca-roots "$$(hack/ca-roots.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
 
 kernel: ## build RigOS's own hardened kernel from Debian's source (not run in CI; ~1 h)
 	kernel/build.sh

@@ -42,6 +42,7 @@ func run() error {
 	flag.StringVar(&gateway, "gateway", "", "gateway for -static")
 	flag.StringVar(&dns, "dns", "", "comma-separated DNS servers for -static")
 	flag.StringVar(&o.Plan, "plan", "", "the supplier's ASK plan (JSON, see pkg/askplan), written to RIGOS/plan.json on the ESP")
+	flag.StringVar(&o.CARoots, "ca-roots", "", "PEM bundle of the CAs registries are verified with (hack/ca-roots.sh prints Debian's, pinned); without it pulls work over plain HTTP only")
 	flag.Int64Var(&o.Epoch, "epoch", 0, "build time, Unix seconds (default: SOURCE_DATE_EPOCH or 2026-01-01)")
 	flag.Parse()
 	if o.Epoch == 0 {

@@ -125,6 +125,9 @@ func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte) (
 		Out: filepath.Join(env.work, "image-"+name), Source: env.root, Keys: keys, KernelRoot: env.kernel,
 		Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"),
 		Console: "ttyS0", ExtraCmdline: cmdline, InitrdHook: hook,
+		// The registries the test images trust: the development CA, which
+		// also signed the in-test TLS registry's certificate.
+		CARoots: filepath.Join(env.dev, "ca.crt"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("building %s image: %w", name, err)
@@ -469,7 +472,7 @@ func TestReproducibleImage(t *testing.T) {
 		start := time.Now()
 		r, err := imager.Build(imager.Options{
 			Out: filepath.Join(t.TempDir(), "out"), Source: env.root, Keys: env.keys, KernelRoot: env.kernel,
-			Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"), Console: "ttyS0",
+			Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"), Console: "ttyS0", CARoots: filepath.Join(env.dev, "ca.crt"),
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,11 @@ import (
 // Path is where the imager bakes init's configuration.
 const Path = "/etc/rigos/init.json"
 
+// CARootsPath is where the registries' CA roots lie on the system
+// partition, relative to its root (mounted at /system); init points the
+// agent's SSL_CERT_FILE at it when the image carries one.
+const CARootsPath = "etc/ssl/certs/ca-certificates.crt"
+
 // Network configures the first NIC with link.
 type Network struct {
 	// Mode is "dhcp" or "static". Default is "dhcp".

@@ -10,14 +10,17 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -69,6 +72,12 @@ type Options struct {
 	// rig offers the whole machine. It is the supplier's to change after
 	// flashing, so it is not part of the measured UKI.
 	Plan string
+	// CARoots is a PEM bundle of the certificate authorities the node
+	// trusts for registries (hack/ca-roots.sh makes one from Debian's
+	// pinned ca-certificates), placed on the measured system partition
+	// at CARootsPath. Optional: without it the node can pull only over
+	// plain HTTP, and so never with credentials.
+	CARoots string
 	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
 	// before it is compressed into the UKI (tests build tampered images
 	// with it).
@@ -113,6 +122,11 @@ func (o *Options) check() error {
 	if o.VerifierCA != "" {
 		if _, err := os.Stat(o.VerifierCA); err != nil {
 			errs = append(errs, fmt.Errorf("verifier CA: %w", err))
+		}
+	}
+	if o.CARoots != "" {
+		if err := checkCARoots(o.CARoots); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if o.Plan != "" {
@@ -318,6 +332,37 @@ func Build(o Options) (*Result, error) {
 	return r, nil
 }
 
+// CARootsPath is where the registry CA roots lie on the system partition.
+const CARootsPath = bootconfig.CARootsPath
+
+// checkCARoots refuses a CA bundle that holds no parsable certificate or
+// anything but certificates.
+func checkCARoots(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("CA roots: %w", err)
+	}
+	n := 0
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return fmt.Errorf("CA roots %s: a %s block; want certificates only", path, blk.Type)
+		}
+		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
+			return fmt.Errorf("CA roots %s: certificate %d: %w", path, n+1, err)
+		}
+		n++
+	}
+	if n == 0 || len(bytes.TrimSpace(b)) > 0 {
+		return fmt.Errorf("CA roots %s: want a PEM bundle of certificates (found %d, and %d bytes of something else)", path, n, len(bytes.TrimSpace(b)))
+	}
+	return nil
+}
+
 // systemPartition builds the read-only system partition: an EROFS file
 // system (LZ4HC) with the agent, followed by its dm-verity hash tree.
 // Large binaries live here rather than in the UKI, which the firmware and
@@ -328,6 +373,13 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *
 	for _, name := range SystemBinaries {
 		files["usr/bin/"+name] = bins[name]
 	}
+	if o.CARoots != "" {
+		b, err := os.ReadFile(o.CARoots)
+		if err != nil {
+			return nil, nil, err
+		}
+		files[CARootsPath] = b
+	}
 	for name, data := range files {
 		p := filepath.Join(root, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
@@ -337,11 +389,14 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *
 			return nil, nil, err
 		}
 	}
-	// Modes must not depend on the builder's umask: every entry (the
-	// folders and the executables) is 0755.
-	err := filepath.WalkDir(root, func(p string, _ os.DirEntry, err error) error {
+	// Modes must not depend on the builder's umask: folders and the
+	// executables are 0755, data files (the CA roots) 0644.
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, "usr/bin/") {
+			return os.Chmod(p, 0o644)
 		}
 		return os.Chmod(p, 0o755)
 	})

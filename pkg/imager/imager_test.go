@@ -15,14 +15,57 @@ func TestBuildNamesEveryProblem(t *testing.T) {
 	if err := os.WriteFile(plan, []byte(`{"version": 1, "gpus": -2, "price": {"currency": "USD"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	_, err := Build(Options{Plan: plan, VerifierCA: filepath.Join(dir, "absent.crt")})
+	roots := filepath.Join(dir, "roots.pem")
+	if err := os.WriteFile(roots, []byte("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Build(Options{Plan: plan, VerifierCA: filepath.Join(dir, "absent.crt"), CARoots: roots})
 	if err == nil {
 		t.Fatal("Build succeeded without its inputs")
 	}
 	for _, want := range []string{"output folder is required", "keys folder is required", "kernel is required",
-		"verifier address is required", "verifier CA", "ASK plan"} {
+		"verifier address is required", "verifier CA", "ASK plan", "want certificates only"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
 	}
 }
+
+// A CA bundle is certificates and nothing else.
+func TestCheckCARoots(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for name, tc := range map[string]struct{ content, want string }{
+		"empty":         {"", "want a PEM bundle"},
+		"not PEM":       {"hello", "want a PEM bundle"},
+		"bad cert":      {"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "certificate 1"},
+		"trailing junk": {testCert + "junk", "something else"},
+	} {
+		if err := checkCARoots(write(name, tc.content)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: checkCARoots() = %v, want %q", name, err, tc.want)
+		}
+	}
+	if err := checkCARoots(write("good", testCert+testCert)); err != nil {
+		t.Errorf("checkCARoots(two certificates) = %v", err)
+	}
+}
+
+// testCert is a self-signed test root (not a secret).
+const testCert = `-----BEGIN CERTIFICATE-----
+MIIBfTCCASOgAwIBAgIUSsr6t67juWbSRfgc7Pf3iyxDxMUwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJdGVzdC1yb290MB4XDTI2MTEyNzExMjU0NVoXDTM2MTEyNDEx
+MjU0NVowFDESMBAGA1UEAwwJdGVzdC1yb290MFkwEwYHKoZIzj0CAQYIKoZIzj0D
+AQcDQgAESfviyYktTj80TV9LQKed9T2PEGl2MiC0ZocvhPXqJlnrQlTqXGjENHyh
+mg61MCnuR6DRX70yQTLYJT+Ko2/IXqNTMFEwHQYDVR0OBBYEFM78ghtPtUrgSZNO
++2SKrxaHbL2lMB8GA1UdIwQYMBaAFM78ghtPtUrgSZNO+2SKrxaHbL2lMA8GA1Ud
+EwEB/wQFMAMBAf8wCgYIKoZIzj0EAwIDSAAwRQIgB/EXPvaOHLxnKosZ+IoWvB02
+Npjr/G/Rj5wL+p0P3yoCIQCeTnL1mZrAF4wiO692d3aNw4JL8fESXD7kFxaUh6g6
+6Q==
+-----END CERTIFICATE-----
+`

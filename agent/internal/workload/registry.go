@@ -76,9 +76,12 @@ func storeDigest(ref string, withCredentials bool) digest.Digest {
 }
 
 // usableStored says whether stored image img may serve a reference
-// pinned to digest d.
+// pinned to digest d: one pulled from a registry without credentials.
+// An image a customer sent as an archive stays theirs (knowing its digest
+// is not enough), and so does one pulled with credentials.
 func usableStored(d digest.Digest, img images.Image) bool {
-	return d != "" && img.Target.Digest == d && img.Labels[labelPrivate] == ""
+	return d != "" && img.Target.Digest == d && img.Labels[labelPrivate] == "" &&
+		!strings.HasPrefix(img.Name, importHost+"/")
 }
 
 // scopedCredentials returns the registry credential callback for ref:

@@ -52,6 +52,7 @@ func TestUsableStored(t *testing.T) {
 		{"the pinned content", img(digestA, nil), true},
 		{"planted under the pinned name", img(digestB, nil), false},
 		{"pulled with someone's credentials", img(digestA, map[string]string{labelPrivate: "true"}), false},
+		{"sent by a customer as an archive", images.Image{Name: importName("job-1", digestA), Target: ocispec.Descriptor{Digest: digestA}}, false},
 	} {
 		if got := usableStored(digestA, c.img); got != c.want {
 			t.Errorf("usableStored(%s, %s) = %v, want %v", digestA, c.name, got, c.want)

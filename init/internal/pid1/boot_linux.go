@@ -192,8 +192,18 @@ func run() error {
 			say("containerd: %v (no workloads on this boot)", err)
 		}
 	}
-	supervise("agent", cfg.Agent, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, AgentCgroup, reaper)
+	agentEnv := []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}
+	if roots := filepath.Join(SystemMount, bootconfig.CARootsPath); fileExists(roots) {
+		// Registries are verified against the measured bundle only.
+		agentEnv = append(agentEnv, "SSL_CERT_FILE="+roots, "SSL_CERT_DIR=/nonexistent")
+	}
+	supervise("agent", cfg.Agent, agentEnv, AgentCgroup, reaper)
 	return nil
+}
+
+func fileExists(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular()
 }
 
 // The agent and containerd run in cgroups of their own. The agent's CPU
