@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -65,6 +66,11 @@ func run() error {
 	if out, err := exec.Command(bin, "devinit", "-dir", dir, "-listen", addr, "-mean", mean.String(),
 		"-min", minI.String(), "-max", maxI.String(), "-deadline", "30s").CombinedOutput(); err != nil {
 		return fmt.Errorf("devinit: %v\n%s", err, out)
+	}
+	// Every simulated node is a new TPM: lift the enrolment rate limit
+	// (a production verifier keeps it) so the load is the appraisals'.
+	if err := unlimitEnrolment(filepath.Join(dir, "attest.json"), *nodes); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -201,4 +207,23 @@ func kib(s string) float64 {
 	var v float64
 	fmt.Sscanf(s, "%f", &v)
 	return v
+}
+
+// unlimitEnrolment sets the enrolment limits of the config at path high
+// enough for n new TPMs at once, over shared connections.
+func unlimitEnrolment(path string, n int) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return err
+	}
+	cfg["enrolment"] = map[string]any{"rate": float64(n), "burst": n, "max_handshakes": n}
+	cfg["streams_per_connection"] = n // nodes share connections here
+	if b, err = json.MarshalIndent(cfg, "", "  "); err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
 }

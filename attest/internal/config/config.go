@@ -80,6 +80,9 @@ type Config struct {
 	// Enrolment bounds how fast new TPMs may enrol and how many streams
 	// may be in their handshake at once.
 	Enrolment Enrolment `json:"enrolment"`
+	// StreamsPerConnection bounds the concurrent streams of one agent
+	// connection (an agent needs one session). Default is 4.
+	StreamsPerConnection uint32 `json:"streams_per_connection"`
 	// PCRs to quote. Default is 0-9 and 11-15.
 	PCRs []int `json:"pcrs"`
 	// SpotCheck controls the random rounds.
@@ -140,6 +143,9 @@ func (c *Config) Defaults() {
 	setD(&c.SpotCheck.Max, 20*time.Minute)
 	setD(&c.SpotCheck.Deadline, 10*time.Second)
 	setD(&c.HandshakeTimeout, 30*time.Second)
+	if c.StreamsPerConnection == 0 {
+		c.StreamsPerConnection = 4
+	}
 	if c.Enrolment.Rate == 0 {
 		c.Enrolment.Rate = 2
 	}

@@ -191,7 +191,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})),
 		grpc.MaxRecvMsgSize(MaxMessage),
 		// One session per agent connection; a few spare for reconnects.
-		grpc.MaxConcurrentStreams(4),
+		grpc.MaxConcurrentStreams(cfg.StreamsPerConnection),
 		// Agents sit behind NAT: let them ping to keep the stream open.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
