@@ -2,6 +2,7 @@ package attestation_test
 
 import (
 	"testing"
+	"time"
 
 	. "github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/devboot"
@@ -22,6 +23,33 @@ func BenchmarkAppraise(b *testing.B) {
 	for b.Loop() {
 		if r := Appraise(req); len(r.Failures) != 0 {
 			b.Fatal(r.Err())
+		}
+	}
+}
+
+// BenchmarkActivation measures the verifier's half of the proof every
+// connection now makes: TPM2_MakeCredential for the node's EK and AK
+// (checking the AK first), and the comparison of the returned secret.
+// The node's half, TPM2_ActivateCredential, runs in its TPM.
+func BenchmarkActivation(b *testing.B) {
+	n := boot(b, 1, devboot.Default())
+	ekDER, err := n.Att.EKPublic()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ek, err := AppraiseEK(ekDER, nil, nil, nil, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ak := n.Att.AKParams()
+	b.ReportAllocs()
+	for b.Loop() {
+		secret, _, err := MakeCredential(ek.Public, ak, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := VerifyActivation(secret, secret); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
