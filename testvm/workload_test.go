@@ -156,9 +156,12 @@ func TestWorkloads(t *testing.T) {
 	if r.err != nil || r.last().GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || r.last().GetExitCode() != 0 {
 		t.Fatalf("hello: %v, events %v", r.err, r.events)
 	}
-	for _, want := range []string{"hello from a RigOS workload", "memory.max 67108864", "Seccomp: 2", "NoNewPrivs: 1"} {
+	// Its root is an unprivileged range of node IDs of its own (a user
+	// namespace), not the node's root.
+	for _, want := range []string{"hello from a RigOS workload", "memory.max 67108864", "Seccomp: 2", "NoNewPrivs: 1",
+		"uid_map 0 1048576 65536"} { // agent/internal/workload: FirstWorkloadID, IDsPerWorkload
 		if !strings.Contains(r.stdout.String(), want) {
-			t.Errorf("hello output = %q, want %q (the greeting, its 64 MiB limit, a seccomp filter, no new privileges)", r.stdout.String(), want)
+			t.Errorf("hello output = %q, want %q (the greeting, its 64 MiB limit, a seccomp filter, no new privileges, its own user namespace)", r.stdout.String(), want)
 		}
 	}
 	if got := r.last().GetImageDigest(); got != wantDigest {

@@ -48,6 +48,7 @@ type Containerd struct {
 	// CgroupRoot is where cgroup v2 is mounted (to read OOM kills).
 	CgroupRoot string
 	client     *containerd.Client
+	ids        idRanges
 }
 
 func (c *Containerd) connect(ctx context.Context) (*containerd.Client, error) {
@@ -223,11 +224,22 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 	}
 	img := r.Image.handle.(containerd.Image)
 	s, id := r.Spec, r.Spec.GetId()
+	base, release, err := c.ids.take()
+	if err != nil {
+		return Exit{}, err
+	}
+	defer release()
+	// The workload's root owns its scratch space, seen from the node as
+	// the range's base ID.
+	if err := os.Chown(r.Scratch, int(base), int(base)); err != nil {
+		return Exit{}, fmt.Errorf("scratch space: %w", err)
+	}
 	opts := []oci.SpecOpts{
 		oci.WithDefaultSpec(), oci.WithDefaultUnixDevices,
 		oci.WithImageConfig(img),
 		oci.WithCgroup("/" + Namespace + "/" + id),
 		oci.WithHostname(id),
+		oci.WithUserNamespace(idMap(base), idMap(base)),
 	}
 	opts = append(opts, confinement()...)
 	opts = append(opts,
@@ -277,7 +289,9 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 	}
 
 	cont, err := cl.NewContainer(ctx, id,
-		containerd.WithSnapshotter(Snapshotter), containerd.WithNewSnapshot(id, img), containerd.WithNewSpec(opts...))
+		containerd.WithSnapshotter(Snapshotter),
+		containerd.WithNewSnapshot(id, img, containerd.WithUserNSRemapperLabels(idMap(base), idMap(base))),
+		containerd.WithNewSpec(opts...))
 	if err != nil {
 		return Exit{}, fmt.Errorf("creating the container: %w", err)
 	}

@@ -410,3 +410,37 @@ func TestDisconnectKillsTrustedTier(t *testing.T) {
 		t.Errorf("running = %v, want only the non-trusted-tier workload", got)
 	}
 }
+
+// Running workloads never share an ID range; a range comes back when its
+// workload ends; the ranges sit above the node's own IDs.
+func TestIDRanges(t *testing.T) {
+	var r idRanges
+	seen := map[uint32]bool{}
+	var releases []func()
+	for range 3 {
+		base, release, err := r.take()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[base] || base < FirstWorkloadID || (base-FirstWorkloadID)%IDsPerWorkload != 0 {
+			t.Fatalf("take() = %d: reused or misaligned (taken %v)", base, seen)
+		}
+		seen[base] = true
+		releases = append(releases, release)
+	}
+	releases[1]()
+	if base, _, _ := r.take(); base != FirstWorkloadID+IDsPerWorkload {
+		t.Errorf("take() after a release = %d, want the freed %d", base, FirstWorkloadID+IDsPerWorkload)
+	}
+	for range MaxIDRanges - 3 {
+		if _, _, err := r.take(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := r.take(); !errors.Is(err, errNoIDRange) {
+		t.Errorf("take() with every range in use = %v, want errNoIDRange", err)
+	}
+	if top := uint64(FirstWorkloadID) + uint64(MaxIDRanges)*IDsPerWorkload; top > 1<<32-1 {
+		t.Errorf("ranges end at %d, beyond 32-bit IDs", top)
+	}
+}

@@ -413,21 +413,23 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 			switch {
 			case open != nil && cid == open.id:
 				deadline.Stop()
-				n, tok, err = v.appraise(ctx, id, open, ev)
+				n, tok, err = v.appraise(ctx, id, open, ev, s)
 				retire(open.id, "answered")
 				open = nil
 				next.Reset(v.NextInterval())
 			case done[cid] == "answered":
+				s.passed.Store(false)
 				n, tok, err = v.failNonce(ctx, id, fmt.Sprintf("evidence replayed for challenge %d, already answered", cid))
 			case done[cid] == "expired":
+				s.passed.Store(false)
 				n, tok, err = v.failNonce(ctx, id, fmt.Sprintf("challenge %d expired before the evidence arrived", cid))
 			default:
+				s.passed.Store(false)
 				n, tok, err = v.failNonce(ctx, id, fmt.Sprintf("evidence for challenge %d, which was never issued", cid))
 			}
 			if err != nil {
 				return err
 			}
-			s.passed.Store(n.State == StateTrusted)
 			if err := stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Verdict{Verdict: &apiv1.Verdict{
 				ChallengeId: cid, State: stateProto(n.State), Reason: n.Reason,
 				TrustedUntilUnixMs: unixMS(n.TrustedUntil), Token: tok,

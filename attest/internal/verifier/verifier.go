@@ -246,8 +246,11 @@ func (v *Verifier) token(n *store.Node, manifest string, now time.Time) (string,
 }
 
 // appraise records the verdict for evidence answering challenge c.
-func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *apiv1.Evidence) (*store.Node, string, error) {
-	return v.updateVerdict(ctx, id, func(n *store.Node, vd *store.Verdict) error {
+// The session's passed flag is set before the verdict is published, so a
+// caller who saw the node turn trusted finds its stream proven too.
+func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *apiv1.Evidence, s *conn) (*store.Node, string, error) {
+	n, tok, err := v.updateVerdict(ctx, id, func(n *store.Node, vd *store.Verdict) error {
+		defer func() { s.passed.Store(n.State == StateTrusted) }()
 		pinned := n.FirmwarePCRs
 		if n.RepinFirmware {
 			pinned = nil
@@ -328,6 +331,10 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		}
 		return nil
 	})
+	if err != nil {
+		s.passed.Store(false) // the verdict was not kept
+	}
+	return n, tok, err
 }
 
 // gpuDigest is the GPU inventory digest the runtime log measured last,
