@@ -15,7 +15,10 @@ var Sysctls = []struct{ Key, Value, Reason string }{
 	{"net.core.bpf_jit_harden", "2", "constant blinding in the BPF JIT"},
 	{"kernel.kexec_load_disabled", "1", "no kexec into another kernel (cannot be undone)"},
 	{"kernel.perf_event_paranoid", "3", "no perf events for unprivileged users"},
-	{"kernel.yama.ptrace_scope", "3", "no ptrace at all (cannot be undone)"},
+	// 2, not 3: containerd makes the idmapped mounts of user-namespaced
+	// workloads through a child that calls PTRACE_TRACEME under a root
+	// parent, which scope 3 refuses. Workloads hold no CAP_SYS_PTRACE.
+	{"kernel.yama.ptrace_scope", "2", "ptrace only with CAP_SYS_PTRACE (root on the node)"},
 	{"kernel.sysrq", "0", "no magic SysRq"},
 	{"kernel.core_pattern", "|/bin/false", "no core dumps written anywhere"},
 	{"fs.suid_dumpable", "0", "no core dumps of privileged processes"},
