@@ -32,6 +32,7 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 	gpus := fs.Uint("gpus", 0, "number of GPUs")
 	maxDur := fs.Duration("max-duration", 0, "stop the workload after this long (0: the node's plan)")
 	outbound := fs.Bool("outbound", false, "let the workload open connections out (masqueraded)")
+	readOnly := fs.Bool("read-only", false, "mount the image read-only (the workload writes to /scratch)")
 	var env, ports multiFlag
 	fs.Var(&env, "env", "KEY=VALUE (repeatable)")
 	fs.Var(&ports, "port", "TCP port of the rig forwarded to the same port of the workload (repeatable)")
@@ -59,7 +60,7 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 	}
 	spec := &apiv1.WorkloadSpec{
 		Network: &apiv1.NetworkPolicy{Outbound: *outbound, Ports: portNums},
-		Id:      *id, Image: *image, ImageArchive: *archive != "", Args: fs.Args(), Env: env, TrustedTier: *trusted,
+		Id:      *id, Image: *image, ImageArchive: *archive != "", Args: fs.Args(), Env: env, TrustedTier: *trusted, ReadOnlyRootfs: *readOnly,
 		Resources:     &apiv1.Resources{Cpus: *cpus, MemoryBytes: mem, Pids: *pids, ScratchBytes: scr, Gpus: uint32(*gpus)},
 		MaxDurationMs: maxDur.Milliseconds(),
 	}

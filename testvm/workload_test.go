@@ -169,6 +169,16 @@ func TestWorkloads(t *testing.T) {
 	}
 	t.Logf("hello: running %s after the request (image sent and imported)", r.running.Round(time.Millisecond))
 
+	// A read-only image: writing to / fails (the marker workload exits 1
+	// at its first write); the same workload with a writable image runs
+	// further below ("secret").
+	ro := spec("readonly", "marker", "x")
+	ro.ReadOnlyRootfs = true
+	r, _ = runWorkload(ctx, v, &apiv1.RunWorkloadRequest{NodeId: node, Spec: ro, ImageArchive: archive}, nil)
+	if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_EXITED || e.GetExitCode() != 1 {
+		t.Errorf("read-only image: %v, events %v; want exited 1 (no write to /)", r.err, r.events)
+	}
+
 	// The pull path. Credentials never go over plain HTTP (the test
 	// registry has no TLS): a spec asking for it is refused by name.
 	reg, err := ociarchive.NewRegistry(archive, "rigos/pulled", "1", "", "")

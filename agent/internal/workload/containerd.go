@@ -249,6 +249,9 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 			Destination: "/sys/fs/cgroup", Type: "cgroup2", Source: "cgroup", Options: []string{"ro", "nosuid", "noexec", "nodev"},
 		}}),
 	)
+	if s.GetReadOnlyRootfs() {
+		opts = append(opts, oci.WithRootFSReadonly())
+	}
 	if len(s.GetArgs()) > 0 {
 		opts = append(opts, oci.WithProcessArgs(s.GetArgs()...))
 	}

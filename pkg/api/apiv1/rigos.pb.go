@@ -1433,9 +1433,12 @@ type WorkloadSpec struct {
 	MaxDurationMs int64 `protobuf:"varint,9,opt,name=max_duration_ms,json=maxDurationMs,proto3" json:"max_duration_ms,omitempty"`
 	// TrustedTier workloads run only while the node holds a fresh trusted
 	// verdict, and are killed (and their scratch wiped) on demotion.
-	TrustedTier   bool `protobuf:"varint,10,opt,name=trusted_tier,json=trustedTier,proto3" json:"trusted_tier,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TrustedTier bool `protobuf:"varint,10,opt,name=trusted_tier,json=trustedTier,proto3" json:"trusted_tier,omitempty"`
+	// ReadOnlyRootfs mounts the image read-only: the workload writes only
+	// to /scratch (and tmpfs it brings itself).
+	ReadOnlyRootfs bool `protobuf:"varint,11,opt,name=read_only_rootfs,json=readOnlyRootfs,proto3" json:"read_only_rootfs,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WorkloadSpec) Reset() {
@@ -1534,6 +1537,13 @@ func (x *WorkloadSpec) GetMaxDurationMs() int64 {
 func (x *WorkloadSpec) GetTrustedTier() bool {
 	if x != nil {
 		return x.TrustedTier
+	}
+	return false
+}
+
+func (x *WorkloadSpec) GetReadOnlyRootfs() bool {
+	if x != nil {
+		return x.ReadOnlyRootfs
 	}
 	return false
 }
@@ -2984,7 +2994,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x15trusted_until_unix_ms\x18\x04 \x01(\x03R\x12trustedUntilUnixMs\x12\x14\n" +
 	"\x05token\x18\x05 \x01(\tR\x05token\"?\n" +
 	"\rStartWorkload\x12.\n" +
-	"\x04spec\x18\x01 \x01(\v2\x1a.rigos.api.v1.WorkloadSpecR\x04spec\"\xf9\x02\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1a.rigos.api.v1.WorkloadSpecR\x04spec\"\xa3\x03\n" +
 	"\fWorkloadSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12#\n" +
@@ -2996,7 +3006,8 @@ const file_rigos_proto_rawDesc = "" +
 	"\anetwork\x18\b \x01(\v2\x1b.rigos.api.v1.NetworkPolicyR\anetwork\x12&\n" +
 	"\x0fmax_duration_ms\x18\t \x01(\x03R\rmaxDurationMs\x12!\n" +
 	"\ftrusted_tier\x18\n" +
-	" \x01(\bR\vtrustedTier\"e\n" +
+	" \x01(\bR\vtrustedTier\x12(\n" +
+	"\x10read_only_rootfs\x18\v \x01(\bR\x0ereadOnlyRootfs\"e\n" +
 	"\fRegistryAuth\x12\x1a\n" +
 	"\busername\x18\x01 \x01(\tR\busername\x12\x1a\n" +
 	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1d\n" +
