@@ -17,7 +17,8 @@ import (
 type SpotCheck struct {
 	// Mean time between rounds (exponential). Default is "5m".
 	Mean config.Duration `json:"mean"`
-	// Min and Max clamp each interval. Defaults are "30s" and "20m".
+	// Min and Max clamp each interval; a trusted verdict lasts Max plus
+	// the deadline. Defaults are "30s" and "10m".
 	Min config.Duration `json:"min"`
 	Max config.Duration `json:"max"`
 	// Deadline is the time a node has to answer. Default is "10s".
@@ -140,7 +141,7 @@ func (c *Config) Defaults() {
 	set(&c.LogLevel, "info")
 	setD(&c.SpotCheck.Mean, 5*time.Minute)
 	setD(&c.SpotCheck.Min, 30*time.Second)
-	setD(&c.SpotCheck.Max, 20*time.Minute)
+	setD(&c.SpotCheck.Max, 10*time.Minute)
 	setD(&c.SpotCheck.Deadline, 10*time.Second)
 	setD(&c.HandshakeTimeout, 30*time.Second)
 	if c.StreamsPerConnection == 0 {
