@@ -30,6 +30,9 @@ test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 	$(MAKE) --no-print-directory test-vm
 
+test-unit: deps ## unit and service tests only (-race), no fuzzing, no VMs
+	$(GO) test -race -count=1 ./...
+
 test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility, workloads
 	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+(vm|workload|state)_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
 
@@ -71,6 +74,12 @@ VERIFIER ?= 10.0.2.2:7443
 CA ?= .demo/ca.crt
 
 image: build ## build the image into OUT (VERIFIER=host:port CA=ca.crt KEYS=dir [PLAN=plan.json])
+	@if [ ! -f "$(CA)" ]; then \
+	  if [ "$(CA)" = ".demo/ca.crt" ]; then \
+	    echo "image: no CA= given: writing a development verifier setup into .demo/ (as make demo does); for your verifier pass VERIFIER=host:port CA=its-ca.crt"; \
+	    $(BIN)/attest devinit -dir .demo -listen 127.0.0.1:7443 >/dev/null; \
+	  else echo "image: CA file $(CA) not found: pass CA= the PEM certificate of your verifier's TLS CA" >&2; exit 1; fi; \
+	fi
 	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -ca-roots "$$(hack/ca-roots.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
 
 kernel: ## build RigOS's own hardened kernel from Debian's source (not run in CI; ~1 h)
