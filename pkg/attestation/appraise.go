@@ -59,6 +59,11 @@ type Request struct {
 	// them accepts fails naming the build and why (RetiredWhy, by build).
 	Retired    []*Manifest
 	RetiredWhy map[string]string
+	// Checkpoints are the runtime-log checkpoints (measure.Checkpoint
+	// data) this verifier issued to the node: a runtime log may start
+	// with one of them, for the boot it names, instead of the records it
+	// stands for.
+	Checkpoints [][]byte
 }
 
 // Result is the outcome of an appraisal.
@@ -75,8 +80,12 @@ type Result struct {
 	FirmwarePCRs map[int][]byte
 	// BootApplications are the PCR 4 application digests seen.
 	BootApplications [][]byte
-	// RuntimeEvents are the replayed runtime events.
+	// RuntimeEvents are the replayed runtime events (after the
+	// checkpoint, when the log starts with one).
 	RuntimeEvents []measure.Event
+	// RuntimeBase is the checkpoint the runtime log started with, nil if
+	// none.
+	RuntimeBase *measure.Checkpoint
 }
 
 // Err returns nil if the evidence passed, or the failures joined.
@@ -140,7 +149,7 @@ func Appraise(req Request) *Result {
 
 	fwEvents, logged, err := replayFirmware(ev.FirmwareLog, q.PCRs)
 	r.add(err)
-	r.RuntimeEvents, err = replayRuntime(ev.RuntimeLog, q.PCRs)
+	r.RuntimeBase, r.RuntimeEvents, err = replayRuntime(ev.RuntimeLog, q.PCRs, req.Checkpoints, q.Clock.ResetCount)
 	r.add(err)
 	// Always, whatever the replays said: a PCR extended without a log
 	// entry is caught even when a log is empty or fails to parse.
@@ -172,10 +181,10 @@ func Appraise(req Request) *Result {
 			r.BootApplications = append(r.BootApplications, e.Digest)
 		}
 	}
-	r.Manifest = r.applyPolicy(req.Manifests, fwEvents, q.PCRs)
+	r.Manifest = r.applyPolicy(req.Manifests, fwEvents, q.PCRs, r.RuntimeBase != nil)
 	if r.Manifest == "" {
 		for _, m := range req.Retired {
-			if len(checkManifest(m, fwEvents, q.PCRs, r.RuntimeEvents)) == 0 {
+			if len(checkManifest(m, fwEvents, q.PCRs, r.RuntimeEvents, r.RuntimeBase != nil)) == 0 {
 				r.add(fail(CheckManifest, "%s", req.RetiredWhy[m.Build]))
 				break
 			}
@@ -276,22 +285,34 @@ func replayFirmware(log []byte, quoted map[int][]byte) ([]attest.Event, map[int]
 	return events, logged, nil
 }
 
-func replayRuntime(log []byte, quoted map[int][]byte) ([]measure.Event, error) {
+func replayRuntime(log []byte, quoted map[int][]byte, checkpoints [][]byte, boot uint32) (*measure.Checkpoint, []measure.Event, error) {
 	events, err := measure.Parse(log)
 	if err != nil {
-		return nil, &CheckError{Check: CheckRuntimeLog, Err: err}
+		return nil, nil, &CheckError{Check: CheckRuntimeLog, Err: err}
+	}
+	base, rest, err := measure.Base(events)
+	if err != nil {
+		return nil, nil, &CheckError{Check: CheckRuntimeLog, Err: err}
+	}
+	if base != nil {
+		if !slices.ContainsFunc(checkpoints, func(c []byte) bool { return bytes.Equal(c, events[0].Data) }) {
+			return nil, nil, fail(CheckRuntimeLog, "the log starts with a checkpoint this verifier did not issue to this node")
+		}
+		if base.Boot != boot {
+			return nil, nil, fail(CheckRuntimeLog, "the log starts with a checkpoint of another boot (resetCount %d, now %d)", base.Boot, boot)
+		}
 	}
 	v, ok := quoted[measure.RuntimePCR]
 	if !ok {
 		if len(events) > 0 {
-			return nil, fail(CheckRuntimeLog, "runtime events present but PCR %d was not quoted", measure.RuntimePCR)
+			return nil, nil, fail(CheckRuntimeLog, "runtime events present but PCR %d was not quoted", measure.RuntimePCR)
 		}
-		return nil, nil
+		return nil, nil, nil
 	}
 	if !bytes.Equal(measure.Replay(events), v) {
-		return nil, fail(CheckRuntimeLog, "PCR %d does not match the %d runtime events", measure.RuntimePCR, len(events))
+		return nil, nil, fail(CheckRuntimeLog, "PCR %d does not match the %d runtime events", measure.RuntimePCR, len(events))
 	}
-	return events, nil
+	return base, rest, nil
 }
 
 // checkUnlogged demands that every quoted PCR without log events (the
@@ -325,14 +346,14 @@ func isZero(b []byte) bool {
 
 // applyPolicy checks the evidence against each manifest. The first that
 // accepts it wins; otherwise the failures of the closest one are kept.
-func (r *Result) applyPolicy(manifests []*Manifest, events []attest.Event, pcrs map[int][]byte) string {
+func (r *Result) applyPolicy(manifests []*Manifest, events []attest.Event, pcrs map[int][]byte, checkpointed bool) string {
 	if len(manifests) == 0 {
 		r.add(fail(CheckManifest, "no active reference manifest"))
 		return ""
 	}
 	var best []*CheckError
 	for _, m := range manifests {
-		fails := checkManifest(m, events, pcrs, r.RuntimeEvents)
+		fails := checkManifest(m, events, pcrs, r.RuntimeEvents, checkpointed)
 		if len(fails) == 0 {
 			return m.Build
 		}
@@ -349,7 +370,10 @@ var pcr4Actions = []string{
 	"Returning from EFI Application from Boot Option",
 }
 
-func checkManifest(m *Manifest, events []attest.Event, pcrs map[int][]byte, runtime []measure.Event) []*CheckError {
+// checkpointed: the runtime log starts with a checkpoint this verifier
+// issued after a passing appraisal, which checked the boot phases then;
+// they are no longer in the log.
+func checkManifest(m *Manifest, events []attest.Event, pcrs map[int][]byte, runtime []measure.Event, checkpointed bool) []*CheckError {
 	var out []*CheckError
 	var pcr7 []attest.Event
 	apps := 0
@@ -393,7 +417,7 @@ func checkManifest(m *Manifest, events []attest.Event, pcrs map[int][]byte, runt
 			out = append(out, fail(CheckEmptyPCR, "PCR %d must be empty", i))
 		}
 	}
-	if len(m.Phases) > 0 {
+	if len(m.Phases) > 0 && !checkpointed {
 		got := measure.Phases(runtime)
 		if len(got) < len(m.Phases) || !slices.Equal(got[:len(m.Phases)], m.Phases) {
 			out = append(out, fail(CheckPhases, "boot phases %v, want %v first", got, m.Phases))

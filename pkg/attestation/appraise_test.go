@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/hex"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	. "github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/tcglog"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -548,4 +551,70 @@ func TestRetiredBuild(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A runtime log compacted to a checkpoint passes only with a checkpoint
+// this verifier issued, for this boot; the node cannot invent one.
+func TestRuntimeCheckpoint(t *testing.T) {
+	n := boot(t, 1, devboot.Default())
+	rec, err := measure.NewRecorder(n.RuntimeLog, func(pcr int, d []byte) error { return tpm.Extend(n.Sim, pcr, d) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if _, err := rec.Record(measure.KindWorkload, measure.Workload{ID: fmt.Sprint("w", i), Digest: "sha256:abc"}.Encode()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ev, no := gather(t, n)
+	first := Appraise(request(n, ev, no))
+	if err := first.Err(); err != nil {
+		t.Fatal(err)
+	}
+	events, _ := measure.Parse(ev.RuntimeLog)
+	issued := measure.Checkpoint{Boot: first.Quote.Clock.ResetCount, Events: uint64(len(events)),
+		PCR: hex.EncodeToString(first.Quote.PCRs[measure.RuntimePCR]), GPU: "none"}.Encode()
+	if err := rec.Compact(issued); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Record(measure.KindWorkload, measure.Workload{ID: "later", Digest: "sha256:abc"}.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	ev, no = gather(t, n)
+	otherBoot := measure.Checkpoint{Boot: first.Quote.Clock.ResetCount + 1, Events: uint64(len(events)),
+		PCR: hex.EncodeToString(first.Quote.PCRs[measure.RuntimePCR]), GPU: "none"}.Encode()
+	for name, tc := range map[string]struct {
+		issued [][]byte
+		pass   bool
+	}{
+		"issued":      {[][]byte{issued}, true},
+		"none issued": {nil, false},
+		"another's":   {[][]byte{otherBoot}, false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			req := request(n, ev, no)
+			req.Checkpoints = tc.issued
+			r := Appraise(req)
+			if tc.pass {
+				if err := r.Err(); err != nil || r.RuntimeBase == nil || len(r.RuntimeEvents) != 1 {
+					t.Fatalf("Appraise(compacted log) = %v, base %v, %d events after it", err, r.RuntimeBase, len(r.RuntimeEvents))
+				}
+				return
+			}
+			wantFail(t, r, CheckRuntimeLog)
+		})
+	}
+	// A checkpoint issued for another boot is refused even when offered.
+	forged := measure.NewEvent(uint64(len(events))-1, measure.KindCheckpoint, otherBoot).Encode()
+	rest, _ := measure.Parse(ev.RuntimeLog)
+	var b bytes.Buffer
+	b.Write(forged)
+	for _, e := range rest[1:] {
+		b.Write(e.Encode())
+	}
+	e := ev
+	e.RuntimeLog = b.Bytes()
+	req := request(n, e, no)
+	req.Checkpoints = [][]byte{otherBoot}
+	wantFail(t, Appraise(req), CheckRuntimeLog)
 }

@@ -138,7 +138,17 @@ func Parse(b []byte) ([]Event, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%w: record %d: %w", ErrMalformed, len(out), err)
 		}
-		if e.Recnum != uint64(len(out)) {
+		switch want := next(out); {
+		case e.Kind == KindCheckpoint && len(out) > 0:
+			return nil, fmt.Errorf("%w: record %d: a checkpoint may only be the first record", ErrMalformed, len(out))
+		case e.Kind == KindCheckpoint:
+			if _, err := DecodeCheckpoint(e.Data); err != nil {
+				return nil, fmt.Errorf("%w: record 0: %w", ErrMalformed, err)
+			}
+			if c, _ := DecodeCheckpoint(e.Data); e.Recnum != c.Events-1 {
+				return nil, fmt.Errorf("%w: checkpoint for %d records has record number %d", ErrMalformed, c.Events, e.Recnum)
+			}
+		case e.Recnum != want:
 			return nil, fmt.Errorf("%w: record %d has record number %d", ErrMalformed, len(out), e.Recnum)
 		}
 		out = append(out, e)
@@ -220,16 +230,25 @@ func parseRecord(r *bytes.Reader) (Event, error) {
 	return e, nil
 }
 
-// Replay returns the value RuntimePCR has after events, starting from zero.
-func Replay(events []Event) []byte {
-	pcr := make([]byte, sha256.Size)
-	for _, e := range events {
-		h := sha256.New()
-		h.Write(pcr)
-		h.Write(e.Digest)
-		pcr = h.Sum(nil)
+// next is the record number the record after events must have.
+func next(events []Event) uint64 {
+	if len(events) == 0 {
+		return 0
 	}
-	return pcr
+	return events[len(events)-1].Recnum + 1
+}
+
+// Replay returns the value RuntimePCR has after events: starting from
+// zero, or from a checkpoint's value when the first event is one (the
+// checkpoint itself is not extended). Whether the checkpoint may be
+// believed is the verifier's to decide (see KindCheckpoint).
+func Replay(events []Event) []byte {
+	if len(events) > 0 && events[0].Kind == KindCheckpoint {
+		if c, err := DecodeCheckpoint(events[0].Data); err == nil {
+			return replayFrom(mustHex(c.PCR), events[1:])
+		}
+	}
+	return replayFrom(make([]byte, sha256.Size), events)
 }
 
 // Phases returns the data of the phase events, in order.

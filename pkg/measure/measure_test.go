@@ -2,7 +2,9 @@ package measure
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -159,4 +161,58 @@ func TestRecorderKeepsRoomForTheNode(t *testing.T) {
 		t.Fatalf("Parse(full log) = %d events, %v; want %d", len(events), err, n+8)
 	}
 	t.Logf("%d workload events of %d bytes fit", n, len(big))
+}
+
+// A verifier-issued checkpoint replaces the records it stands for: the
+// compacted log replays to the same PCR value, keeps later records and
+// the numbering, and frees room; a checkpoint that does not match the
+// log (other PCR, more records than there are) changes nothing.
+func TestCompact(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "runtime.cel")
+	var extended []Event
+	r, err := NewRecorder(path, func(_ int, d []byte) error { extended = append(extended, Event{Digest: d}); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if _, err := r.Record(KindWorkload, []byte(fmt.Sprintf(`{"id":"w%d"}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pcr := hex.EncodeToString(Replay(extended[:6]))
+	bad := Checkpoint{Boot: 1, Events: 6, PCR: strings.Repeat("00", 32)}
+	if err := r.Compact(bad.Encode()); !errors.Is(err, ErrNotCovered) {
+		t.Fatalf("Compact(wrong PCR) = %v, want ErrNotCovered", err)
+	}
+	if err := r.Compact(Checkpoint{Boot: 1, Events: 11, PCR: pcr}.Encode()); !errors.Is(err, ErrNotCovered) {
+		t.Fatalf("Compact(beyond the log) = %v, want ErrNotCovered", err)
+	}
+	before := r.Size()
+	cp := Checkpoint{Boot: 1, Events: 6, PCR: pcr, GPU: "none"}
+	if err := r.Compact(cp.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if r.Size() >= before {
+		t.Errorf("size after compaction %d, before %d", r.Size(), before)
+	}
+	if _, err := r.Record(KindWorkload, []byte(`{"id":"after"}`)); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := readFile(path)
+	events, err := Parse(b)
+	if err != nil {
+		t.Fatalf("Parse(compacted log) = %v", err)
+	}
+	base, rest, err := Base(events)
+	if err != nil || base == nil || *base != cp || len(rest) != 5 || rest[0].Recnum != 6 || rest[4].Recnum != 10 {
+		t.Fatalf("compacted log: base %+v, %d records after it (first %d), %v", base, len(rest), rest[0].Recnum, err)
+	}
+	if !bytes.Equal(Replay(events), Replay(extended)) {
+		t.Error("compacted log does not replay to what was extended")
+	}
+	// A checkpoint anywhere but first is malformed.
+	moved := append(bytes.Clone(b[len(events[0].Encode()):]), events[0].Encode()...)
+	if _, err := Parse(moved); !errors.Is(err, ErrMalformed) {
+		t.Errorf("Parse(checkpoint last) = %v, want ErrMalformed", err)
+	}
 }

@@ -15,8 +15,9 @@ type Recorder struct {
 	mu     sync.Mutex
 	path   string
 	extend func(pcr int, digest []byte) error
-	next   uint64
-	size   int64
+	next   uint64 // the next record number
+	size   int64  // bytes in the log
+	count  int    // records in the log
 }
 
 // ErrLogFull is wrapped when a workload event would eat into the room the
@@ -36,7 +37,7 @@ func NewRecorder(path string, extend func(pcr int, digest []byte) error) (*Recor
 	if err != nil {
 		return nil, fmt.Errorf("reading runtime log: %w", err)
 	}
-	return &Recorder{path: path, extend: extend, next: uint64(len(events)), size: int64(len(b))}, nil
+	return &Recorder{path: path, extend: extend, next: next(events), size: int64(len(b)), count: len(events)}, nil
 }
 
 // Record measures one event.
@@ -52,8 +53,8 @@ func (r *Recorder) Record(kind string, data []byte) (Event, error) {
 		}
 		room, events = MaxLogBytes-WorkloadReserveBytes, MaxEvents-WorkloadReserveEvents
 	}
-	if r.size+int64(len(enc)) > room || int(r.next)+1 > events {
-		return Event{}, fmt.Errorf("measuring %s event: %w (%d events, %d bytes)", kind, ErrLogFull, r.next, r.size)
+	if r.size+int64(len(enc)) > room || r.count+1 > events {
+		return Event{}, fmt.Errorf("measuring %s event: %w (%d events, %d bytes)", kind, ErrLogFull, r.count, r.size)
 	}
 	if err := r.extend(e.PCR, e.Digest); err != nil {
 		return Event{}, fmt.Errorf("measuring %s event: %w", kind, err)
@@ -70,6 +71,7 @@ func (r *Recorder) Record(kind string, data []byte) (Event, error) {
 		return Event{}, fmt.Errorf("syncing runtime log: %w", err)
 	}
 	r.next++
+	r.count++
 	r.size += int64(len(enc))
 	return e, nil
 }

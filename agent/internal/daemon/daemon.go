@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 
 	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log}
 	if cfg.Containerd != "" {
-		mgr, closeMgr, err := workloads(ctx, cfg, log)
+		mgr, rec, closeMgr, err := workloads(ctx, cfg, log)
 		if err != nil {
 			return err
 		}
@@ -100,6 +100,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		node.AskPlan, node.AskPlanError = mgr.AskPlan, mgr.AskPlanError
 		node.OnVerdict = func(v *apiv1.Verdict) {
 			mgr.Verdict(v)
+			compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log)
 			log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
 		}
 		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryBytes>>20)
@@ -127,16 +128,34 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 }
 
+// CompactAbove is the runtime log size from which the agent replaces the
+// records a passing appraisal covered with the verifier's checkpoint.
+const CompactAbove = measure.MaxLogBytes / 4
+
+// compactRuntimeLog compacts the runtime log with the checkpoint a
+// trusted verdict carried, once the log has grown past CompactAbove.
+func compactRuntimeLog(rec *measure.Recorder, checkpoint []byte, log *slog.Logger) {
+	if len(checkpoint) == 0 || rec.Size() < CompactAbove {
+		return
+	}
+	before := rec.Size()
+	if err := rec.Compact(checkpoint); err != nil {
+		log.Error("compacting the runtime log", "err", err)
+		return
+	}
+	log.Info("runtime log compacted", "bytes_before", before, "bytes_after", rec.Size())
+}
+
 // workloads returns the workload manager: containerd as the runtime, and
 // workload measurements extended into the runtime PCR through a TPM
-// handle of its own.
-func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*workload.Manager, func(), error) {
+// handle of its own; and the runtime log's recorder.
+func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*workload.Manager, *measure.Recorder, func(), error) {
 	if cfg.TPM != "device" {
-		return nil, nil, errors.New("workloads need a TPM device (tpm: device): their measurements go into the runtime PCR")
+		return nil, nil, nil, errors.New("workloads need a TPM device (tpm: device): their measurements go into the runtime PCR")
 	}
 	dev, err := tpm.Open(cfg.TPMPaths...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	var mu sync.Mutex
 	rec, err := measure.NewRecorder(cfg.RuntimeLog, func(pcr int, d []byte) error {
@@ -146,7 +165,7 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 	})
 	if err != nil {
 		dev.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	record := func(kind string, data []byte) error {
 		_, err := rec.Record(kind, data)
@@ -172,7 +191,7 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 	if cfg.GPUs == "auto" {
 		closeGPUs = startGPUs(ctx, cfg, m, record, log)
 	}
-	return m, func() { closeGPUs(); dev.Close() }, nil
+	return m, rec, func() { closeGPUs(); dev.Close() }, nil
 }
 
 // selfCgroup is the agent's cgroup v2 path ("" if unknown).

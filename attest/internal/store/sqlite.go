@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 	repin_firmware INTEGER NOT NULL DEFAULT 0,
 	revoked INTEGER NOT NULL DEFAULT 0,
 	last_clock TEXT,
-	gpu_digest TEXT NOT NULL DEFAULT ''
+	gpu_digest TEXT NOT NULL DEFAULT '',
+	runtime_checkpoints TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS verdicts (
 	seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -113,6 +114,11 @@ func migrate(db *sql.DB) error {
 			return err
 		}
 	}
+	if !have["runtime_checkpoints"] {
+		if _, err := db.Exec(`ALTER TABLE nodes ADD COLUMN runtime_checkpoints TEXT NOT NULL DEFAULT '[]'`); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -120,7 +126,7 @@ func migrate(db *sql.DB) error {
 func (s *SQLite) Close() error { return s.db.Close() }
 
 const nodeCols = `id, ek_fingerprint, ek_public, ak_public, class, state, reason, trusted_until, enrolled,
-	last_verdict, appraisals, firmware_pcrs, repin_firmware, revoked, last_clock, gpu_digest`
+	last_verdict, appraisals, firmware_pcrs, repin_firmware, revoked, last_clock, gpu_digest, runtime_checkpoints`
 
 func ms(t time.Time) int64 {
 	if t.IsZero() {
@@ -153,9 +159,17 @@ func nodeArgs(n *Node) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	cps := n.RuntimeCheckpoints
+	if cps == nil {
+		cps = [][]byte{}
+	}
+	cp, err := json.Marshal(cps)
+	if err != nil {
+		return nil, err
+	}
 	return []any{n.ID, n.EKFingerprint, n.EKPublic, n.AKPublic, string(n.Class), n.State, n.Reason,
 		ms(n.TrustedUntil), ms(n.Enrolled), ms(n.LastVerdict), int64(n.Appraisals), fw,
-		n.RepinFirmware, n.Revoked, clk, n.GPUDigest}, nil
+		n.RepinFirmware, n.Revoked, clk, n.GPUDigest, string(cp)}, nil
 }
 
 // CreateNode implements Store.
@@ -164,7 +178,7 @@ func (s *SQLite) CreateNode(ctx context.Context, n *Node) error {
 	if err != nil {
 		return err
 	}
-	_, err = s.db.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
+	_, err = s.db.ExecContext(ctx, `INSERT INTO nodes (`+nodeCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, args...)
 	if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
 		return fmt.Errorf("node %s: %w", n.ID, ErrConflict)
 	}
@@ -178,9 +192,16 @@ func scanNode(r scanner) (*Node, error) {
 	var class string
 	var tu, en, lv, appr int64
 	var fw, clk sql.NullString
+	var cps string
 	if err := r.Scan(&n.ID, &n.EKFingerprint, &n.EKPublic, &n.AKPublic, &class, &n.State, &n.Reason,
-		&tu, &en, &lv, &appr, &fw, &n.RepinFirmware, &n.Revoked, &clk, &n.GPUDigest); err != nil {
+		&tu, &en, &lv, &appr, &fw, &n.RepinFirmware, &n.Revoked, &clk, &n.GPUDigest, &cps); err != nil {
 		return nil, err
+	}
+	if err := json.Unmarshal([]byte(cps), &n.RuntimeCheckpoints); err != nil {
+		return nil, fmt.Errorf("node %s: runtime checkpoints: %w", n.ID, err)
+	}
+	if len(n.RuntimeCheckpoints) == 0 {
+		n.RuntimeCheckpoints = nil
 	}
 	n.Class, n.TrustedUntil, n.Enrolled, n.LastVerdict = attestation.TrustClass(class), fromMS(tu), fromMS(en), fromMS(lv)
 	n.Appraisals = uint64(appr)
@@ -229,7 +250,7 @@ func (s *SQLite) SaveVerdict(ctx context.Context, n *Node, v Verdict) error {
 	defer tx.Rollback()
 	res, err := tx.ExecContext(ctx, `UPDATE nodes SET ek_fingerprint=?2, ek_public=?3, ak_public=?4, class=?5, state=?6,
 		reason=?7, trusted_until=?8, enrolled=?9, last_verdict=?10, appraisals=?11, firmware_pcrs=?12,
-		repin_firmware=?13, revoked=?14, last_clock=?15, gpu_digest=?16 WHERE id=?1`, args...)
+		repin_firmware=?13, revoked=?14, last_clock=?15, gpu_digest=?16, runtime_checkpoints=?17 WHERE id=?1`, args...)
 	if err != nil {
 		return fmt.Errorf("updating node %s: %w", n.ID, err)
 	}

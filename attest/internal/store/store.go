@@ -36,6 +36,9 @@ type Node struct {
 	// GPUDigest is the pinned GPU inventory digest (hex; "none" for a
 	// node without GPUs); empty until the first pass.
 	GPUDigest string
+	// RuntimeCheckpoints are the latest runtime-log checkpoints issued to
+	// the node (measure.Checkpoint data), newest last.
+	RuntimeCheckpoints [][]byte
 	// RepinFirmware is set by an operator to accept changed firmware
 	// (and GPUs).
 	RepinFirmware bool

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,7 +16,9 @@ import (
 	"github.com/rigos/rigos/internal/softtpm"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/session"
+	"github.com/rigos/rigos/pkg/tpm"
 )
 
 // Hostile clients against the real verifier over gRPC/TLS. Each test
@@ -258,5 +262,63 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 	}
 	if count["never-sent"] != 0 || count["job-1"] > MaxWorkloadEvents {
 		t.Fatalf("stored workload events: %v; want none for never-sent and at most %d for job-1", count, MaxWorkloadEvents)
+	}
+}
+
+// A node that compacts its runtime log with the checkpoints its trusted
+// verdicts carry keeps passing, round after round, while its log stays
+// small; a checkpoint it makes up itself fails.
+func TestRuntimeLogCheckpoints(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	n := bootNode(t, 1, devboot.Default())
+	rec, err := measure.NewRecorder(n.RuntimeLog, func(pcr int, d []byte) error { return tpm.Extend(n.Sim, pcr, d) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	compactions, forge := 0, false
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog,
+		OnVerdict: func(v *apiv1.Verdict) {
+			mu.Lock()
+			defer mu.Unlock()
+			if forge {
+				return
+			}
+			if cp := v.GetRuntimeCheckpoint(); len(cp) > 0 {
+				if err := rec.Compact(cp); err != nil {
+					t.Errorf("Compact(issued checkpoint) = %v", err)
+				}
+				compactions++
+			}
+			// Workloads keep coming between rounds.
+			if _, err := rec.Record(measure.KindWorkload, measure.Workload{ID: fmt.Sprint("w", compactions), Digest: "sha256:abc"}.Encode()); err != nil {
+				t.Error(err)
+			}
+		}})
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	for range 6 {
+		h.await("rig-1", func(c *apiv1.StateChange) bool {
+			if c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
+				t.Fatalf("rig-1 moved to %v: %s", c.GetTo(), c.GetReason())
+			}
+			return strings.HasPrefix(c.GetReason(), "appraisal passed")
+		})
+	}
+	b, _ := n.ReadRuntimeLog()
+	events, err := measure.Parse(b)
+	if err != nil || len(events) == 0 || events[0].Kind != measure.KindCheckpoint || len(events) > 4 {
+		t.Fatalf("runtime log after compactions: %d records (first %q), %v; want a checkpoint and few records", len(events), events[0].Kind, err)
+	}
+	// The node now invents a checkpoint of its own: the next round fails.
+	mu.Lock()
+	forge = true
+	own := measure.Checkpoint{Boot: 0, Events: 1, PCR: strings.Repeat("00", 32)}.Encode()
+	os.WriteFile(n.RuntimeLog, measure.NewEvent(0, measure.KindCheckpoint, own).Encode(), 0o600)
+	mu.Unlock()
+	c := h.await("rig-1", to(apiv1.NodeState_NODE_STATE_UNTRUSTED))
+	if !strings.Contains(c.GetReason(), "checkpoint") {
+		t.Errorf("reason = %q, want the checkpoint named", c.GetReason())
 	}
 }

@@ -405,15 +405,16 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 				return refuse("protocol: expected evidence")
 			}
 			var (
-				n   *store.Node
-				tok string
-				err error
-				cid = ev.GetChallengeId()
+				n          *store.Node
+				tok        string
+				err        error
+				cid        = ev.GetChallengeId()
+				checkpoint []byte
 			)
 			switch {
 			case open != nil && cid == open.id:
 				deadline.Stop()
-				n, tok, err = v.appraise(ctx, id, open, ev, s)
+				n, tok, err = v.appraise(ctx, id, open, ev, s, &checkpoint)
 				retire(open.id, "answered")
 				open = nil
 				next.Reset(v.NextInterval())
@@ -432,7 +433,7 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 			}
 			if err := stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Verdict{Verdict: &apiv1.Verdict{
 				ChallengeId: cid, State: stateProto(n.State), Reason: n.Reason,
-				TrustedUntilUnixMs: unixMS(n.TrustedUntil), Token: tok,
+				TrustedUntilUnixMs: unixMS(n.TrustedUntil), Token: tok, RuntimeCheckpoint: checkpoint,
 			}}}); err != nil {
 				return err
 			}

@@ -11,10 +11,12 @@
 package verifier
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -248,7 +250,7 @@ func (v *Verifier) token(n *store.Node, manifest string, now time.Time) (string,
 // appraise records the verdict for evidence answering challenge c.
 // The session's passed flag is set before the verdict is published, so a
 // caller who saw the node turn trusted finds its stream proven too.
-func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *apiv1.Evidence, s *conn) (*store.Node, string, error) {
+func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *apiv1.Evidence, s *conn, checkpoint *[]byte) (*store.Node, string, error) {
 	n, tok, err := v.updateVerdict(ctx, id, func(n *store.Node, vd *store.Verdict) error {
 		defer func() { s.passed.Store(n.State == StateTrusted) }()
 		pinned := n.FirmwarePCRs
@@ -270,6 +272,7 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		if v.o.Retired != nil {
 			req.Retired, req.RetiredWhy = v.o.Retired()
 		}
+		req.Checkpoints = n.RuntimeCheckpoints
 		r := attestation.Appraise(req)
 		defer func() { v.dump(n, req) }()
 		vd.Manifest = r.Manifest
@@ -297,11 +300,16 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 		for _, w := range ws {
 			vd.Workloads = append(vd.Workloads, w.Name())
 		}
-		gpus, err := gpuDigest(r.RuntimeEvents)
+		gpus, err := gpuDigest(r.RuntimeBase, r.RuntimeEvents)
 		if err != nil {
 			n.State, n.Reason = StateUntrusted, string(attestation.CheckRuntimeLog)+": "+err.Error()
 			return nil
 		}
+		defer func() {
+			if n.State == StateTrusted {
+				*checkpoint = issueCheckpoint(n, r, gpus)
+			}
+		}()
 		if n.GPUDigest != "" && !n.RepinFirmware && gpus != n.GPUDigest {
 			n.State, n.Reason = StateUntrusted, fmt.Sprintf("%s: GPU inventory %s, pinned %s (an operator accepts a change with accept-firmware)",
 				attestation.CheckGPUPins, short(gpus), short(n.GPUDigest))
@@ -338,16 +346,48 @@ func (v *Verifier) appraise(ctx context.Context, id string, c *challenge, ev *ap
 }
 
 // gpuDigest is the GPU inventory digest the runtime log measured last,
-// or "none" when it measured none.
-func gpuDigest(events []measure.Event) (string, error) {
+// or "none" when it measured none (after base, base's).
+func gpuDigest(base *measure.Checkpoint, events []measure.Event) (string, error) {
 	inv, err := measure.GPUInventories(events)
 	if err != nil {
 		return "", err
 	}
-	if len(inv) == 0 {
-		return "none", nil
+	switch {
+	case len(inv) > 0:
+		return inv[len(inv)-1].Digest, nil
+	case base != nil && base.GPU != "":
+		return base.GPU, nil
 	}
-	return inv[len(inv)-1].Digest, nil
+	return "none", nil
+}
+
+// keptCheckpoints is how many checkpoints a node may start its log with:
+// the latest few, so one issued just before the node compacted its log
+// still counts when the next challenge crosses it.
+const keptCheckpoints = 4
+
+// issueCheckpoint records, for a node whose appraisal r passed, the
+// checkpoint standing for the runtime records r covered, and returns its
+// data (sent with the verdict).
+func issueCheckpoint(n *store.Node, r *attestation.Result, gpus string) []byte {
+	count := uint64(len(r.RuntimeEvents))
+	if r.RuntimeBase != nil {
+		count += r.RuntimeBase.Events
+	}
+	if count == 0 {
+		return nil
+	}
+	boot := r.Quote.Clock.ResetCount
+	cp := measure.Checkpoint{Boot: boot, Events: count,
+		PCR: hex.EncodeToString(r.Quote.PCRs[measure.RuntimePCR]), GPU: gpus}.Encode()
+	var kept [][]byte // this boot's, older ones first
+	for _, c := range n.RuntimeCheckpoints {
+		if old, err := measure.DecodeCheckpoint(c); err == nil && old.Boot == boot && !bytes.Equal(c, cp) {
+			kept = append(kept, c)
+		}
+	}
+	n.RuntimeCheckpoints = append(kept[max(0, len(kept)-keptCheckpoints+1):], cp)
+	return cp
 }
 
 func short(d string) string {

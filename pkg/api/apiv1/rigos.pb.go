@@ -1294,9 +1294,14 @@ type Verdict struct {
 	Reason             string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	TrustedUntilUnixMs int64                  `protobuf:"varint,4,opt,name=trusted_until_unix_ms,json=trustedUntilUnixMs,proto3" json:"trusted_until_unix_ms,omitempty"`
 	// Signed attestation result (compact JWS, EdDSA) others can verify offline.
-	Token         string `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Token string `protobuf:"bytes,5,opt,name=token,proto3" json:"token,omitempty"`
+	// RuntimeCheckpoint, after a passing appraisal, stands for the runtime
+	// log records that appraisal covered (pkg/measure Checkpoint data): the
+	// node may replace them with it to keep its log small. The verifier
+	// accepts only checkpoints it issued to that node, in that boot.
+	RuntimeCheckpoint []byte `protobuf:"bytes,6,opt,name=runtime_checkpoint,json=runtimeCheckpoint,proto3" json:"runtime_checkpoint,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Verdict) Reset() {
@@ -1362,6 +1367,13 @@ func (x *Verdict) GetToken() string {
 		return x.Token
 	}
 	return ""
+}
+
+func (x *Verdict) GetRuntimeCheckpoint() []byte {
+	if x != nil {
+		return x.RuntimeCheckpoint
+	}
+	return nil
 }
 
 // StartWorkload asks the node to run a container. When spec.image_archive
@@ -2986,13 +2998,14 @@ const file_rigos_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\fR\x05nonce\x12\x12\n" +
 	"\x04pcrs\x18\x03 \x03(\rR\x04pcrs\x12(\n" +
-	"\x10deadline_unix_ms\x18\x04 \x01(\x03R\x0edeadlineUnixMs\"\xbc\x01\n" +
+	"\x10deadline_unix_ms\x18\x04 \x01(\x03R\x0edeadlineUnixMs\"\xeb\x01\n" +
 	"\aVerdict\x12!\n" +
 	"\fchallenge_id\x18\x01 \x01(\x04R\vchallengeId\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x121\n" +
 	"\x15trusted_until_unix_ms\x18\x04 \x01(\x03R\x12trustedUntilUnixMs\x12\x14\n" +
-	"\x05token\x18\x05 \x01(\tR\x05token\"?\n" +
+	"\x05token\x18\x05 \x01(\tR\x05token\x12-\n" +
+	"\x12runtime_checkpoint\x18\x06 \x01(\fR\x11runtimeCheckpoint\"?\n" +
 	"\rStartWorkload\x12.\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1a.rigos.api.v1.WorkloadSpecR\x04spec\"\xa3\x03\n" +
 	"\fWorkloadSpec\x12\x0e\n" +
