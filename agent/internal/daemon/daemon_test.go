@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"bytes"
+	"encoding/hex"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/agent/internal/workload"
+	"github.com/rigos/rigos/pkg/measure"
 )
 
 func TestReadPlan(t *testing.T) {
@@ -28,5 +32,44 @@ func TestReadPlan(t *testing.T) {
 	plan = base
 	if _, err := readPlan(bad, &plan); err == nil || !strings.Contains(err.Error(), "ASK plan") || plan != base {
 		t.Errorf("truncated plan: %v, plan %+v (want an error and the plan untouched)", err, plan)
+	}
+}
+
+// The agent compacts its runtime log with a verdict's checkpoint only
+// once the log is past CompactAbove, and never with a checkpoint that
+// does not match its log.
+func TestCompactRuntimeLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "runtime.cel")
+	var extended []measure.Event
+	rec, err := measure.NewRecorder(path, func(_ int, d []byte) error { extended = append(extended, measure.Event{Digest: d}); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	record := func(n int) {
+		for range n {
+			if _, err := rec.Record(measure.KindWorkload, []byte(strings.Repeat("w", 1500))); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	checkpoint := func() []byte {
+		return measure.Checkpoint{Boot: 1, Events: uint64(len(extended)), PCR: hex.EncodeToString(measure.Replay(extended)), GPU: "none"}.Encode()
+	}
+	record(10)
+	compactRuntimeLog(rec, checkpoint(), log)
+	if b, _ := os.ReadFile(path); len(b) != int(rec.Size()) || rec.Size() < 10*1500 {
+		t.Fatalf("a small log was compacted: %d bytes", rec.Size())
+	}
+	record(int(CompactAbove / 1500))
+	compactRuntimeLog(rec, []byte(`{"boot":1,"events":3,"pcr":"`+strings.Repeat("00", 32)+`","gpu":"none"}`), log)
+	if rec.Size() < CompactAbove {
+		t.Fatalf("compacted with a checkpoint that does not match the log: %d bytes", rec.Size())
+	}
+	compactRuntimeLog(rec, checkpoint(), log)
+	b, _ := os.ReadFile(path)
+	events, err := measure.Parse(b)
+	if err != nil || len(events) != 1 || events[0].Kind != measure.KindCheckpoint || !bytes.Equal(measure.Replay(events), measure.Replay(extended)) {
+		t.Fatalf("compacted log: %d records, %v; want the checkpoint alone, replaying as before", len(events), err)
 	}
 }
