@@ -17,3 +17,32 @@ apt_fetch() {
   apt-get "${o[@]}" update -q >&2
   (cd "$cache/archives" && apt-get "${o[@]}" download -q "$@" >&2)
 }
+
+# fetch_pinned_deb CACHE PACKAGE VERSION SHA256: the .deb of PACKAGE at
+# exactly VERSION in CACHE (downloaded with the system's apt sources when
+# missing), checked against SHA256; prints its path. A cached file with
+# the wrong digest is fetched again; a download with the wrong digest is
+# deleted and fails.
+fetch_pinned_deb() {
+  local cache=$1 package=$2 version=$3 sha256=$4
+  mkdir -p "$cache"
+  local deb
+  deb=$(ls "$cache"/"${package}_${version//:/%3a}"_*.deb 2>/dev/null | head -1)
+  if [ -n "$deb" ] && echo "$sha256  $deb" | sha256sum -c --quiet - 2>/dev/null; then
+    echo "$deb"
+    return 0
+  fi
+  rm -f "$cache"/"${package}"_*.deb
+  echo "fetch: downloading $package $version" >&2
+  if ! (cd "$cache" && apt-get download -q "$package=$version" >&2); then
+    apt-get update -q >&2 # a machine with stale package lists
+    (cd "$cache" && apt-get download -q "$package=$version" >&2)
+  fi
+  deb=$(ls "$cache"/"${package}"_*.deb | head -1)
+  if ! echo "$sha256  $deb" | sha256sum -c --quiet - 2>/dev/null; then
+    echo "fetch: SHA-256 of $deb does not match the pinned $sha256" >&2
+    rm -f "$deb"
+    return 1
+  fi
+  echo "$deb"
+}

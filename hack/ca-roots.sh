@@ -16,19 +16,9 @@ if [ -s "$bundle" ]; then
   echo "$bundle"
   exit 0
 fi
-deb="$cache/${package}_${version}_all.deb"
-check() { echo "$sha256  $1" | sha256sum -c --quiet - 2>/dev/null; }
-if ! { [ -f "$deb" ] && check "$deb"; }; then
-  rm -f "$deb"
-  echo "ca-roots: downloading $package $version" >&2
-  if ! (cd "$cache" && apt-get download -q "$package=$version" >&2); then
-    apt-get update -q >&2 # a machine with stale package lists
-    (cd "$cache" && apt-get download -q "$package=$version" >&2)
-  fi
-  got=$(ls "$cache"/"${package}"_*.deb | head -1)
-  [ "$got" = "$deb" ] || mv "$got" "$deb"
-  check "$deb" || { echo "ca-roots: SHA-256 of $deb does not match the pin in hack/ca-roots.sh" >&2; rm -f "$deb"; exit 1; }
-fi
+# shellcheck source=/dev/null
+. "$(dirname "$0")/apt-fetch.sh"
+deb=$(fetch_pinned_deb "$cache" "$package" "$version" "$sha256")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 dpkg-deb -x "$deb" "$tmp"

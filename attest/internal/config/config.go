@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/rigos/rigos/attest/internal/verifier"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/config"
 	"github.com/rigos/rigos/pkg/measure"
@@ -147,14 +148,16 @@ func (c *Config) Defaults() {
 	if c.StreamsPerConnection == 0 {
 		c.StreamsPerConnection = 4
 	}
+	// The verifier applies its defaults to zero values; they are filled
+	// in here only so that a loaded config shows them.
 	if c.Enrolment.Rate == 0 {
-		c.Enrolment.Rate = 2
+		c.Enrolment.Rate = verifier.DefaultEnrolRate
 	}
 	if c.Enrolment.Burst == 0 {
-		c.Enrolment.Burst = 50
+		c.Enrolment.Burst = verifier.DefaultEnrolBurst
 	}
 	if c.Enrolment.MaxHandshakes == 0 {
-		c.Enrolment.MaxHandshakes = 256
+		c.Enrolment.MaxHandshakes = verifier.DefaultMaxHandshakes
 	}
 }
 

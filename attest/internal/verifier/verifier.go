@@ -74,6 +74,13 @@ type Policy struct {
 	MaxHandshakes int
 }
 
+// Defaults of the enrolment limits (Policy).
+const (
+	DefaultEnrolRate     = 2
+	DefaultEnrolBurst    = 50
+	DefaultMaxHandshakes = 256
+)
+
 // Options configure a Verifier.
 type Options struct {
 	Store store.Store
@@ -144,13 +151,13 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		o.Policy.PCRs = attestation.DefaultPCRs
 	}
 	if o.Policy.EnrolRate == 0 {
-		o.Policy.EnrolRate = 2
+		o.Policy.EnrolRate = DefaultEnrolRate
 	}
 	if o.Policy.EnrolBurst == 0 {
-		o.Policy.EnrolBurst = 50
+		o.Policy.EnrolBurst = DefaultEnrolBurst
 	}
 	if o.Policy.MaxHandshakes == 0 {
-		o.Policy.MaxHandshakes = 256
+		o.Policy.MaxHandshakes = DefaultMaxHandshakes
 	}
 	v := &Verifier{
 		o: o, rng: newRand(),
