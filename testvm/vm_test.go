@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -410,9 +411,10 @@ func TestTamperedSystemPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Early in the file system, inside the agent (the first of the
-	// system binaries; containerd, its shim and runc follow).
-	raw[genuine.SystemOffset+int64(genuine.SystemSize)/8] ^= 0x01
+	// In the agent's first block on disk (its ELF header: read by every
+	// exec, so dm-verity checks it whatever pages the agent touches
+	// later), found with erofs-utils' own reader.
+	raw[genuine.SystemOffset+agentFirstBlock(t, genuine.System)+100] ^= 0x01
 	rawPath, qcow := filepath.Join(dir, "tampered.raw"), filepath.Join(dir, "tampered.qcow2")
 	if err := os.WriteFile(rawPath, raw, 0o600); err != nil {
 		t.Fatal(err)
@@ -424,13 +426,36 @@ func TestTamperedSystemPartition(t *testing.T) {
 	img.QCOW2 = qcow
 	v := startVerifier(t, genuine.Manifest)
 	vm := boot(t, &img, env.vars)
-	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: (agent exited|fatal)`)); err != nil {
+	// dm-verity fails the read: the exec itself (input/output error), or
+	// the agent on a later page.
+	refused := regexp.MustCompile(`rigos: (agent exited|fatal|starting agent: [^\n]*input/output error)[^\n]*`)
+	if _, err := vm.WaitFor(bootDeadline, refused); err != nil {
 		t.Fatal(err)
 	}
 	if c := v.await(20*time.Second, vm, apiv1.NodeState_NODE_STATE_TRUSTED); c != nil {
 		t.Fatalf("node with a tampered system partition became trusted: %v", c)
 	}
-	t.Logf("agent could not run from the tampered partition: %s", strings.TrimSpace(regexp.MustCompile(`rigos: agent exited[^\n]*`).FindString(vm.ConsoleText())))
+	t.Logf("agent could not run from the tampered partition: %s", strings.TrimSpace(refused.FindString(vm.ConsoleText())))
+}
+
+// agentFirstBlock returns where the first extent of /usr/bin/agent lies
+// in the EROFS system image at path (dump.erofs -e).
+func agentFirstBlock(t *testing.T, path string) int64 {
+	t.Helper()
+	out, err := exec.Command("dump.erofs", "--path=/usr/bin/agent", "-e", path).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dump.erofs: %v: %s", err, out)
+	}
+	// "   0:        0..   10251 |   10251 :       4096..      8192 |    4096"
+	m := regexp.MustCompile(`(?m)^\s*0:\s*0\.\.\s*\d+\s*\|\s*\d+\s*:\s*(\d+)\.\.`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("dump.erofs shows no first extent for the agent:\n%s", out)
+	}
+	off, err := strconv.ParseInt(string(m[1]), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return off
 }
 
 // An unrecoverable error in init (here: its baked configuration is not
