@@ -26,9 +26,6 @@ import (
 	"testing"
 	"time"
 
-	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
-
 	"github.com/rigos/rigos/internal/ociarchive"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/imager/disk"
@@ -504,22 +501,8 @@ func agentRSS(console string) (idle, busy []string) {
 // statePartition returns the RIGOS-STATE partition of a raw disk image.
 func statePartition(t *testing.T, path string, raw []byte) []byte {
 	t.Helper()
-	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	pt, err := d.GetPartitionTable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range pt.GetPartitions() {
-		if gp, ok := p.(*gpt.Partition); ok && gp.Name == disk.StateName {
-			return raw[gp.GetStart() : gp.GetStart()+gp.GetSize()]
-		}
-	}
-	t.Fatal("no STATE partition")
-	return nil
+	start, size := partitionRange(t, path, disk.StateName)
+	return raw[start : start+size]
 }
 
 // selfSigned writes a self-signed certificate for ip and its key,
