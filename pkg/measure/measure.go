@@ -142,10 +142,11 @@ func Parse(b []byte) ([]Event, error) {
 		case e.Kind == KindCheckpoint && len(out) > 0:
 			return nil, fmt.Errorf("%w: record %d: a checkpoint may only be the first record", ErrMalformed, len(out))
 		case e.Kind == KindCheckpoint:
-			if _, err := DecodeCheckpoint(e.Data); err != nil {
+			c, err := DecodeCheckpoint(e.Data)
+			if err != nil {
 				return nil, fmt.Errorf("%w: record 0: %w", ErrMalformed, err)
 			}
-			if c, _ := DecodeCheckpoint(e.Data); e.Recnum != c.Events-1 {
+			if e.Recnum != c.Events-1 {
 				return nil, fmt.Errorf("%w: checkpoint for %d records has record number %d", ErrMalformed, c.Events, e.Recnum)
 			}
 		case e.Recnum != want:

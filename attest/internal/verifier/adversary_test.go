@@ -263,6 +263,27 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 	if count["never-sent"] != 0 || count["job-1"] > MaxWorkloadEvents {
 		t.Fatalf("stored workload events: %v; want none for never-sent and at most %d for job-1", count, MaxWorkloadEvents)
 	}
+	// The ended workload's counter does not stay in memory; the store
+	// still bounds any later event.
+	h.v.mu.Lock()
+	left := len(h.v.sent)
+	h.v.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d nodes still hold in-memory event counters after their workloads ended", left)
+	}
+	echo.event("job-1", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING, "after the end", 0)
+	h.await("rig-1", func(c *apiv1.StateChange) bool { return strings.HasPrefix(c.GetReason(), "appraisal passed") })
+	if d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1", History: 1000}); err == nil {
+		n := 0
+		for _, e := range d.GetWorkloads() {
+			if e.GetId() == "job-1" {
+				n++
+			}
+		}
+		if n > MaxWorkloadEvents {
+			t.Errorf("job-1 has %d stored events after it ended, want at most %d", n, MaxWorkloadEvents)
+		}
+	}
 }
 
 // A node that compacts its runtime log with the checkpoints its trusted

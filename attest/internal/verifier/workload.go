@@ -104,6 +104,11 @@ func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.Ag
 	case m.GetWorkloadEvent() != nil:
 		e := m.GetWorkloadEvent()
 		id = e.GetId()
+		if terminal(e.GetState()) {
+			// The workload has ended: its counter need not stay in memory
+			// (later events are counted from the store).
+			defer v.forgetSent(node, id)
+		}
 		ok, err := v.takeEvent(ctx, node, id)
 		if err != nil {
 			return err
@@ -184,6 +189,16 @@ func (v *Verifier) takeEvent(ctx context.Context, node, id string) (bool, error)
 	}
 	v.sent[node][id] = n + 1
 	return true, nil
+}
+
+// forgetSent drops the in-memory event counter of an ended workload.
+func (v *Verifier) forgetSent(node, id string) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	delete(v.sent[node], id)
+	if len(v.sent[node]) == 0 {
+		delete(v.sent, node)
+	}
 }
 
 func truncate(s string, n int) string {
