@@ -77,19 +77,23 @@ func TestDaemonFromDevSetup(t *testing.T) {
 	defer node.Close()
 	trusted := make(chan struct{})
 	sctx, scancel := context.WithTimeout(ctx, time.Minute)
-	defer scancel()
-	go session.Run(sctx, apiv1.NewAttestationClient(conn), session.Node{
-		ID: "rig-1", TPM: node.Att, RuntimeLog: node.ReadRuntimeLog,
-		OnVerdict: func(v *apiv1.Verdict) {
-			if v.GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
-				select {
-				case <-trusted:
-				default:
-					close(trusted)
+	done := make(chan struct{})
+	defer func() { scancel(); <-done }() // before the node's TPM closes
+	go func() {
+		defer close(done)
+		session.Run(sctx, apiv1.NewAttestationClient(conn), session.Node{
+			ID: "rig-1", TPM: node.Att, RuntimeLog: node.ReadRuntimeLog,
+			OnVerdict: func(v *apiv1.Verdict) {
+				if v.GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
+					select {
+					case <-trusted:
+					default:
+						close(trusted)
+					}
 				}
-			}
-		},
-	})
+			},
+		})
+	}()
 	select {
 	case <-trusted:
 	case <-sctx.Done():

@@ -234,7 +234,7 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 	echo := &echoNode{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo})
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo})
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 
 	run, err := h.admin.RunWorkload(ctx, &apiv1.RunWorkloadRequest{NodeId: "rig-1", Spec: &apiv1.WorkloadSpec{Id: "job-1", Image: "r.example/a@sha256:abc", TrustedTier: true}})
@@ -249,9 +249,11 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 		echo.event("job-1", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING, fmt.Sprint("flood ", i), 0)
 	}
 	echo.event("job-1", apiv1.WorkloadState_WORKLOAD_STATE_EXITED, "", 0)
-	// Events are handled in order: once a spot check after the flood has
-	// passed, every flood message has been processed.
-	h.await("rig-1", func(c *apiv1.StateChange) bool { return strings.HasPrefix(c.GetReason(), "appraisal passed") })
+	// A stream's messages are handled one after another: once a log line
+	// sent after the flood reaches its watcher, every flood message has
+	// been handled.
+	drained := sentinel(t, h, echo)
+	drained()
 	d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1", History: 1000})
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +274,7 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 		t.Errorf("%d nodes still hold in-memory event counters after their workloads ended", left)
 	}
 	echo.event("job-1", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING, "after the end", 0)
-	h.await("rig-1", func(c *apiv1.StateChange) bool { return strings.HasPrefix(c.GetReason(), "appraisal passed") })
+	drained()
 	if d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1", History: 1000}); err == nil {
 		n := 0
 		for _, e := range d.GetWorkloads() {
@@ -298,9 +300,7 @@ func TestRuntimeLogCheckpoints(t *testing.T) {
 	}
 	var mu sync.Mutex
 	compactions, forge := 0, false
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog,
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog,
 		OnVerdict: func(v *apiv1.Verdict) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -341,5 +341,32 @@ func TestRuntimeLogCheckpoints(t *testing.T) {
 	c := h.await("rig-1", to(apiv1.NodeState_NODE_STATE_UNTRUSTED))
 	if !strings.Contains(c.GetReason(), "checkpoint") {
 		t.Errorf("reason = %q, want the checkpoint named", c.GetReason())
+	}
+}
+
+// sentinel returns a function that sends a log line for a workload
+// nobody runs through echo's stream and waits until the verifier has
+// handled it, and with it everything the stream carried before.
+func sentinel(t *testing.T, h *harness, echo *echoNode) func() {
+	t.Helper()
+	ch, stop := h.v.watchWorkload("rig-1", "sentinel")
+	t.Cleanup(stop)
+	n := 0
+	return func() {
+		t.Helper()
+		n++
+		line := fmt.Sprint("sentinel ", n)
+		echo.emit(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadLog{WorkloadLog: &apiv1.WorkloadLog{Id: "sentinel", Data: []byte(line)}}})
+		timeout := time.After(wait)
+		for {
+			select {
+			case u := <-ch:
+				if string(u.GetLog().GetData()) == line {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("the verifier did not handle %q within %s", line, wait)
+			}
+		}
 	}
 }

@@ -146,11 +146,16 @@ func bootNode(t *testing.T, seed int64, cfg devboot.Config) *simnode.Node {
 // run starts a session for node and returns a function that ends it and
 // returns its error.
 func (h *harness) run(id string, n *simnode.Node, hook func(*apiv1.Challenge, *apiv1.Evidence) *apiv1.Evidence) func() error {
+	return h.session(session.Node{ID: id, TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, OnChallenge: hook})
+}
+
+// session runs node's session until the returned function (or the test's
+// cleanup, which comes before the node's TPM is closed) ends it and
+// returns its error.
+func (h *harness) session(node session.Node) func() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
-	go func() {
-		errc <- session.Run(ctx, h.client, session.Node{ID: id, TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, OnChallenge: hook})
-	}()
+	go func() { errc <- session.Run(ctx, h.client, node) }()
 	var once sync.Once
 	var err error
 	stop := func() error {

@@ -115,7 +115,7 @@ func TestWorkloadRelay(t *testing.T) {
 	echo := &echoNode{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
 		AskPlan: `{"version":1,"cpus":4}`})
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 
@@ -288,9 +288,7 @@ func TestMissedDeadlineTellsTheNode(t *testing.T) {
 	n := bootNode(t, 1, devboot.Default())
 	var answered atomic.Bool
 	echo := &echoNode{}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
 		OnChallenge: func(_ *apiv1.Challenge, ev *apiv1.Evidence) *apiv1.Evidence {
 			if answered.Swap(true) {
 				return nil // silent from the second challenge on
