@@ -57,6 +57,7 @@ fuzz: ## run each fuzz target for FUZZTIME
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags sim ./agent/... ./attest/... # the development build, with the simulator
 
 $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc: go.mod
 	@mkdir -p $(BIN)

@@ -7,6 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.bin}
+# The simulator is in development builds only (-tags sim).
+mkdir -p "$BIN/sim"
+go build -tags sim -o "$BIN/sim/attest" ./attest
+go build -tags sim -o "$BIN/sim/agent" ./agent
+BIN=$BIN/sim
 DIR=${DEMO_DIR:-.demo}
 CHECKS=${DEMO_CHECKS:-5}
 PORT=${DEMO_PORT:-7443}

@@ -1,6 +1,6 @@
 // Command loadgen measures the verifier under load: it starts the real
 // attest binary (SQLite store, TLS on loopback) and connects many
-// simulated nodes, each with a software TPM (internal/softtpm, dev class)
+// simulated nodes, each with a software TPM (internal/sim/softtpm, dev class)
 // that goes through the verifier's full path: enrolment with credential
 // activation, then randomised challenges, quotes and appraisals. It
 // prints enrolment time, appraisals/s, verdict latency percentiles and
@@ -29,9 +29,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/rigos/rigos/internal/softtpm"
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/internal/sim/softtpm"
 	"github.com/rigos/rigos/pkg/api/apiv1"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/session"
 )
 

@@ -71,13 +71,51 @@ func TestVerifierDoesNotLinkTPMCode(t *testing.T) {
 	}
 	for _, banned := range []string{
 		"github.com/rigos/rigos/pkg/tpm", "github.com/rigos/rigos/pkg/attestation/collect",
-		"github.com/rigos/rigos/internal/simnode", "github.com/google/go-tpm-tools/simulator",
+		"github.com/rigos/rigos/internal/sim/simnode", "github.com/google/go-tpm-tools/simulator",
 	} {
 		for _, dep := range strings.Fields(string(out)) {
 			if dep == banned {
 				t.Errorf("attest links %s", banned)
 			}
 		}
+	}
+}
+
+// deps lists the packages the named main packages link, built with
+// cgo as the release builds are.
+func deps(t *testing.T, tags string, pkgs ...string) []string {
+	t.Helper()
+	args := append([]string{"list", "-deps", "-tags", tags}, pkgs...)
+	cmd := exec.Command("go", args...)
+	cmd.Dir = root(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	return strings.Fields(string(out))
+}
+
+// The simulation packages (a simulated measured boot, the TPM simulator,
+// software TPMs) are development tools: no production binary links them.
+// Only a development build (-tags sim) of the agent and attest does.
+func TestProductionLinksNoSimulation(t *testing.T) {
+	const sim = "github.com/rigos/rigos/internal/sim/"
+	for _, bin := range []string{"./agent", "./attest", "./init", "./imager"} {
+		for _, dep := range deps(t, "", bin) {
+			if strings.HasPrefix(dep, sim) || dep == "github.com/google/go-tpm-tools/simulator" {
+				t.Errorf("%s links %s", bin, dep)
+			}
+		}
+	}
+	// The development build still has the simulator: the check above
+	// would pass vacuously if the tag's files were gone.
+	found := false
+	for _, dep := range deps(t, "sim", "./agent") {
+		found = found || dep == sim+"simnode"
+	}
+	if !found {
+		t.Errorf("agent built with -tags sim does not link %ssimnode", sim)
 	}
 }
 

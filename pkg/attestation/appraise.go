@@ -13,8 +13,8 @@ import (
 
 	"github.com/google/go-attestation/attest"
 
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 	"github.com/rigos/rigos/pkg/measure"
-	"github.com/rigos/rigos/pkg/tcglog"
 )
 
 // Evidence is what an agent returns for one challenge. All of it is
@@ -177,7 +177,7 @@ func Appraise(req Request) *Result {
 	// The policy always runs: with a firmware log that failed to replay
 	// it sees no events and fails on its own terms as well.
 	for _, e := range fwEvents {
-		if e.Index == 4 && uint32(e.Type) == tcglog.EvEFIBootServicesApp {
+		if e.Index == 4 && uint32(e.Type) == tcgevent.EvEFIBootServicesApp {
 			r.BootApplications = append(r.BootApplications, e.Digest)
 		}
 	}
@@ -234,7 +234,7 @@ func replayFirmware(log []byte, quoted map[int][]byte) ([]attest.Event, map[int]
 	noAction := 0
 	var unquoted []int
 	for seq, e := range el.Events(attest.HashSHA256) {
-		if uint32(e.Type) == tcglog.EvNoAction { // extends nothing
+		if uint32(e.Type) == tcgevent.EvNoAction { // extends nothing
 			noAction++
 			if noAction > MaxNoActionEvents {
 				return nil, map[int]bool{}, fail(CheckFirmwareLog, "more than %d EV_NO_ACTION events", MaxNoActionEvents)
@@ -383,16 +383,16 @@ func checkManifest(m *Manifest, events []attest.Event, pcrs map[int][]byte, runt
 			pcr7 = append(pcr7, e)
 		case 4:
 			switch uint32(e.Type) {
-			case tcglog.EvEFIBootServicesApp:
+			case tcgevent.EvEFIBootServicesApp:
 				apps++
 				if !containsHex(m.BootApplications, e.Digest) {
 					out = append(out, fail(CheckBootApp, "unknown boot application %s", hex.EncodeToString(e.Digest)))
 				}
-			case tcglog.EvEFIAction:
+			case tcgevent.EvEFIAction:
 				if !slices.Contains(pcr4Actions, string(e.Data)) || !digestOf(e) {
 					out = append(out, fail(CheckBootApp, "unexpected EFI action in PCR 4: %q", e.Data))
 				}
-			case tcglog.EvSeparator:
+			case tcgevent.EvSeparator:
 				if !digestOf(e) {
 					out = append(out, fail(CheckBootApp, "separator digest does not match its data"))
 				}

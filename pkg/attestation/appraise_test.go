@@ -12,12 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rigos/rigos/internal/simnode"
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/internal/sim/simnode"
+	"github.com/rigos/rigos/internal/sim/tcglog"
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 	. "github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
-	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 	"github.com/rigos/rigos/pkg/measure"
-	"github.com/rigos/rigos/pkg/tcglog"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
@@ -25,7 +27,7 @@ import (
 // process-wide singleton, so these tests never run in parallel.
 func boot(t testing.TB, seed int64, cfg devboot.Config) *simnode.Node {
 	t.Helper()
-	if !tpm.SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("TPM simulator needs cgo")
 	}
 	n, err := simnode.Start(seed, cfg, t.TempDir())
@@ -278,10 +280,10 @@ func TestFirmwareLogTampering(t *testing.T) {
 	var pcr0 []int
 	for i, e := range events[1:] {
 		pcr, typ := binary.LittleEndian.Uint32(e[0:4]), binary.LittleEndian.Uint32(e[4:8])
-		if pcr == 4 && typ == tcglog.EvEFIBootServicesApp {
+		if pcr == 4 && typ == tcgevent.EvEFIBootServicesApp {
 			app = i + 1
 		}
-		if pcr == 0 && typ != tcglog.EvNoAction {
+		if pcr == 0 && typ != tcgevent.EvNoAction {
 			pcr0 = append(pcr0, i+1)
 		}
 	}
@@ -291,12 +293,12 @@ func TestFirmwareLogTampering(t *testing.T) {
 	join := func(ev [][]byte) []byte { return bytes.Join(ev, nil) }
 	relabel := slices.Clone(events)
 	relabel[app] = bytes.Clone(events[app])
-	binary.LittleEndian.PutUint32(relabel[app][4:8], tcglog.EvEFIAction)
+	binary.LittleEndian.PutUint32(relabel[app][4:8], tcgevent.EvEFIAction)
 	removed := slices.Delete(slices.Clone(events), pcr0[0], pcr0[0]+1)
 	reordered := slices.Clone(events)
 	reordered[pcr0[0]], reordered[pcr0[1]] = events[pcr0[1]], events[pcr0[0]]
 	extra := tcglog.New()
-	extra.Measure(0, tcglog.EvPostCode, []byte("extra"))
+	extra.Measure(0, tcgevent.EvPostCode, []byte("extra"))
 	appended := append(slices.Clone(events), splitLog(t, extra.Bytes())[1:]...)
 
 	for name, tc := range map[string]struct {
@@ -365,7 +367,7 @@ func TestPolicyViolations(t *testing.T) {
 	debug := devboot.Default()
 	debug.DebugMode = true
 	pcr12 := devboot.Default()
-	pcr12.Extra = []devboot.Extra{{PCR: 12, Type: tcglog.EvIPL, Data: []byte("init=/bin/sh")}}
+	pcr12.Extra = []devboot.Extra{{PCR: 12, Type: tcgevent.EvIPL, Data: []byte("init=/bin/sh")}}
 	fw := devboot.Default()
 	fw.Firmware = "another motherboard"
 	// A second db certificate beside RigOS's: the UKI is still verified by
@@ -436,7 +438,7 @@ func TestHeaderOnlyFirmwareLog(t *testing.T) {
 		"foreign UKI":     {Sections: []devboot.Section{{Name: ".linux", Content: []byte("someone else's kernel")}}},
 		"PCR 12 extended": func() devboot.Config {
 			c := devboot.Default()
-			c.Extra = append(c.Extra, devboot.Extra{PCR: 12, Type: tcglog.EvIPL, Data: []byte("x")})
+			c.Extra = append(c.Extra, devboot.Extra{PCR: 12, Type: tcgevent.EvIPL, Data: []byte("x")})
 			return c
 		}(),
 	} {
@@ -463,7 +465,7 @@ func TestNoActionPadding(t *testing.T) {
 	with := func(data ...[]byte) []byte {
 		l := tcglog.New()
 		for _, d := range data {
-			l.Append(0, tcglog.EvNoAction, make([]byte, 32), d)
+			l.Append(0, tcgevent.EvNoAction, make([]byte, 32), d)
 		}
 		return append(bytes.Clone(ev.FirmwareLog), bytes.Join(splitLog(t, l.Bytes())[1:], nil)...)
 	}
@@ -498,7 +500,7 @@ func TestEventsForUnquotedPCR(t *testing.T) {
 	n := boot(t, 1, devboot.Default())
 	ev, no := gather(t, n)
 	l := tcglog.New()
-	l.Measure(10, tcglog.EvIPL, []byte("not quoted"))
+	l.Measure(10, tcgevent.EvIPL, []byte("not quoted"))
 	ev.FirmwareLog = append(bytes.Clone(ev.FirmwareLog), bytes.Join(splitLog(t, l.Bytes())[1:], nil)...)
 	wantFail(t, Appraise(request(n, ev, no)), CheckFirmwareLog)
 }

@@ -4,8 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rigos/rigos/internal/sim/devboot"
 	. "github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 )
 
 // BenchmarkAppraise measures one full appraisal of real simulator

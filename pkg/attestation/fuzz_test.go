@@ -7,7 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rigos/rigos/pkg/tcglog"
+	"github.com/rigos/rigos/internal/sim/tcglog"
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 )
 
 func FuzzVerifyQuote(f *testing.F) {
@@ -19,7 +20,7 @@ func FuzzVerifyQuote(f *testing.F) {
 
 func FuzzAppraiseLogs(f *testing.F) {
 	l := tcglog.New()
-	l.Measure(4, tcglog.EvSeparator, []byte{0, 0, 0, 0})
+	l.Measure(4, tcgevent.EvSeparator, []byte{0, 0, 0, 0})
 	f.Add(l.Bytes(), []byte{})
 	f.Fuzz(func(t *testing.T, fw, rt []byte) {
 		q := map[int][]byte{4: l.PCR(4), 15: make([]byte, 32), 0: make([]byte, 32)}

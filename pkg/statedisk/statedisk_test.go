@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -132,10 +133,10 @@ func FuzzRead(f *testing.F) {
 // another PCR 11 (another release, or the same one with lockdown=none on
 // its command line); build A booted again unseals it.
 func TestSealPCRsBindBuild(t *testing.T) {
-	if !tpm.SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("simulator needs cgo")
 	}
-	sim, err := tpm.OpenSimulator(3)
+	sim, err := tpmsim.Open(3)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 )
 
 // statePCRs is the set RigOS seals the state key to (statedisk.SealPCRs,
@@ -34,10 +35,10 @@ func boot(t testing.TB, sim io.ReadWriteCloser, build string) {
 
 func openSim(t testing.TB) io.ReadWriteCloser {
 	t.Helper()
-	if !SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("simulator needs cgo")
 	}
-	sim, err := OpenSimulator(2)
+	sim, err := tpmsim.Open(2)
 	if err != nil {
 		t.Fatal(err)
 	}

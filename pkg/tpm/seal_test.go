@@ -6,13 +6,15 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 )
 
 func TestSealUnseal(t *testing.T) {
-	if !SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("simulator needs cgo")
 	}
-	sim, err := OpenSimulator(2)
+	sim, err := tpmsim.Open(2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,7 @@
 //
 // On a real rig the kernel's resource manager (/dev/tpmrm0) is preferred,
 // with the raw device (/dev/tpm0) as fallback. Tests and the demo use the
-// go-tpm-tools simulator (OpenSimulator, cgo builds only).
+// go-tpm-tools simulator (package internal/sim/tpmsim, cgo builds only).
 package tpm
 
 import (

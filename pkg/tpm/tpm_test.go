@@ -4,6 +4,8 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 )
 
 func TestOpenMissingDevice(t *testing.T) {
@@ -15,10 +17,10 @@ func TestOpenMissingDevice(t *testing.T) {
 }
 
 func TestSimulatorRoundTrip(t *testing.T) {
-	if !SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("simulator needs cgo")
 	}
-	sim, err := OpenSimulator(1)
+	sim, err := tpmsim.Open(1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,12 +25,10 @@ import (
 	"github.com/rigos/rigos/agent/internal/config"
 	"github.com/rigos/rigos/agent/internal/gpus"
 	"github.com/rigos/rigos/agent/internal/workload"
-	"github.com/rigos/rigos/internal/simnode"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/gpu"
 	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/session"
@@ -282,12 +280,7 @@ func NodeIDFromEK(ekDER []byte) string {
 
 func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte, error), func(), error) {
 	if cfg.TPM == "simulator" {
-		log.Warn("using the TPM simulator: development only, never trusted as hardware")
-		n, err := simnode.Start(cfg.SimulatorSeed, devboot.Default(), filepath.Dir(cfg.RuntimeLog))
-		if err != nil {
-			return nil, nil, nil, err
-		}
-		return n.Att, n.ReadRuntimeLog, func() { n.Close() }, nil
+		return openSimulator(cfg, log)
 	}
 	dev, err := tpm.Open(cfg.TPMPaths...)
 	if err != nil {

@@ -1,7 +1,8 @@
 // Package devinit writes a complete development setup into a folder: TLS
-// material, the result-token and manifest signing keys, a signed manifest
-// for the simulated development boot, and configs for attest and for an
-// agent on the TPM simulator. It is what `make demo` runs on.
+// material, the result-token and manifest signing keys, the reference
+// manifests it is given, signed, and configs for attest and for an agent
+// on the TPM simulator (which only a development build, -tags sim, runs).
+// It is what `make demo` runs on.
 package devinit
 
 import (
@@ -12,7 +13,6 @@ import (
 
 	"github.com/rigos/rigos/attest/internal/pki"
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/keyfile"
 )
 
@@ -26,6 +26,9 @@ type Options struct {
 	// ManifestKeys are further manifest signing keys (PEM) to trust, such
 	// as the imager's.
 	ManifestKeys []string
+	// Manifests are signed with the setup's manifest key and written to
+	// its manifest folder (the simulated boot's, in a development build).
+	Manifests []*attestation.Manifest
 }
 
 // Write creates the setup. Existing files are overwritten.
@@ -58,12 +61,14 @@ func Write(o Options) error {
 	if err != nil {
 		return err
 	}
-	signed, err := attestation.SignManifest(devboot.Manifest(devboot.Default(), "dev-simulated"), key)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(o.Dir, "manifests", "dev-simulated.json"), signed, 0o600); err != nil {
-		return err
+	for _, m := range o.Manifests {
+		signed, err := attestation.SignManifest(m, key)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(o.Dir, "manifests", m.Build+".json"), signed, 0o600); err != nil {
+			return err
+		}
 	}
 	attest := map[string]any{
 		"listen": o.Listen, "admin_socket": "admin.sock", "tls_cert": "server.crt", "tls_key": "server.key",

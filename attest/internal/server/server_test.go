@@ -17,23 +17,24 @@ import (
 
 	"github.com/rigos/rigos/attest/internal/config"
 	"github.com/rigos/rigos/attest/internal/devinit"
-	"github.com/rigos/rigos/internal/simnode"
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/internal/sim/simnode"
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/keyfile"
 	"github.com/rigos/rigos/pkg/session"
-	"github.com/rigos/rigos/pkg/tpm"
 )
 
 // The daemon as configured by devinit: keys, manifests, TLS, SQLite.
 func TestDaemonFromDevSetup(t *testing.T) {
-	if !tpm.SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("TPM simulator needs cgo")
 	}
 	dir := t.TempDir()
 	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1",
-		SpotMean: "50ms", SpotMin: "10ms", SpotMax: "200ms", Deadline: "5s"}); err != nil {
+		SpotMean: "50ms", SpotMin: "10ms", SpotMax: "200ms", Deadline: "5s",
+		Manifests: []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev-simulated")}}); err != nil {
 		t.Fatal(err)
 	}
 	// A manifest signed by nobody we trust sits beside the good one.
@@ -105,7 +106,8 @@ func TestDaemonFromDevSetup(t *testing.T) {
 // socket is the owner's alone.
 func TestKeyFilesAndAdminSocket(t *testing.T) {
 	dir := t.TempDir()
-	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1", SpotMean: "1m", SpotMin: "1m", SpotMax: "1m", Deadline: "5s"}); err != nil {
+	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1", SpotMean: "1m", SpotMin: "1m", SpotMax: "1m", Deadline: "5s",
+		Manifests: []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev-simulated")}}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.Load(filepath.Join(dir, "attest.json"))
@@ -154,7 +156,8 @@ func TestKeyFilesAndAdminSocket(t *testing.T) {
 // apart with its reason.
 func TestManifestReloadReadsKeys(t *testing.T) {
 	dir := t.TempDir()
-	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1", SpotMean: "1m", SpotMin: "1m", SpotMax: "1m", Deadline: "5s"}); err != nil {
+	if err := devinit.Write(devinit.Options{Dir: dir, Listen: "127.0.0.1:0", NodeID: "rig-1", SpotMean: "1m", SpotMin: "1m", SpotMax: "1m", Deadline: "5s",
+		Manifests: []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev-simulated")}}); err != nil {
 		t.Fatal(err)
 	}
 	mdir := filepath.Join(dir, "manifests")

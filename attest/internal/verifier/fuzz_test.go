@@ -12,10 +12,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/rigos/rigos/attest/internal/store"
-	"github.com/rigos/rigos/internal/softtpm"
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/internal/sim/softtpm"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 )
 
 // fakeStream is the server side of one session, in memory.

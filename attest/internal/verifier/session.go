@@ -110,17 +110,14 @@ type inbox struct {
 	errc chan error
 }
 
-// next waits for one message until timeout.
-func (in *inbox) next(timeout time.Duration) (*apiv1.AgentMessage, error) {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
+// next waits for one message until the inbox's context ends (the
+// handshake's deadline bounds the whole handshake, not each message).
+func (in *inbox) next() (*apiv1.AgentMessage, error) {
 	select {
 	case m := <-in.recv:
 		return m, nil
 	case err := <-in.errc:
 		return nil, err
-	case <-t.C:
-		return nil, refuse("no answer within %s", timeout)
 	case <-in.ctx.Done():
 		return nil, in.ctx.Err()
 	}
@@ -181,7 +178,7 @@ const MaxHandshakeMessage = 160 << 10
 // AK read off the TPM bus or the disk) attach nothing, replace no session
 // and change no node.
 func (v *Verifier) enrol(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox) (*store.Node, helloPlan, error) {
-	m, err := in.next(v.o.Policy.HandshakeTimeout)
+	m, err := in.next()
 	if err != nil {
 		return nil, helloPlan{}, err
 	}
@@ -242,7 +239,7 @@ func (v *Verifier) enrol(ctx context.Context, stream apiv1.Attestation_SessionSe
 	}}}); err != nil {
 		return nil, plan, err
 	}
-	m, err = in.next(v.o.Policy.HandshakeTimeout)
+	m, err = in.next()
 	if err != nil {
 		return nil, plan, err
 	}

@@ -21,13 +21,13 @@ import (
 
 	"github.com/rigos/rigos/attest/internal/pki"
 	"github.com/rigos/rigos/attest/internal/store"
-	"github.com/rigos/rigos/internal/simnode"
-	"github.com/rigos/rigos/internal/softtpm"
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/internal/sim/simnode"
+	"github.com/rigos/rigos/internal/sim/softtpm"
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/session"
-	"github.com/rigos/rigos/pkg/tpm"
 )
 
 // wait is the generous deadline for any event under test (CI may be slow).
@@ -132,7 +132,7 @@ func to(s apiv1.NodeState) func(*apiv1.StateChange) bool {
 
 func bootNode(t *testing.T, seed int64, cfg devboot.Config) *simnode.Node {
 	t.Helper()
-	if !tpm.SimulatorAvailable {
+	if !tpmsim.Available {
 		t.Skip("TPM simulator needs cgo")
 	}
 	n, err := simnode.Start(seed, cfg, t.TempDir())

@@ -26,8 +26,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 	"github.com/rigos/rigos/pkg/measure"
 )
 

@@ -27,9 +27,10 @@ import (
 	"time"
 	"unicode/utf16"
 
+	"github.com/rigos/rigos/internal/sim/tcglog"
 	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 	"github.com/rigos/rigos/pkg/measure"
-	"github.com/rigos/rigos/pkg/tcglog"
 )
 
 // Section is one PE section of a UKI measured by systemd-stub.
@@ -106,9 +107,9 @@ func PCR11(sections []Section) []byte {
 
 func measureSections(l *tcglog.Log, sections []Section) {
 	for _, s := range sections {
-		l.Measure(11, tcglog.EvIPL, append([]byte(s.Name), 0))
+		l.Measure(11, tcgevent.EvIPL, append([]byte(s.Name), 0))
 		d := sha256.Sum256(s.Content)
-		l.Append(11, tcglog.EvIPL, d[:], []byte(s.Name))
+		l.Append(11, tcgevent.EvIPL, d[:], []byte(s.Name))
 	}
 }
 
@@ -116,33 +117,33 @@ func measureSections(l *tcglog.Log, sections []Section) {
 func Simulate(cfg Config) Boot {
 	l := tcglog.New()
 	sep := []byte{0, 0, 0, 0}
-	l.Append(0, tcglog.EvNoAction, nil, append([]byte("StartupLocality\x00"), 0))
-	l.Measure(0, tcglog.EvSCRTMVersion, utf16z(cfg.Firmware))
-	l.Measure(0, tcglog.EvEFIPlatformFirmwareBlb, []byte(cfg.Firmware+" volume"))
-	l.Measure(1, tcglog.EvEFIVariableBoot, efiVar(globalVar, "BootOrder", []byte{1, 0}))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "SecureBoot", []byte{boolByte(cfg.SecureBoot)}))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "PK", sigList(cfg.PK)))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(globalVar, "KEK", sigLists(append([]*x509.Certificate{cfg.KEK}, cfg.ExtraKEK...))))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "db", sigLists(append([]*x509.Certificate{cfg.DB}, cfg.ExtraDB...))))
-	l.Measure(7, tcglog.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "dbx", nil))
+	l.Append(0, tcgevent.EvNoAction, nil, append([]byte("StartupLocality\x00"), 0))
+	l.Measure(0, tcgevent.EvSCRTMVersion, utf16z(cfg.Firmware))
+	l.Measure(0, tcgevent.EvEFIPlatformFirmwareBlb, []byte(cfg.Firmware+" volume"))
+	l.Measure(1, tcgevent.EvEFIVariableBoot, efiVar(globalVar, "BootOrder", []byte{1, 0}))
+	l.Measure(7, tcgevent.EvEFIVariableDriverCfg, efiVar(globalVar, "SecureBoot", []byte{boolByte(cfg.SecureBoot)}))
+	l.Measure(7, tcgevent.EvEFIVariableDriverCfg, efiVar(globalVar, "PK", sigList(cfg.PK)))
+	l.Measure(7, tcgevent.EvEFIVariableDriverCfg, efiVar(globalVar, "KEK", sigLists(append([]*x509.Certificate{cfg.KEK}, cfg.ExtraKEK...))))
+	l.Measure(7, tcgevent.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "db", sigLists(append([]*x509.Certificate{cfg.DB}, cfg.ExtraDB...))))
+	l.Measure(7, tcgevent.EvEFIVariableDriverCfg, efiVar(imageSecurityDB, "dbx", nil))
 	if cfg.DebugMode {
-		l.Measure(7, tcglog.EvEFIAction, []byte("UEFI Debug Mode"))
+		l.Measure(7, tcgevent.EvEFIAction, []byte("UEFI Debug Mode"))
 	}
 	for _, pcr := range []int{0, 1, 2, 3, 5, 6, 7} {
-		l.Measure(pcr, tcglog.EvSeparator, sep)
+		l.Measure(pcr, tcgevent.EvSeparator, sep)
 	}
-	l.Measure(4, tcglog.EvEFIAction, []byte("Calling EFI Application from Boot Option"))
-	l.Measure(4, tcglog.EvSeparator, sep)
+	l.Measure(4, tcgevent.EvEFIAction, []byte("Calling EFI Application from Boot Option"))
+	l.Measure(4, tcgevent.EvSeparator, sep)
 	if cfg.SecureBoot && cfg.Signer != nil {
-		l.Measure(7, tcglog.EvEFIVariableAuthority, efiVar(imageSecurityDB, "db", sigData(cfg.Signer)))
+		l.Measure(7, tcgevent.EvEFIVariableAuthority, efiVar(imageSecurityDB, "db", sigData(cfg.Signer)))
 	}
 	uki := UKIDigest(cfg.Sections)
-	l.Append(4, tcglog.EvEFIBootServicesApp, uki, []byte("\\EFI\\BOOT\\BOOTX64.EFI"))
+	l.Append(4, tcgevent.EvEFIBootServicesApp, uki, []byte("\\EFI\\BOOT\\BOOTX64.EFI"))
 	measureSections(l, cfg.Sections)
 	for _, e := range cfg.Extra {
 		l.Measure(e.PCR, e.Type, e.Data)
 	}
-	l.Measure(5, tcglog.EvEFIAction, []byte("Exit Boot Services Invocation"))
+	l.Measure(5, tcgevent.EvEFIAction, []byte("Exit Boot Services Invocation"))
 	return Boot{Log: l, UKIDigest: uki}
 }
 

@@ -11,24 +11,8 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-)
 
-// Event types from the TCG PC Client Platform Firmware Profile.
-const (
-	EvPrebootCert            uint32 = 0x00000000
-	EvPostCode               uint32 = 0x00000001
-	EvNoAction               uint32 = 0x00000003
-	EvSeparator              uint32 = 0x00000004
-	EvAction                 uint32 = 0x00000005
-	EvEventTag               uint32 = 0x00000006
-	EvSCRTMVersion           uint32 = 0x00000008
-	EvIPL                    uint32 = 0x0000000d
-	EvEFIVariableDriverCfg   uint32 = 0x80000001
-	EvEFIVariableBoot        uint32 = 0x80000002
-	EvEFIBootServicesApp     uint32 = 0x80000003
-	EvEFIAction              uint32 = 0x80000007
-	EvEFIPlatformFirmwareBlb uint32 = 0x80000008
-	EvEFIVariableAuthority   uint32 = 0x800000e0
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 )
 
 const algSHA256 = 0x000b
@@ -58,7 +42,7 @@ func New() *Log {
 
 	// The first event uses the legacy SHA-1 layout.
 	le(&l.buf, uint32(0))
-	le(&l.buf, EvNoAction)
+	le(&l.buf, tcgevent.EvNoAction)
 	l.buf.Write(make([]byte, 20))
 	le(&l.buf, uint32(spec.Len()))
 	l.buf.Write(spec.Bytes())
@@ -87,7 +71,7 @@ func (l *Log) Append(pcr int, typ uint32, digest, data []byte) {
 	l.buf.Write(d)
 	le(&l.buf, uint32(len(data)))
 	l.buf.Write(data)
-	if typ != EvNoAction {
+	if typ != tcgevent.EvNoAction {
 		l.pcrs[pcr] = Extend(l.pcrs[pcr], d)
 	}
 }

@@ -6,14 +6,15 @@ import (
 	"testing"
 
 	"github.com/google/go-attestation/attest"
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 )
 
 func TestLogParsesAndReplays(t *testing.T) {
 	l := New()
-	l.Measure(0, EvSCRTMVersion, []byte("fw 1.0"))
-	l.Measure(0, EvSeparator, []byte{0, 0, 0, 0})
-	l.Append(4, EvEFIBootServicesApp, bytes.Repeat([]byte{7}, 32), []byte("image"))
-	l.Append(0, EvNoAction, nil, []byte("ignored"))
+	l.Measure(0, tcgevent.EvSCRTMVersion, []byte("fw 1.0"))
+	l.Measure(0, tcgevent.EvSeparator, []byte{0, 0, 0, 0})
+	l.Append(4, tcgevent.EvEFIBootServicesApp, bytes.Repeat([]byte{7}, 32), []byte("image"))
+	l.Append(0, tcgevent.EvNoAction, nil, []byte("ignored"))
 
 	el, err := attest.ParseEventLog(l.Bytes())
 	if err != nil {

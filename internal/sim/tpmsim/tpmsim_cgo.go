@@ -1,6 +1,8 @@
 //go:build cgo
 
-package tpm
+// Package tpmsim starts the go-tpm-tools TPM simulator (cgo builds only),
+// for tests and development builds.
+package tpmsim
 
 import (
 	"fmt"
@@ -9,14 +11,14 @@ import (
 	"github.com/google/go-tpm-tools/simulator"
 )
 
-// SimulatorAvailable reports whether this binary was built with the
+// Available reports whether this binary was built with the
 // go-tpm-tools simulator (it needs cgo).
-const SimulatorAvailable = true
+const Available = true
 
-// OpenSimulator starts the process-wide go-tpm-tools TPM simulator with a
+// Open starts the process-wide go-tpm-tools TPM simulator with a
 // fixed seed, so its EK is stable across runs of the same seed. The
 // simulator is a singleton: close it before opening it again.
-func OpenSimulator(seed int64) (io.ReadWriteCloser, error) {
+func Open(seed int64) (io.ReadWriteCloser, error) {
 	s, err := simulator.GetWithFixedSeedInsecure(seed)
 	if err != nil {
 		return nil, fmt.Errorf("starting TPM simulator: %w", err)

@@ -5,8 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/pkg/attestation"
-	"github.com/rigos/rigos/pkg/devboot"
 )
 
 // The software TPM must pass the real verifier path end to end, and stay

@@ -14,10 +14,11 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/internal/sim/tpmsim"
 	"github.com/rigos/rigos/pkg/attestation/collect"
-	"github.com/rigos/rigos/pkg/devboot"
+	"github.com/rigos/rigos/pkg/attestation/tcgevent"
 	"github.com/rigos/rigos/pkg/measure"
-	"github.com/rigos/rigos/pkg/tcglog"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
@@ -33,7 +34,7 @@ type Node struct {
 // Start boots a simulated node whose TPM has the given seed (the seed
 // fixes the EK) with cfg, recording the runtime log under dir.
 func Start(seed int64, cfg devboot.Config, dir string) (*Node, error) {
-	sim, err := tpm.OpenSimulator(seed)
+	sim, err := tpmsim.Open(seed)
 	if err != nil {
 		return nil, err
 	}
@@ -119,7 +120,7 @@ func replayInto(rw io.ReadWriter, log []byte) error {
 		if _, err := r.Seek(int64(e.Size), io.SeekCurrent); err != nil {
 			return err
 		}
-		if e.Type == tcglog.EvNoAction {
+		if e.Type == tcgevent.EvNoAction {
 			continue
 		}
 		if err := tpm.Extend(rw, int(e.PCR), e.Digest[:]); err != nil {
