@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/rigos/rigos/attest/internal/admin"
 	"github.com/rigos/rigos/attest/internal/config"
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/attest/internal/verifier"
@@ -29,7 +30,7 @@ import (
 )
 
 // MaxImageArchive bounds an image archive sent through the admin socket.
-const MaxImageArchive = verifier.MaxImageArchive
+const MaxImageArchive = admin.MaxImageArchive
 
 // MaxMessage bounds one message from an agent (evidence with logs).
 const MaxMessage = 4 << 20
@@ -198,8 +199,8 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	)
 	apiv1.RegisterAttestationServer(d.agents, v)
 	// Image archives for workloads come through the admin socket.
-	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(verifier.MaxImageArchive + 1<<20))
-	apiv1.RegisterAdminServer(d.admin, v)
+	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(admin.MaxImageArchive + 1<<20))
+	apiv1.RegisterAdminServer(d.admin, v.Admin())
 	if d.agentLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		db.Close()
 		return nil, err

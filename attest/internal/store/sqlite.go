@@ -11,6 +11,7 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
+	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
 )
 
@@ -167,7 +168,7 @@ func nodeArgs(n *Node) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []any{n.ID, n.EKFingerprint, n.EKPublic, n.AKPublic, string(n.Class), n.State, n.Reason,
+	return []any{n.ID, n.EKFingerprint, n.EKPublic, n.AKPublic, string(n.Class), StateText(n.State), n.Reason,
 		ms(n.TrustedUntil), ms(n.Enrolled), ms(n.LastVerdict), int64(n.Appraisals), fw,
 		n.RepinFirmware, n.Revoked, clk, n.GPUDigest, string(cp)}, nil
 }
@@ -189,13 +190,17 @@ type scanner interface{ Scan(...any) error }
 
 func scanNode(r scanner) (*Node, error) {
 	var n Node
-	var class string
+	var class, state string
 	var tu, en, lv, appr int64
 	var fw, clk sql.NullString
 	var cps string
-	if err := r.Scan(&n.ID, &n.EKFingerprint, &n.EKPublic, &n.AKPublic, &class, &n.State, &n.Reason,
+	if err := r.Scan(&n.ID, &n.EKFingerprint, &n.EKPublic, &n.AKPublic, &class, &state, &n.Reason,
 		&tu, &en, &lv, &appr, &fw, &n.RepinFirmware, &n.Revoked, &clk, &n.GPUDigest, &cps); err != nil {
 		return nil, err
+	}
+	var err error
+	if n.State, err = ParseState(state); err != nil {
+		return nil, fmt.Errorf("node %s: %w", n.ID, err)
 	}
 	if err := json.Unmarshal([]byte(cps), &n.RuntimeCheckpoints); err != nil {
 		return nil, fmt.Errorf("node %s: runtime checkpoints: %w", n.ID, err)
@@ -258,7 +263,7 @@ func (s *SQLite) SaveVerdict(ctx context.Context, n *Node, v Verdict) error {
 		return fmt.Errorf("node %s: %w", n.ID, ErrNotFound)
 	}
 	res, err = tx.ExecContext(ctx, `INSERT INTO verdicts (node, time, state, reason, manifest) VALUES (?,?,?,?,?)`,
-		v.Node, ms(v.Time), v.State, v.Reason, v.Manifest)
+		v.Node, ms(v.Time), StateText(v.State), v.Reason, v.Manifest)
 	if err != nil {
 		return fmt.Errorf("recording verdict for %s: %w", n.ID, err)
 	}
@@ -307,9 +312,12 @@ func (s *SQLite) History(ctx context.Context, id string, limit int) ([]Verdict, 
 	for rows.Next() {
 		var v Verdict
 		var t int64
-		var w string
-		if err := rows.Scan(&v.Node, &t, &v.State, &v.Reason, &v.Manifest, &w); err != nil {
+		var w, state string
+		if err := rows.Scan(&v.Node, &t, &state, &v.Reason, &v.Manifest, &w); err != nil {
 			return nil, err
+		}
+		if v.State, err = ParseState(state); err != nil {
+			return nil, fmt.Errorf("verdict of %s: %w", v.Node, err)
 		}
 		v.Time = fromMS(t)
 		if w != "" {
@@ -321,7 +329,8 @@ func (s *SQLite) History(ctx context.Context, id string, limit int) ([]Verdict, 
 }
 
 // DemoteAll implements Store.
-func (s *SQLite) DemoteAll(ctx context.Context, from, to, reason string, now time.Time) (int, error) {
+func (s *SQLite) DemoteAll(ctx context.Context, fromState, toState apiv1.NodeState, reason string, now time.Time) (int, error) {
+	from, to := StateText(fromState), StateText(toState)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return 0, err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
 )
 
@@ -22,7 +23,7 @@ func TestSQLiteSurvivesReopen(t *testing.T) {
 	}
 	now := time.UnixMilli(1_800_000_000_000)
 	n := &Node{ID: "rig-1", EKFingerprint: "ek1", EKPublic: []byte{1}, AKPublic: []byte{2},
-		Class: attestation.ClassDev, State: "enrolling", Enrolled: now}
+		Class: attestation.ClassDev, State: st("enrolling"), Enrolled: now}
 	if err := s.CreateNode(ctx, n); err != nil {
 		t.Fatal(err)
 	}
@@ -32,10 +33,10 @@ func TestSQLiteSurvivesReopen(t *testing.T) {
 			t.Errorf("CreateNode(%s/%s) = %v, want ErrConflict", dup.ID, dup.EKFingerprint, err)
 		}
 	}
-	n.State, n.TrustedUntil, n.Appraisals = "trusted", now.Add(time.Minute), 1
+	n.State, n.TrustedUntil, n.Appraisals = apiv1.NodeState_NODE_STATE_TRUSTED, now.Add(time.Minute), 1
 	n.FirmwarePCRs = map[int][]byte{0: {9}}
 	n.LastClock = &attestation.Clock{Clock: 5, ResetCount: 1}
-	if err := s.SaveVerdict(ctx, n, Verdict{Node: "rig-1", Time: now, State: "trusted", Manifest: "b1", Workloads: []string{"w1@sha256:aa", "w2@sha256:bb"}}); err != nil {
+	if err := s.SaveVerdict(ctx, n, Verdict{Node: "rig-1", Time: now, State: st("trusted"), Manifest: "b1", Workloads: []string{"w1@sha256:aa", "w2@sha256:bb"}}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -52,12 +53,12 @@ func TestSQLiteSurvivesReopen(t *testing.T) {
 	if diff := cmp.Diff(n, got); diff != "" {
 		t.Errorf("node after reopen differs (-want +got):\n%s", diff)
 	}
-	moved, err := s.DemoteAll(ctx, "trusted", "suspect", "verifier restarted", now)
+	moved, err := s.DemoteAll(ctx, st("trusted"), st("suspect"), "verifier restarted", now)
 	if err != nil || moved != 1 {
 		t.Fatalf("DemoteAll() = %d, %v; want 1", moved, err)
 	}
 	h, err := s.History(ctx, "rig-1", 10)
-	if err != nil || len(h) != 2 || h[0].State != "suspect" || h[1].Manifest != "b1" ||
+	if err != nil || len(h) != 2 || h[0].State != apiv1.NodeState_NODE_STATE_SUSPECT || h[1].Manifest != "b1" ||
 		!cmp.Equal(h[1].Workloads, []string{"w1@sha256:aa", "w2@sha256:bb"}) || h[0].Workloads != nil {
 		t.Fatalf("History() = %+v, %v", h, err)
 	}
@@ -78,7 +79,7 @@ func TestWorkloadEvents(t *testing.T) {
 		t.Error("recorded an event for a node that does not exist")
 	}
 	if err := s.CreateNode(ctx, &Node{ID: "rig-1", EKFingerprint: "ek1", EKPublic: []byte{1}, AKPublic: []byte{2},
-		Class: attestation.ClassDev, State: "trusted", Enrolled: now}); err != nil {
+		Class: attestation.ClassDev, State: st("trusted"), Enrolled: now}); err != nil {
 		t.Fatal(err)
 	}
 	want := []WorkloadEvent{
@@ -121,14 +122,41 @@ func TestMigratesOlderDatabase(t *testing.T) {
 	}
 	defer s.Close()
 	n, err := s.GetNode(context.Background(), "rig-1")
-	if err != nil || n.State != "trusted" || n.GPUDigest != "" {
+	if err != nil || n.State != apiv1.NodeState_NODE_STATE_TRUSTED || n.GPUDigest != "" {
 		t.Fatalf("node after upgrade = %+v, %v", n, err)
 	}
 	n.GPUDigest = "none"
-	if err := s.SaveVerdict(context.Background(), n, Verdict{Node: "rig-1", Time: time.Now(), State: "trusted"}); err != nil {
+	if err := s.SaveVerdict(context.Background(), n, Verdict{Node: "rig-1", Time: time.Now(), State: st("trusted")}); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ = s.GetNode(context.Background(), "rig-1"); n.GPUDigest != "none" {
 		t.Errorf("GPU digest not kept: %q", n.GPUDigest)
+	}
+}
+
+func st(text string) apiv1.NodeState {
+	s, err := ParseState(text)
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// Every state the API defines round-trips through its stored text; a
+// stored state nobody knows is an error, not a silent "unspecified".
+func TestStateText(t *testing.T) {
+	for v := range apiv1.NodeState_name {
+		s := apiv1.NodeState(v)
+		if s == apiv1.NodeState_NODE_STATE_UNSPECIFIED {
+			continue
+		}
+		if got, err := ParseState(StateText(s)); err != nil || got != s {
+			t.Errorf("ParseState(StateText(%v)) = %v, %v", s, got, err)
+		}
+	}
+	for _, bad := range []string{"", "unspecified", "TRUSTED ", "pending"} {
+		if _, err := ParseState(bad); err == nil {
+			t.Errorf("ParseState(%q) = nil error", bad)
+		}
 	}
 }

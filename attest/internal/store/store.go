@@ -7,8 +7,11 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"time"
 
+	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
 )
 
@@ -18,6 +21,21 @@ var (
 	ErrConflict = errors.New("already exists")
 )
 
+// StateText is how a node state is stored: "enrolling", "trusted",
+// "suspect" or "untrusted".
+func StateText(s apiv1.NodeState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "NODE_STATE_"))
+}
+
+// ParseState reads a stored node state.
+func ParseState(text string) (apiv1.NodeState, error) {
+	s, ok := apiv1.NodeState_value["NODE_STATE_"+strings.ToUpper(text)]
+	if !ok || s == 0 {
+		return 0, fmt.Errorf("stored node state %q is not one this verifier knows", text)
+	}
+	return apiv1.NodeState(s), nil
+}
+
 // Node is one enrolled rig.
 type Node struct {
 	ID            string
@@ -25,7 +43,7 @@ type Node struct {
 	EKPublic      []byte // PKIX DER
 	AKPublic      []byte // TPMT_PUBLIC, pinned at activation
 	Class         attestation.TrustClass
-	State         string // "enrolling", "trusted", "suspect", "untrusted"
+	State         apiv1.NodeState // stored as its StateText
 	Reason        string
 	TrustedUntil  time.Time
 	Enrolled      time.Time
@@ -51,7 +69,7 @@ type Node struct {
 type Verdict struct {
 	Node     string
 	Time     time.Time
-	State    string
+	State    apiv1.NodeState
 	Reason   string
 	Manifest string
 	// Workloads are the workloads the node's runtime log named.
@@ -86,7 +104,7 @@ type Store interface {
 	History(ctx context.Context, id string, limit int) ([]Verdict, error)
 	// DemoteAll moves every node in state from to state to with reason,
 	// recording a verdict for each; it returns how many moved.
-	DemoteAll(ctx context.Context, from, to, reason string, now time.Time) (int, error)
+	DemoteAll(ctx context.Context, from, to apiv1.NodeState, reason string, now time.Time) (int, error)
 	// SaveWorkloadEvent records a workload event.
 	SaveWorkloadEvent(ctx context.Context, e WorkloadEvent) error
 	// WorkloadEventCount returns how many events are recorded for one

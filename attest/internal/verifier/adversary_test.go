@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/rigos/rigos/attest/internal/hub"
 	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/internal/sim/softtpm"
 	"github.com/rigos/rigos/pkg/api/apiv1"
@@ -262,15 +263,12 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 	for _, e := range d.GetWorkloads() {
 		count[e.GetId()]++
 	}
-	if count["never-sent"] != 0 || count["job-1"] > MaxWorkloadEvents {
-		t.Fatalf("stored workload events: %v; want none for never-sent and at most %d for job-1", count, MaxWorkloadEvents)
+	if count["never-sent"] != 0 || count["job-1"] > hub.MaxWorkloadEvents {
+		t.Fatalf("stored workload events: %v; want none for never-sent and at most %d for job-1", count, hub.MaxWorkloadEvents)
 	}
 	// The ended workload's counter does not stay in memory; the store
 	// still bounds any later event.
-	h.v.mu.Lock()
-	left := len(h.v.sent)
-	h.v.mu.Unlock()
-	if left != 0 {
+	if left := h.v.hub.Counting(); left != 0 {
 		t.Errorf("%d nodes still hold in-memory event counters after their workloads ended", left)
 	}
 	echo.event("job-1", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING, "after the end", 0)
@@ -282,8 +280,8 @@ func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 				n++
 			}
 		}
-		if n > MaxWorkloadEvents {
-			t.Errorf("job-1 has %d stored events after it ended, want at most %d", n, MaxWorkloadEvents)
+		if n > hub.MaxWorkloadEvents {
+			t.Errorf("job-1 has %d stored events after it ended, want at most %d", n, hub.MaxWorkloadEvents)
 		}
 	}
 }
@@ -349,7 +347,7 @@ func TestRuntimeLogCheckpoints(t *testing.T) {
 // handled it, and with it everything the stream carried before.
 func sentinel(t *testing.T, h *harness, echo *echoNode) func() {
 	t.Helper()
-	ch, stop := h.v.watchWorkload("rig-1", "sentinel")
+	ch, stop := h.v.hub.WatchWorkload("rig-1", "sentinel")
 	t.Cleanup(stop)
 	n := 0
 	return func() {

@@ -78,7 +78,7 @@ func newHarness(t *testing.T, p Policy, dbPath string) *harness {
 	}
 	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})))
 	apiv1.RegisterAttestationServer(srv, v)
-	apiv1.RegisterAdminServer(srv, v)
+	apiv1.RegisterAdminServer(srv, v.Admin())
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestEnrolTrustSpotCheckAndToken(t *testing.T) {
 	h.run("rig-1", n, nil)
 	c := h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 	claims, err := attestation.VerifyToken(c.GetToken(), h.key.Public().(ed25519.PublicKey), time.Now())
-	if err != nil || claims.State != StateTrusted || claims.Subject != "rig-1" || claims.Class != attestation.ClassDev {
+	if err != nil || claims.State != "trusted" || claims.Subject != "rig-1" || claims.Class != attestation.ClassDev {
 		t.Fatalf("token = %+v, %v; want a valid trusted dev token for rig-1", claims, err)
 	}
 	// Spot checks keep coming at random intervals.

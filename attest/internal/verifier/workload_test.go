@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/rigos/rigos/attest/internal/admin"
 	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
@@ -131,7 +132,7 @@ func TestWorkloadRelay(t *testing.T) {
 	}
 
 	// An archive bigger than one chunk reaches the node whole.
-	archive := make([]byte, 2*ImageChunkSize+123)
+	archive := make([]byte, 2*admin.ImageChunkSize+123)
 	for i := range archive {
 		archive[i] = byte(i)
 	}

@@ -1,0 +1,83 @@
+package verifier
+
+import (
+	"context"
+
+	"github.com/rigos/rigos/attest/internal/admin"
+	"github.com/rigos/rigos/attest/internal/store"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+)
+
+// maxEventText bounds the free text of a stored workload event.
+const maxEventText = 1024
+
+// workloadMessage handles a workload event, log line or GPU report from
+// a node: it records events (only for workloads sent to that node) and
+// passes events and output to the workload's watchers.
+func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.AgentMessage) error {
+	var u *apiv1.WorkloadUpdate
+	var id string
+	switch {
+	case m.GetWorkloadEvent() != nil:
+		e := m.GetWorkloadEvent()
+		id = e.GetId()
+		if admin.Terminal(e.GetState()) {
+			// The workload has ended: its counter need not stay in memory
+			// (later events are counted from the store).
+			defer v.hub.ForgetSent(node, id)
+		}
+		ok, err := v.hub.TakeEvent(ctx, node, id)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			v.o.Logger.Warn("workload event dropped: not a workload sent to this node, or too many events", "node", node, "workload", truncate(id, 64))
+			return nil
+		}
+		if err := v.o.Store.SaveWorkloadEvent(ctx, store.WorkloadEvent{
+			Node: node, Workload: id, Time: v.o.Now(), State: e.GetState().Name(),
+			Reason: truncate(e.GetReason(), maxEventText), ExitCode: int(e.GetExitCode()), OOMKilled: e.GetOomKilled(),
+			ImageDigest: truncate(e.GetImageDigest(), 128),
+		}); err != nil {
+			return err
+		}
+		v.o.Logger.Info("workload", "node", node, "workload", e.GetId(), "state", e.GetState().Name(),
+			"reason", truncate(e.GetReason(), maxEventText), "exit", e.GetExitCode(), "oom", e.GetOomKilled())
+		u = &apiv1.WorkloadUpdate{Update: &apiv1.WorkloadUpdate_Event{Event: e}}
+	case m.GetGpuReport() != nil:
+		v.gpuReport(node, m.GetGpuReport())
+		return nil
+	case m.GetWorkloadLog() != nil:
+		id = m.GetWorkloadLog().GetId()
+		u = &apiv1.WorkloadUpdate{Update: &apiv1.WorkloadUpdate_Log{Log: m.GetWorkloadLog()}}
+	default:
+		return nil
+	}
+	v.hub.WorkloadUpdate(node, id, u)
+	return nil
+}
+
+// gpuReport keeps a node's latest GPU report and logs GPUs that turned
+// unhealthy.
+func (v *Verifier) gpuReport(node string, r *apiv1.GPUReport) {
+	prev := v.hub.SetGPUs(node, r)
+	was := map[string]bool{}
+	for _, g := range prev.GetGpus() {
+		was[g.GetUuid()] = g.GetHealthy()
+	}
+	for _, g := range r.GetGpus() {
+		if healthy, seen := was[g.GetUuid()]; !g.GetHealthy() && (!seen || healthy) {
+			v.o.Logger.Warn("GPU unhealthy", "node", node, "gpu", g.GetIndex(), "uuid", g.GetUuid(), "problems", g.GetProblems())
+		}
+	}
+	if r.GetError() != "" {
+		v.o.Logger.Warn("node cannot read its GPUs", "node", node, "err", r.GetError())
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
