@@ -127,131 +127,153 @@ const MaxHandshakeMessage = 160 << 10
 // AK read off the TPM bus or the disk) attach nothing, replace no session
 // and change no node.
 func (v *Verifier) enrol(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox) (*store.Node, hub.Plan, error) {
-	m, err := in.next()
+	h, err := readHello(in)
 	if err != nil {
 		return nil, hub.Plan{}, err
 	}
+	plan := hub.Plan{Plan: h.GetAskPlan(), Err: h.GetAskPlanError()}
+	c, err := v.claim(ctx, h)
+	if err != nil {
+		return nil, plan, err
+	}
+	if err := activate(stream, in, c); err != nil {
+		return nil, plan, err
+	}
+	n, err := v.admit(ctx, h.GetNodeId(), c)
+	if err != nil {
+		return nil, plan, err
+	}
+	return n, plan, stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Enrolled{Enrolled: &apiv1.Enrolled{
+		NodeId: n.ID, TrustClass: trust.ClassProto(n.Class),
+	}}})
+}
+
+// readHello takes the stream's first message, which must be a
+// well-formed hello.
+func readHello(in *inbox) (*apiv1.Hello, error) {
+	m, err := in.next()
+	if err != nil {
+		return nil, err
+	}
 	if proto.Size(m) > MaxHandshakeMessage {
-		return nil, hub.Plan{}, refuse("hello: %d bytes, more than %d", proto.Size(m), MaxHandshakeMessage)
+		return nil, refuse("hello: %d bytes, more than %d", proto.Size(m), MaxHandshakeMessage)
 	}
 	h := m.GetHello()
 	if h == nil {
-		return nil, hub.Plan{}, refuse("protocol: the first message must be a hello")
+		return nil, refuse("protocol: the first message must be a hello")
 	}
 	if !nodeIDPattern.MatchString(h.GetNodeId()) {
-		return nil, hub.Plan{}, refuse("node id %q: want 1-128 letters, digits, '.', '_' or '-'", h.GetNodeId())
+		return nil, refuse("node id %q: want 1-128 letters, digits, '.', '_' or '-'", h.GetNodeId())
 	}
 	if len(h.GetAskPlan()) > 64<<10 || len(h.GetAskPlanError()) > 64<<10 {
-		return nil, hub.Plan{}, refuse("hello: ASK plan too large")
+		return nil, refuse("hello: ASK plan too large")
 	}
-	plan := hub.Plan{Plan: h.GetAskPlan(), Err: h.GetAskPlanError()}
+	return h, nil
+}
+
+// claimed is what a hello claims, checked as far as public values allow:
+// an EK, an AK that TPM made, and what the store knows of both.
+type claimed struct {
+	ek       attestation.EK
+	ak       attestation.AKParams
+	existing *store.Node // the node enrolled under the hello's ID, if any
+}
+
+// claim checks a hello's EK and AK and looks them up. It changes
+// nothing; only the enrolment rate limit is spent on TPMs not seen
+// before.
+func (v *Verifier) claim(ctx context.Context, h *apiv1.Hello) (claimed, error) {
 	now := v.o.Now()
 	ek, err := attestation.AppraiseEK(h.GetEkPublic(), h.GetEkCertificate(), v.o.Roots, v.o.Intermediates, now)
 	if err != nil {
-		return nil, plan, refuse("%v", err)
+		return claimed{}, refuse("%v", err)
 	}
 	if ek.Class != attestation.ClassHardware && v.o.Policy.RefuseDev {
-		return nil, plan, refuse("ek: dev-class TPM (no certificate from a known TPM manufacturer); this verifier enrols hardware-class TPMs only")
+		return claimed{}, refuse("ek: dev-class TPM (no certificate from a known TPM manufacturer); this verifier enrols hardware-class TPMs only")
 	}
-	ak := attestation.AKParams{
+	c := claimed{ek: ek, ak: attestation.AKParams{
 		Public: h.GetAk().GetPublic(), CreateData: h.GetAk().GetCreateData(),
 		CreateAttestation: h.GetAk().GetCreateAttestation(), CreateSignature: h.GetAk().GetCreateSignature(),
-	}
-	if err := attestation.VerifyAK(ak); err != nil {
-		return nil, plan, refuse("%v", err)
+	}}
+	if err := attestation.VerifyAK(c.ak); err != nil {
+		return claimed{}, refuse("%v", err)
 	}
 	byEK, err := v.o.Store.NodeByEK(ctx, ek.Fingerprint)
 	switch {
 	case err == nil && byEK.ID != h.GetNodeId():
-		return nil, plan, refuse("ek: this TPM is already enrolled as node %s", byEK.ID)
+		return claimed{}, refuse("ek: this TPM is already enrolled as node %s", byEK.ID)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return nil, plan, err
+		return claimed{}, err
 	}
-	existing, err := v.o.Store.GetNode(ctx, h.GetNodeId())
+	c.existing, err = v.o.Store.GetNode(ctx, h.GetNodeId())
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		existing = nil
+		c.existing = nil
 	case err != nil:
-		return nil, plan, err
+		return claimed{}, err
 	}
 	if byEK == nil && !v.enrolments.AllowN(now, 1) {
-		return nil, plan, refuse("enrolment: too many new TPMs right now; retry later")
+		return claimed{}, refuse("enrolment: too many new TPMs right now; retry later")
 	}
+	return c, nil
+}
 
-	// Proof of possession, on every stream.
-	secret, cred, err := attestation.MakeCredential(ek.Public, ak, nil)
+// activate is the proof of possession, on every stream: a credential
+// only the TPM holding both the EK and the AK can unwrap.
+func activate(stream apiv1.Attestation_SessionServer, in *inbox, c claimed) error {
+	secret, cred, err := attestation.MakeCredential(c.ek.Public, c.ak, nil)
 	if err != nil {
-		return nil, plan, refuse("%v", err)
+		return refuse("%v", err)
 	}
 	if err := stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Activation{Activation: &apiv1.ActivationChallenge{
 		Credential: cred.Blob, Secret: cred.Secret,
 	}}}); err != nil {
-		return nil, plan, err
+		return err
 	}
-	m, err = in.next()
+	m, err := in.next()
 	if err != nil {
-		return nil, plan, err
+		return err
 	}
 	if proto.Size(m) > MaxHandshakeMessage || m.GetActivation() == nil {
-		return nil, plan, refuse("protocol: expected the activation proof")
+		return refuse("protocol: expected the activation proof")
 	}
 	if err := attestation.VerifyActivation(secret, m.GetActivation().GetSecret()); err != nil {
-		return nil, plan, refuse("%v", err)
+		return refuse("%v", err)
 	}
+	return nil
+}
 
-	// The stream holds this EK and AK. A known node ID with another TPM is
-	// flagged for an operator; the enrolled node is left as it is.
-	if existing != nil && existing.EKFingerprint != ek.Fingerprint {
-		v.trust.FlagConflict(ctx, existing, ek)
-		return nil, plan, refuse("ek: node %s is enrolled with a different TPM; an operator has been alerted", existing.ID)
-	}
-	if existing != nil && bytes.Equal(existing.AKPublic, ak.Public) {
-		return existing, plan, sendEnrolled(stream, existing)
-	}
-	if existing == nil {
-		n, err := v.trust.Enrol(ctx, h.GetNodeId(), ek, ak.Public)
+// admit acts on a proven claim. A known node ID with another TPM is
+// flagged for an operator; the enrolled node is left as it is.
+func (v *Verifier) admit(ctx context.Context, id string, c claimed) (*store.Node, error) {
+	switch {
+	case c.existing == nil:
+		n, err := v.trust.Enrol(ctx, id, c.ek, c.ak.Public)
 		if errors.Is(err, store.ErrConflict) {
-			return nil, plan, refuse("node %s or its TPM enrolled concurrently", h.GetNodeId())
+			return nil, refuse("node %s or its TPM enrolled concurrently", id)
 		}
-		if err != nil {
-			return nil, plan, err
-		}
-		return n, plan, sendEnrolled(stream, n)
+		return n, err
+	case c.existing.EKFingerprint != c.ek.Fingerprint:
+		v.trust.FlagConflict(ctx, c.existing, c.ek)
+		return nil, refuse("ek: node %s is enrolled with a different TPM; an operator has been alerted", id)
+	case bytes.Equal(c.existing.AKPublic, c.ak.Public):
+		return c.existing, nil
 	}
-	n, err := v.trust.NewAK(ctx, existing.ID, ak.Public)
-	if err != nil {
-		return nil, plan, err
-	}
-	return n, plan, sendEnrolled(stream, n)
+	return v.trust.NewAK(ctx, id, c.ak.Public)
 }
 
-func sendEnrolled(stream apiv1.Attestation_SessionServer, n *store.Node) error {
-	return stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Enrolled{Enrolled: &apiv1.Enrolled{
-		NodeId: n.ID, TrustClass: trust.ClassProto(n.Class),
-	}}})
-}
 
 // rounds challenges the node: at once, then at random intervals. Each
 // challenge has a single-use nonce and a deadline.
 func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox, id string, s *hub.Conn) error {
 	var (
-		open     *challenge            // the outstanding challenge
-		done     = map[uint64]string{} // recent challenge IDs: "answered" or "expired"
-		order    []uint64
+		cs       challenges
 		next     = time.NewTimer(0)
 		deadline = time.NewTimer(time.Hour)
 	)
 	deadline.Stop()
 	defer next.Stop()
 	defer deadline.Stop()
-	retire := func(id uint64, how string) {
-		done[id] = how
-		order = append(order, id)
-		if len(order) > 64 {
-			delete(done, order[0])
-			order = order[1:]
-		}
-	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -262,32 +284,22 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 			}
 			return err
 		case <-next.C:
-			if open != nil { // still waiting; try again after the deadline
+			if cs.open != nil { // still waiting; try again after the deadline
 				next.Reset(v.o.Policy.Deadline)
 				continue
 			}
-			c := &challenge{id: v.nextID.Add(1), nonce: make([]byte, 32), deadline: v.o.Now().Add(v.o.Policy.Deadline)}
-			if _, err := io.ReadFull(v.o.Nonces, c.nonce); err != nil {
-				return fmt.Errorf("drawing nonce: %w", err)
-			}
-			pcrs := make([]uint32, len(v.trust.PCRs()))
-			for i, p := range v.trust.PCRs() {
-				pcrs[i] = uint32(p)
-			}
-			if err := stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Challenge{Challenge: &apiv1.Challenge{
-				Id: c.id, Nonce: c.nonce, Pcrs: pcrs, DeadlineUnixMs: c.deadline.UnixMilli(),
-			}}}); err != nil {
+			c, err := v.challenge(stream)
+			if err != nil {
 				return err
 			}
-			open = c
+			cs.open = c
 			deadline.Reset(v.o.Policy.Deadline)
 		case <-deadline.C:
-			if open == nil {
+			if cs.open == nil {
 				continue
 			}
-			retire(open.id, "expired")
-			v.trust.Demote(ctx, id, trust.Suspect, fmt.Sprintf("missed the %s deadline of challenge %d", v.o.Policy.Deadline, open.id))
-			open = nil
+			v.trust.Demote(ctx, id, trust.Suspect, fmt.Sprintf("missed the %s deadline of challenge %d", v.o.Policy.Deadline, cs.open.id))
+			cs.retire("expired")
 			next.Reset(v.NextInterval())
 		case m := <-s.Out():
 			if err := stream.Send(m); err != nil {
@@ -305,40 +317,85 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 				v.trust.Demote(ctx, id, trust.Suspect, "protocol violation: unexpected message")
 				return refuse("protocol: expected evidence")
 			}
-			var (
-				out trust.Outcome
-				err error
-				cid = ev.GetChallengeId()
-			)
-			switch {
-			case open != nil && cid == open.id:
+			if cs.open != nil && ev.GetChallengeId() == cs.open.id {
 				deadline.Stop()
-				out, err = v.trust.Appraise(ctx, id, open.nonce, ev, s.SetPassed)
-				retire(open.id, "answered")
-				open = nil
 				next.Reset(v.NextInterval())
-			case done[cid] == "answered":
-				s.SetPassed(false)
-				out.Node, out.Token, err = v.trust.FailNonce(ctx, id, fmt.Sprintf("evidence replayed for challenge %d, already answered", cid))
-			case done[cid] == "expired":
-				s.SetPassed(false)
-				out.Node, out.Token, err = v.trust.FailNonce(ctx, id, fmt.Sprintf("challenge %d expired before the evidence arrived", cid))
-			default:
-				s.SetPassed(false)
-				out.Node, out.Token, err = v.trust.FailNonce(ctx, id, fmt.Sprintf("evidence for challenge %d, which was never issued", cid))
 			}
-			if err != nil {
-				return err
-			}
-			n := out.Node
-			if err := stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Verdict{Verdict: &apiv1.Verdict{
-				ChallengeId: cid, State: n.State, Reason: n.Reason,
-				TrustedUntilUnixMs: unixMS(n.TrustedUntil), Token: out.Token, RuntimeCheckpoint: out.Checkpoint,
-			}}}); err != nil {
+			if err := v.answer(ctx, stream, id, s, &cs, ev); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// challenges are a stream's outstanding challenge and the fate of its
+// recent ones.
+type challenges struct {
+	open  *challenge
+	done  map[uint64]string // recent challenge IDs: "answered" or "expired"
+	order []uint64
+}
+
+// retire closes the open challenge as answered or expired.
+func (cs *challenges) retire(how string) {
+	if cs.done == nil {
+		cs.done = map[uint64]string{}
+	}
+	cs.done[cs.open.id] = how
+	cs.order = append(cs.order, cs.open.id)
+	if len(cs.order) > 64 {
+		delete(cs.done, cs.order[0])
+		cs.order = cs.order[1:]
+	}
+	cs.open = nil
+}
+
+// challenge sends a fresh challenge down the stream.
+func (v *Verifier) challenge(stream apiv1.Attestation_SessionServer) (*challenge, error) {
+	c := &challenge{id: v.nextID.Add(1), nonce: make([]byte, 32), deadline: v.o.Now().Add(v.o.Policy.Deadline)}
+	if _, err := io.ReadFull(v.o.Nonces, c.nonce); err != nil {
+		return nil, fmt.Errorf("drawing nonce: %w", err)
+	}
+	pcrs := make([]uint32, len(v.trust.PCRs()))
+	for i, p := range v.trust.PCRs() {
+		pcrs[i] = uint32(p)
+	}
+	return c, stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Challenge{Challenge: &apiv1.Challenge{
+		Id: c.id, Nonce: c.nonce, Pcrs: pcrs, DeadlineUnixMs: c.deadline.UnixMilli(),
+	}}})
+}
+
+// answer records the verdict on evidence: appraised if it answers the
+// open challenge, a failure if it answers none (replayed, late or never
+// issued). The node hears the verdict.
+func (v *Verifier) answer(ctx context.Context, stream apiv1.Attestation_SessionServer, id string, s *hub.Conn, cs *challenges, ev *apiv1.Evidence) error {
+	var (
+		out trust.Outcome
+		err error
+		cid = ev.GetChallengeId()
+	)
+	switch {
+	case cs.open != nil && cid == cs.open.id:
+		out, err = v.trust.Appraise(ctx, id, cs.open.nonce, ev, s.SetPassed)
+		cs.retire("answered")
+	case cs.done[cid] == "answered":
+		s.SetPassed(false)
+		out.Node, out.Token, err = v.trust.FailNonce(ctx, id, fmt.Sprintf("evidence replayed for challenge %d, already answered", cid))
+	case cs.done[cid] == "expired":
+		s.SetPassed(false)
+		out.Node, out.Token, err = v.trust.FailNonce(ctx, id, fmt.Sprintf("challenge %d expired before the evidence arrived", cid))
+	default:
+		s.SetPassed(false)
+		out.Node, out.Token, err = v.trust.FailNonce(ctx, id, fmt.Sprintf("evidence for challenge %d, which was never issued", cid))
+	}
+	if err != nil {
+		return err
+	}
+	n := out.Node
+	return stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Verdict{Verdict: &apiv1.Verdict{
+		ChallengeId: cid, State: n.State, Reason: n.Reason,
+		TrustedUntilUnixMs: unixMS(n.TrustedUntil), Token: out.Token, RuntimeCheckpoint: out.Checkpoint,
+	}}})
 }
 
 func unixMS(t time.Time) int64 {
