@@ -262,7 +262,6 @@ func (v *Verifier) admit(ctx context.Context, id string, c claimed) (*store.Node
 	return v.trust.NewAK(ctx, id, c.ak.Public)
 }
 
-
 // rounds challenges the node: at once, then at random intervals. Each
 // challenge has a single-use nonce and a deadline.
 func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox, id string, s *hub.Conn) error {
