@@ -2,10 +2,12 @@
 // (as Linux exposes them in /sys/firmware/dmi/tables): system, board and
 // BIOS identity, processors and installed memory.
 //
-// The tables are written by the firmware and nothing measures them into a
-// PCR: an inventory is the node's own report, not evidence. A verifier
-// may show it and compare it with what it expects, but must not trust it
-// the way it trusts a quote. Parse takes the bytes as untrusted input.
+// The tables are written by the firmware. Firmware may measure them into
+// PCR 1 (EV_EFI_HANDOFF_TABLES), but this package does not check them
+// against any measurement: an inventory is the node's own report, not
+// evidence. A verifier may show it and compare it with what it expects,
+// but must not trust it the way it trusts a quote. Parse takes the bytes
+// as untrusted input.
 package hwinfo
 
 import (
