@@ -1,20 +1,29 @@
 // Package ociarchive writes OCI image archives (an OCI image layout in a
-// tar) from a set of files: one layer, one manifest, one config. Tests
-// and the demo use it to build small workload images without a registry
-// or a container engine. The output is deterministic.
+// tar, as containerd imports it) from a set of files: one layer, one
+// manifest, one config, built with go-containerregistry. Tests and the
+// demo use it to build small workload images without a registry or a
+// container engine. The output is deterministic. Nothing the agent or the
+// verifier links imports it (a project check keeps it that way).
 package ociarchive
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"sort"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // File is one file of the image's only layer.
@@ -33,12 +42,8 @@ type Image struct {
 	Env        []string
 }
 
-type descriptor struct {
-	MediaType   string            `json:"mediaType"`
-	Digest      string            `json:"digest"`
-	Size        int64             `json:"size"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-}
+// nameAnnotation names an image in an OCI layout for containerd's import.
+const nameAnnotation = "io.containerd.image.name"
 
 var epoch = time.Unix(0, 0).UTC()
 
@@ -47,92 +52,90 @@ func Write(w io.Writer, img Image) error {
 	if img.Name == "" || len(img.Entrypoint) == 0 {
 		return fmt.Errorf("image needs a name and an entrypoint")
 	}
-	var layer bytes.Buffer
-	tw := tar.NewWriter(&layer)
-	paths := make([]string, 0, len(img.Files))
-	for p := range img.Files {
-		paths = append(paths, p)
-	}
-	sort.Strings(paths)
-	for _, p := range paths {
-		f := img.Files[p]
-		if err := tw.WriteHeader(&tar.Header{Name: p, Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
-			return err
-		}
-		if _, err := tw.Write(f.Data); err != nil {
-			return err
-		}
-	}
-	if err := tw.Close(); err != nil {
+	layerTar, err := layerTar(img.Files)
+	if err != nil {
 		return err
 	}
-	var gz bytes.Buffer
-	zw, _ := gzip.NewWriterLevel(&gz, gzip.BestCompression)
-	if _, err := zw.Write(layer.Bytes()); err != nil {
-		return err
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerTar)), nil
+	}, tarball.WithCompressionLevel(gzip.BestCompression), tarball.WithMediaType(types.OCILayer))
+	if err != nil {
+		return fmt.Errorf("layer: %w", err)
 	}
-	if err := zw.Close(); err != nil {
-		return err
-	}
-	blobs := map[string][]byte{}
-	add := func(mediaType string, b []byte) descriptor {
-		sum := sha256.Sum256(b)
-		d := "sha256:" + hex.EncodeToString(sum[:])
-		blobs[d] = b
-		return descriptor{MediaType: mediaType, Digest: d, Size: int64(len(b))}
-	}
-	diffID := sha256.Sum256(layer.Bytes())
 	env := img.Env
 	if len(env) == 0 {
 		env = []string{"PATH=/"}
 	}
-	config, err := json.Marshal(map[string]any{
-		"architecture": "amd64", "os": "linux",
-		"config": map[string]any{"Entrypoint": img.Entrypoint, "Env": env, "WorkingDir": "/"},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{"sha256:" + hex.EncodeToString(diffID[:])}},
+	base := mutate.ConfigMediaType(mutate.MediaType(empty.Image, types.OCIManifestSchema1), types.OCIConfigJSON)
+	base, err = mutate.ConfigFile(base, &v1.ConfigFile{
+		Architecture: "amd64", OS: "linux",
+		Config: v1.Config{Entrypoint: img.Entrypoint, Env: env, WorkingDir: "/"},
+		RootFS: v1.RootFS{Type: "layers"},
 	})
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	image, err := mutate.AppendLayers(base, layer)
+	if err != nil {
+		return fmt.Errorf("image: %w", err)
+	}
+	index := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{
+		Add:        image,
+		Descriptor: v1.Descriptor{Annotations: map[string]string{nameAnnotation: img.Name}},
+	})
+	dir, err := os.MkdirTemp("", "rigos-ociarchive-")
 	if err != nil {
 		return err
 	}
-	cd := add("application/vnd.oci.image.config.v1+json", config)
-	ld := add("application/vnd.oci.image.layer.v1.tar+gzip", gz.Bytes())
-	manifest, err := json.Marshal(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-		"config": cd, "layers": []descriptor{ld},
-	})
-	if err != nil {
-		return err
+	defer os.RemoveAll(dir)
+	if _, err := layout.Write(dir, index); err != nil {
+		return fmt.Errorf("image layout: %w", err)
 	}
-	md := add("application/vnd.oci.image.manifest.v1+json", manifest)
-	md.Annotations = map[string]string{"io.containerd.image.name": img.Name}
-	index, err := json.Marshal(map[string]any{
-		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": []descriptor{md},
-	})
-	if err != nil {
-		return err
-	}
+	return tarLayout(w, dir)
+}
 
+// layerTar is the layer's tar: files in name order, no timestamps.
+func layerTar(files map[string]File) ([]byte, error) {
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	sort.Strings(paths)
+	for _, p := range paths {
+		f := files[p]
+		if err := tw.WriteHeader(&tar.Header{Name: p, Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return nil, err
+		}
+	}
+	err := tw.Close()
+	return b.Bytes(), err
+}
+
+// tarLayout writes the image layout in dir as a tar: oci-layout and
+// index.json first, then the blobs by digest; regular files only, no
+// timestamps or owners.
+func tarLayout(w io.Writer, dir string) error {
+	names := []string{"oci-layout", "index.json"}
+	blobs, err := fs.Glob(os.DirFS(dir), "blobs/*/*")
+	if err != nil {
+		return err
+	}
+	sort.Strings(blobs)
 	out := tar.NewWriter(w)
-	put := func(name string, b []byte) error {
+	for _, name := range append(names, blobs...) {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
 		if err := out.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), ModTime: epoch, Typeflag: tar.TypeReg}); err != nil {
 			return err
 		}
-		_, err := out.Write(b)
-		return err
-	}
-	if err := put("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
-		return err
-	}
-	if err := put("index.json", index); err != nil {
-		return err
-	}
-	digests := make([]string, 0, len(blobs))
-	for d := range blobs {
-		digests = append(digests, d)
-	}
-	sort.Strings(digests)
-	for _, d := range digests {
-		if err := put("blobs/sha256/"+d[len("sha256:"):], blobs[d]); err != nil {
+		if _, err := out.Write(b); err != nil {
 			return err
 		}
 	}
@@ -151,15 +154,13 @@ func ManifestDigest(archive []byte) (string, error) {
 		if h.Name != "index.json" {
 			continue
 		}
-		var idx struct {
-			Manifests []descriptor `json:"manifests"`
-		}
-		if err := json.NewDecoder(tr).Decode(&idx); err != nil {
-			return "", err
+		idx, err := v1.ParseIndexManifest(tr)
+		if err != nil {
+			return "", fmt.Errorf("index.json: %w", err)
 		}
 		if len(idx.Manifests) != 1 {
 			return "", fmt.Errorf("index lists %d manifests", len(idx.Manifests))
 		}
-		return idx.Manifests[0].Digest, nil
+		return idx.Manifests[0].Digest.String(), nil
 	}
 }

@@ -119,6 +119,19 @@ func TestProductionLinksNoSimulation(t *testing.T) {
 	}
 }
 
+// Test images are built with go-containerregistry (internal/ociarchive);
+// no production binary links it. The agent imports images with
+// containerd's own code.
+func TestProductionLinksNoImageBuilder(t *testing.T) {
+	for _, bin := range []string{"./agent", "./attest", "./init", "./imager"} {
+		for _, dep := range deps(t, "", bin) {
+			if strings.HasPrefix(dep, "github.com/google/go-containerregistry/") || dep == "github.com/rigos/rigos/internal/ociarchive" {
+				t.Errorf("%s links %s", bin, dep)
+			}
+		}
+	}
+}
+
 // The init binary (PID 1) stays small and simple: no cgo and none of the
 // heavy packages the agent and verifier use.
 func TestInitStaysSmall(t *testing.T) {

@@ -23,58 +23,25 @@ type SQLite struct {
 
 var _ Store = (*SQLite)(nil)
 
-const schema = `
-CREATE TABLE IF NOT EXISTS nodes (
-	id TEXT PRIMARY KEY,
-	ek_fingerprint TEXT NOT NULL UNIQUE,
-	ek_public BLOB NOT NULL,
-	ak_public BLOB NOT NULL,
-	class TEXT NOT NULL,
-	state TEXT NOT NULL,
-	reason TEXT NOT NULL DEFAULT '',
-	trusted_until INTEGER NOT NULL DEFAULT 0,
-	enrolled INTEGER NOT NULL,
-	last_verdict INTEGER NOT NULL DEFAULT 0,
-	appraisals INTEGER NOT NULL DEFAULT 0,
-	firmware_pcrs TEXT,
-	repin_firmware INTEGER NOT NULL DEFAULT 0,
-	revoked INTEGER NOT NULL DEFAULT 0,
-	last_clock TEXT,
-	gpu_digest TEXT NOT NULL DEFAULT '',
-	runtime_checkpoints TEXT NOT NULL DEFAULT '[]'
-);
-CREATE TABLE IF NOT EXISTS verdicts (
-	seq INTEGER PRIMARY KEY AUTOINCREMENT,
-	node TEXT NOT NULL REFERENCES nodes(id),
-	time INTEGER NOT NULL,
-	state TEXT NOT NULL,
-	reason TEXT NOT NULL,
-	manifest TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS verdicts_node ON verdicts(node, seq);
-CREATE TABLE IF NOT EXISTS verdict_workloads (
-	verdict INTEGER NOT NULL REFERENCES verdicts(seq),
-	workload TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS verdict_workloads_verdict ON verdict_workloads(verdict);
-CREATE TABLE IF NOT EXISTS workload_events (
-	seq INTEGER PRIMARY KEY AUTOINCREMENT,
-	node TEXT NOT NULL REFERENCES nodes(id),
-	workload TEXT NOT NULL,
-	time INTEGER NOT NULL,
-	state TEXT NOT NULL,
-	reason TEXT NOT NULL,
-	exit_code INTEGER NOT NULL,
-	oom_killed INTEGER NOT NULL,
-	image_digest TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS workload_events_node ON workload_events(node, seq);
-CREATE INDEX IF NOT EXISTS workload_events_workload ON workload_events(node, workload);
-`
-
-// OpenSQLite opens (creating if needed) the database at path.
+// OpenSQLite opens (creating if needed) the database at path and brings
+// its schema up to date (see migrations). A database written by a newer
+// release is refused with ErrSchemaTooNew and left unchanged.
 func OpenSQLite(path string) (*SQLite, error) {
 	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=foreign_keys(ON)"
+	// Migrations run on their own handle whose transactions take the
+	// write lock at BEGIN: reading the version and applying the next step
+	// are one atomic act even if another process opens the file.
+	mdb, err := sql.Open("sqlite", dsn+"&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	err = migrate(context.Background(), mdb)
+	if cerr := mdb.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("schema of %s: %w", path, err)
+	}
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", path, err)
@@ -82,45 +49,11 @@ func OpenSQLite(path string) (*SQLite, error) {
 	// One writer at a time is SQLite's model; a single connection keeps
 	// transactions simple and is fast enough (see the load benchmark).
 	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(schema); err != nil {
+	if err := db.Ping(); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("creating schema in %s: %w", path, err)
-	}
-	if err := migrate(db); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("upgrading the schema in %s: %w", path, err)
+		return nil, fmt.Errorf("opening %s: %w", path, err)
 	}
 	return &SQLite{db: db}, nil
-}
-
-// migrate adds the columns later versions introduced to a database an
-// earlier version created.
-func migrate(db *sql.DB) error {
-	rows, err := db.Query(`SELECT name FROM pragma_table_info('nodes')`)
-	if err != nil {
-		return err
-	}
-	have := map[string]bool{}
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			rows.Close()
-			return err
-		}
-		have[name] = true
-	}
-	rows.Close()
-	if !have["gpu_digest"] {
-		if _, err := db.Exec(`ALTER TABLE nodes ADD COLUMN gpu_digest TEXT NOT NULL DEFAULT ''`); err != nil {
-			return err
-		}
-	}
-	if !have["runtime_checkpoints"] {
-		if _, err := db.Exec(`ALTER TABLE nodes ADD COLUMN runtime_checkpoints TEXT NOT NULL DEFAULT '[]'`); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Close closes the database.
