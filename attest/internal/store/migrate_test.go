@@ -128,10 +128,10 @@ func TestMigratesUnversionedDatabases(t *testing.T) {
 			}
 			now := time.UnixMilli(1_800_000_000_000)
 			wantNode := &Node{ID: "rig-1", EKFingerprint: "ek1", EKPublic: []byte{1}, AKPublic: []byte{2},
-				Class: attestation.ClassDev, State: "trusted", Reason: "ok", TrustedUntil: now.Add(time.Minute),
+				Class: attestation.ClassDev, State: st("trusted"), Reason: "ok", TrustedUntil: now.Add(time.Minute),
 				Enrolled: now, Appraisals: 3, FirmwarePCRs: map[int][]byte{0: {9}},
 				LastClock: &attestation.Clock{Clock: 5, ResetCount: 1}}
-			wantVerdict := Verdict{Node: "rig-1", Time: now, State: "trusted", Reason: "ok", Manifest: "b1"}
+			wantVerdict := Verdict{Node: "rig-1", Time: now, State: st("trusted"), Reason: "ok", Manifest: "b1"}
 			var wantEvents []WorkloadEvent
 			if tc.gpu {
 				wantNode.GPUDigest = "none"
@@ -166,7 +166,7 @@ func TestMigratesUnversionedDatabases(t *testing.T) {
 			}
 			// The upgraded database takes the current columns.
 			n.RuntimeCheckpoints = [][]byte{{3}}
-			if err := s.SaveVerdict(ctx, n, Verdict{Node: "rig-1", Time: now, State: "trusted", Workloads: []string{"w2"}}); err != nil {
+			if err := s.SaveVerdict(ctx, n, Verdict{Node: "rig-1", Time: now, State: st("trusted"), Workloads: []string{"w2"}}); err != nil {
 				t.Fatalf("SaveVerdict after upgrade: %v", err)
 			}
 			s.Close()
@@ -197,7 +197,7 @@ func TestRefusesNewerSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := s.CreateNode(ctx, &Node{ID: "rig-1", EKFingerprint: "ek1", EKPublic: []byte{1}, AKPublic: []byte{2},
-		Class: attestation.ClassDev, State: "enrolling", Enrolled: time.UnixMilli(1)}); err != nil {
+		Class: attestation.ClassDev, State: st("enrolling"), Enrolled: time.UnixMilli(1)}); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
