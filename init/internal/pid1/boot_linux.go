@@ -20,12 +20,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rigos/rigos/pkg/bootconfig"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/tpm"
 )
-
-// RuntimeLog is where init starts the runtime event log the agent sends.
-const RuntimeLog = "/run/rigos/runtime.cel"
 
 // say prints a status line on the console. Lines start with "rigos: " so
 // that tests and operators can follow the boot, and end with the time
@@ -73,7 +71,7 @@ var mounts = []mount{
 	{"securityfs", "/sys/kernel/security", "securityfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
 	{"tmpfs", "/run", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "mode=0755"},
 	{"tmpfs", "/tmp", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "mode=1777"},
-	{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate"},
+	{"cgroup2", layout.CgroupRoot, "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, "nsdelegate"},
 	{"efivarfs", "/sys/firmware/efi/efivars", "efivarfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_RDONLY, ""},
 }
 
@@ -109,9 +107,9 @@ func run() error {
 	if err := mountAll(func(m mount) bool { return !isEFI(m) }, isEFI); err != nil {
 		return err
 	}
-	b, err := os.ReadFile(bootconfig.Path)
+	b, err := os.ReadFile(layout.InitConfig)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", bootconfig.Path, err)
+		return fmt.Errorf("reading %s: %w", layout.InitConfig, err)
 	}
 	cfg, err := bootconfig.Parse(b)
 	if err != nil {
@@ -187,18 +185,23 @@ func run() error {
 	}
 	if stateErr == nil {
 		if _, err := os.Stat(cfg.Containerd[0]); err == nil {
-			go supervise("containerd", cfg.Containerd, []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}, RuntimeCgroup, reaper)
+			go supervise("containerd", cfg.Containerd, serviceEnv(), RuntimeCgroup, reaper)
 		} else {
 			say("containerd: %v (no workloads on this boot)", err)
 		}
 	}
-	agentEnv := []string{"PATH=/system/usr/bin", "HOME=/run/rigos"}
-	if roots := filepath.Join(SystemMount, bootconfig.CARootsPath); fileExists(roots) {
+	agentEnv := serviceEnv()
+	if roots := layout.InSystem(layout.CARoots); fileExists(roots) {
 		// Registries are verified against the measured bundle only.
 		agentEnv = append(agentEnv, "SSL_CERT_FILE="+roots, "SSL_CERT_DIR=/nonexistent")
 	}
 	supervise("agent", cfg.Agent, agentEnv, AgentCgroup, reaper)
 	return nil
+}
+
+// serviceEnv is the environment of the services init starts.
+func serviceEnv() []string {
+	return []string{"PATH=" + layout.SystemPath, "HOME=" + layout.RunDir}
 }
 
 func fileExists(p string) bool {
@@ -211,11 +214,11 @@ func fileExists(p string) bool {
 // answer challenges within their deadline however busy workloads keep
 // the CPUs.
 const (
-	AgentCgroup     = "/sys/fs/cgroup/rigos.agent"
-	RuntimeCgroup   = "/sys/fs/cgroup/rigos.runtime"
+	AgentCgroup     = layout.CgroupRoot + "/rigos.agent"
+	RuntimeCgroup   = layout.CgroupRoot + "/rigos.runtime"
 	AgentCPUWeight  = "1000"
 	cgroupControls  = "+cpu +memory +pids"
-	subtreeControls = "/sys/fs/cgroup/cgroup.subtree_control"
+	subtreeControls = layout.CgroupRoot + "/cgroup.subtree_control"
 )
 
 func setupCgroups() error {
@@ -252,12 +255,12 @@ func openRecorder() (*measure.Recorder, tpm.Device, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("opening TPM: %w", err)
 	}
-	if err := os.MkdirAll(filepath.Dir(RuntimeLog), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(layout.RuntimeLog), 0o755); err != nil {
 		dev.Close()
 		return nil, nil, err
 	}
 	var mu sync.Mutex
-	rec, err := measure.NewRecorder(RuntimeLog, func(pcr int, d []byte) error {
+	rec, err := measure.NewRecorder(layout.RuntimeLog, func(pcr int, d []byte) error {
 		mu.Lock()
 		defer mu.Unlock()
 		return tpm.Extend(dev, pcr, d)
@@ -282,7 +285,7 @@ func loadModules(mods []bootconfig.Module) (int, error) {
 			break
 		}
 		for _, m := range plan {
-			full := filepath.Join("/lib/modules", m.Path)
+			full := filepath.Join(layout.ModulesDir, m.Path)
 			f, err := os.Open(full)
 			if err != nil {
 				return len(loaded), fmt.Errorf("opening module %s: %w", m.Path, err)
@@ -370,8 +373,8 @@ func writeResolvConf(dns []string) {
 	for _, d := range dns {
 		fmt.Fprintf(&b, "nameserver %s\n", d)
 	}
-	_ = os.MkdirAll("/run/rigos", 0o755)
-	_ = os.WriteFile("/run/rigos/resolv.conf", []byte(b.String()), 0o644)
+	_ = os.MkdirAll(filepath.Dir(layout.ResolvConf), 0o755)
+	_ = os.WriteFile(layout.ResolvConf, []byte(b.String()), 0o644)
 }
 
 // pickLink returns the configured interface or the first non-loopback

@@ -11,15 +11,9 @@ import (
 
 	"github.com/rigos/rigos/pkg/cmdline"
 	"github.com/rigos/rigos/pkg/devmapper"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/verity"
 )
-
-// SystemParam is the command-line setting that describes the system
-// partition's dm-verity tree; it is part of the measured UKI.
-const SystemParam = "rigos.system"
-
-// SystemMount is where the verified system partition is mounted.
-const SystemMount = "/system"
 
 // mountSystem sets up dm-verity over the RIGOS-SYSTEM partition with the
 // root hash from the (measured) command line and mounts it read-only.
@@ -35,7 +29,7 @@ func mountSystem() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	param, ok := args[SystemParam]
+	param, ok := args[layout.SystemParam]
 	if !ok {
 		return false, nil
 	}
@@ -43,35 +37,32 @@ func mountSystem() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	dev, err := findPartition("RIGOS-SYSTEM", 20*time.Second)
+	dev, err := findPartition(layout.SystemPartition, 20*time.Second)
 	if err != nil {
 		return false, err
 	}
 	params := devmapper.VerityParams(dev, blocks, root, salt)
-	mapped, err := devmapper.CreateReadOnly("rigos-system", []devmapper.Target{
+	mapped, err := devmapper.CreateReadOnly(layout.SystemMapping, []devmapper.Target{
 		{Start: 0, Length: blocks * verity.BlockSize / 512, Type: "verity", Params: params},
 	})
 	if err != nil {
 		return false, err
 	}
-	if err := os.MkdirAll(SystemMount, 0o755); err != nil {
+	if err := os.MkdirAll(layout.SystemMount, 0o755); err != nil {
 		return false, err
 	}
-	if err := unix.Mount(mapped, SystemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+	if err := unix.Mount(mapped, layout.SystemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 		return false, fmt.Errorf("mounting the system partition: %w", err)
 	}
-	say("system partition %s verified by dm-verity (root %x…) and mounted on %s", dev, root[:6], SystemMount)
+	say("system partition %s verified by dm-verity (root %x…) and mounted on %s", dev, root[:6], layout.SystemMount)
 	return true, nil
 }
 
-// ESPMount is where init mounts the EFI system partition, read-only:
-// the agent reads the supplier's ASK plan there.
-const ESPMount = "/run/rigos/esp"
-
-// mountESP mounts the RIGOS-ESP partition (pkg/imager/disk.ESPName)
-// read-only, without device files, set-id or executables.
+// mountESP mounts the RIGOS-ESP partition on layout.ESPMount,
+// read-only, without device files, set-id or executables: the agent
+// reads the supplier's ASK plan there.
 func mountESP() error {
-	num, err := findPartition("RIGOS-ESP", 5*time.Second)
+	num, err := findPartition(layout.ESPPartition, 5*time.Second)
 	if err != nil {
 		return err
 	}
@@ -79,10 +70,10 @@ func mountESP() error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(ESPMount, 0o755); err != nil {
+	if err := os.MkdirAll(layout.ESPMount, 0o755); err != nil {
 		return err
 	}
-	if err := unix.Mount(dev, ESPMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
+	if err := unix.Mount(dev, layout.ESPMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
 		"codepage=437,iocharset=ascii,fmask=0133,dmask=0022"); err != nil {
 		return fmt.Errorf("mounting the EFI system partition: %w", err)
 	}
