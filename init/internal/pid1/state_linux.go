@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
@@ -29,12 +28,12 @@ import (
 // create (tpm.ErrForged: a volume the owner wrote, or one from before
 // creation checks) leaves the partition untouched, and the node runs
 // without workloads.
-func unlockState(rw io.ReadWriter) error {
-	part, err := findPartition(layout.StatePartition, 20*time.Second)
+func unlockState(sys sysfs, rw io.ReadWriter) error {
+	part, err := sys.findPartition(layout.StatePartition, 20*time.Second)
 	if err != nil {
 		return err
 	}
-	devPath, err := blockDevice(part)
+	devPath, err := sys.blockDevice(part)
 	if err != nil {
 		return err
 	}
@@ -152,18 +151,4 @@ func formatState(dev string, size int64) error {
 		return fmt.Errorf("creating ext4 on the state partition: %w", err)
 	}
 	return f.Sync()
-}
-
-// blockDevice returns the /dev path of the block device "MAJOR:MINOR".
-func blockDevice(num string) (string, error) {
-	b, err := os.ReadFile("/sys/dev/block/" + num + "/uevent")
-	if err != nil {
-		return "", err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if name, ok := strings.CutPrefix(l, "DEVNAME="); ok {
-			return "/dev/" + name, nil
-		}
-	}
-	return "", fmt.Errorf("block device %s has no name", num)
 }

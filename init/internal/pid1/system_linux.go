@@ -3,8 +3,6 @@ package pid1
 import (
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,7 +18,7 @@ import (
 // Every block read is checked against that root hash; a changed block
 // reads as an I/O error. It reports false when the image has no system
 // partition.
-func mountSystem() (bool, error) {
+func mountSystem(sys sysfs) (bool, error) {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return false, err
@@ -37,7 +35,7 @@ func mountSystem() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	dev, err := findPartition(layout.SystemPartition, 20*time.Second)
+	dev, err := sys.findPartition(layout.SystemPartition, 20*time.Second)
 	if err != nil {
 		return false, err
 	}
@@ -61,12 +59,12 @@ func mountSystem() (bool, error) {
 // mountESP mounts the RIGOS-ESP partition on layout.ESPMount,
 // read-only, without device files, set-id or executables: the agent
 // reads the supplier's ASK plan there.
-func mountESP() error {
-	num, err := findPartition(layout.ESPPartition, 5*time.Second)
+func mountESP(sys sysfs) error {
+	num, err := sys.findPartition(layout.ESPPartition, 5*time.Second)
 	if err != nil {
 		return err
 	}
-	dev, err := blockDevice(num)
+	dev, err := sys.blockDevice(num)
 	if err != nil {
 		return err
 	}
@@ -78,38 +76,4 @@ func mountESP() error {
 		return fmt.Errorf("mounting the EFI system partition: %w", err)
 	}
 	return nil
-}
-
-// findPartition returns "MAJOR:MINOR" of the partition with the GPT name,
-// waiting for the kernel to scan the disks.
-func findPartition(name string, wait time.Duration) (string, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		files, _ := filepath.Glob("/sys/class/block/*/uevent")
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			var major, minor, partname string
-			for _, l := range strings.Split(string(b), "\n") {
-				k, v, _ := strings.Cut(l, "=")
-				switch k {
-				case "MAJOR":
-					major = v
-				case "MINOR":
-					minor = v
-				case "PARTNAME":
-					partname = v
-				}
-			}
-			if partname == name {
-				return major + ":" + minor, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no partition named %s", name)
-		}
-		time.Sleep(100 * time.Millisecond) // waiting for the partition scan, bounded
-	}
 }
