@@ -15,6 +15,7 @@ import (
 	"github.com/rigos/rigos/agent/internal/config"
 	"github.com/rigos/rigos/agent/internal/daemon"
 	pconfig "github.com/rigos/rigos/pkg/config"
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 func main() {
@@ -25,7 +26,7 @@ func main() {
 }
 
 func run() error {
-	path := flag.String("config", "/etc/rigos/agent.json", "configuration file")
+	path := flag.String("config", layout.AgentConfig, "configuration file")
 	flag.Parse()
 	cfg, err := config.Load(*path)
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 	diskfs "github.com/diskfs/go-diskfs"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 
-	"github.com/rigos/rigos/pkg/imager/disk"
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 var (
@@ -49,13 +49,13 @@ func TestStateBoundToBuild(t *testing.T) {
 	work := t.TempDir()
 	rawA := filepath.Join(work, "a.raw")
 	qemuImg(t, "convert", "-O", "raw", Disk(dir), rawA)
-	sumA := partitionSum(t, rawA, disk.StateName)
+	sumA := partitionSum(t, rawA, layout.StatePartition)
 
 	// The owner puts build B's ESP on the rig's disk: B's image with
 	// A's state partition.
 	rawB := filepath.Join(work, "b.raw")
 	qemuImg(t, "convert", "-O", "raw", b.QCOW2, rawB)
-	copyPartition(t, rawA, rawB, disk.StateName)
+	copyPartition(t, rawA, rawB, layout.StatePartition)
 	bootOn(t, &o, rawB)
 	vm = startVM(t, o)
 	i, err := vm.WaitFor(bootDeadline, stateUnavailable, stateUnlocked)
@@ -69,7 +69,7 @@ func TestStateBoundToBuild(t *testing.T) {
 	t.Logf("build B: state partition unavailable: %s", why)
 	vm.Stop()
 	qemuImg(t, "convert", "-O", "raw", Disk(dir), rawB)
-	if partitionSum(t, rawB, disk.StateName) != sumA {
+	if partitionSum(t, rawB, layout.StatePartition) != sumA {
 		t.Error("build B changed the state partition")
 	}
 

@@ -28,7 +28,7 @@ import (
 
 	"github.com/rigos/rigos/internal/ociarchive"
 	"github.com/rigos/rigos/pkg/api/apiv1"
-	"github.com/rigos/rigos/pkg/imager/disk"
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 // runResult is what RunWorkload streamed back.
@@ -501,7 +501,7 @@ func agentRSS(console string) (idle, busy []string) {
 // statePartition returns the RIGOS-STATE partition of a raw disk image.
 func statePartition(t *testing.T, path string, raw []byte) []byte {
 	t.Helper()
-	start, size := partitionRange(t, path, disk.StateName)
+	start, size := partitionRange(t, path, layout.StatePartition)
 	return raw[start : start+size]
 }
 

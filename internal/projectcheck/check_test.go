@@ -202,3 +202,20 @@ func TestThreatModelNamesRealTests(t *testing.T) {
 		}
 	}
 }
+
+// The image layout (pkg/layout) is constants that init, the agent and the
+// imager share: it links only the standard library, so init may import it
+// without growing.
+func TestLayoutLinksOnlyStdlib(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./pkg/layout")
+	cmd.Dir = root(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, dep := range strings.Fields(string(out)) {
+		if dep != "github.com/rigos/rigos/pkg/layout" {
+			t.Errorf("pkg/layout links %s", dep)
+		}
+	}
+}

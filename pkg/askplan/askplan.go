@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/config"
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 // Version is the plan format this build reads.
@@ -24,7 +25,7 @@ const Version = 1
 const DefaultMaxDuration = 24 * time.Hour
 
 // Path is where the plan lives on the EFI system partition.
-const Path = "RIGOS/plan.json"
+const Path = layout.ESPPlan
 
 // Plan is an ASK plan.
 type Plan struct {

@@ -1,6 +1,6 @@
 // Package bootconfig is the configuration the imager bakes into the
-// initramfs for init (/etc/rigos/init.json): network, the agent's command
-// line, the modules to load and the build time.
+// initramfs for init (layout.InitConfig, /etc/rigos/init.json): network,
+// the agent's command line, the modules to load and the build time.
 package bootconfig
 
 import (
@@ -10,15 +10,8 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/config"
+	"github.com/rigos/rigos/pkg/layout"
 )
-
-// Path is where the imager bakes init's configuration.
-const Path = "/etc/rigos/init.json"
-
-// CARootsPath is where the registries' CA roots lie on the system
-// partition, relative to its root (mounted at /system); init points the
-// agent's SSL_CERT_FILE at it when the image carries one.
-const CARootsPath = "etc/ssl/certs/ca-certificates.crt"
 
 // Network configures the first NIC with link.
 type Network struct {
@@ -56,7 +49,7 @@ type Config struct {
 // Module is one kernel module the image may load.
 type Module struct {
 	Name string `json:"name"`
-	// Path is relative to /lib/modules.
+	// Path is relative to /lib/modules (layout.ModulesDir).
 	Path string   `json:"path"`
 	Deps []string `json:"deps,omitempty"`
 	// Devices are modalias patterns of the hardware the module drives.
@@ -77,10 +70,10 @@ func (c *Config) Defaults() {
 		c.Network.Timeout = config.Duration(30 * time.Second)
 	}
 	if len(c.Agent) == 0 {
-		c.Agent = []string{"/system/usr/bin/agent", "-config", "/etc/rigos/agent.json"}
+		c.Agent = []string{layout.SystemBinary("agent"), "-config", layout.AgentConfig}
 	}
 	if len(c.Containerd) == 0 {
-		c.Containerd = []string{"/system/usr/bin/containerd", "--config", "/etc/rigos/containerd.toml"}
+		c.Containerd = []string{layout.SystemBinary("containerd"), "--config", layout.ContainerdConfig}
 	}
 }
 

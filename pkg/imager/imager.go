@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"strings"
 	"time"
@@ -35,6 +36,8 @@ import (
 	"github.com/rigos/rigos/pkg/imager/sbkeys"
 	"github.com/rigos/rigos/pkg/imager/uki"
 	"github.com/rigos/rigos/pkg/keyfile"
+	"github.com/rigos/rigos/pkg/layout"
+	"github.com/rigos/rigos/pkg/layout/agentconfig"
 	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/verity"
 )
@@ -68,14 +71,14 @@ type Options struct {
 	// Default is 2026-01-01.
 	Epoch int64
 	// Plan is the supplier's ASK plan file (pkg/askplan), checked and
-	// written to the ESP as RIGOS/plan.json. Optional: without one the
+	// written to the ESP as RIGOS/plan.json (layout.ESPPlan). Optional: without one the
 	// rig offers the whole machine. It is the supplier's to change after
 	// flashing, so it is not part of the measured UKI.
 	Plan string
 	// CARoots is a PEM bundle of the certificate authorities the node
 	// trusts for registries (hack/ca-roots.sh makes one from Debian's
 	// pinned ca-certificates), placed on the measured system partition
-	// at CARootsPath. Optional: without it the node can pull only over
+	// at layout.CARoots. Optional: without it the node can pull only over
 	// plain HTTP, and so never with credentials.
 	CARoots string
 	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
@@ -167,9 +170,6 @@ var binaries = []struct {
 		ldflags: `-s -w -buildid= -extldflags "-static -Wl,--build-id=none"`},
 }
 
-// SystemBinaries are the executables on the system partition.
-var SystemBinaries = []string{"agent", "containerd", "containerd-shim-runc-v2", "runc"}
-
 // Build builds the image.
 func Build(o Options) (*Result, error) {
 	if err := o.check(); err != nil {
@@ -247,7 +247,7 @@ func Build(o Options) (*Result, error) {
 	}
 	// The system partition's root hash is part of the measured command
 	// line: changing one block of it changes PCR 11 and the UKI digest.
-	extra := append([]string{"rigos.system=" + tree.Param()}, o.ExtraCmdline...)
+	extra := append([]string{layout.SystemParam + "=" + tree.Param()}, o.ExtraCmdline...)
 	if o.Console != "" {
 		extra = append(extra, "console="+o.Console)
 	}
@@ -293,15 +293,15 @@ func Build(o Options) (*Result, error) {
 	if err := os.WriteFile(r.System, system, 0o644); err != nil {
 		return nil, err
 	}
-	layout := disk.Layout{Seed: sum[:]}
+	sizes := disk.Layout{Seed: sum[:]}
 	if o.Plan != "" {
 		plan, err := os.ReadFile(o.Plan)
 		if err != nil {
 			return nil, err
 		}
-		layout.Files = map[string][]byte{"/" + askplan.Path: plan}
+		sizes.Files = map[string][]byte{"/" + layout.ESPPlan: plan}
 	}
-	if r.SystemOffset, err = disk.Write(r.Raw, signed, system, layout); err != nil {
+	if r.SystemOffset, err = disk.Write(r.Raw, signed, system, sizes); err != nil {
 		return nil, err
 	}
 	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", r.Raw, r.QCOW2).CombinedOutput(); err != nil {
@@ -331,9 +331,6 @@ func Build(o Options) (*Result, error) {
 	step("manifest %s: build %s, PCR 4 %x…, PCR 11 %x…", r.Manifest, r.Build, ukiDigest[:6], pcr11[:6])
 	return r, nil
 }
-
-// CARootsPath is where the registry CA roots lie on the system partition.
-const CARootsPath = bootconfig.CARootsPath
 
 // checkCARoots refuses a CA bundle that holds no parsable certificate or
 // anything but certificates.
@@ -370,15 +367,15 @@ func checkCARoots(path string) error {
 func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *verity.Tree, error) {
 	root := filepath.Join(tmp, "system")
 	files := map[string][]byte{}
-	for _, name := range SystemBinaries {
-		files["usr/bin/"+name] = bins[name]
+	for _, name := range layout.SystemBinaries {
+		files[path.Join(layout.SystemBinDir, name)] = bins[name]
 	}
 	if o.CARoots != "" {
 		b, err := os.ReadFile(o.CARoots)
 		if err != nil {
 			return nil, nil, err
 		}
-		files[CARootsPath] = b
+		files[layout.CARoots] = b
 	}
 	for name, data := range files {
 		p := filepath.Join(root, name)
@@ -395,7 +392,7 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *
 		if err != nil {
 			return err
 		}
-		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, "usr/bin/") {
+		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, layout.SystemBinDir+"/") {
 			return os.Chmod(p, 0o644)
 		}
 		return os.Chmod(p, 0o755)
@@ -404,7 +401,7 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *
 		return nil, nil, err
 	}
 	img := filepath.Join(tmp, "system.erofs")
-	uuid := sha256.Sum256([]byte(fmt.Sprint("rigos-system", o.Epoch)))
+	uuid := sha256.Sum256([]byte(fmt.Sprint(layout.SystemMapping, o.Epoch)))
 	u := hex.EncodeToString(uuid[:16])
 	cmd := exec.Command("mkfs.erofs", "-zlz4hc", fmt.Sprintf("-T%d", o.Epoch),
 		"-U", u[0:8]+"-"+u[8:12]+"-"+u[12:16]+"-"+u[16:20]+"-"+u[20:32], "--all-root", "-x", "-1", img, root)
@@ -450,8 +447,8 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 	}
 	var modules []bootconfig.Module
 	entries := []cpio.Entry{
-		{Name: "init", Mode: cpio.TypeReg | 0o755, Data: bins["init"]},
-		{Name: "etc/rigos/verifier-ca.crt", Mode: cpio.TypeReg | 0o644, Data: ca},
+		{Name: inInitramfs(layout.Init), Mode: cpio.TypeReg | 0o755, Data: bins["init"]},
+		{Name: inInitramfs(layout.VerifierCA), Mode: cpio.TypeReg | 0o644, Data: ca},
 		{Name: "dev/console", Mode: cpio.TypeChar | 0o600, RdevMajor: 5, RdevMinor: 1},
 	}
 	for _, d := range []string{"proc", "sys", "run", "tmp", "var"} {
@@ -462,22 +459,24 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 		if err != nil {
 			return nil, err
 		}
-		entries = append(entries, cpio.Entry{Name: filepath.Join("lib/modules", m.Path), Mode: cpio.TypeReg | 0o644, Data: b})
+		entries = append(entries, cpio.Entry{Name: filepath.Join(inInitramfs(layout.ModulesDir), m.Path), Mode: cpio.TypeReg | 0o644, Data: b})
 		modules = append(modules, bootconfig.Module{Name: m.Name, Path: m.Path, Deps: m.Deps, Devices: m.Devices, Wanted: m.Wanted})
 	}
-	initCfg := bootconfig.Config{Network: o.Network, Modules: modules, BuildTime: o.Epoch}
-	agentCfg := map[string]any{
-		"node_id": o.NodeID, "verifier": o.Verifier, "ca_cert": "/etc/rigos/verifier-ca.crt", "tpm": "device",
-		"state_dir": "/run/rigos/agent", "runtime_log": "/run/rigos/runtime.cel",
-		"containerd": "/run/containerd/containerd.sock", "scratch_dir": "/var/lib/rigos/scratch",
+	initCfg, err := json.MarshalIndent(bootconfig.Config{Network: o.Network, Modules: modules, BuildTime: o.Epoch}, "", "  ")
+	if err != nil {
+		return nil, err
 	}
-	entries = append(entries, cpio.Entry{Name: "etc/rigos/containerd.toml", Mode: cpio.TypeReg | 0o644, Data: []byte(ContainerdConfig)})
-	for name, v := range map[string]any{"etc/rigos/init.json": initCfg, "etc/rigos/agent.json": agentCfg} {
-		b, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return nil, err
-		}
-		entries = append(entries, cpio.Entry{Name: name, Mode: cpio.TypeReg | 0o644, Data: append(b, '\n')})
+	agentCfg, err := agentconfig.Encode(o.agentConfig())
+	if err != nil {
+		return nil, err
+	}
+	// cpio.Write orders the entries by name.
+	for name, data := range map[string][]byte{
+		layout.ContainerdConfig: []byte(ContainerdConfig),
+		layout.InitConfig:       append(initCfg, '\n'),
+		layout.AgentConfig:      agentCfg,
+	} {
+		entries = append(entries, cpio.Entry{Name: inInitramfs(name), Mode: cpio.TypeReg | 0o644, Data: data})
 	}
 	var raw bytes.Buffer
 	if err := cpio.Write(&raw, entries); err != nil {
@@ -504,12 +503,25 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 	return out.Bytes(), nil
 }
 
+// inInitramfs is the name in the initramfs archive of the file at p on
+// the booted system.
+func inInitramfs(p string) string { return strings.TrimPrefix(p, "/") }
+
+// agentConfig is the agent's configuration in the image.
+func (o *Options) agentConfig() *agentconfig.Config {
+	return &agentconfig.Config{
+		NodeID: o.NodeID, Verifier: o.Verifier, CACert: layout.VerifierCA, TPM: "device",
+		StateDir: layout.AgentStateDir, RuntimeLog: layout.RuntimeLog,
+		Containerd: layout.ContainerdSocket, ScratchDir: layout.ScratchDir,
+	}
+}
+
 // ContainerdConfig is containerd's configuration in the image: its root
 // on the encrypted state partition, its socket under /run, no CRI, and
 // CDI specs (GPUs) from /run/cdi.
 const ContainerdConfig = `version = 3
-root = "/var/lib/rigos/containerd"
-state = "/run/containerd"
+root = "` + layout.ContainerdRoot + `"
+state = "` + layout.ContainerdState + `"
 disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.snapshotter.v1.blockfile",
@@ -518,15 +530,15 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "/run/containerd/containerd.sock"
+  address = "` + layout.ContainerdSocket + `"
   uid = 0
   gid = 0
 
 [ttrpc]
-  address = "/run/containerd/containerd.sock.ttrpc"
+  address = "` + layout.ContainerdTTRPCSocket + `"
 
 [plugins."io.containerd.cdi.v1.cdi"]
-  spec_dirs = ["/run/cdi"]
+  spec_dirs = ["` + layout.CDIDir + `"]
 `
 
 // ensureManifestKey loads (or, for development, creates) the Ed25519 key

@@ -1,10 +1,13 @@
 package imager
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/rigos/rigos/pkg/layout/agentconfig"
 )
 
 // Missing inputs and a malformed ASK plan are all named before anything
@@ -69,3 +72,53 @@ Npjr/G/Rj5wL+p0P3yoCIQCeTnL1mZrAF4wiO692d3aNw4JL8fESXD7kFxaUh6g6
 6Q==
 -----END CERTIFICATE-----
 `
+
+// The configurations baked into the initramfs keep their bytes: the
+// agent's as the untyped map the imager once wrote, containerd's as its
+// literal text.
+func TestBakedConfigsUnchanged(t *testing.T) {
+	for _, o := range []Options{
+		{Verifier: "verifier.example:7443"},
+		{Verifier: "10.0.2.2:7443", NodeID: "rig-<1>&2"},
+	} {
+		old, err := json.MarshalIndent(map[string]any{
+			"node_id": o.NodeID, "verifier": o.Verifier, "ca_cert": "/etc/rigos/verifier-ca.crt", "tpm": "device",
+			"state_dir": "/run/rigos/agent", "runtime_log": "/run/rigos/runtime.cel",
+			"containerd": "/run/containerd/containerd.sock", "scratch_dir": "/var/lib/rigos/scratch",
+		}, "", "  ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := agentconfig.Encode(o.agentConfig())
+		if err != nil {
+			t.Fatalf("Encode() = %v", err)
+		}
+		if want := string(append(old, '\n')); string(got) != want {
+			t.Errorf("agent.json = %s, want %s", got, want)
+		}
+	}
+	const oldContainerd = `version = 3
+root = "/var/lib/rigos/containerd"
+state = "/run/containerd"
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.native",
+]
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+  uid = 0
+  gid = 0
+
+[ttrpc]
+  address = "/run/containerd/containerd.sock.ttrpc"
+
+[plugins."io.containerd.cdi.v1.cdi"]
+  spec_dirs = ["/run/cdi"]
+`
+	if ContainerdConfig != oldContainerd {
+		t.Errorf("ContainerdConfig = %s, want %s", ContainerdConfig, oldContainerd)
+	}
+}

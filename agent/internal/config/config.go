@@ -1,87 +1,21 @@
-// Package config is the agent's file configuration. On a RigOS image it
-// is baked into the initramfs by the imager.
+// Package config loads the agent's file configuration. The file's type
+// (fields, defaults, validation) is pkg/layout/agentconfig, shared with
+// the imager, which bakes it into the initramfs.
 package config
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
-	"time"
 
-	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/config"
+	"github.com/rigos/rigos/pkg/layout/agentconfig"
 )
 
-// Config is the agent configuration file (JSON). Relative paths are
-// relative to the file's folder.
-type Config struct {
-	// NodeID identifies the rig to the platform. Default is derived from
-	// the TPM's endorsement key ("rig-" and 16 hex digits), so one image
-	// serves many rigs.
-	NodeID string `json:"node_id"`
-	// Verifier is the verifier's host:port. Required.
-	Verifier string `json:"verifier"`
-	// CACert is the CA (PEM) that signed the verifier's certificate.
-	// Required.
-	CACert string `json:"ca_cert"`
-	// ServerName overrides the TLS name checked. Default is the host of
-	// Verifier.
-	ServerName string `json:"server_name"`
-	// TPM is "device" or "simulator" (development only: a simulated
-	// measured boot on the go-tpm-tools simulator, needs a cgo build).
-	// Default is "device".
-	TPM string `json:"tpm"`
-	// TPMPaths are the devices tried in order. Default is /dev/tpmrm0,
-	// /dev/tpm0.
-	TPMPaths []string `json:"tpm_paths"`
-	// SimulatorSeed fixes the simulator's EK. Default is 0.
-	SimulatorSeed int64 `json:"simulator_seed"`
-	// StateDir keeps the TPM-wrapped AK. Default is /var/lib/rigos-agent.
-	StateDir string `json:"state_dir"`
-	// RuntimeLog is the runtime event log init and the agent append to.
-	// Default is /run/rigos/runtime.cel.
-	RuntimeLog string `json:"runtime_log"`
-	// Containerd is containerd's socket. Empty means this node runs no
-	// workloads.
-	Containerd string `json:"containerd"`
-	// ScratchDir holds workloads' scratch space, wiped when they end.
-	// Default is /var/lib/rigos/scratch.
-	ScratchDir string `json:"scratch_dir"`
-	// GPUs is "auto" (use the NVIDIA GPUs NVML finds; needs an agent
-	// built with cgo and the driver) or "off". Default is "auto".
-	GPUs string `json:"gpus"`
-	// CDIDir is where the agent writes the GPUs' CDI specification for
-	// containerd. Default is /run/cdi.
-	CDIDir string `json:"cdi_dir"`
-	// PlanFile is the supplier's ASK plan (pkg/askplan) on the EFI
-	// partition. Default is /run/rigos/esp/RIGOS/plan.json. When it
-	// exists it replaces Plan; when it is malformed the node takes no
-	// workloads and says why.
-	PlanFile string `json:"plan_file"`
-	// Plan is what the supplier sells when there is no plan file:
-	// workloads asking for more are refused. Zero fields mean the whole
-	// machine.
-	Plan Plan `json:"plan"`
-	// ReconnectMin and ReconnectMax bound the reconnect backoff.
-	// Defaults are "1s" and "1m".
-	ReconnectMin config.Duration `json:"reconnect_min"`
-	ReconnectMax config.Duration `json:"reconnect_max"`
-	// LogLevel is debug, info, warn or error. Default is "info".
-	LogLevel string `json:"log_level"`
-}
+// Config is the agent configuration file (JSON); see agentconfig.Config.
+type Config = agentconfig.Config
 
-// Plan is the node's ASK plan: the resources it offers to workloads.
-type Plan struct {
-	// CPUs is the number of cores offered, fractions allowed.
-	CPUs float64 `json:"cpus"`
-	// MemoryMB is the memory offered, in MiB.
-	MemoryMB int64 `json:"memory_mb"`
-	// GPUs is the number of GPUs offered.
-	GPUs int `json:"gpus"`
-	// MaxDuration caps a workload's run time. Default is "24h".
-	MaxDuration config.Duration `json:"max_duration"`
-}
+// Plan is the node's ASK plan; see agentconfig.Plan.
+type Plan = agentconfig.Plan
 
 // Load reads path, applies defaults and validates.
 func Load(path string) (*Config, error) {
@@ -97,73 +31,4 @@ func Load(path string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return &c, nil
-}
-
-// Defaults fills in unset fields.
-func (c *Config) Defaults() {
-	if c.TPM == "" {
-		c.TPM = "device"
-	}
-	if c.StateDir == "" {
-		c.StateDir = "/var/lib/rigos-agent"
-	}
-	if c.RuntimeLog == "" {
-		c.RuntimeLog = "/run/rigos/runtime.cel"
-	}
-	if c.GPUs == "" {
-		c.GPUs = "auto"
-	}
-	if c.CDIDir == "" {
-		c.CDIDir = "/run/cdi"
-	}
-	if c.PlanFile == "" {
-		c.PlanFile = "/run/rigos/esp/RIGOS/plan.json"
-	}
-	if c.ScratchDir == "" {
-		c.ScratchDir = "/var/lib/rigos/scratch"
-	}
-	if c.Plan.MaxDuration == 0 {
-		c.Plan.MaxDuration = config.Duration(askplan.DefaultMaxDuration)
-	}
-	if c.ReconnectMin == 0 {
-		c.ReconnectMin = config.Duration(time.Second)
-	}
-	if c.ReconnectMax == 0 {
-		c.ReconnectMax = config.Duration(time.Minute)
-	}
-	if c.LogLevel == "" {
-		c.LogLevel = "info"
-	}
-	if c.ServerName == "" {
-		if h, _, err := net.SplitHostPort(c.Verifier); err == nil {
-			c.ServerName = h
-		}
-	}
-}
-
-// Validate reports every problem at once.
-func (c *Config) Validate() error {
-	var errs []error
-	if _, _, err := net.SplitHostPort(c.Verifier); err != nil {
-		errs = append(errs, fmt.Errorf("verifier %q: want host:port", c.Verifier))
-	}
-	if c.CACert == "" {
-		errs = append(errs, errors.New("ca_cert is required"))
-	}
-	if c.TPM != "device" && c.TPM != "simulator" {
-		errs = append(errs, fmt.Errorf("tpm %q: want device or simulator", c.TPM))
-	}
-	if c.GPUs != "auto" && c.GPUs != "off" {
-		errs = append(errs, fmt.Errorf("gpus %q: want auto or off", c.GPUs))
-	}
-	if c.Plan.CPUs < 0 || c.Plan.MemoryMB < 0 || c.Plan.GPUs < 0 {
-		errs = append(errs, errors.New("plan: negative resources"))
-	}
-	if c.ReconnectMin > c.ReconnectMax {
-		errs = append(errs, errors.New("reconnect_min exceeds reconnect_max"))
-	}
-	if _, err := config.ParseLogLevel(c.LogLevel); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
 }

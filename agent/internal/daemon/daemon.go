@@ -30,6 +30,7 @@ import (
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/session"
 	"github.com/rigos/rigos/pkg/tpm"
@@ -76,7 +77,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		nodeID = NodeIDFromEK(ek)
 	}
 	cg := selfCgroup()
-	weight, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup", cg, "cpu.weight"))
+	weight, _ := os.ReadFile(filepath.Join(layout.CgroupRoot, cg, "cpu.weight"))
 	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", cg, "cpu_weight", strings.TrimSpace(string(weight)))
 
 	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log}

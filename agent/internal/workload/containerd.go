@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 // Namespace is the containerd namespace of RigOS workloads.
@@ -388,7 +389,7 @@ func (c *Containerd) Cleanup(ctx context.Context) ([]string, error) {
 func (c *Containerd) oomKills(id string) int {
 	root := c.CgroupRoot
 	if root == "" {
-		root = "/sys/fs/cgroup"
+		root = layout.CgroupRoot
 	}
 	f, err := os.Open(filepath.Join(root, Namespace, id, "memory.events"))
 	if err != nil {

@@ -5,6 +5,11 @@
 // network, starts and supervises the agent, reaps orphans, and reboots
 // when something it cannot recover from happens. It starts nothing else:
 // there is no shell, getty or login anywhere in the image.
+//
+// The boot is a table of named steps (bootSteps), some of which end in a
+// measured boot phase; the files init reads and writes are named in
+// pkg/layout, and the devices it looks for are read from a sysfs tree
+// (sysfs, /sys on a booted system) that tests build in a folder.
 package pid1
 
 // Sysctls are the hardening settings init applies, in order.

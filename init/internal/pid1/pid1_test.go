@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 type fakeProbe struct {
@@ -32,7 +34,7 @@ func hardened() *fakeProbe {
 			"/proc/sys/kernel/modules_disabled": "1\n",
 			"/proc/sys/kernel/sysrq":            "0\n",
 		},
-		exes: append([]string(nil), Allowed...),
+		exes: layout.Executables(),
 	}
 }
 

@@ -6,6 +6,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 // Check is one hostile-owner check run inside the booted image.
@@ -28,15 +30,11 @@ type Probe interface {
 	Executables() ([]string, error)
 }
 
-// Allowed executables in a RigOS image.
-// containerd, its shim and runc run workloads; workload images (under
-// WorkloadRoot) are executable only inside containers and are not listed.
-var Allowed = []string{"/init", "/system/usr/bin/agent", "/system/usr/bin/containerd",
-	"/system/usr/bin/containerd-shim-runc-v2", "/system/usr/bin/runc"}
-
-// WorkloadRoot holds containerd's content and snapshots, on the
-// encrypted state partition.
-const WorkloadRoot = "var/lib/rigos/containerd"
+// workloadRoot holds containerd's content and snapshots, on the
+// encrypted state partition, relative to the root: the files of workload
+// images there are executable only inside containers, so the check for
+// executables does not look there.
+var workloadRoot = strings.TrimPrefix(layout.ContainerdRoot, "/")
 
 // SelfCheck runs the checks that show the owner has no way in.
 func SelfCheck(p Probe) []Check {
@@ -66,7 +64,9 @@ func SelfCheck(p Probe) []Check {
 	if err != nil {
 		got = err.Error()
 	}
-	add("executables", err == nil && strings.Join(Allowed, ",") == got, got)
+	// The allowed executables are layout.Executables: init, the agent,
+	// and containerd, its shim and runc, which run workloads.
+	add("executables", err == nil && strings.Join(layout.Executables(), ",") == got, got)
 	for _, sh := range []string{"/bin/sh", "/bin/bash", "/bin/busybox", "/usr/bin/sh", "/sbin/getty"} {
 		if _, err := p.ReadFile(sh); err == nil {
 			add("no shell", false, sh)
@@ -112,7 +112,7 @@ func (realProbe) Executables() ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() && (p == "proc" || p == "sys" || p == "dev" || p == "run" || p == "tmp" || p == WorkloadRoot) {
+		if d.IsDir() && (p == "proc" || p == "sys" || p == "dev" || p == "run" || p == "tmp" || p == workloadRoot) {
 			return fs.SkipDir
 		}
 		if d.Type().IsRegular() {

@@ -4,10 +4,12 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 func (realProbe) MountDebugfs() bool {
-	dir := "/run/rigos/debugfs-probe"
+	dir := layout.DebugfsProbe
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false
 	}

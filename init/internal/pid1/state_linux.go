@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
@@ -14,30 +13,27 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rigos/rigos/pkg/devmapper"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/statedisk"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
-// StateMount is where the decrypted STATE partition is mounted:
-// containerd's content store and snapshots, and the agent's state.
-const StateMount = "/var/lib/rigos"
-
 // unlockState opens the encrypted RIGOS-STATE partition with the key
 // sealed in the TPM, or creates it on first boot, and mounts it on
-// StateMount. It must run while PCR 15 is at the "modules-locked" phase:
+// layout.StateMount. It must run while PCR 15 is at the "modules-locked" phase:
 // that value is part of the seal, and of the creation data the unseal
 // checks. A damaged header, a key that does not unseal (tpm.ErrPolicy:
 // another build or boot chain) or a sealed key this boot chain did not
 // create (tpm.ErrForged: a volume the owner wrote, or one from before
 // creation checks) leaves the partition untouched, and the node runs
 // without workloads.
-func unlockState(rw io.ReadWriter) error {
-	part, err := findPartition("RIGOS-STATE", 20*time.Second)
+func unlockState(sys sysfs, rw io.ReadWriter) error {
+	part, err := sys.findPartition(layout.StatePartition, 20*time.Second)
 	if err != nil {
 		return err
 	}
-	devPath, err := blockDevice(part)
+	devPath, err := sys.blockDevice(part)
 	if err != nil {
 		return err
 	}
@@ -84,7 +80,7 @@ func unlockState(rw io.ReadWriter) error {
 	}
 
 	dataSize := size - dataOffset
-	mapped, err := devmapper.Create("rigos-state", []devmapper.Target{{
+	mapped, err := devmapper.Create(layout.StateMapping, []devmapper.Target{{
 		Start: 0, Length: uint64(dataSize / 512), Type: "crypt",
 		Params: devmapper.CryptParams(luks2.Cipher, key, part, uint64(dataOffset/512)),
 	}})
@@ -107,14 +103,14 @@ func unlockState(rw io.ReadWriter) error {
 		say("state partition %s created: ext4 in LUKS2 (%s), passphrase sealed to PCRs %v (%s)",
 			devPath, luks2.Cipher, statedisk.SealPCRs, time.Since(start).Round(time.Millisecond))
 	}
-	if err := os.MkdirAll(StateMount, 0o700); err != nil {
+	if err := os.MkdirAll(layout.StateMount, 0o700); err != nil {
 		return err
 	}
-	if err := unix.Mount(mapped, StateMount, "ext4", unix.MS_NOSUID|unix.MS_NODEV, "errors=remount-ro"); err != nil {
+	if err := unix.Mount(mapped, layout.StateMount, "ext4", unix.MS_NOSUID|unix.MS_NODEV, "errors=remount-ro"); err != nil {
 		return fmt.Errorf("mounting the state partition: %w", err)
 	}
 	if !fresh {
-		say("state partition %s unlocked with the TPM-sealed key and mounted on %s", devPath, StateMount)
+		say("state partition %s unlocked with the TPM-sealed key and mounted on %s", devPath, layout.StateMount)
 	}
 	return nil
 }
@@ -150,23 +146,9 @@ func formatState(dev string, size int64) error {
 	}
 	defer f.Close()
 	if _, err := ext4.Create(file.New(f, false), size, 0, 512, &ext4.Params{
-		SectorsPerBlock: 8, VolumeName: "rigos-state",
+		SectorsPerBlock: 8, VolumeName: layout.StateLabel,
 	}); err != nil {
 		return fmt.Errorf("creating ext4 on the state partition: %w", err)
 	}
 	return f.Sync()
-}
-
-// blockDevice returns the /dev path of the block device "MAJOR:MINOR".
-func blockDevice(num string) (string, error) {
-	b, err := os.ReadFile("/sys/dev/block/" + num + "/uevent")
-	if err != nil {
-		return "", err
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if name, ok := strings.CutPrefix(l, "DEVNAME="); ok {
-			return "/dev/" + name, nil
-		}
-	}
-	return "", fmt.Errorf("block device %s has no name", num)
 }

@@ -3,30 +3,22 @@ package pid1
 import (
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/rigos/rigos/pkg/cmdline"
 	"github.com/rigos/rigos/pkg/devmapper"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/verity"
 )
-
-// SystemParam is the command-line setting that describes the system
-// partition's dm-verity tree; it is part of the measured UKI.
-const SystemParam = "rigos.system"
-
-// SystemMount is where the verified system partition is mounted.
-const SystemMount = "/system"
 
 // mountSystem sets up dm-verity over the RIGOS-SYSTEM partition with the
 // root hash from the (measured) command line and mounts it read-only.
 // Every block read is checked against that root hash; a changed block
 // reads as an I/O error. It reports false when the image has no system
 // partition.
-func mountSystem() (bool, error) {
+func mountSystem(sys sysfs) (bool, error) {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return false, err
@@ -35,7 +27,7 @@ func mountSystem() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	param, ok := args[SystemParam]
+	param, ok := args[layout.SystemParam]
 	if !ok {
 		return false, nil
 	}
@@ -43,82 +35,45 @@ func mountSystem() (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	dev, err := findPartition("RIGOS-SYSTEM", 20*time.Second)
+	dev, err := sys.findPartition(layout.SystemPartition, 20*time.Second)
 	if err != nil {
 		return false, err
 	}
 	params := devmapper.VerityParams(dev, blocks, root, salt)
-	mapped, err := devmapper.CreateReadOnly("rigos-system", []devmapper.Target{
+	mapped, err := devmapper.CreateReadOnly(layout.SystemMapping, []devmapper.Target{
 		{Start: 0, Length: blocks * verity.BlockSize / 512, Type: "verity", Params: params},
 	})
 	if err != nil {
 		return false, err
 	}
-	if err := os.MkdirAll(SystemMount, 0o755); err != nil {
+	if err := os.MkdirAll(layout.SystemMount, 0o755); err != nil {
 		return false, err
 	}
-	if err := unix.Mount(mapped, SystemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
+	if err := unix.Mount(mapped, layout.SystemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 		return false, fmt.Errorf("mounting the system partition: %w", err)
 	}
-	say("system partition %s verified by dm-verity (root %x…) and mounted on %s", dev, root[:6], SystemMount)
+	say("system partition %s verified by dm-verity (root %x…) and mounted on %s", dev, root[:6], layout.SystemMount)
 	return true, nil
 }
 
-// ESPMount is where init mounts the EFI system partition, read-only:
-// the agent reads the supplier's ASK plan there.
-const ESPMount = "/run/rigos/esp"
-
-// mountESP mounts the RIGOS-ESP partition (pkg/imager/disk.ESPName)
-// read-only, without device files, set-id or executables.
-func mountESP() error {
-	num, err := findPartition("RIGOS-ESP", 5*time.Second)
+// mountESP mounts the RIGOS-ESP partition on layout.ESPMount,
+// read-only, without device files, set-id or executables: the agent
+// reads the supplier's ASK plan there.
+func mountESP(sys sysfs) error {
+	num, err := sys.findPartition(layout.ESPPartition, 5*time.Second)
 	if err != nil {
 		return err
 	}
-	dev, err := blockDevice(num)
+	dev, err := sys.blockDevice(num)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(ESPMount, 0o755); err != nil {
+	if err := os.MkdirAll(layout.ESPMount, 0o755); err != nil {
 		return err
 	}
-	if err := unix.Mount(dev, ESPMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
+	if err := unix.Mount(dev, layout.ESPMount, "vfat", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
 		"codepage=437,iocharset=ascii,fmask=0133,dmask=0022"); err != nil {
 		return fmt.Errorf("mounting the EFI system partition: %w", err)
 	}
 	return nil
-}
-
-// findPartition returns "MAJOR:MINOR" of the partition with the GPT name,
-// waiting for the kernel to scan the disks.
-func findPartition(name string, wait time.Duration) (string, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		files, _ := filepath.Glob("/sys/class/block/*/uevent")
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			var major, minor, partname string
-			for _, l := range strings.Split(string(b), "\n") {
-				k, v, _ := strings.Cut(l, "=")
-				switch k {
-				case "MAJOR":
-					major = v
-				case "MINOR":
-					minor = v
-				case "PARTNAME":
-					partname = v
-				}
-			}
-			if partname == name {
-				return major + ":" + minor, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return "", fmt.Errorf("no partition named %s", name)
-		}
-		time.Sleep(100 * time.Millisecond) // waiting for the partition scan, bounded
-	}
 }

@@ -22,6 +22,8 @@ import (
 	"github.com/diskfs/go-diskfs/filesystem"
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
+
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 const (
@@ -29,13 +31,6 @@ const (
 	mib    = 1 << 20
 	// MinESP is the smallest ESP: FAT32 needs 65,525 clusters.
 	MinESP = 64 * mib
-)
-
-// Partition names, as the booted system finds them.
-const (
-	ESPName    = "RIGOS-ESP"
-	SystemName = "RIGOS-SYSTEM"
-	StateName  = "RIGOS-STATE"
 )
 
 // Layout sizes the image.
@@ -46,7 +41,8 @@ type Layout struct {
 	State int64
 	// Seed derives the disk and partition GUIDs (the build's digest).
 	Seed []byte
-	// Files are extra files for the ESP, by path ("/RIGOS/plan.json");
+	// Files are extra files for the ESP, by path ("/RIGOS/plan.json",
+	// layout.ESPPlan);
 	// their folders are created.
 	Files map[string][]byte
 }
@@ -81,11 +77,11 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 		GUID: guid(l.Seed, "disk"),
 		Partitions: []*gpt.Partition{
 			{Index: 1, Start: uint64(espStart / sector), End: uint64(sysStart/sector - 1), Type: gpt.EFISystemPartition,
-				Name: ESPName, GUID: guid(l.Seed, "esp")},
+				Name: layout.ESPPartition, GUID: guid(l.Seed, "esp")},
 			{Index: 2, Start: uint64(sysStart / sector), End: uint64(stateStart/sector - 1), Type: gpt.LinuxFilesystem,
-				Name: SystemName, GUID: guid(l.Seed, "system"), Attributes: 1 << 60}, // read-only
+				Name: layout.SystemPartition, GUID: guid(l.Seed, "system"), Attributes: 1 << 60}, // read-only
 			{Index: 3, Start: uint64(stateStart / sector), End: uint64((stateStart+l.State)/sector - 1), Type: gpt.LinuxFilesystem,
-				Name: StateName, GUID: guid(l.Seed, "state")},
+				Name: layout.StatePartition, GUID: guid(l.Seed, "state")},
 		},
 	}
 	if err := d.Partition(table); err != nil {
@@ -95,7 +91,7 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 	if _, err := d.WritePartitionContents(2, bytes.NewReader(padded)); err != nil {
 		return 0, fmt.Errorf("writing the system partition: %w", err)
 	}
-	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: "RIGOS", Reproducible: true})
+	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: layout.ESPLabel, Reproducible: true})
 	if err != nil {
 		return 0, fmt.Errorf("formatting ESP: %w", err)
 	}
@@ -163,7 +159,7 @@ func ReadUKI(path string) ([]byte, error) {
 	if !ok || t.RecoveredFromBackup {
 		return nil, errors.New("image has no intact GPT")
 	}
-	if len(t.Partitions) < 3 || t.Partitions[0].Name != ESPName || t.Partitions[1].Name != SystemName || t.Partitions[2].Name != StateName {
+	if len(t.Partitions) < 3 || t.Partitions[0].Name != layout.ESPPartition || t.Partitions[1].Name != layout.SystemPartition || t.Partitions[2].Name != layout.StatePartition {
 		return nil, errors.New("image does not have the RigOS partition layout")
 	}
 	fs, err := d.GetFilesystem(1)

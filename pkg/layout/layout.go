@@ -1,0 +1,165 @@
+// Package layout is the RigOS image's layout in one place: the GPT
+// partition names, where init mounts what, the runtime paths init and the
+// agent share, the files the imager bakes into the initramfs and the
+// system partition, and the executables a booted image holds. The
+// imager writes the image from these names and init and the agent find
+// their way around it with them, so a new path on the image is added
+// here and nowhere else.
+//
+// The package is constants and a few pure functions over them: it
+// imports nothing but the standard library, so init (which must stay
+// small) links it freely.
+package layout
+
+import (
+	"path"
+	"slices"
+)
+
+// Partition names in the GPT, as the imager writes them and init finds
+// them (the kernel's PARTNAME).
+const (
+	// ESPPartition is the EFI system partition: the UKI and the
+	// supplier's ASK plan.
+	ESPPartition = "RIGOS-ESP"
+	// SystemPartition is the read-only system partition: an EROFS file
+	// system and its dm-verity hash tree.
+	SystemPartition = "RIGOS-SYSTEM"
+	// StatePartition is the encrypted state partition, formatted on
+	// first boot.
+	StatePartition = "RIGOS-STATE"
+)
+
+// Names init gives the partitions once it opened them.
+const (
+	// ESPLabel is the ESP's FAT volume label.
+	ESPLabel = "RIGOS"
+	// SystemMapping is the device-mapper name of the verified system
+	// partition (/dev/mapper/rigos-system).
+	SystemMapping = "rigos-system"
+	// StateMapping is the device-mapper name of the decrypted state
+	// partition.
+	StateMapping = "rigos-state"
+	// StateLabel is the ext4 volume name of the state file system.
+	StateLabel = "rigos-state"
+)
+
+// Mount points on the booted system.
+const (
+	// SystemMount is where init mounts the verified system partition,
+	// read-only.
+	SystemMount = "/system"
+	// StateMount is where init mounts the decrypted state partition:
+	// containerd's content store and snapshots, and workloads' scratch
+	// space.
+	StateMount = "/var/lib/rigos"
+	// ESPMount is where init mounts the EFI system partition, read-only:
+	// the agent reads the supplier's ASK plan there.
+	ESPMount = RunDir + "/esp"
+	// CgroupRoot is where init mounts the cgroup v2 hierarchy.
+	CgroupRoot = "/sys/fs/cgroup"
+)
+
+// Runtime paths: on the /run tmpfs, gone at the next boot.
+const (
+	// RunDir is RigOS's own folder under /run, and HOME of the services
+	// init starts.
+	RunDir = "/run/rigos"
+	// RuntimeLog is the runtime event log (pkg/measure) init starts and
+	// the agent appends to and sends.
+	RuntimeLog = RunDir + "/runtime.cel"
+	// ResolvConf is where init writes the DNS servers of a static
+	// network configuration.
+	ResolvConf = RunDir + "/resolv.conf"
+	// DebugfsProbe is the folder init's self-check tries to mount
+	// debugfs on.
+	DebugfsProbe = RunDir + "/debugfs-probe"
+	// AgentStateDir is the agent's state folder on the image (the
+	// TPM-wrapped AK, kept for one boot).
+	AgentStateDir = RunDir + "/agent"
+	// ContainerdState is containerd's state folder.
+	ContainerdState = "/run/containerd"
+	// ContainerdSocket is containerd's gRPC socket.
+	ContainerdSocket = ContainerdState + "/containerd.sock"
+	// ContainerdTTRPCSocket is containerd's ttrpc socket.
+	ContainerdTTRPCSocket = ContainerdSocket + ".ttrpc"
+	// CDIDir holds the CDI specifications (the GPUs) the agent writes for
+	// containerd.
+	CDIDir = "/run/cdi"
+)
+
+// Paths on the state partition.
+const (
+	// ContainerdRoot holds containerd's content and snapshots. Workload
+	// files there are executable only inside containers.
+	ContainerdRoot = StateMount + "/containerd"
+	// ScratchDir holds workloads' scratch space, wiped when they end.
+	ScratchDir = StateMount + "/scratch"
+)
+
+// Files in the initramfs, where the booted system sees them.
+const (
+	// Init is init, the program the kernel starts as PID 1.
+	Init = "/init"
+	// ConfigDir holds the configurations the imager bakes.
+	ConfigDir = "/etc/rigos"
+	// InitConfig is init's configuration (pkg/bootconfig).
+	InitConfig = ConfigDir + "/init.json"
+	// AgentConfig is the agent's configuration (pkg/layout/agentconfig).
+	AgentConfig = ConfigDir + "/agent.json"
+	// ContainerdConfig is containerd's configuration.
+	ContainerdConfig = ConfigDir + "/containerd.toml"
+	// VerifierCA is the CA of the verifier's TLS certificate.
+	VerifierCA = ConfigDir + "/verifier-ca.crt"
+	// ModulesDir holds the allowlisted kernel modules; a module's path
+	// in pkg/bootconfig is relative to it.
+	ModulesDir = "/lib/modules"
+)
+
+// Paths on the system partition, relative to its root (SystemMount).
+const (
+	// SystemBinDir holds the executables.
+	SystemBinDir = "usr/bin"
+	// CARoots is the PEM bundle of the CA roots registries are verified
+	// against, when the image carries one.
+	CARoots = "etc/ssl/certs/ca-certificates.crt"
+)
+
+// SystemParam is the kernel command-line setting that describes the
+// system partition's dm-verity tree (pkg/verity); the imager writes it
+// into the measured UKI and init reads it.
+const SystemParam = "rigos.system"
+
+// ESPPlan is the supplier's ASK plan (pkg/askplan) on the ESP, relative
+// to its root.
+const ESPPlan = "RIGOS/plan.json"
+
+// PlanFile is where the booted system reads the supplier's ASK plan.
+const PlanFile = ESPMount + "/" + ESPPlan
+
+// SystemBinaries are the executables on the system partition, in
+// SystemBinDir, sorted: the agent, containerd, its runc shim and runc.
+// Nothing else on the image is executable but Init.
+var SystemBinaries = []string{"agent", "containerd", "containerd-shim-runc-v2", "runc"}
+
+// InSystem returns where the file at rel on the system partition is on
+// the booted system.
+func InSystem(rel string) string { return path.Join(SystemMount, rel) }
+
+// SystemBinary returns the path of the system partition's executable
+// name on the booted system ("/system/usr/bin/agent").
+func SystemBinary(name string) string { return InSystem(path.Join(SystemBinDir, name)) }
+
+// SystemPath is PATH for the services init starts.
+const SystemPath = SystemMount + "/" + SystemBinDir
+
+// Executables lists, sorted, every executable file of a booted image
+// outside the workloads' containers: Init and the SystemBinaries.
+func Executables() []string {
+	out := []string{Init}
+	for _, b := range SystemBinaries {
+		out = append(out, SystemBinary(b))
+	}
+	slices.Sort(out)
+	return out
+}
