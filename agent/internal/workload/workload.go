@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,11 +117,6 @@ type workload struct {
 	gpus    []int
 	cancel  context.CancelFunc
 }
-
-// MaxArchive bounds an image archive received down the stream.
-const MaxArchive = 512 << 20
-
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // New returns a Manager. record measures an event into the runtime PCR
 // and log (measure.Recorder.Record).
@@ -336,10 +330,10 @@ func (m *Manager) Stop(id, reason string) {
 // free; it returns the GPUs to give the workload.
 func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	var errs []error
-	r := s.GetResources()
-	if r.GetCpus() < 0 || r.GetMemoryBytes() < 0 || r.GetPids() < 0 || r.GetScratchBytes() < 0 || s.GetMaxDurationMs() < 0 {
-		errs = append(errs, errors.New("negative resources"))
+	if err := s.Validate(); err != nil {
+		errs = append(errs, err)
 	}
+	r := s.GetResources()
 	if r.GetCpus() > m.plan.CPUs {
 		errs = append(errs, fmt.Errorf("cpus %.2f beyond the node's ASK plan (%.2f)", r.GetCpus(), m.plan.CPUs))
 	}
@@ -351,11 +345,6 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	}
 	if err := checkRegistryAuth(s); err != nil {
 		errs = append(errs, err)
-	}
-	for _, p := range s.GetNetwork().GetPorts() {
-		if p == 0 || p > 65535 {
-			errs = append(errs, fmt.Errorf("network: port %d out of range", p))
-		}
 	}
 	if free := freeBytes(m.scratch); r.GetScratchBytes() > 0 && r.GetScratchBytes() > free {
 		errs = append(errs, fmt.Errorf("not enough disk: %d MiB of scratch asked, %d MiB free", r.GetScratchBytes()>>20, free>>20))
@@ -402,8 +391,8 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 }
 
 func (m *Manager) start(s *apiv1.WorkloadSpec) {
-	if s == nil || !idPattern.MatchString(s.GetId()) {
-		m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "workload id: want 1-64 letters, digits, '.', '_' or '-'", nil)
+	if err := apiv1.ValidWorkloadID(s.GetId()); err != nil {
+		m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, err.Error(), nil)
 		return
 	}
 	if _, err := m.check(s); err != nil {
@@ -438,8 +427,8 @@ func (m *Manager) chunk(c *apiv1.ImageChunk) {
 	}
 	w.size += int64(len(c.GetData()))
 	var err error
-	if w.size > MaxArchive {
-		err = fmt.Errorf("image archive larger than %d MiB", MaxArchive>>20)
+	if w.size > apiv1.MaxImageArchive {
+		err = fmt.Errorf("image archive larger than %d MiB, the most a workload may send", apiv1.MaxImageArchive>>20)
 	} else {
 		_, err = w.archive.Write(c.GetData())
 	}

@@ -296,7 +296,7 @@ func TestArchiveTooLarge(t *testing.T) {
 	h := newHarness(t)
 	start(h, &apiv1.WorkloadSpec{Id: "big", ImageArchive: true})
 	h.m.Handle(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
-		WorkloadId: "big", Data: make([]byte, MaxArchive+1),
+		WorkloadId: "big", Data: make([]byte, apiv1.MaxImageArchive+1),
 	}}})
 	e := h.wait(t, "big", apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
 	if !strings.Contains(e.GetReason(), "larger than") {

@@ -28,9 +28,6 @@ import (
 	"github.com/rigos/rigos/pkg/keyfile"
 )
 
-// MaxImageArchive bounds an image archive sent through the admin socket.
-const MaxImageArchive = verifier.MaxImageArchive
-
 // MaxMessage bounds one message from an agent (evidence with logs).
 const MaxMessage = 4 << 20
 
@@ -198,7 +195,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	)
 	apiv1.RegisterAttestationServer(d.agents, v)
 	// Image archives for workloads come through the admin socket.
-	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(verifier.MaxImageArchive + 1<<20))
+	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(apiv1.MaxImageArchive + 1<<20))
 	apiv1.RegisterAdminServer(d.admin, v)
 	if d.agentLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		db.Close()

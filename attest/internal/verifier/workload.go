@@ -2,7 +2,6 @@ package verifier
 
 import (
 	"context"
-	"regexp"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -12,14 +11,9 @@ import (
 	"github.com/rigos/rigos/pkg/api/apiv1"
 )
 
-// MaxImageArchive bounds an image archive sent through the verifier.
-const MaxImageArchive = 512 << 20
-
 // ImageChunkSize is the size of the ImageChunk messages an archive is
 // cut into on the node's stream.
 const ImageChunkSize = 1 << 20
-
-var workloadIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // push queues a message for a connected node without waiting; it reports
 // false when the node is not connected or its queue is full.
@@ -219,16 +213,8 @@ func terminal(s apiv1.WorkloadState) bool {
 func (v *Verifier) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_RunWorkloadServer) error {
 	ctx := stream.Context()
 	spec := r.GetSpec()
-	if spec == nil || !workloadIDPattern.MatchString(spec.GetId()) {
-		return status.Error(codes.InvalidArgument, "workload id: want 1-64 letters, digits, '.', '_' or '-'")
-	}
-	switch {
-	case spec.GetImageArchive() && len(r.GetImageArchive()) == 0:
-		return status.Error(codes.InvalidArgument, "image_archive is set but no archive was sent")
-	case !spec.GetImageArchive() && len(r.GetImageArchive()) > 0:
-		return status.Error(codes.InvalidArgument, "an archive was sent but image_archive is not set")
-	case !spec.GetImageArchive() && spec.GetImage() == "":
-		return status.Error(codes.InvalidArgument, "image: a registry reference is required without an archive")
+	if err := r.Validate(); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	n, err := v.o.Store.GetNode(ctx, r.GetNodeId())
 	if err != nil {
@@ -284,8 +270,8 @@ func (v *Verifier) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_R
 // StopWorkload implements Admin: it asks the node to stop a workload and
 // returns the workload's final event.
 func (v *Verifier) StopWorkload(ctx context.Context, r *apiv1.StopWorkloadRequest) (*apiv1.WorkloadEvent, error) {
-	if !workloadIDPattern.MatchString(r.GetWorkloadId()) {
-		return nil, status.Error(codes.InvalidArgument, "workload id: want 1-64 letters, digits, '.', '_' or '-'")
+	if err := apiv1.ValidWorkloadID(r.GetWorkloadId()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	updates, stop := v.watchWorkload(r.GetNodeId(), r.GetWorkloadId())
 	defer stop()
