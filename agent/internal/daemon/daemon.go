@@ -101,7 +101,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log)
 			log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
 		}
-		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryBytes>>20)
+		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryMB)
 	}
 
 	backoff := cfg.ReconnectMin.D()
@@ -169,9 +169,7 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 		_, err := rec.Record(kind, data)
 		return err
 	}
-	plan := workload.Plan{
-		CPUs: cfg.Plan.CPUs, MemoryBytes: cfg.Plan.MemoryMB << 20, GPUs: cfg.Plan.GPUs, MaxDuration: cfg.Plan.MaxDuration.D(),
-	}
+	plan := cfg.Plan
 	planJSON, planErr := readPlan(cfg.PlanFile, &plan)
 	if planErr != nil {
 		log.Error("ASK plan unusable: this node takes no workloads until it is fixed", "file", cfg.PlanFile, "err", planErr)
@@ -179,8 +177,8 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 	if plan.CPUs == 0 {
 		plan.CPUs = float64(runtime.NumCPU())
 	}
-	if plan.MemoryBytes == 0 {
-		plan.MemoryBytes = workload.MemTotal()
+	if plan.MemoryMB == 0 {
+		plan.MemoryMB = workload.MemTotal() >> 20
 	}
 	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork()}, plan, cfg.ScratchDir, record, log)
 	m.SetPlanError(planErr)
@@ -208,7 +206,7 @@ func selfCgroup() string {
 
 // readPlan applies the supplier's ASK plan at path, if there is one, to
 // plan and returns it as JSON for the verifier.
-func readPlan(path string, plan *workload.Plan) (string, error) {
+func readPlan(path string, plan *askplan.Plan) (string, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil
@@ -220,7 +218,7 @@ func readPlan(path string, plan *workload.Plan) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	*plan = workload.Plan{CPUs: ask.CPUs, MemoryBytes: ask.MemoryMB << 20, GPUs: ask.GPUs, MaxDuration: ask.MaxDuration.D()}
+	*plan = *ask
 	j, err := json.Marshal(ask)
 	return string(j), err
 }

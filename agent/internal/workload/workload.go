@@ -19,16 +19,9 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/measure"
 )
-
-// Plan is what the node offers (its ASK plan), after defaults.
-type Plan struct {
-	CPUs        float64
-	MemoryBytes int64
-	GPUs        int
-	MaxDuration time.Duration
-}
 
 // Runtime runs containers. Containerd is the real one.
 type Runtime interface {
@@ -78,7 +71,7 @@ type Manager struct {
 	AskPlan, AskPlanError string
 
 	rt      Runtime
-	plan    Plan
+	plan    askplan.Plan
 	scratch string
 	record  func(kind string, data []byte) error
 	log     *slog.Logger
@@ -118,9 +111,10 @@ type workload struct {
 	cancel  context.CancelFunc
 }
 
-// New returns a Manager. record measures an event into the runtime PCR
-// and log (measure.Recorder.Record).
-func New(rt Runtime, plan Plan, scratch string, record func(kind string, data []byte) error, log *slog.Logger) *Manager {
+// New returns a Manager for what the node offers: plan, with CPUs and
+// memory filled in (see daemon). record measures an event into the
+// runtime PCR and log (measure.Recorder.Record).
+func New(rt Runtime, plan askplan.Plan, scratch string, record func(kind string, data []byte) error, log *slog.Logger) *Manager {
 	return &Manager{rt: rt, plan: plan, scratch: scratch, record: record, log: log, now: time.Now,
 		running: map[string]*workload{}, gpusInUse: map[int]bool{}, gpuOK: func(int) bool { return true }}
 }
@@ -337,11 +331,11 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	if r.GetCpus() > m.plan.CPUs {
 		errs = append(errs, fmt.Errorf("cpus %.2f beyond the node's ASK plan (%.2f)", r.GetCpus(), m.plan.CPUs))
 	}
-	if r.GetMemoryBytes() > m.plan.MemoryBytes {
-		errs = append(errs, fmt.Errorf("memory %d MiB beyond the node's ASK plan (%d MiB)", r.GetMemoryBytes()>>20, m.plan.MemoryBytes>>20))
+	if r.GetMemoryBytes() > m.plan.MemoryMB<<20 {
+		errs = append(errs, fmt.Errorf("memory %d MiB beyond the node's ASK plan (%d MiB)", r.GetMemoryBytes()>>20, m.plan.MemoryMB))
 	}
-	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration {
-		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration))
+	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration.D() {
+		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration.D()))
 	}
 	if err := checkRegistryAuth(s); err != nil {
 		errs = append(errs, err)
@@ -496,7 +490,7 @@ func (m *Manager) run(id, archive string) {
 func (m *Manager) runContainer(ctx context.Context, w *workload, img Image, scratch string) (apiv1.WorkloadState, string, func(*apiv1.WorkloadEvent)) {
 	s := w.spec
 	id := s.GetId()
-	limit := m.plan.MaxDuration
+	limit := m.plan.MaxDuration.D()
 	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > 0 {
 		limit = d
 	}
@@ -607,7 +601,7 @@ func (m *Manager) Recover(ctx context.Context) <-chan error {
 }
 
 // Plan returns the node's plan.
-func (m *Manager) Plan() Plan {
+func (m *Manager) Plan() askplan.Plan {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.plan

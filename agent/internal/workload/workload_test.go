@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/askplan"
+	"github.com/rigos/rigos/pkg/config"
 	"github.com/rigos/rigos/pkg/measure"
 )
 
@@ -113,7 +115,7 @@ func newHarness(t *testing.T) *harness {
 		h.measured = append(h.measured, ws...)
 		return nil
 	}
-	plan := Plan{CPUs: 2, MemoryBytes: 1 << 30, GPUs: 1, MaxDuration: time.Hour}
+	plan := askplan.Plan{CPUs: 2, MemoryMB: 1 << 10, GPUs: 1, MaxDuration: config.Duration(time.Hour)}
 	h.m = New(h.rt, plan, t.TempDir(), rec, slog.New(slog.DiscardHandler))
 	h.m.Attach(h.send)
 	return h
