@@ -21,6 +21,7 @@ import (
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/session"
 )
 
 // Runtime runs containers. Containerd is the real one.
@@ -71,6 +72,7 @@ type Manager struct {
 	AskPlan, AskPlanError string
 
 	rt      Runtime
+	out     *session.Outbox
 	plan    askplan.Plan
 	scratch string
 	record  func(kind string, data []byte) error
@@ -78,8 +80,6 @@ type Manager struct {
 	now     func() time.Time
 
 	mu           sync.Mutex
-	send         func(*apiv1.AgentMessage) error
-	pending      []*apiv1.AgentMessage // final events not yet delivered
 	trusted      bool
 	trustedUntil time.Time
 	trustReason  string
@@ -89,7 +89,6 @@ type Manager struct {
 	running   map[string]*workload
 	gpusInUse map[int]bool
 	gpuOK     func(index int) bool
-	onAttach  func()
 	ready     chan struct{} // closed when Recover is done (nil: no recovery)
 	planErr   error         // the ASK plan is unusable: no workloads
 }
@@ -113,10 +112,14 @@ type workload struct {
 
 // New returns a Manager for what the node offers: plan, with CPUs and
 // memory filled in (see daemon). record measures an event into the
-// runtime PCR and log (measure.Recorder.Record).
-func New(rt Runtime, plan askplan.Plan, scratch string, record func(kind string, data []byte) error, log *slog.Logger) *Manager {
-	return &Manager{rt: rt, plan: plan, scratch: scratch, record: record, log: log, now: time.Now,
+// runtime PCR and log (measure.Recorder.Record). Events and output go to
+// the verifier through out; the manager times DisconnectGrace from its
+// detaching.
+func New(rt Runtime, plan askplan.Plan, scratch string, record func(kind string, data []byte) error, out *session.Outbox, log *slog.Logger) *Manager {
+	m := &Manager{rt: rt, out: out, plan: plan, scratch: scratch, record: record, log: log, now: time.Now,
 		running: map[string]*workload{}, gpusInUse: map[int]bool{}, gpuOK: func(int) bool { return true }}
+	out.OnDetach(m.detach)
+	return m
 }
 
 // SetGPUs tells the manager the node's GPUs: count found, and whether
@@ -139,48 +142,13 @@ func (m *Manager) SetPlanError(err error) {
 	m.mu.Unlock()
 }
 
-// OnAttach registers f to run whenever a session opens.
-func (m *Manager) OnAttach(f func()) {
+// detach notes when the session carrying the verdict ended.
+func (m *Manager) detach() {
 	m.mu.Lock()
-	m.onAttach = f
-	m.mu.Unlock()
-}
-
-// Report sends a message on the current session, if there is one.
-func (m *Manager) Report(msg *apiv1.AgentMessage) { m.deliver(msg, false) }
-
-// Attach gives the manager the current session's sender; final events
-// that could not be delivered earlier are sent now. Detach with nil.
-func (m *Manager) Attach(send func(*apiv1.AgentMessage) error) {
-	m.mu.Lock()
-	m.send = send
-	if send == nil && m.detached.IsZero() {
+	if m.detached.IsZero() {
 		m.detached = m.now()
 	}
-	pending := m.pending
-	m.pending = nil
-	hook := m.onAttach
 	m.mu.Unlock()
-	for _, p := range pending {
-		m.deliver(p, true)
-	}
-	if send != nil && hook != nil {
-		go hook()
-	}
-}
-
-func (m *Manager) deliver(msg *apiv1.AgentMessage, keep bool) {
-	m.mu.Lock()
-	send := m.send
-	m.mu.Unlock()
-	if send != nil && send(msg) == nil {
-		return
-	}
-	if keep {
-		m.mu.Lock()
-		m.pending = append(m.pending, msg)
-		m.mu.Unlock()
-	}
 }
 
 func (m *Manager) event(id string, state apiv1.WorkloadState, reason string, mod func(*apiv1.WorkloadEvent)) {
@@ -191,7 +159,12 @@ func (m *Manager) event(id string, state apiv1.WorkloadState, reason string, mod
 	final := state == apiv1.WorkloadState_WORKLOAD_STATE_EXITED || state == apiv1.WorkloadState_WORKLOAD_STATE_KILLED ||
 		state == apiv1.WorkloadState_WORKLOAD_STATE_FAILED
 	m.log.Info("workload", "id", id, "state", state, "reason", reason, "exit", e.GetExitCode(), "oom", e.GetOomKilled())
-	m.deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: e}}, final)
+	msg := &apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: e}}
+	if final {
+		m.out.Deliver(msg) // the verifier waits for it
+		return
+	}
+	m.out.Send(msg)
 }
 
 // Verdict takes the verifier's latest verdict. Losing "trusted" kills
@@ -499,9 +472,9 @@ func (m *Manager) runContainer(ctx context.Context, w *workload, img Image, scra
 
 	out := func(stderr bool) func([]byte) {
 		return func(b []byte) {
-			m.deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadLog{WorkloadLog: &apiv1.WorkloadLog{
+			m.out.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadLog{WorkloadLog: &apiv1.WorkloadLog{
 				Id: id, Data: b, Stderr: stderr,
-			}}}, false)
+			}}})
 		}
 	}
 	exit, err := m.rt.Run(ctx, RunRequest{
