@@ -38,8 +38,12 @@ type Node struct {
 	// AskPlan and AskPlanError describe the supplier's ASK plan for the
 	// verifier (see apiv1.Hello).
 	AskPlan, AskPlanError string
-	// Workloads, if set, receives the verifier's workload messages and
-	// sends workload events and output on the session.
+	// Outbox, if set, carries the node's own messages (workload events
+	// and output, GPU reports): it is attached to the stream while the
+	// node is enrolled.
+	Outbox *Outbox
+	// Workloads, if set, receives the verifier's workload messages; it
+	// answers through the Outbox. Without it a workload is refused.
 	Workloads Workloads
 	// OnChallenge, if set, may replace or drop evidence (tests only
 	// simulate misbehaving agents with it); return nil to not answer.
@@ -48,11 +52,16 @@ type Node struct {
 
 // Workloads handles the workload part of a session.
 type Workloads interface {
-	// Attach is called with the session's sender (safe for concurrent
-	// use) when the node is enrolled, and with nil when the session ends.
-	Attach(send func(*apiv1.AgentMessage) error)
 	// Handle receives StartWorkload, ImageChunk and StopWorkload.
 	Handle(*apiv1.VerifierMessage)
+}
+
+// Attacher takes the session's sender (safe for concurrent use) when the
+// node is enrolled, and nil when the session ends. *Outbox is one; a
+// Workloads that is one too (a test's stand-in that keeps no Outbox) is
+// attached like the Outbox.
+type Attacher interface {
+	Attach(send func(*apiv1.AgentMessage) error)
 }
 
 // ErrRefused is wrapped when the verifier refuses the node.
@@ -80,9 +89,18 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
-	if n.Workloads != nil {
-		defer n.Workloads.Attach(nil)
+	var attached []Attacher
+	if n.Outbox != nil {
+		attached = append(attached, n.Outbox)
 	}
+	if a, ok := n.Workloads.(Attacher); ok {
+		attached = append(attached, a)
+	}
+	defer func() {
+		for _, a := range attached {
+			a.Attach(nil)
+		}
+	}()
 	ak := n.TPM.AKParams()
 	if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
 		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
@@ -113,8 +131,8 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 			}
 		case *apiv1.VerifierMessage_Enrolled:
 			log.Info("enrolled", "node", msg.Enrolled.GetNodeId(), "class", msg.Enrolled.GetTrustClass())
-			if n.Workloads != nil {
-				n.Workloads.Attach(send)
+			for _, a := range attached {
+				a.Attach(send)
 			}
 		case *apiv1.VerifierMessage_Challenge:
 			ev, err := answer(n, msg.Challenge)

@@ -14,9 +14,6 @@ import (
 // Config is the agent configuration file (JSON); see agentconfig.Config.
 type Config = agentconfig.Config
 
-// Plan is the node's ASK plan; see agentconfig.Plan.
-type Plan = agentconfig.Plan
-
 // Load reads path, applies defaults and validates.
 func Load(path string) (*Config, error) {
 	var c Config

@@ -1,5 +1,7 @@
-// Package daemon runs the agent: it opens the TPM, keeps the AK, and
-// holds a session with the verifier, reconnecting with backoff.
+// Package daemon runs the agent: it opens the TPM (one handle, for
+// attestation and for the runtime PCR), keeps the AK, starts the GPU
+// service and the workload manager, and holds a session with the
+// verifier, reconnecting with backoff.
 package daemon
 
 import (
@@ -15,7 +17,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -44,11 +45,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return err
 	}
-	att, runtimeLog, closeTPM, err := openTPM(cfg, log)
+	if cfg.Containerd != "" && cfg.TPM != "device" {
+		return errors.New("workloads need a TPM device (tpm: device): their measurements go into the runtime PCR")
+	}
+	t, err := openTPM(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer closeTPM()
+	defer t.close()
+	att := t.att
 
 	ca, err := os.ReadFile(cfg.CACert)
 	if err != nil {
@@ -80,13 +85,33 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	weight, _ := os.ReadFile(filepath.Join(layout.CgroupRoot, cg, "cpu.weight"))
 	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", cg, "cpu_weight", strings.TrimSpace(string(weight)))
 
-	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: runtimeLog, Logger: log}
-	if cfg.Containerd != "" {
-		mgr, rec, closeMgr, err := workloads(ctx, cfg, log)
-		if err != nil {
+	out := session.NewOutbox(log)
+	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: t.runtimeLog, Logger: log, Outbox: out}
+	// The agent's own measurements (GPUs, workloads) go into the runtime
+	// log and PCR through the session's TPM handle.
+	var rec *measure.Recorder
+	if cfg.Containerd != "" || cfg.GPUs == "auto" {
+		if rec, err = t.recorder(); err != nil && cfg.Containerd != "" {
 			return err
 		}
-		defer closeMgr()
+		if err != nil {
+			log.Error("opening the runtime log: this node offers no GPUs", "err", err)
+		}
+	}
+	var gpuSvc *gpus.Service
+	if cfg.GPUs == "auto" && rec != nil {
+		var closeGPUs func()
+		gpuSvc, closeGPUs = startGPUs(ctx, cfg, out, record(rec), log)
+		defer closeGPUs()
+	}
+	if rec != nil {
+		node.OnVerdict = func(v *apiv1.Verdict) { compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log) }
+	}
+	if cfg.Containerd != "" {
+		mgr := workloads(cfg, record(rec), out, log)
+		if gpuSvc != nil {
+			mgr.SetGPUs(gpuSvc.Count(), gpuSvc.Healthy)
+		}
 		// Nothing an earlier agent started may run unsupervised.
 		recovered := mgr.Recover(ctx)
 		go func() {
@@ -102,7 +127,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 			compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log)
 			log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
 		}
-		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryBytes>>20)
+		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryMB)
 	}
 
 	backoff := cfg.ReconnectMin.D()
@@ -145,34 +170,10 @@ func compactRuntimeLog(rec *measure.Recorder, checkpoint []byte, log *slog.Logge
 	log.Info("runtime log compacted", "bytes_before", before, "bytes_after", rec.Size())
 }
 
-// workloads returns the workload manager: containerd as the runtime, and
-// workload measurements extended into the runtime PCR through a TPM
-// handle of its own; and the runtime log's recorder.
-func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*workload.Manager, *measure.Recorder, func(), error) {
-	if cfg.TPM != "device" {
-		return nil, nil, nil, errors.New("workloads need a TPM device (tpm: device): their measurements go into the runtime PCR")
-	}
-	dev, err := tpm.Open(cfg.TPMPaths...)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	var mu sync.Mutex
-	rec, err := measure.NewRecorder(cfg.RuntimeLog, func(pcr int, d []byte) error {
-		mu.Lock()
-		defer mu.Unlock()
-		return tpm.Extend(dev, pcr, d)
-	})
-	if err != nil {
-		dev.Close()
-		return nil, nil, nil, err
-	}
-	record := func(kind string, data []byte) error {
-		_, err := rec.Record(kind, data)
-		return err
-	}
-	plan := workload.Plan{
-		CPUs: cfg.Plan.CPUs, MemoryBytes: cfg.Plan.MemoryMB << 20, GPUs: cfg.Plan.GPUs, MaxDuration: cfg.Plan.MaxDuration.D(),
-	}
+// workloads returns the workload manager: containerd as the runtime,
+// measurements through record, events and output through out.
+func workloads(cfg *config.Config, record func(kind string, data []byte) error, out *session.Outbox, log *slog.Logger) *workload.Manager {
+	plan := cfg.Plan
 	planJSON, planErr := readPlan(cfg.PlanFile, &plan)
 	if planErr != nil {
 		log.Error("ASK plan unusable: this node takes no workloads until it is fixed", "file", cfg.PlanFile, "err", planErr)
@@ -180,17 +181,24 @@ func workloads(ctx context.Context, cfg *config.Config, log *slog.Logger) (*work
 	if plan.CPUs == 0 {
 		plan.CPUs = float64(runtime.NumCPU())
 	}
-	if plan.MemoryBytes == 0 {
-		plan.MemoryBytes = workload.MemTotal()
+	if plan.MemoryMB == 0 {
+		plan.MemoryMB = workload.MemTotal() >> 20
 	}
-	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork()}, plan, cfg.ScratchDir, record, log)
+	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork()}, plan, cfg.ScratchDir, record, out, log)
 	m.SetPlanError(planErr)
 	m.AskPlan, m.AskPlanError = planJSON, errString(planErr)
-	closeGPUs := func() {}
-	if cfg.GPUs == "auto" {
-		closeGPUs = startGPUs(ctx, cfg, m, record, log)
+	return m
+}
+
+// record measures one event with rec (nil: refused).
+func record(rec *measure.Recorder) func(kind string, data []byte) error {
+	return func(kind string, data []byte) error {
+		if rec == nil {
+			return errors.New("no runtime log to measure into")
+		}
+		_, err := rec.Record(kind, data)
+		return err
 	}
-	return m, rec, func() { closeGPUs(); dev.Close() }, nil
 }
 
 // selfCgroup is the agent's cgroup v2 path ("" if unknown).
@@ -209,7 +217,7 @@ func selfCgroup() string {
 
 // readPlan applies the supplier's ASK plan at path, if there is one, to
 // plan and returns it as JSON for the verifier.
-func readPlan(path string, plan *workload.Plan) (string, error) {
+func readPlan(path string, plan *askplan.Plan) (string, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil
@@ -221,7 +229,7 @@ func readPlan(path string, plan *workload.Plan) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	*plan = workload.Plan{CPUs: ask.CPUs, MemoryBytes: ask.MemoryMB << 20, GPUs: ask.GPUs, MaxDuration: ask.MaxDuration.D()}
+	*plan = *ask
 	j, err := json.Marshal(ask)
 	return string(j), err
 }
@@ -233,45 +241,29 @@ func errString(err error) string {
 	return err.Error()
 }
 
-// startGPUs starts the GPU service when NVML finds GPUs, and reports
-// their health to the verifier when a session opens and every
-// GPUReportInterval after.
-func startGPUs(ctx context.Context, cfg *config.Config, m *workload.Manager, record func(string, []byte) error, log *slog.Logger) func() {
+// startGPUs starts the GPU service when NVML finds GPUs; it reports
+// their health to the verifier through out when a session opens and
+// every gpus.ReportInterval after. It returns nil when the node offers
+// no GPUs, and a function closing NVML.
+func startGPUs(ctx context.Context, cfg *config.Config, out *session.Outbox, record func(string, []byte) error, log *slog.Logger) (*gpus.Service, func()) {
 	mon, err := gpu.Open(nil, gpu.Limits{})
 	if errors.Is(err, gpu.ErrNoDriver) {
 		log.Info("no NVIDIA driver (NVML): this node offers no GPUs")
-		return func() {}
+		return nil, func() {}
 	}
 	if err != nil {
 		log.Error("opening NVML: this node offers no GPUs", "err", err)
-		return func() {}
+		return nil, func() {}
 	}
 	svc, err := gpus.Start(ctx, mon, record, cfg.CDIDir, log)
 	if err != nil {
 		log.Error("starting the GPU service: this node offers no GPUs", "err", err)
 		mon.Close()
-		return func() {}
+		return nil, func() {}
 	}
-	m.SetGPUs(svc.Count(), svc.Healthy)
-	report := func() { m.Report(svc.Report(time.Now())) }
-	m.OnAttach(report)
-	go func() {
-		t := time.NewTicker(GPUReportInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				report()
-			}
-		}
-	}()
-	return func() { mon.Close() }
+	svc.ReportTo(ctx, out, gpus.ReportInterval)
+	return svc, func() { mon.Close() }
 }
-
-// GPUReportInterval is how often GPU health goes to the verifier.
-const GPUReportInterval = 30 * time.Second
 
 // NodeIDFromEK derives a node ID from the EK public key (PKIX DER): the
 // start of the fingerprint the verifier pins.
@@ -279,19 +271,30 @@ func NodeIDFromEK(ekDER []byte) string {
 	return "rig-" + attestation.Fingerprint(ekDER)[:16]
 }
 
-func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte, error), func(), error) {
+// nodeTPM is the agent's one TPM handle: attestation for the session,
+// and the runtime log and PCR the agent measures GPUs and workloads into.
+type nodeTPM struct {
+	att        session.TPM
+	runtimeLog func() ([]byte, error)
+	// recorder opens the runtime log for the agent's own measurements,
+	// extending the runtime PCR through att.
+	recorder func() (*measure.Recorder, error)
+	close    func()
+}
+
+func openTPM(cfg *config.Config, log *slog.Logger) (nodeTPM, error) {
 	if cfg.TPM == "simulator" {
 		return openSimulator(cfg, log)
 	}
 	dev, err := tpm.Open(cfg.TPMPaths...)
 	if err != nil {
-		return nil, nil, nil, err
+		return nodeTPM{}, err
 	}
 	blobPath := filepath.Join(cfg.StateDir, "ak.blob")
 	blob, err := os.ReadFile(blobPath)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		dev.Close()
-		return nil, nil, nil, err
+		return nodeTPM{}, err
 	}
 	att, err := collect.Open(dev, blob)
 	if err != nil && len(blob) > 0 {
@@ -300,7 +303,7 @@ func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte,
 	}
 	if err != nil {
 		dev.Close()
-		return nil, nil, nil, err
+		return nodeTPM{}, err
 	}
 	if b, err := att.AKBlob(); err == nil {
 		if err := os.WriteFile(blobPath, b, 0o600); err != nil {
@@ -314,5 +317,8 @@ func openTPM(cfg *config.Config, log *slog.Logger) (session.TPM, func() ([]byte,
 		}
 		return b, err
 	}
-	return att, runtimeLog, func() { att.Close() }, nil
+	return nodeTPM{
+		att: att, runtimeLog: runtimeLog, close: func() { att.Close() },
+		recorder: func() (*measure.Recorder, error) { return measure.NewRecorder(cfg.RuntimeLog, att.Extend) },
+	}, nil
 }

@@ -10,13 +10,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rigos/rigos/agent/internal/workload"
+	"github.com/rigos/rigos/pkg/askplan"
+	"github.com/rigos/rigos/pkg/config"
 	"github.com/rigos/rigos/pkg/measure"
 )
 
 func TestReadPlan(t *testing.T) {
 	dir := t.TempDir()
-	base := workload.Plan{CPUs: 8, MemoryBytes: 1 << 30}
+	base := askplan.Plan{CPUs: 8, MemoryMB: 1 << 10}
 	plan := base
 	if j, err := readPlan(filepath.Join(dir, "absent.json"), &plan); err != nil || j != "" || plan != base {
 		t.Errorf("no plan file: %q %v %+v", j, err, plan)
@@ -24,7 +25,7 @@ func TestReadPlan(t *testing.T) {
 	good := filepath.Join(dir, "plan.json")
 	os.WriteFile(good, []byte(`{"version": 1, "cpus": 3, "memory_mb": 2048, "gpus": 1, "max_duration": "2h", "price": {"currency": "USD"}}`), 0o644)
 	j, err := readPlan(good, &plan)
-	if err != nil || plan != (workload.Plan{CPUs: 3, MemoryBytes: 2 << 30, GPUs: 1, MaxDuration: 2 * time.Hour}) || !strings.Contains(j, `"cpus":3`) {
+	if err != nil || plan != (askplan.Plan{Version: 1, CPUs: 3, MemoryMB: 2 << 10, GPUs: 1, MaxDuration: config.Duration(2 * time.Hour), Price: askplan.Price{Currency: "USD"}}) || !strings.Contains(j, `"cpus":3`) {
 		t.Errorf("plan file: %q %v %+v", j, err, plan)
 	}
 	bad := filepath.Join(dir, "bad.json")

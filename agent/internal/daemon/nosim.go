@@ -7,12 +7,11 @@ import (
 	"log/slog"
 
 	"github.com/rigos/rigos/agent/internal/config"
-	"github.com/rigos/rigos/pkg/session"
 )
 
 // ErrNoSimulator is returned for tpm "simulator" by a production build.
 var ErrNoSimulator = errors.New(`tpm "simulator": this agent is a production build without the TPM simulator; use tpm "device", or build a development agent with: go build -tags sim ./agent`)
 
-func openSimulator(*config.Config, *slog.Logger) (session.TPM, func() ([]byte, error), func(), error) {
-	return nil, nil, nil, ErrNoSimulator
+func openSimulator(*config.Config, *slog.Logger) (nodeTPM, error) {
+	return nodeTPM{}, ErrNoSimulator
 }

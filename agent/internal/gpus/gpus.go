@@ -2,7 +2,8 @@
 // inventory, measures its digest into the runtime PCR (so the verifier
 // sees a swapped, added or removed GPU), writes the CDI specification
 // containerd gives GPUs to containers with, and keeps watching Xid
-// errors; it reports inventory and health to the verifier.
+// errors; it reports inventory and health to the verifier through the
+// session's outbox, whether or not the node runs workloads.
 package gpus
 
 import (
@@ -18,6 +19,7 @@ import (
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/gpu"
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/session"
 )
 
 // Source reads GPUs; *gpu.Monitor is the real one.
@@ -118,4 +120,28 @@ func (s *Service) Report(now time.Time) *apiv1.AgentMessage {
 	}
 	s.mu.Unlock()
 	return &apiv1.AgentMessage{Msg: &apiv1.AgentMessage_GpuReport{GpuReport: r}}
+}
+
+// ReportInterval is how often GPU health goes to the verifier.
+const ReportInterval = 30 * time.Second
+
+// ReportTo sends the service's report to out each time a session
+// attaches and every interval (ReportInterval in the agent) until ctx
+// ends. Reports are not kept while no session is attached: the next one
+// replaces them.
+func (s *Service) ReportTo(ctx context.Context, out *session.Outbox, every time.Duration) {
+	report := func() { out.Send(s.Report(time.Now())) }
+	out.OnAttach(report)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				report()
+			}
+		}
+	}()
 }

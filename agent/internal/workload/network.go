@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -81,8 +82,8 @@ func (n *Network) reserve(id string, outbound bool, ports []uint32) (int, error)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, p := range ports {
-		if p == 0 || p > 65535 {
-			return 0, fmt.Errorf("network: port %d out of range", p)
+		if p < apiv1.MinPort || p > apiv1.MaxPort {
+			return 0, fmt.Errorf("network: port %d out of range: want %d-%d", p, apiv1.MinPort, apiv1.MaxPort)
 		}
 		for _, s := range n.slots {
 			if slices.Contains(s.ports, p) {

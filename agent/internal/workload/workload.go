@@ -13,23 +13,16 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/session"
 )
-
-// Plan is what the node offers (its ASK plan), after defaults.
-type Plan struct {
-	CPUs        float64
-	MemoryBytes int64
-	GPUs        int
-	MaxDuration time.Duration
-}
 
 // Runtime runs containers. Containerd is the real one.
 type Runtime interface {
@@ -79,15 +72,14 @@ type Manager struct {
 	AskPlan, AskPlanError string
 
 	rt      Runtime
-	plan    Plan
+	out     *session.Outbox
+	plan    askplan.Plan
 	scratch string
 	record  func(kind string, data []byte) error
 	log     *slog.Logger
 	now     func() time.Time
 
 	mu           sync.Mutex
-	send         func(*apiv1.AgentMessage) error
-	pending      []*apiv1.AgentMessage // final events not yet delivered
 	trusted      bool
 	trustedUntil time.Time
 	trustReason  string
@@ -97,7 +89,6 @@ type Manager struct {
 	running   map[string]*workload
 	gpusInUse map[int]bool
 	gpuOK     func(index int) bool
-	onAttach  func()
 	ready     chan struct{} // closed when Recover is done (nil: no recovery)
 	planErr   error         // the ASK plan is unusable: no workloads
 }
@@ -119,16 +110,16 @@ type workload struct {
 	cancel  context.CancelFunc
 }
 
-// MaxArchive bounds an image archive received down the stream.
-const MaxArchive = 512 << 20
-
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-
-// New returns a Manager. record measures an event into the runtime PCR
-// and log (measure.Recorder.Record).
-func New(rt Runtime, plan Plan, scratch string, record func(kind string, data []byte) error, log *slog.Logger) *Manager {
-	return &Manager{rt: rt, plan: plan, scratch: scratch, record: record, log: log, now: time.Now,
+// New returns a Manager for what the node offers: plan, with CPUs and
+// memory filled in (see daemon). record measures an event into the
+// runtime PCR and log (measure.Recorder.Record). Events and output go to
+// the verifier through out; the manager times DisconnectGrace from its
+// detaching.
+func New(rt Runtime, plan askplan.Plan, scratch string, record func(kind string, data []byte) error, out *session.Outbox, log *slog.Logger) *Manager {
+	m := &Manager{rt: rt, out: out, plan: plan, scratch: scratch, record: record, log: log, now: time.Now,
 		running: map[string]*workload{}, gpusInUse: map[int]bool{}, gpuOK: func(int) bool { return true }}
+	out.OnDetach(m.detach)
+	return m
 }
 
 // SetGPUs tells the manager the node's GPUs: count found, and whether
@@ -151,48 +142,13 @@ func (m *Manager) SetPlanError(err error) {
 	m.mu.Unlock()
 }
 
-// OnAttach registers f to run whenever a session opens.
-func (m *Manager) OnAttach(f func()) {
+// detach notes when the session carrying the verdict ended.
+func (m *Manager) detach() {
 	m.mu.Lock()
-	m.onAttach = f
-	m.mu.Unlock()
-}
-
-// Report sends a message on the current session, if there is one.
-func (m *Manager) Report(msg *apiv1.AgentMessage) { m.deliver(msg, false) }
-
-// Attach gives the manager the current session's sender; final events
-// that could not be delivered earlier are sent now. Detach with nil.
-func (m *Manager) Attach(send func(*apiv1.AgentMessage) error) {
-	m.mu.Lock()
-	m.send = send
-	if send == nil && m.detached.IsZero() {
+	if m.detached.IsZero() {
 		m.detached = m.now()
 	}
-	pending := m.pending
-	m.pending = nil
-	hook := m.onAttach
 	m.mu.Unlock()
-	for _, p := range pending {
-		m.deliver(p, true)
-	}
-	if send != nil && hook != nil {
-		go hook()
-	}
-}
-
-func (m *Manager) deliver(msg *apiv1.AgentMessage, keep bool) {
-	m.mu.Lock()
-	send := m.send
-	m.mu.Unlock()
-	if send != nil && send(msg) == nil {
-		return
-	}
-	if keep {
-		m.mu.Lock()
-		m.pending = append(m.pending, msg)
-		m.mu.Unlock()
-	}
 }
 
 func (m *Manager) event(id string, state apiv1.WorkloadState, reason string, mod func(*apiv1.WorkloadEvent)) {
@@ -203,7 +159,12 @@ func (m *Manager) event(id string, state apiv1.WorkloadState, reason string, mod
 	final := state == apiv1.WorkloadState_WORKLOAD_STATE_EXITED || state == apiv1.WorkloadState_WORKLOAD_STATE_KILLED ||
 		state == apiv1.WorkloadState_WORKLOAD_STATE_FAILED
 	m.log.Info("workload", "id", id, "state", state, "reason", reason, "exit", e.GetExitCode(), "oom", e.GetOomKilled())
-	m.deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: e}}, final)
+	msg := &apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: e}}
+	if final {
+		m.out.Deliver(msg) // the verifier waits for it
+		return
+	}
+	m.out.Send(msg)
 }
 
 // Verdict takes the verifier's latest verdict. Losing "trusted" kills
@@ -336,26 +297,21 @@ func (m *Manager) Stop(id, reason string) {
 // free; it returns the GPUs to give the workload.
 func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	var errs []error
-	r := s.GetResources()
-	if r.GetCpus() < 0 || r.GetMemoryBytes() < 0 || r.GetPids() < 0 || r.GetScratchBytes() < 0 || s.GetMaxDurationMs() < 0 {
-		errs = append(errs, errors.New("negative resources"))
+	if err := s.Validate(); err != nil {
+		errs = append(errs, err)
 	}
+	r := s.GetResources()
 	if r.GetCpus() > m.plan.CPUs {
 		errs = append(errs, fmt.Errorf("cpus %.2f beyond the node's ASK plan (%.2f)", r.GetCpus(), m.plan.CPUs))
 	}
-	if r.GetMemoryBytes() > m.plan.MemoryBytes {
-		errs = append(errs, fmt.Errorf("memory %d MiB beyond the node's ASK plan (%d MiB)", r.GetMemoryBytes()>>20, m.plan.MemoryBytes>>20))
+	if r.GetMemoryBytes() > m.plan.MemoryMB<<20 {
+		errs = append(errs, fmt.Errorf("memory %d MiB beyond the node's ASK plan (%d MiB)", r.GetMemoryBytes()>>20, m.plan.MemoryMB))
 	}
-	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration {
-		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration))
+	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > m.plan.MaxDuration.D() {
+		errs = append(errs, fmt.Errorf("max duration %s beyond the node's ASK plan (%s)", d, m.plan.MaxDuration.D()))
 	}
 	if err := checkRegistryAuth(s); err != nil {
 		errs = append(errs, err)
-	}
-	for _, p := range s.GetNetwork().GetPorts() {
-		if p == 0 || p > 65535 {
-			errs = append(errs, fmt.Errorf("network: port %d out of range", p))
-		}
 	}
 	if free := freeBytes(m.scratch); r.GetScratchBytes() > 0 && r.GetScratchBytes() > free {
 		errs = append(errs, fmt.Errorf("not enough disk: %d MiB of scratch asked, %d MiB free", r.GetScratchBytes()>>20, free>>20))
@@ -402,8 +358,8 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 }
 
 func (m *Manager) start(s *apiv1.WorkloadSpec) {
-	if s == nil || !idPattern.MatchString(s.GetId()) {
-		m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, "workload id: want 1-64 letters, digits, '.', '_' or '-'", nil)
+	if err := apiv1.ValidWorkloadID(s.GetId()); err != nil {
+		m.event(s.GetId(), apiv1.WorkloadState_WORKLOAD_STATE_FAILED, err.Error(), nil)
 		return
 	}
 	if _, err := m.check(s); err != nil {
@@ -438,8 +394,8 @@ func (m *Manager) chunk(c *apiv1.ImageChunk) {
 	}
 	w.size += int64(len(c.GetData()))
 	var err error
-	if w.size > MaxArchive {
-		err = fmt.Errorf("image archive larger than %d MiB", MaxArchive>>20)
+	if w.size > apiv1.MaxImageArchive {
+		err = fmt.Errorf("image archive larger than %d MiB, the most a workload may send", apiv1.MaxImageArchive>>20)
 	} else {
 		_, err = w.archive.Write(c.GetData())
 	}
@@ -507,7 +463,7 @@ func (m *Manager) run(id, archive string) {
 func (m *Manager) runContainer(ctx context.Context, w *workload, img Image, scratch string) (apiv1.WorkloadState, string, func(*apiv1.WorkloadEvent)) {
 	s := w.spec
 	id := s.GetId()
-	limit := m.plan.MaxDuration
+	limit := m.plan.MaxDuration.D()
 	if d := time.Duration(s.GetMaxDurationMs()) * time.Millisecond; d > 0 {
 		limit = d
 	}
@@ -516,9 +472,9 @@ func (m *Manager) runContainer(ctx context.Context, w *workload, img Image, scra
 
 	out := func(stderr bool) func([]byte) {
 		return func(b []byte) {
-			m.deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadLog{WorkloadLog: &apiv1.WorkloadLog{
+			m.out.Send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadLog{WorkloadLog: &apiv1.WorkloadLog{
 				Id: id, Data: b, Stderr: stderr,
-			}}}, false)
+			}}})
 		}
 	}
 	exit, err := m.rt.Run(ctx, RunRequest{
@@ -618,7 +574,7 @@ func (m *Manager) Recover(ctx context.Context) <-chan error {
 }
 
 // Plan returns the node's plan.
-func (m *Manager) Plan() Plan {
+func (m *Manager) Plan() askplan.Plan {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.plan

@@ -12,7 +12,10 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/askplan"
+	"github.com/rigos/rigos/pkg/config"
 	"github.com/rigos/rigos/pkg/measure"
+	"github.com/rigos/rigos/pkg/session"
 )
 
 // fakeRuntime stands in for containerd in these tests of the manager's
@@ -89,6 +92,7 @@ func (f *fakeRuntime) Run(ctx context.Context, r RunRequest) (Exit, error) {
 
 type harness struct {
 	m        *Manager
+	out      *session.Outbox
 	rt       *fakeRuntime
 	mu       sync.Mutex
 	events   []*apiv1.WorkloadEvent
@@ -113,9 +117,10 @@ func newHarness(t *testing.T) *harness {
 		h.measured = append(h.measured, ws...)
 		return nil
 	}
-	plan := Plan{CPUs: 2, MemoryBytes: 1 << 30, GPUs: 1, MaxDuration: time.Hour}
-	h.m = New(h.rt, plan, t.TempDir(), rec, slog.New(slog.DiscardHandler))
-	h.m.Attach(h.send)
+	plan := askplan.Plan{CPUs: 2, MemoryMB: 1 << 10, GPUs: 1, MaxDuration: config.Duration(time.Hour)}
+	h.out = session.NewOutbox(nil)
+	h.m = New(h.rt, plan, t.TempDir(), rec, h.out, slog.New(slog.DiscardHandler))
+	h.out.Attach(h.send)
 	return h
 }
 
@@ -282,13 +287,13 @@ func TestMeasurementFailureStopsStart(t *testing.T) {
 
 func TestFinalEventsWaitForASession(t *testing.T) {
 	h := newHarness(t)
-	h.m.Attach(nil) // the session dropped
+	h.out.Attach(nil) // the session dropped
 	start(h, &apiv1.WorkloadSpec{Id: "w"})
 	deadline := time.Now().Add(10 * time.Second)
 	for len(h.m.Running()) > 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond) // waiting for the workload to end, bounded
 	}
-	h.m.Attach(h.send)
+	h.out.Attach(h.send)
 	h.wait(t, "w", apiv1.WorkloadState_WORKLOAD_STATE_EXITED)
 }
 
@@ -296,7 +301,7 @@ func TestArchiveTooLarge(t *testing.T) {
 	h := newHarness(t)
 	start(h, &apiv1.WorkloadSpec{Id: "big", ImageArchive: true})
 	h.m.Handle(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_ImageChunk{ImageChunk: &apiv1.ImageChunk{
-		WorkloadId: "big", Data: make([]byte, MaxArchive+1),
+		WorkloadId: "big", Data: make([]byte, apiv1.MaxImageArchive+1),
 	}}})
 	e := h.wait(t, "big", apiv1.WorkloadState_WORKLOAD_STATE_FAILED)
 	if !strings.Contains(e.GetReason(), "larger than") {
@@ -385,23 +390,23 @@ func TestDisconnectKillsTrustedTier(t *testing.T) {
 	start(h, &apiv1.WorkloadSpec{Id: "plain"})
 	h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
 	h.wait(t, "plain", apiv1.WorkloadState_WORKLOAD_STATE_RUNNING)
-	send := h.m.send
+	send := h.send
 
 	base := time.Now()
 	h.m.now = func() time.Time { return base }
-	h.m.Attach(nil) // the session dropped
+	h.out.Attach(nil) // the session dropped
 	h.m.now = func() time.Time { return base.Add(DisconnectGrace / 2) }
-	h.m.Attach(send) // reconnected, and a fresh verdict came in time
+	h.out.Attach(send) // reconnected, and a fresh verdict came in time
 	trusted(h, time.Hour)
 	h.m.CheckTrust()
 	if got := h.m.Running(); len(got) != 2 {
 		t.Fatalf("running after a quick reconnect = %v, want both", got)
 	}
 
-	h.m.Attach(nil) // dropped again, for good
+	h.out.Attach(nil) // dropped again, for good
 	h.m.now = func() time.Time { return base.Add(DisconnectGrace/2 + DisconnectGrace) }
 	h.m.CheckTrust()
-	h.m.Attach(send) // the final event waits for a session
+	h.out.Attach(send) // the final event waits for a session
 	e := h.wait(t, "gold", apiv1.WorkloadState_WORKLOAD_STATE_KILLED)
 	if !strings.Contains(e.GetReason(), "connection to the verifier lost") {
 		t.Errorf("kill reason %q", e.GetReason())

@@ -8,7 +8,6 @@ package admin
 import (
 	"context"
 	"errors"
-	"regexp"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -138,14 +137,9 @@ func (s *Server) Revoke(ctx context.Context, r *apiv1.RevokeRequest) (*apiv1.Nod
 	return s.nodeProto(n), nil
 }
 
-// MaxImageArchive bounds an image archive sent through the verifier.
-const MaxImageArchive = 512 << 20
-
 // ImageChunkSize is the size of the ImageChunk messages an archive is
 // cut into on the node's stream.
 const ImageChunkSize = 1 << 20
-
-var workloadIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 // RunWorkload implements Admin: it checks the request, sends the
 // workload (and its image archive) down the node's stream and relays
@@ -153,16 +147,8 @@ var workloadIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 func (s *Server) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_RunWorkloadServer) error {
 	ctx := stream.Context()
 	spec := r.GetSpec()
-	if spec == nil || !workloadIDPattern.MatchString(spec.GetId()) {
-		return status.Error(codes.InvalidArgument, "workload id: want 1-64 letters, digits, '.', '_' or '-'")
-	}
-	switch {
-	case spec.GetImageArchive() && len(r.GetImageArchive()) == 0:
-		return status.Error(codes.InvalidArgument, "image_archive is set but no archive was sent")
-	case !spec.GetImageArchive() && len(r.GetImageArchive()) > 0:
-		return status.Error(codes.InvalidArgument, "an archive was sent but image_archive is not set")
-	case !spec.GetImageArchive() && spec.GetImage() == "":
-		return status.Error(codes.InvalidArgument, "image: a registry reference is required without an archive")
+	if err := r.Validate(); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
 	}
 	n, err := s.store.GetNode(ctx, r.GetNodeId())
 	if err != nil {
@@ -218,8 +204,8 @@ func (s *Server) RunWorkload(r *apiv1.RunWorkloadRequest, stream apiv1.Admin_Run
 // StopWorkload implements Admin: it asks the node to stop a workload and
 // returns the workload's final event.
 func (s *Server) StopWorkload(ctx context.Context, r *apiv1.StopWorkloadRequest) (*apiv1.WorkloadEvent, error) {
-	if !workloadIDPattern.MatchString(r.GetWorkloadId()) {
-		return nil, status.Error(codes.InvalidArgument, "workload id: want 1-64 letters, digits, '.', '_' or '-'")
+	if err := apiv1.ValidWorkloadID(r.GetWorkloadId()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	updates, stop := s.hub.WatchWorkload(r.GetNodeId(), r.GetWorkloadId())
 	defer stop()

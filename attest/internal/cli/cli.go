@@ -107,7 +107,7 @@ func adminClient(sock string) (apiv1.AdminClient, func(), error) {
 		return nil, nil, err
 	}
 	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(server.MaxImageArchive+1<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(apiv1.MaxImageArchive+1<<20)))
 	if err != nil {
 		return nil, nil, err
 	}

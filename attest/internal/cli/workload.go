@@ -52,9 +52,9 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 	}
 	var portNums []uint32
 	for _, p := range ports {
-		n, err := strconv.ParseUint(p, 10, 16)
-		if err != nil || n == 0 {
-			return fmt.Errorf("-port %q: want 1-65535", p)
+		n, err := strconv.ParseUint(p, 10, 32)
+		if err != nil {
+			return fmt.Errorf("-port %q: want a number %d-%d", p, apiv1.MinPort, apiv1.MaxPort)
 		}
 		portNums = append(portNums, uint32(n))
 	}
@@ -73,6 +73,9 @@ func runWorkload(fs *flag.FlagSet, args []string) error {
 		if req.ImageArchive, err = os.ReadFile(*archive); err != nil {
 			return err
 		}
+	}
+	if err := req.Validate(); err != nil {
+		return fmt.Errorf("run: %w", err)
 	}
 	c, closeConn, err := adminClient(*sock)
 	if err != nil {
@@ -119,6 +122,9 @@ func stopWorkload(fs *flag.FlagSet, args []string) error {
 	reason := fs.String("reason", "", "reason recorded with the stop")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if err := apiv1.ValidWorkloadID(*id); err != nil {
+		return fmt.Errorf("stop: %w", err)
 	}
 	c, closeConn, err := adminClient(*sock)
 	if err != nil {

@@ -20,7 +20,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
-	"github.com/rigos/rigos/attest/internal/admin"
 	"github.com/rigos/rigos/attest/internal/config"
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/attest/internal/verifier"
@@ -28,9 +27,6 @@ import (
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/keyfile"
 )
-
-// MaxImageArchive bounds an image archive sent through the admin socket.
-const MaxImageArchive = admin.MaxImageArchive
 
 // MaxMessage bounds one message from an agent (evidence with logs).
 const MaxMessage = 4 << 20
@@ -199,7 +195,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	)
 	apiv1.RegisterAttestationServer(d.agents, v)
 	// Image archives for workloads come through the admin socket.
-	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(admin.MaxImageArchive + 1<<20))
+	d.admin = grpc.NewServer(grpc.MaxRecvMsgSize(apiv1.MaxImageArchive + 1<<20))
 	apiv1.RegisterAdminServer(d.admin, v.Admin())
 	if d.agentLis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		db.Close()

@@ -67,26 +67,15 @@ type Config struct {
 	PlanFile string `json:"plan_file"`
 	// Plan is what the supplier sells when there is no plan file:
 	// workloads asking for more are refused. Zero fields mean the whole
-	// machine.
-	Plan Plan `json:"plan"`
+	// machine; its version and price are not used. Default max_duration
+	// is "24h".
+	Plan askplan.Plan `json:"plan"`
 	// ReconnectMin and ReconnectMax bound the reconnect backoff.
 	// Defaults are "1s" and "1m".
 	ReconnectMin config.Duration `json:"reconnect_min"`
 	ReconnectMax config.Duration `json:"reconnect_max"`
 	// LogLevel is debug, info, warn or error. Default is "info".
 	LogLevel string `json:"log_level"`
-}
-
-// Plan is the node's ASK plan: the resources it offers to workloads.
-type Plan struct {
-	// CPUs is the number of cores offered, fractions allowed.
-	CPUs float64 `json:"cpus"`
-	// MemoryMB is the memory offered, in MiB.
-	MemoryMB int64 `json:"memory_mb"`
-	// GPUs is the number of GPUs offered.
-	GPUs int `json:"gpus"`
-	// MaxDuration caps a workload's run time. Default is "24h".
-	MaxDuration config.Duration `json:"max_duration"`
 }
 
 // Defaults fills in unset fields.

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/config"
 	"github.com/rigos/rigos/pkg/layout"
 )
@@ -11,7 +12,7 @@ import (
 // What Encode writes loads back as the same configuration.
 func TestEncodeRoundTrips(t *testing.T) {
 	in := &Config{Verifier: "verifier.example:7443", CACert: layout.VerifierCA, TPM: "device",
-		RuntimeLog: layout.RuntimeLog, Plan: Plan{GPUs: 2}, ReconnectMax: config.Duration(90e9)}
+		RuntimeLog: layout.RuntimeLog, Plan: askplan.Plan{GPUs: 2}, ReconnectMax: config.Duration(90e9)}
 	b, err := Encode(in)
 	if err != nil {
 		t.Fatalf("Encode() = %v", err)
@@ -45,7 +46,7 @@ func TestEncodeLeavesOutUnsetFields(t *testing.T) {
 }
 
 func TestValidateReportsEverything(t *testing.T) {
-	c := &Config{TPM: "usb", GPUs: "some", LogLevel: "loud", Plan: Plan{CPUs: -1}}
+	c := &Config{TPM: "usb", GPUs: "some", LogLevel: "loud", Plan: askplan.Plan{CPUs: -1}}
 	c.Defaults()
 	err := c.Validate()
 	for _, want := range []string{"verifier", "ca_cert", `tpm "usb"`, `gpus "some"`, "negative", "log_level"} {
