@@ -29,6 +29,8 @@ import (
 	"github.com/rigos/rigos/internal/ociarchive"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/layout"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // runResult is what RunWorkload streamed back.
@@ -315,19 +317,28 @@ func TestWorkloads(t *testing.T) {
 		t.Errorf("oom: %v, events %v", r.err, r.events)
 	}
 
-	// Requests the node cannot honour fail by name and start nothing.
+	// Requests the node cannot honour fail by name and start nothing. A
+	// request that is malformed whatever the node (a port out of range)
+	// is refused by the verifier before it is sent (apiv1 validation).
 	for name, c := range map[string]struct {
-		mod  func(*apiv1.RunWorkloadRequest)
-		want string
+		mod        func(*apiv1.RunWorkloadRequest)
+		want       string
+		atVerifier bool
 	}{
-		"beyond plan": {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.MemoryBytes = 400 << 20 }, "memory 400 MiB beyond the node's ASK plan (320 MiB)"},
-		"gpus":        {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.Gpus = 1 }, "not enough GPUs"},
-		"bad port":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Network = &apiv1.NetworkPolicy{Ports: []uint32{70000}} }, "port 70000"},
-		"no image":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Image = "rigos.test/absent:1" }, "image not found"},
+		"beyond plan": {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.MemoryBytes = 400 << 20 }, "memory 400 MiB beyond the node's ASK plan (320 MiB)", false},
+		"gpus":        {func(r *apiv1.RunWorkloadRequest) { r.Spec.Resources.Gpus = 1 }, "not enough GPUs", false},
+		"bad port":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Network = &apiv1.NetworkPolicy{Ports: []uint32{70000}} }, "port 70000", true},
+		"no image":    {func(r *apiv1.RunWorkloadRequest) { r.Spec.Image = "rigos.test/absent:1" }, "image not found", false},
 	} {
 		req := &apiv1.RunWorkloadRequest{NodeId: node, Spec: spec("bad-"+strings.ReplaceAll(name, " ", "-"), "hello"), ImageArchive: archive}
 		c.mod(req)
 		r, _ := runWorkload(ctx, v, req, nil)
+		if c.atVerifier {
+			if status.Code(r.err) != codes.InvalidArgument || !strings.Contains(r.err.Error(), c.want) || len(r.events) != 0 {
+				t.Errorf("%s: %v, events %v; want refused by the verifier with %q", name, r.err, r.events, c.want)
+			}
+			continue
+		}
 		if e := r.last(); r.err != nil || e.GetState() != apiv1.WorkloadState_WORKLOAD_STATE_FAILED || !strings.Contains(e.GetReason(), c.want) {
 			t.Errorf("%s: %v, events %v; want failed with %q", name, r.err, r.events, c.want)
 		}
