@@ -82,6 +82,7 @@ var Hardened = []Param{
 	{"slab_nomerge", "keep slab caches apart, which makes heap exploits harder"},
 	{"page_alloc.shuffle=1", "randomise the page allocator"},
 	{"randomize_kstack_offset=on", "randomise the kernel stack offset per system call"},
+	{"pti=on", "kernel page-table isolation even on CPUs that report no Meltdown: user space never has the kernel mapped (costs some system-call time where it was off)"},
 	{"vsyscall=none", "remove the fixed-address vsyscall page"},
 	{"debugfs=off", "no debugfs: it exposes kernel internals"},
 	{"oops=panic", "an oops means the kernel may be compromised: stop"},

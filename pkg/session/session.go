@@ -14,6 +14,7 @@ import (
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/hwinfo"
 )
 
 // TPM is what a session needs from the node's TPM. collect.Attestor is
@@ -38,6 +39,9 @@ type Node struct {
 	// AskPlan and AskPlanError describe the supplier's ASK plan for the
 	// verifier (see apiv1.Hello).
 	AskPlan, AskPlanError string
+	// Hardware, if set, is the node's SMBIOS inventory, sent in the hello
+	// (fitted to the hello's limits) as the node's own, unattested claim.
+	Hardware *hwinfo.Inventory
 	// Outbox, if set, carries the node's own messages (workload events
 	// and output, GPU reports): it is attached to the stream while the
 	// node is enrolled.
@@ -104,7 +108,7 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 	ak := n.TPM.AKParams()
 	if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
 		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
-		AskPlan: n.AskPlan, AskPlanError: n.AskPlanError,
+		AskPlan: n.AskPlan, AskPlanError: n.AskPlanError, Hardware: hardwareProto(n.Hardware),
 		Ak: &apiv1.AKParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature},
 	}}}); err != nil {
 		return fmt.Errorf("sending hello: %w", err)

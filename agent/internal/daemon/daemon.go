@@ -31,6 +31,7 @@ import (
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/hwinfo"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/session"
@@ -86,7 +87,8 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", cg, "cpu_weight", strings.TrimSpace(string(weight)))
 
 	out := session.NewOutbox(log)
-	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: t.runtimeLog, Logger: log, Outbox: out}
+	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: t.runtimeLog, Logger: log, Outbox: out,
+		Hardware: readHardware(hwinfo.DefaultDir, log)}
 	// The agent's own measurements (GPUs, workloads) go into the runtime
 	// log and PCR through the session's TPM handle.
 	var rec *measure.Recorder
@@ -232,6 +234,19 @@ func readPlan(path string, plan *askplan.Plan) (string, error) {
 	*plan = *ask
 	j, err := json.Marshal(ask)
 	return string(j), err
+}
+
+// readHardware reads the node's SMBIOS inventory once, for the hello. VMs
+// and some boards have no SMBIOS tables: the hello then goes without it.
+func readHardware(dir string, log *slog.Logger) *hwinfo.Inventory {
+	inv, err := hwinfo.Read(dir)
+	if err != nil {
+		log.Warn("no hardware inventory for the verifier", "err", err)
+		return nil
+	}
+	log.Info("hardware", "system", inv.System.Manufacturer+" "+inv.System.Product, "sockets", len(inv.Processors),
+		"cores", inv.Cores(), "memory_bytes", inv.MemoryBytes)
+	return inv
 }
 
 func errString(err error) string {

@@ -74,3 +74,20 @@ func TestCompactRuntimeLog(t *testing.T) {
 		t.Fatalf("compacted log: %d records, %v; want the checkpoint alone, replaying as before", len(events), err)
 	}
 }
+
+// A node without SMBIOS tables (a VM, some boards) says hello without an
+// inventory and logs why at warn.
+func TestReadHardware(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	if inv := readHardware(filepath.Join(t.TempDir(), "absent"), log); inv != nil {
+		t.Errorf("readHardware(absent) = %+v, want nil", inv)
+	}
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "SMBIOS entry point") {
+		t.Errorf("readHardware(absent) logged %q, want a warning naming the SMBIOS entry point", buf.String())
+	}
+	inv := readHardware("../../../pkg/hwinfo/testdata/dell-r630", log)
+	if inv == nil || inv.System.Product != "PowerEdge R630" {
+		t.Errorf("readHardware(dell-r630) = %+v, want the PowerEdge R630", inv)
+	}
+}

@@ -88,7 +88,7 @@ func (s *Server) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1.N
 	}
 	out.Gpus = s.hub.GPUs(n.ID)
 	plan := s.hub.Plan(n.ID)
-	out.AskPlan, out.AskPlanError = plan.Plan, plan.Err
+	out.AskPlan, out.AskPlanError, out.Hardware = plan.Plan, plan.Err, plan.Hardware
 	ws, err := s.store.WorkloadEvents(ctx, n.ID, limit)
 	if err != nil {
 		return nil, err

@@ -154,6 +154,9 @@ func admin(cmd, sock, id, reason string, n int) error {
 		case d.GetAskPlan() != "":
 			fmt.Printf("ASK plan: %s\n", d.GetAskPlan())
 		}
+		for _, l := range hardwareLines(d.GetHardware()) {
+			fmt.Println(l)
+		}
 		if len(d.GetWorkloads()) > 0 {
 			fmt.Println("workload events:")
 		}

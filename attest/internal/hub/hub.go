@@ -58,9 +58,13 @@ func (c *Conn) Send(ctx context.Context, node string, m *apiv1.VerifierMessage) 
 	}
 }
 
-// Plan is the ASK plan a node reported in its proven hello, or why its
-// plan is unusable.
-type Plan struct{ Plan, Err string }
+// Plan is what a node reported in its proven hello: its ASK plan, or why
+// the plan is unusable, and its hardware inventory (the node's own claim,
+// not attested; nil when it sent none).
+type Plan struct {
+	Plan, Err string
+	Hardware  *apiv1.HardwareInventory
+}
 
 type workloadKey struct{ node, id string }
 
@@ -243,7 +247,8 @@ func (h *Hub) GPUs(node string) *apiv1.GPUReport {
 	return h.gpus[node]
 }
 
-// Plan returns the ASK plan from the node's latest proven hello.
+// Plan returns the ASK plan and hardware inventory from the node's latest
+// proven hello.
 func (h *Hub) Plan(node string) Plan {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -37,7 +37,7 @@ func (f *fakeStream) Recv() (*apiv1.AgentMessage, error) { panic("enrol reads th
 // anything) and an answer to the activation challenge. Whatever comes,
 // the handshake never panics, never succeeds without the TPM (no fuzz
 // input holds the encrypted secret), and keeps nothing: no node is
-// stored and no plan remembered.
+// stored and no plan or hardware inventory remembered.
 func FuzzEnrol(f *testing.F) {
 	soft, err := softtpm.New(devboot.Default())
 	if err != nil {
@@ -49,9 +49,15 @@ func FuzzEnrol(f *testing.F) {
 		NodeId: "rig-1", EkPublic: ek, AskPlan: `{"version":1}`,
 		Ak: &apiv1.AKParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature},
 	}}})
+	withHardware, _ := proto.Marshal(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
+		NodeId: "rig-1", EkPublic: ek,
+		Ak:       &apiv1.AKParameters{Public: ak.Public, CreateData: ak.CreateData, CreateAttestation: ak.CreateAttestation, CreateSignature: ak.CreateSignature},
+		Hardware: &apiv1.HardwareInventory{System: &apiv1.HardwareIdentity{Product: "PowerEdge R630"}, Processors: []*apiv1.HardwareProcessor{{Model: "Xeon", Cores: 8}}},
+	}}})
 	answer, _ := proto.Marshal(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Activation{Activation: &apiv1.ActivationProof{Secret: make([]byte, 32)}}})
 	f.Add(hello, answer)
 	f.Add(hello, []byte{})
+	f.Add(withHardware, answer)
 	f.Add([]byte{0x0a, 0x00}, answer)
 
 	db, err := store.OpenSQLite(filepath.Join(f.TempDir(), "attest.db"))

@@ -131,7 +131,7 @@ func (v *Verifier) enrol(ctx context.Context, stream apiv1.Attestation_SessionSe
 	if err != nil {
 		return nil, hub.Plan{}, err
 	}
-	plan := hub.Plan{Plan: h.GetAskPlan(), Err: h.GetAskPlanError()}
+	plan := hub.Plan{Plan: h.GetAskPlan(), Err: h.GetAskPlanError(), Hardware: h.GetHardware()}
 	c, err := v.claim(ctx, h)
 	if err != nil {
 		return nil, plan, err
@@ -167,6 +167,9 @@ func readHello(in *inbox) (*apiv1.Hello, error) {
 	}
 	if len(h.GetAskPlan()) > 64<<10 || len(h.GetAskPlanError()) > 64<<10 {
 		return nil, refuse("hello: ASK plan too large")
+	}
+	if err := h.GetHardware().Validate(); err != nil {
+		return nil, refuse("hello: %v", err)
 	}
 	return h, nil
 }

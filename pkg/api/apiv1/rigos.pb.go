@@ -598,8 +598,13 @@ type Hello struct {
 	// AskPlan is the supplier's ASK plan the node enforces (JSON,
 	// pkg/askplan), or empty; AskPlanError says why the plan file the
 	// node has is unusable (it then takes no workloads).
-	AskPlan       string `protobuf:"bytes,6,opt,name=ask_plan,json=askPlan,proto3" json:"ask_plan,omitempty"`
-	AskPlanError  string `protobuf:"bytes,7,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
+	AskPlan      string `protobuf:"bytes,6,opt,name=ask_plan,json=askPlan,proto3" json:"ask_plan,omitempty"`
+	AskPlanError string `protobuf:"bytes,7,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
+	// Hardware is the node's SMBIOS inventory (pkg/hwinfo), absent when
+	// the node has no SMBIOS tables (VMs, some boards). It is the node's
+	// own claim, not attested: the verifier bounds it, keeps it for display
+	// and bases no verdict on it.
+	Hardware      *HardwareInventory `protobuf:"bytes,8,opt,name=hardware,proto3" json:"hardware,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -683,6 +688,319 @@ func (x *Hello) GetAskPlanError() string {
 	return ""
 }
 
+func (x *Hello) GetHardware() *HardwareInventory {
+	if x != nil {
+		return x.Hardware
+	}
+	return nil
+}
+
+// HardwareInventory is what a node's SMBIOS tables say about it
+// (pkg/hwinfo.Inventory). The firmware writes the tables and the node
+// reports them: nothing here is checked against a measurement, so it is
+// the node's own claim, not attested. Strings are empty when the firmware
+// left them out or wrote a placeholder.
+type HardwareInventory struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SmbiosVersion string                 `protobuf:"bytes,1,opt,name=smbios_version,json=smbiosVersion,proto3" json:"smbios_version,omitempty"` // "major.minor" or "major.minor.docrev"
+	System        *HardwareIdentity      `protobuf:"bytes,2,opt,name=system,proto3" json:"system,omitempty"`                                    // SMBIOS type 1
+	Board         *HardwareIdentity      `protobuf:"bytes,3,opt,name=board,proto3" json:"board,omitempty"`                                      // type 2
+	Bios          *HardwareBIOS          `protobuf:"bytes,4,opt,name=bios,proto3" json:"bios,omitempty"`                                        // type 0
+	// Processors are the populated processor sockets (type 4), in table
+	// order.
+	Processors []*HardwareProcessor `protobuf:"bytes,5,rep,name=processors,proto3" json:"processors,omitempty"`
+	// Sockets counts every processor socket, populated or not.
+	Sockets uint32 `protobuf:"varint,6,opt,name=sockets,proto3" json:"sockets,omitempty"`
+	// MemoryBytes is the total size of the installed memory devices
+	// (type 17); MemoryDevices counts them.
+	MemoryBytes   uint64 `protobuf:"varint,7,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	MemoryDevices uint32 `protobuf:"varint,8,opt,name=memory_devices,json=memoryDevices,proto3" json:"memory_devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HardwareInventory) Reset() {
+	*x = HardwareInventory{}
+	mi := &file_rigos_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HardwareInventory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HardwareInventory) ProtoMessage() {}
+
+func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HardwareInventory.ProtoReflect.Descriptor instead.
+func (*HardwareInventory) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *HardwareInventory) GetSmbiosVersion() string {
+	if x != nil {
+		return x.SmbiosVersion
+	}
+	return ""
+}
+
+func (x *HardwareInventory) GetSystem() *HardwareIdentity {
+	if x != nil {
+		return x.System
+	}
+	return nil
+}
+
+func (x *HardwareInventory) GetBoard() *HardwareIdentity {
+	if x != nil {
+		return x.Board
+	}
+	return nil
+}
+
+func (x *HardwareInventory) GetBios() *HardwareBIOS {
+	if x != nil {
+		return x.Bios
+	}
+	return nil
+}
+
+func (x *HardwareInventory) GetProcessors() []*HardwareProcessor {
+	if x != nil {
+		return x.Processors
+	}
+	return nil
+}
+
+func (x *HardwareInventory) GetSockets() uint32 {
+	if x != nil {
+		return x.Sockets
+	}
+	return 0
+}
+
+func (x *HardwareInventory) GetMemoryBytes() uint64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *HardwareInventory) GetMemoryDevices() uint32 {
+	if x != nil {
+		return x.MemoryDevices
+	}
+	return 0
+}
+
+type HardwareIdentity struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Manufacturer  string                 `protobuf:"bytes,1,opt,name=manufacturer,proto3" json:"manufacturer,omitempty"`
+	Product       string                 `protobuf:"bytes,2,opt,name=product,proto3" json:"product,omitempty"`
+	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HardwareIdentity) Reset() {
+	*x = HardwareIdentity{}
+	mi := &file_rigos_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HardwareIdentity) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HardwareIdentity) ProtoMessage() {}
+
+func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HardwareIdentity.ProtoReflect.Descriptor instead.
+func (*HardwareIdentity) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *HardwareIdentity) GetManufacturer() string {
+	if x != nil {
+		return x.Manufacturer
+	}
+	return ""
+}
+
+func (x *HardwareIdentity) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *HardwareIdentity) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+type HardwareBIOS struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vendor        string                 `protobuf:"bytes,1,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	Version       string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	ReleaseDate   string                 `protobuf:"bytes,3,opt,name=release_date,json=releaseDate,proto3" json:"release_date,omitempty"` // as the firmware wrote it, usually mm/dd/yyyy
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HardwareBIOS) Reset() {
+	*x = HardwareBIOS{}
+	mi := &file_rigos_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HardwareBIOS) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HardwareBIOS) ProtoMessage() {}
+
+func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HardwareBIOS.ProtoReflect.Descriptor instead.
+func (*HardwareBIOS) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *HardwareBIOS) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *HardwareBIOS) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *HardwareBIOS) GetReleaseDate() string {
+	if x != nil {
+		return x.ReleaseDate
+	}
+	return ""
+}
+
+type HardwareProcessor struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Socket        string                 `protobuf:"bytes,1,opt,name=socket,proto3" json:"socket,omitempty"` // e.g. "CPU1"
+	Manufacturer  string                 `protobuf:"bytes,2,opt,name=manufacturer,proto3" json:"manufacturer,omitempty"`
+	Model         string                 `protobuf:"bytes,3,opt,name=model,proto3" json:"model,omitempty"`
+	Cores         uint32                 `protobuf:"varint,4,opt,name=cores,proto3" json:"cores,omitempty"`     // 0: unknown
+	Threads       uint32                 `protobuf:"varint,5,opt,name=threads,proto3" json:"threads,omitempty"` // 0: unknown
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HardwareProcessor) Reset() {
+	*x = HardwareProcessor{}
+	mi := &file_rigos_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HardwareProcessor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HardwareProcessor) ProtoMessage() {}
+
+func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HardwareProcessor.ProtoReflect.Descriptor instead.
+func (*HardwareProcessor) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *HardwareProcessor) GetSocket() string {
+	if x != nil {
+		return x.Socket
+	}
+	return ""
+}
+
+func (x *HardwareProcessor) GetManufacturer() string {
+	if x != nil {
+		return x.Manufacturer
+	}
+	return ""
+}
+
+func (x *HardwareProcessor) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *HardwareProcessor) GetCores() uint32 {
+	if x != nil {
+		return x.Cores
+	}
+	return 0
+}
+
+func (x *HardwareProcessor) GetThreads() uint32 {
+	if x != nil {
+		return x.Threads
+	}
+	return 0
+}
+
 type AKParameters struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Public            []byte                 `protobuf:"bytes,1,opt,name=public,proto3" json:"public,omitempty"`                                                // TPMT_PUBLIC
@@ -695,7 +1013,7 @@ type AKParameters struct {
 
 func (x *AKParameters) Reset() {
 	*x = AKParameters{}
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +1025,7 @@ func (x *AKParameters) String() string {
 func (*AKParameters) ProtoMessage() {}
 
 func (x *AKParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +1038,7 @@ func (x *AKParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AKParameters.ProtoReflect.Descriptor instead.
 func (*AKParameters) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{4}
+	return file_rigos_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AKParameters) GetPublic() []byte {
@@ -761,7 +1079,7 @@ type ActivationProof struct {
 
 func (x *ActivationProof) Reset() {
 	*x = ActivationProof{}
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -773,7 +1091,7 @@ func (x *ActivationProof) String() string {
 func (*ActivationProof) ProtoMessage() {}
 
 func (x *ActivationProof) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -786,7 +1104,7 @@ func (x *ActivationProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationProof.ProtoReflect.Descriptor instead.
 func (*ActivationProof) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{5}
+	return file_rigos_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ActivationProof) GetSecret() []byte {
@@ -813,7 +1131,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +1143,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +1156,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{6}
+	return file_rigos_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Evidence) GetChallengeId() uint64 {
@@ -893,7 +1211,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1223,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1236,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{7}
+	return file_rigos_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PCRValue) GetIndex() uint32 {
@@ -954,7 +1272,7 @@ type VerifierMessage struct {
 
 func (x *VerifierMessage) Reset() {
 	*x = VerifierMessage{}
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1284,7 @@ func (x *VerifierMessage) String() string {
 func (*VerifierMessage) ProtoMessage() {}
 
 func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1297,7 @@ func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifierMessage.ProtoReflect.Descriptor instead.
 func (*VerifierMessage) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{8}
+	return file_rigos_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VerifierMessage) GetMsg() isVerifierMessage_Msg {
@@ -1124,7 +1442,7 @@ type ActivationChallenge struct {
 
 func (x *ActivationChallenge) Reset() {
 	*x = ActivationChallenge{}
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1454,7 @@ func (x *ActivationChallenge) String() string {
 func (*ActivationChallenge) ProtoMessage() {}
 
 func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1467,7 @@ func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationChallenge.ProtoReflect.Descriptor instead.
 func (*ActivationChallenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{9}
+	return file_rigos_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ActivationChallenge) GetCredential() []byte {
@@ -1176,7 +1494,7 @@ type Enrolled struct {
 
 func (x *Enrolled) Reset() {
 	*x = Enrolled{}
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1506,7 @@ func (x *Enrolled) String() string {
 func (*Enrolled) ProtoMessage() {}
 
 func (x *Enrolled) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1519,7 @@ func (x *Enrolled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrolled.ProtoReflect.Descriptor instead.
 func (*Enrolled) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{10}
+	return file_rigos_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Enrolled) GetNodeId() string {
@@ -1231,7 +1549,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1561,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1574,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{11}
+	return file_rigos_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Challenge) GetId() uint64 {
@@ -1306,7 +1624,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1636,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1649,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{12}
+	return file_rigos_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Verdict) GetChallengeId() uint64 {
@@ -1387,7 +1705,7 @@ type StartWorkload struct {
 
 func (x *StartWorkload) Reset() {
 	*x = StartWorkload{}
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1717,7 @@ func (x *StartWorkload) String() string {
 func (*StartWorkload) ProtoMessage() {}
 
 func (x *StartWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1730,7 @@ func (x *StartWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartWorkload.ProtoReflect.Descriptor instead.
 func (*StartWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{13}
+	return file_rigos_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartWorkload) GetSpec() *WorkloadSpec {
@@ -1455,7 +1773,7 @@ type WorkloadSpec struct {
 
 func (x *WorkloadSpec) Reset() {
 	*x = WorkloadSpec{}
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1785,7 @@ func (x *WorkloadSpec) String() string {
 func (*WorkloadSpec) ProtoMessage() {}
 
 func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1798,7 @@ func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSpec.ProtoReflect.Descriptor instead.
 func (*WorkloadSpec) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{14}
+	return file_rigos_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WorkloadSpec) GetId() string {
@@ -1572,7 +1890,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +1902,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +1915,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{15}
+	return file_rigos_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RegistryAuth) GetUsername() string {
@@ -1638,7 +1956,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1650,7 +1968,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1663,7 +1981,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{16}
+	return file_rigos_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Resources) GetCpus() float64 {
@@ -1711,7 +2029,7 @@ type NetworkPolicy struct {
 
 func (x *NetworkPolicy) Reset() {
 	*x = NetworkPolicy{}
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +2041,7 @@ func (x *NetworkPolicy) String() string {
 func (*NetworkPolicy) ProtoMessage() {}
 
 func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +2054,7 @@ func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
 func (*NetworkPolicy) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{17}
+	return file_rigos_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *NetworkPolicy) GetOutbound() bool {
@@ -1765,7 +2083,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +2095,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +2108,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{18}
+	return file_rigos_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ImageChunk) GetWorkloadId() string {
@@ -1824,7 +2142,7 @@ type StopWorkload struct {
 
 func (x *StopWorkload) Reset() {
 	*x = StopWorkload{}
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2154,7 @@ func (x *StopWorkload) String() string {
 func (*StopWorkload) ProtoMessage() {}
 
 func (x *StopWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2167,7 @@ func (x *StopWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkload.ProtoReflect.Descriptor instead.
 func (*StopWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{19}
+	return file_rigos_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StopWorkload) GetId() string {
@@ -1883,7 +2201,7 @@ type WorkloadEvent struct {
 
 func (x *WorkloadEvent) Reset() {
 	*x = WorkloadEvent{}
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1895,7 +2213,7 @@ func (x *WorkloadEvent) String() string {
 func (*WorkloadEvent) ProtoMessage() {}
 
 func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1908,7 +2226,7 @@ func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEvent.ProtoReflect.Descriptor instead.
 func (*WorkloadEvent) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{20}
+	return file_rigos_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WorkloadEvent) GetId() string {
@@ -1972,7 +2290,7 @@ type WorkloadLog struct {
 
 func (x *WorkloadLog) Reset() {
 	*x = WorkloadLog{}
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2302,7 @@ func (x *WorkloadLog) String() string {
 func (*WorkloadLog) ProtoMessage() {}
 
 func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2315,7 @@ func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadLog.ProtoReflect.Descriptor instead.
 func (*WorkloadLog) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{21}
+	return file_rigos_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WorkloadLog) GetId() string {
@@ -2031,7 +2349,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2361,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2374,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{22}
+	return file_rigos_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Refusal) GetReason() string {
@@ -2078,7 +2396,7 @@ type RunWorkloadRequest struct {
 
 func (x *RunWorkloadRequest) Reset() {
 	*x = RunWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2408,7 @@ func (x *RunWorkloadRequest) String() string {
 func (*RunWorkloadRequest) ProtoMessage() {}
 
 func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2421,7 @@ func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*RunWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{23}
+	return file_rigos_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RunWorkloadRequest) GetNodeId() string {
@@ -2140,7 +2458,7 @@ type WorkloadUpdate struct {
 
 func (x *WorkloadUpdate) Reset() {
 	*x = WorkloadUpdate{}
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2470,7 @@ func (x *WorkloadUpdate) String() string {
 func (*WorkloadUpdate) ProtoMessage() {}
 
 func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2165,7 +2483,7 @@ func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadUpdate.ProtoReflect.Descriptor instead.
 func (*WorkloadUpdate) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{24}
+	return file_rigos_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WorkloadUpdate) GetUpdate() isWorkloadUpdate_Update {
@@ -2220,7 +2538,7 @@ type StopWorkloadRequest struct {
 
 func (x *StopWorkloadRequest) Reset() {
 	*x = StopWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2550,7 @@ func (x *StopWorkloadRequest) String() string {
 func (*StopWorkloadRequest) ProtoMessage() {}
 
 func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2563,7 @@ func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*StopWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{25}
+	return file_rigos_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StopWorkloadRequest) GetNodeId() string {
@@ -2277,7 +2595,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2289,7 +2607,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2302,7 +2620,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{26}
+	return file_rigos_proto_rawDescGZIP(), []int{30}
 }
 
 type ListNodesResponse struct {
@@ -2314,7 +2632,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2326,7 +2644,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2339,7 +2657,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{27}
+	return file_rigos_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2359,7 +2677,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2689,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2702,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{28}
+	return file_rigos_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -2410,7 +2728,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2740,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2753,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{29}
+	return file_rigos_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NodeRequest) GetNodeId() string {
@@ -2455,7 +2773,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2467,7 +2785,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2480,7 +2798,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{30}
+	return file_rigos_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RevokeRequest) GetNodeId() string {
@@ -2505,7 +2823,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2517,7 +2835,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2530,7 +2848,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{31}
+	return file_rigos_proto_rawDescGZIP(), []int{35}
 }
 
 type Node struct {
@@ -2552,7 +2870,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2564,7 +2882,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2577,7 +2895,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{32}
+	return file_rigos_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Node) GetNodeId() string {
@@ -2666,15 +2984,18 @@ type NodeDetail struct {
 	// GPUs is the node's latest GPU report (while it is connected).
 	Gpus *GPUReport `protobuf:"bytes,4,opt,name=gpus,proto3" json:"gpus,omitempty"`
 	// AskPlan and AskPlanError are from the node's latest hello.
-	AskPlan       string `protobuf:"bytes,5,opt,name=ask_plan,json=askPlan,proto3" json:"ask_plan,omitempty"`
-	AskPlanError  string `protobuf:"bytes,6,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
+	AskPlan      string `protobuf:"bytes,5,opt,name=ask_plan,json=askPlan,proto3" json:"ask_plan,omitempty"`
+	AskPlanError string `protobuf:"bytes,6,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
+	// Hardware is the SMBIOS inventory from the node's latest proven hello:
+	// reported by the node, not attested.
+	Hardware      *HardwareInventory `protobuf:"bytes,7,opt,name=hardware,proto3" json:"hardware,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +3007,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +3020,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{33}
+	return file_rigos_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NodeDetail) GetNode() *Node {
@@ -2744,6 +3065,13 @@ func (x *NodeDetail) GetAskPlanError() string {
 	return ""
 }
 
+func (x *NodeDetail) GetHardware() *HardwareInventory {
+	if x != nil {
+		return x.Hardware
+	}
+	return nil
+}
+
 type VerdictRecord struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	UnixMs   int64                  `protobuf:"varint,1,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
@@ -2758,7 +3086,7 @@ type VerdictRecord struct {
 
 func (x *VerdictRecord) Reset() {
 	*x = VerdictRecord{}
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2770,7 +3098,7 @@ func (x *VerdictRecord) String() string {
 func (*VerdictRecord) ProtoMessage() {}
 
 func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2783,7 +3111,7 @@ func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerdictRecord.ProtoReflect.Descriptor instead.
 func (*VerdictRecord) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{34}
+	return file_rigos_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VerdictRecord) GetUnixMs() int64 {
@@ -2835,7 +3163,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2847,7 +3175,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2860,7 +3188,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{35}
+	return file_rigos_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *StateChange) GetNodeId() string {
@@ -2945,7 +3273,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x10throttle_reasons\x18\x0e \x01(\x04R\x0fthrottleReasons\x12\x12\n" +
 	"\x04xids\x18\x0f \x03(\x04R\x04xids\x12\x18\n" +
 	"\ahealthy\x18\x10 \x01(\bR\ahealthy\x12\x1a\n" +
-	"\bproblems\x18\x11 \x03(\tR\bproblems\"\xf6\x01\n" +
+	"\bproblems\x18\x11 \x03(\tR\bproblems\"\xb3\x02\n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x1b\n" +
 	"\tek_public\x18\x02 \x01(\fR\bekPublic\x12%\n" +
@@ -2953,7 +3281,33 @@ const file_rigos_proto_rawDesc = "" +
 	"\x02ak\x18\x04 \x01(\v2\x1a.rigos.api.v1.AKParametersR\x02ak\x12#\n" +
 	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\x12\x19\n" +
 	"\bask_plan\x18\x06 \x01(\tR\aaskPlan\x12$\n" +
-	"\x0eask_plan_error\x18\a \x01(\tR\faskPlanError\"\xa1\x01\n" +
+	"\x0eask_plan_error\x18\a \x01(\tR\faskPlanError\x12;\n" +
+	"\bhardware\x18\b \x01(\v2\x1f.rigos.api.v1.HardwareInventoryR\bhardware\"\xfd\x02\n" +
+	"\x11HardwareInventory\x12%\n" +
+	"\x0esmbios_version\x18\x01 \x01(\tR\rsmbiosVersion\x126\n" +
+	"\x06system\x18\x02 \x01(\v2\x1e.rigos.api.v1.HardwareIdentityR\x06system\x124\n" +
+	"\x05board\x18\x03 \x01(\v2\x1e.rigos.api.v1.HardwareIdentityR\x05board\x12.\n" +
+	"\x04bios\x18\x04 \x01(\v2\x1a.rigos.api.v1.HardwareBIOSR\x04bios\x12?\n" +
+	"\n" +
+	"processors\x18\x05 \x03(\v2\x1f.rigos.api.v1.HardwareProcessorR\n" +
+	"processors\x12\x18\n" +
+	"\asockets\x18\x06 \x01(\rR\asockets\x12!\n" +
+	"\fmemory_bytes\x18\a \x01(\x04R\vmemoryBytes\x12%\n" +
+	"\x0ememory_devices\x18\b \x01(\rR\rmemoryDevices\"j\n" +
+	"\x10HardwareIdentity\x12\"\n" +
+	"\fmanufacturer\x18\x01 \x01(\tR\fmanufacturer\x12\x18\n" +
+	"\aproduct\x18\x02 \x01(\tR\aproduct\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\"c\n" +
+	"\fHardwareBIOS\x12\x16\n" +
+	"\x06vendor\x18\x01 \x01(\tR\x06vendor\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12!\n" +
+	"\frelease_date\x18\x03 \x01(\tR\vreleaseDate\"\x95\x01\n" +
+	"\x11HardwareProcessor\x12\x16\n" +
+	"\x06socket\x18\x01 \x01(\tR\x06socket\x12\"\n" +
+	"\fmanufacturer\x18\x02 \x01(\tR\fmanufacturer\x12\x14\n" +
+	"\x05model\x18\x03 \x01(\tR\x05model\x12\x14\n" +
+	"\x05cores\x18\x04 \x01(\rR\x05cores\x12\x18\n" +
+	"\athreads\x18\x05 \x01(\rR\athreads\"\xa1\x01\n" +
 	"\fAKParameters\x12\x16\n" +
 	"\x06public\x18\x01 \x01(\fR\x06public\x12\x1f\n" +
 	"\vcreate_data\x18\x02 \x01(\fR\n" +
@@ -3100,7 +3454,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\tconnected\x18\n" +
 	" \x01(\bR\tconnected\x12\x1f\n" +
 	"\vreset_count\x18\v \x01(\rR\n" +
-	"resetCount\"\x94\x02\n" +
+	"resetCount\"\xd1\x02\n" +
 	"\n" +
 	"NodeDetail\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.rigos.api.v1.NodeR\x04node\x125\n" +
@@ -3108,7 +3462,8 @@ const file_rigos_proto_rawDesc = "" +
 	"\tworkloads\x18\x03 \x03(\v2\x1b.rigos.api.v1.WorkloadEventR\tworkloads\x12+\n" +
 	"\x04gpus\x18\x04 \x01(\v2\x17.rigos.api.v1.GPUReportR\x04gpus\x12\x19\n" +
 	"\bask_plan\x18\x05 \x01(\tR\aaskPlan\x12$\n" +
-	"\x0eask_plan_error\x18\x06 \x01(\tR\faskPlanError\"\xa9\x01\n" +
+	"\x0eask_plan_error\x18\x06 \x01(\tR\faskPlanError\x12;\n" +
+	"\bhardware\x18\a \x01(\v2\x1f.rigos.api.v1.HardwareInventoryR\bhardware\"\xa9\x01\n" +
 	"\rVerdictRecord\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +
@@ -3164,7 +3519,7 @@ func file_rigos_proto_rawDescGZIP() []byte {
 }
 
 var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_rigos_proto_goTypes = []any{
 	(WorkloadState)(0),          // 0: rigos.api.v1.WorkloadState
 	(NodeState)(0),              // 1: rigos.api.v1.NodeState
@@ -3173,98 +3528,108 @@ var file_rigos_proto_goTypes = []any{
 	(*GPUReport)(nil),           // 4: rigos.api.v1.GPUReport
 	(*GPU)(nil),                 // 5: rigos.api.v1.GPU
 	(*Hello)(nil),               // 6: rigos.api.v1.Hello
-	(*AKParameters)(nil),        // 7: rigos.api.v1.AKParameters
-	(*ActivationProof)(nil),     // 8: rigos.api.v1.ActivationProof
-	(*Evidence)(nil),            // 9: rigos.api.v1.Evidence
-	(*PCRValue)(nil),            // 10: rigos.api.v1.PCRValue
-	(*VerifierMessage)(nil),     // 11: rigos.api.v1.VerifierMessage
-	(*ActivationChallenge)(nil), // 12: rigos.api.v1.ActivationChallenge
-	(*Enrolled)(nil),            // 13: rigos.api.v1.Enrolled
-	(*Challenge)(nil),           // 14: rigos.api.v1.Challenge
-	(*Verdict)(nil),             // 15: rigos.api.v1.Verdict
-	(*StartWorkload)(nil),       // 16: rigos.api.v1.StartWorkload
-	(*WorkloadSpec)(nil),        // 17: rigos.api.v1.WorkloadSpec
-	(*RegistryAuth)(nil),        // 18: rigos.api.v1.RegistryAuth
-	(*Resources)(nil),           // 19: rigos.api.v1.Resources
-	(*NetworkPolicy)(nil),       // 20: rigos.api.v1.NetworkPolicy
-	(*ImageChunk)(nil),          // 21: rigos.api.v1.ImageChunk
-	(*StopWorkload)(nil),        // 22: rigos.api.v1.StopWorkload
-	(*WorkloadEvent)(nil),       // 23: rigos.api.v1.WorkloadEvent
-	(*WorkloadLog)(nil),         // 24: rigos.api.v1.WorkloadLog
-	(*Refusal)(nil),             // 25: rigos.api.v1.Refusal
-	(*RunWorkloadRequest)(nil),  // 26: rigos.api.v1.RunWorkloadRequest
-	(*WorkloadUpdate)(nil),      // 27: rigos.api.v1.WorkloadUpdate
-	(*StopWorkloadRequest)(nil), // 28: rigos.api.v1.StopWorkloadRequest
-	(*ListNodesRequest)(nil),    // 29: rigos.api.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 30: rigos.api.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),      // 31: rigos.api.v1.GetNodeRequest
-	(*NodeRequest)(nil),         // 32: rigos.api.v1.NodeRequest
-	(*RevokeRequest)(nil),       // 33: rigos.api.v1.RevokeRequest
-	(*WatchRequest)(nil),        // 34: rigos.api.v1.WatchRequest
-	(*Node)(nil),                // 35: rigos.api.v1.Node
-	(*NodeDetail)(nil),          // 36: rigos.api.v1.NodeDetail
-	(*VerdictRecord)(nil),       // 37: rigos.api.v1.VerdictRecord
-	(*StateChange)(nil),         // 38: rigos.api.v1.StateChange
+	(*HardwareInventory)(nil),   // 7: rigos.api.v1.HardwareInventory
+	(*HardwareIdentity)(nil),    // 8: rigos.api.v1.HardwareIdentity
+	(*HardwareBIOS)(nil),        // 9: rigos.api.v1.HardwareBIOS
+	(*HardwareProcessor)(nil),   // 10: rigos.api.v1.HardwareProcessor
+	(*AKParameters)(nil),        // 11: rigos.api.v1.AKParameters
+	(*ActivationProof)(nil),     // 12: rigos.api.v1.ActivationProof
+	(*Evidence)(nil),            // 13: rigos.api.v1.Evidence
+	(*PCRValue)(nil),            // 14: rigos.api.v1.PCRValue
+	(*VerifierMessage)(nil),     // 15: rigos.api.v1.VerifierMessage
+	(*ActivationChallenge)(nil), // 16: rigos.api.v1.ActivationChallenge
+	(*Enrolled)(nil),            // 17: rigos.api.v1.Enrolled
+	(*Challenge)(nil),           // 18: rigos.api.v1.Challenge
+	(*Verdict)(nil),             // 19: rigos.api.v1.Verdict
+	(*StartWorkload)(nil),       // 20: rigos.api.v1.StartWorkload
+	(*WorkloadSpec)(nil),        // 21: rigos.api.v1.WorkloadSpec
+	(*RegistryAuth)(nil),        // 22: rigos.api.v1.RegistryAuth
+	(*Resources)(nil),           // 23: rigos.api.v1.Resources
+	(*NetworkPolicy)(nil),       // 24: rigos.api.v1.NetworkPolicy
+	(*ImageChunk)(nil),          // 25: rigos.api.v1.ImageChunk
+	(*StopWorkload)(nil),        // 26: rigos.api.v1.StopWorkload
+	(*WorkloadEvent)(nil),       // 27: rigos.api.v1.WorkloadEvent
+	(*WorkloadLog)(nil),         // 28: rigos.api.v1.WorkloadLog
+	(*Refusal)(nil),             // 29: rigos.api.v1.Refusal
+	(*RunWorkloadRequest)(nil),  // 30: rigos.api.v1.RunWorkloadRequest
+	(*WorkloadUpdate)(nil),      // 31: rigos.api.v1.WorkloadUpdate
+	(*StopWorkloadRequest)(nil), // 32: rigos.api.v1.StopWorkloadRequest
+	(*ListNodesRequest)(nil),    // 33: rigos.api.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 34: rigos.api.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),      // 35: rigos.api.v1.GetNodeRequest
+	(*NodeRequest)(nil),         // 36: rigos.api.v1.NodeRequest
+	(*RevokeRequest)(nil),       // 37: rigos.api.v1.RevokeRequest
+	(*WatchRequest)(nil),        // 38: rigos.api.v1.WatchRequest
+	(*Node)(nil),                // 39: rigos.api.v1.Node
+	(*NodeDetail)(nil),          // 40: rigos.api.v1.NodeDetail
+	(*VerdictRecord)(nil),       // 41: rigos.api.v1.VerdictRecord
+	(*StateChange)(nil),         // 42: rigos.api.v1.StateChange
 }
 var file_rigos_proto_depIdxs = []int32{
 	6,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
-	8,  // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
-	9,  // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
-	23, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
-	24, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
+	12, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
+	13, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
+	27, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
+	28, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
 	4,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
 	5,  // 6: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
-	7,  // 7: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
-	10, // 8: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
-	12, // 9: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
-	13, // 10: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
-	14, // 11: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
-	15, // 12: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
-	25, // 13: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
-	16, // 14: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
-	21, // 15: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
-	22, // 16: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
-	2,  // 17: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
-	1,  // 18: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
-	17, // 19: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
-	18, // 20: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
-	19, // 21: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
-	20, // 22: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
-	0,  // 23: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
-	17, // 24: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
-	23, // 25: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
-	24, // 26: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
-	35, // 27: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
-	1,  // 28: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
-	2,  // 29: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
-	35, // 30: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
-	37, // 31: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
-	23, // 32: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
-	4,  // 33: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
-	1,  // 34: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
-	1,  // 35: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
-	1,  // 36: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
-	3,  // 37: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
-	29, // 38: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
-	31, // 39: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
-	34, // 40: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
-	32, // 41: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
-	33, // 42: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
-	26, // 43: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
-	28, // 44: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
-	11, // 45: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
-	30, // 46: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
-	36, // 47: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
-	38, // 48: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
-	35, // 49: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
-	35, // 50: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
-	27, // 51: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
-	23, // 52: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
-	45, // [45:53] is the sub-list for method output_type
-	37, // [37:45] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	11, // 7: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
+	7,  // 8: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
+	8,  // 9: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
+	8,  // 10: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
+	9,  // 11: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
+	10, // 12: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
+	14, // 13: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
+	16, // 14: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
+	17, // 15: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
+	18, // 16: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
+	19, // 17: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
+	29, // 18: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
+	20, // 19: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
+	25, // 20: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
+	26, // 21: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
+	2,  // 22: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
+	1,  // 23: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
+	21, // 24: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
+	22, // 25: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
+	23, // 26: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
+	24, // 27: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
+	0,  // 28: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
+	21, // 29: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
+	27, // 30: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
+	28, // 31: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
+	39, // 32: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
+	1,  // 33: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
+	2,  // 34: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
+	39, // 35: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
+	41, // 36: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
+	27, // 37: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
+	4,  // 38: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
+	7,  // 39: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
+	1,  // 40: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
+	1,  // 41: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
+	1,  // 42: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
+	3,  // 43: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
+	33, // 44: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
+	35, // 45: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
+	38, // 46: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
+	36, // 47: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
+	37, // 48: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
+	30, // 49: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
+	32, // 50: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
+	15, // 51: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
+	34, // 52: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
+	40, // 53: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
+	42, // 54: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
+	39, // 55: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
+	39, // 56: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
+	31, // 57: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
+	27, // 58: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
+	51, // [51:59] is the sub-list for method output_type
+	43, // [43:51] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_rigos_proto_init() }
@@ -3280,7 +3645,7 @@ func file_rigos_proto_init() {
 		(*AgentMessage_WorkloadLog)(nil),
 		(*AgentMessage_GpuReport)(nil),
 	}
-	file_rigos_proto_msgTypes[8].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[12].OneofWrappers = []any{
 		(*VerifierMessage_Activation)(nil),
 		(*VerifierMessage_Enrolled)(nil),
 		(*VerifierMessage_Challenge)(nil),
@@ -3290,7 +3655,7 @@ func file_rigos_proto_init() {
 		(*VerifierMessage_ImageChunk)(nil),
 		(*VerifierMessage_StopWorkload)(nil),
 	}
-	file_rigos_proto_msgTypes[24].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[28].OneofWrappers = []any{
 		(*WorkloadUpdate_Event)(nil),
 		(*WorkloadUpdate_Log)(nil),
 	}
@@ -3300,7 +3665,7 @@ func file_rigos_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rigos_proto_rawDesc), len(file_rigos_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
