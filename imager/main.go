@@ -43,8 +43,10 @@ func run() error {
 	flag.StringVar(&dns, "dns", "", "comma-separated DNS servers for -static")
 	flag.StringVar(&o.Plan, "plan", "", "the supplier's ASK plan (JSON, see pkg/askplan), written to RIGOS/plan.json on the ESP")
 	flag.StringVar(&o.CARoots, "ca-roots", "", "PEM bundle of the CAs registries are verified with (hack/ca-roots.sh prints Debian's, pinned); without it pulls work over plain HTTP only")
+	msDB := flag.Bool("microsoft-db", true, "enrol Microsoft's option-ROM UEFI CAs into db beside RigOS's key when the firmware is in Setup Mode (GPU and NIC option ROMs need them)")
 	flag.Int64Var(&o.Epoch, "epoch", 0, "build time, Unix seconds (default: SOURCE_DATE_EPOCH or 2026-01-01)")
 	flag.Parse()
+	o.NoMicrosoftDB = !*msDB
 	if o.Epoch == 0 {
 		fmt.Sscan(os.Getenv("SOURCE_DATE_EPOCH"), &o.Epoch)
 	}

@@ -321,6 +321,8 @@ func TestTamperedImages(t *testing.T) {
 		vars       func(t *testing.T) string
 		wantCheck  string // the check the verifier names
 		wantRefuse bool   // firmware refuses to start the image
+		// wantConsole is what the node must say on its console.
+		wantConsole string
 	}{
 		{name: "changed command line", wantCheck: "boot-application",
 			build: func() (*imager.Result, error) {
@@ -345,7 +347,7 @@ func TestTamperedImages(t *testing.T) {
 					return c
 				})
 			}},
-		{name: "Secure Boot disabled", wantCheck: "secure-boot",
+		{name: "Secure Boot disabled", wantCheck: "secure-boot", wantConsole: "clear the Secure Boot keys",
 			build: func() (*imager.Result, error) { return genuine, nil },
 			vars: func(t *testing.T) string {
 				p := filepath.Join(t.TempDir(), "vars-nosb.fd")
@@ -391,6 +393,9 @@ func TestTamperedImages(t *testing.T) {
 			}
 			if !strings.Contains(c.GetReason(), tc.wantCheck) {
 				t.Fatalf("untrusted for %q, want %s", c.GetReason(), tc.wantCheck)
+			}
+			if tc.wantConsole != "" && !strings.Contains(vm.ConsoleText(), tc.wantConsole) {
+				t.Errorf("the console does not say %q:\n%s", tc.wantConsole, tail(vm.ConsoleText(), 20))
 			}
 			t.Logf("untrusted: %s", c.GetReason())
 		})
@@ -529,4 +534,42 @@ func readTokenKey(t *testing.T) ed25519.PublicKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// A supplier's rig whose firmware is in Setup Mode (no PK: OVMF's blank
+// variable store): the first boot enrols RigOS's PK, KEK and db (with
+// Microsoft's option-ROM CAs) from the measured image and reboots; the
+// second boots under Secure Boot with those keys and becomes trusted,
+// with the same TPM.
+func TestSetupModeEnrolment(t *testing.T) {
+	setup(t)
+	img, err := buildImage("genuine", env.keys, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := startVerifier(t, img.Manifest)
+	dir := t.TempDir()
+	o := Options{Image: img.QCOW2, Vars: VarsTemplate, Dir: dir, Timeout: bootDeadline + time.Minute}
+	start := time.Now()
+	vm := startVM(t, o)
+	if i, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: enrolled RigOS's Secure Boot keys`), regexp.MustCompile(`rigos: fatal`)); err != nil || i != 0 {
+		t.Fatalf("no enrolment (match %d, %v):\n%s", i, err, tail(vm.ConsoleText(), 30))
+	}
+	select { // it reboots (QEMU runs with -no-reboot, so it exits)
+	case <-vm.Done():
+	case <-time.After(bootDeadline):
+		t.Fatalf("no reboot after the enrolment:\n%s", tail(vm.ConsoleText(), 10))
+	}
+	enrolled := time.Since(start)
+	o.Reuse = true // the same variables, disk and TPM
+	vm = startVM(t, o)
+	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
+	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
+		t.Fatalf("node not trusted after the enrolment: %v\n%s", c, tail(vm.ConsoleText(), 30))
+	}
+	if strings.Contains(vm.ConsoleText(), "Setup Mode") {
+		t.Errorf("the second boot still saw Setup Mode:\n%s", tail(vm.ConsoleText(), 30))
+	}
+	t.Logf("setup mode → keys enrolled and rebooted in %s; → trusted in %s: %s",
+		enrolled.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond), c.GetReason())
 }

@@ -437,7 +437,7 @@ func checkSecureBoot(m *Manifest, pcr7 []attest.Event) *CheckError {
 		return fail(CheckSecureBoot, "%v", err)
 	}
 	if !sb.Enabled {
-		return fail(CheckSecureBoot, "Secure Boot is disabled")
+		return fail(CheckSecureBoot, "Secure Boot is disabled: turn it on in the firmware setup, or clear the firmware's Secure Boot keys (Setup Mode) so RigOS enrols its own at the next boot")
 	}
 	fingerprint := func(c x509.Certificate) string {
 		s := sha256.Sum256(c.Raw)

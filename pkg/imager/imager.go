@@ -81,6 +81,11 @@ type Options struct {
 	// at layout.CARoots. Optional: without it the node can pull only over
 	// plain HTTP, and so never with credentials.
 	CARoots string
+	// NoMicrosoftDB leaves Microsoft's UEFI CA certificates out of the db
+	// RigOS enrols into a firmware in Setup Mode. By default they are
+	// kept: GPU and NIC option ROMs are signed with them, and boards show
+	// no video or network without them.
+	NoMicrosoftDB bool
 	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
 	// before it is compressed into the UKI (tests build tampered images
 	// with it).
@@ -229,7 +234,17 @@ func Build(o Options) (*Result, error) {
 	}
 	step("resolved %d modules (%d listed)", len(mods), len(kernel.Modules()))
 
-	initrd, err := o.initramfs(bins, mods, modRoot)
+	var extraDB []*x509.Certificate
+	if !o.NoMicrosoftDB {
+		if extraDB, err = sbkeys.MicrosoftUEFICAs(); err != nil {
+			return nil, err
+		}
+	}
+	enrol, err := sbkeys.Authenticated(keys, extraDB, time.Unix(o.Epoch, 0))
+	if err != nil {
+		return nil, err
+	}
+	initrd, err := o.initramfs(bins, mods, modRoot, enrol)
 	if err != nil {
 		return nil, err
 	}
@@ -309,6 +324,12 @@ func Build(o Options) (*Result, error) {
 	}
 	step("disk images: %s, %s", r.Raw, r.QCOW2)
 
+	// db may also hold what Setup Mode enrolment puts there beside
+	// RigOS's key: certificates that sign option ROMs, never RigOS images.
+	var otherDB []string
+	for _, c := range extraDB {
+		otherDB = append(otherDB, sbkeys.Fingerprint(c))
+	}
 	dbSum := sha256.Sum256(keys.DB.Cert.Raw)
 	kekSum := sha256.Sum256(keys.KEK.Cert.Raw)
 	m := &attestation.Manifest{
@@ -318,7 +339,7 @@ func Build(o Options) (*Result, error) {
 		BootApplications: []string{hex.EncodeToString(ukiDigest)},
 		PCR11:            []string{hex.EncodeToString(pcr11)},
 		SecureBoot: attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])},
-			KEKCerts: []string{hex.EncodeToString(kekSum[:])}},
+			KEKCerts: []string{hex.EncodeToString(kekSum[:])}, OtherDBCerts: otherDB},
 		Phases: measure.BootPhases,
 	}
 	signedManifest, err := attestation.SignManifest(m, manKey)
@@ -440,7 +461,7 @@ func kernelRelease(root string) (string, error) {
 	return rels[0], nil
 }
 
-func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot string) ([]byte, error) {
+func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot string, enrol *sbkeys.AuthVariables) ([]byte, error) {
 	ca, err := os.ReadFile(o.VerifierCA)
 	if err != nil {
 		return nil, err
@@ -475,6 +496,11 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 		layout.ContainerdConfig: []byte(ContainerdConfig),
 		layout.InitConfig:       append(initCfg, '\n'),
 		layout.AgentConfig:      agentCfg,
+		// Signed payloads that enrol RigOS's keys into a firmware in
+		// Setup Mode; part of the measured UKI.
+		layout.SecureBootDB:  enrol.DB,
+		layout.SecureBootKEK: enrol.KEK,
+		layout.SecureBootPK:  enrol.PK,
 	} {
 		entries = append(entries, cpio.Entry{Name: inInitramfs(name), Mode: cpio.TypeReg | 0o644, Data: data})
 	}

@@ -111,6 +111,12 @@ const (
 	ContainerdConfig = ConfigDir + "/containerd.toml"
 	// VerifierCA is the CA of the verifier's TLS certificate.
 	VerifierCA = ConfigDir + "/verifier-ca.crt"
+	// SecureBootDir holds the signed EFI variable payloads (db, KEK, PK)
+	// init enrols when the firmware is in Setup Mode.
+	SecureBootDir = ConfigDir + "/secureboot"
+	SecureBootDB  = SecureBootDir + "/db.auth"
+	SecureBootKEK = SecureBootDir + "/KEK.auth"
+	SecureBootPK  = SecureBootDir + "/PK.auth"
 	// ModulesDir holds the allowlisted kernel modules; a module's path
 	// in pkg/bootconfig is relative to it.
 	ModulesDir = "/lib/modules"

@@ -59,6 +59,9 @@ var bootSteps = []step{
 	{name: "TPM", fn: (*boot).openTPM, phase: measure.PhaseEnterInitrd},
 	{name: "kernel modules", fn: (*boot).loadModules},
 	{name: "EFI variables", fn: (*boot).mountEFIVars},
+	// A firmware in Setup Mode gets RigOS's keys, then the rig reboots
+	// into Secure Boot.
+	{name: "Secure Boot keys", fn: (*boot).secureBootKeys},
 	{name: "sysctls", fn: func(*boot) error { applySysctls(); return nil }},
 	// The network comes up while the partitions are opened.
 	{name: "network", fn: (*boot).startNetwork},
@@ -144,6 +147,55 @@ func (b *boot) mountEFIVars() error {
 		say("%v (no EFI variables: not booted by UEFI?)", err)
 	}
 	return nil
+}
+
+// secureBootKeys enrols RigOS's Secure Boot keys when the firmware is in
+// Setup Mode and reboots into Secure Boot; with Secure Boot off and no
+// Setup Mode it says what the supplier must do (the verifier says it
+// too, and never trusts the rig). Failing to enrol is said, not fatal:
+// the boot goes on, untrusted, rather than loop.
+func (b *boot) secureBootKeys() error {
+	st, err := readSBState(EFIVarsDir)
+	switch {
+	case err != nil:
+		say("Secure Boot state: %v", err)
+		return nil
+	case st.secureBoot:
+		return nil
+	case !st.setupMode:
+		say("%s", SecureBootOffHelp)
+		return nil
+	}
+	say("firmware in Setup Mode: enrolling RigOS's Secure Boot keys (db, KEK, PK)")
+	if err := unix.Mount("efivarfs", EFIVarsDir, "efivarfs", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		say("making EFI variables writable: %v; not enrolled", err)
+		return nil
+	}
+	err = enrolKeys(EFIVarsDir, "/", clearImmutable)
+	_ = unix.Mount("efivarfs", EFIVarsDir, "efivarfs", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	if err != nil {
+		say("enrolling Secure Boot keys: %v; this rig stays untrusted", err)
+		return nil
+	}
+	say("enrolled RigOS's Secure Boot keys; the firmware has left Setup Mode: rebooting into Secure Boot")
+	rebootNow()
+	return nil
+}
+
+// clearImmutable lifts the immutable flag efivarfs sets on a variable's
+// file, so it can be replaced.
+func clearImmutable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	const immutable = 0x10 // FS_IMMUTABLE_FL
+	flags, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
+	if err != nil {
+		return err
+	}
+	return unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags&^immutable)
 }
 
 // startNetwork brings the network up in the background; selfCheck waits
