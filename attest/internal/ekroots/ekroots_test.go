@@ -109,7 +109,6 @@ func TestIntermediatesChain(t *testing.T) {
 	}
 }
 
-
 func vendorOf(certs []Cert, c *x509.Certificate) string {
 	for _, b := range certs {
 		if b.Equal(c) {
