@@ -2,13 +2,20 @@ package ekroots
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
+	"math/big"
 	"strings"
 	"testing"
 	"time"
 
 	"crypto/x509"
+
+	"github.com/rigos/rigos/pkg/attestation"
 )
 
 // referenceDate is when the bundle was last reviewed: a CA expired by then
@@ -116,4 +123,59 @@ func vendorOf(certs []Cert, c *x509.Certificate) string {
 		}
 	}
 	return ""
+}
+
+// TestForgedVendorName: an EK certificate from a self-made CA that copies
+// a vendor root's name byte for byte stays dev-class under the bundle.
+func TestForgedVendorName(t *testing.T) {
+	certs, err := Certificates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, inter, err := Pools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vendor *x509.Certificate
+	for _, c := range certs {
+		if c.File == "roots/IFX_infineon-optiga-rsa-root-ca.pem" {
+			vendor = c.Certificate
+		}
+	}
+	if vendor == nil {
+		t.Fatal("Infineon OPTIGA RSA root missing from the bundle")
+	}
+	now := referenceDate
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), RawSubject: vendor.RawSubject, SubjectKeyId: vendor.SubjectKeyId,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedCA, _ := x509.ParseCertificate(caDER)
+	ekKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ekDER, _ := x509.MarshalPKIXPublicKey(&ekKey.PublicKey)
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageKeyEncipherment, AuthorityKeyId: vendor.SubjectKeyId}
+	certDER, err := x509.CreateCertificate(rand.Reader, leaf, forgedCA, &ekKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek, err := attestation.AppraiseEK(ekDER, certDER, roots, inter, now)
+	if err != nil || ek.Class != attestation.ClassDev || !strings.HasPrefix(ek.Reason, attestation.ReasonUnknownCA) {
+		t.Errorf("AppraiseEK(forged %s) = %v, %q, %v; want dev-class, %q", vendor.Subject, ek.Class, ek.Reason, err, attestation.ReasonUnknownCA)
+	}
+	// The same certificate under the forged CA, were it trusted, would be
+	// hardware: the test above fails for the right reason.
+	forged := x509.NewCertPool()
+	forged.AddCert(forgedCA)
+	if ek, err := attestation.AppraiseEK(ekDER, certDER, forged, nil, now); err != nil || ek.Class != attestation.ClassHardware {
+		t.Errorf("AppraiseEK(under its own CA) = %v, %v; want hardware", ek.Class, err)
+	}
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	otherDER, _ := x509.MarshalPKIXPublicKey(&other.PublicKey)
+	if _, err := attestation.AppraiseEK(otherDER, certDER, roots, inter, now); attestation.CheckOf(err) != attestation.CheckEK {
+		t.Errorf("AppraiseEK(certificate for another key) = %v, want %s", err, attestation.CheckEK)
+	}
 }
