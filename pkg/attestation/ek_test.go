@@ -73,17 +73,22 @@ func TestAppraiseEKClasses(t *testing.T) {
 	now := time.Now()
 
 	for name, tc := range map[string]struct {
-		cert []byte
-		want TrustClass
+		cert   []byte
+		want   TrustClass
+		reason string
 	}{
-		"vendor certificate":         {mkEKCert(t, vendor, vendorKey, &ekKey.PublicKey), ClassHardware},
-		"swtpm claiming hardware":    {mkEKCert(t, swtpm, swtpmKey, &ekKey.PublicKey), ClassDev},
-		"no certificate (simulator)": {nil, ClassDev},
+		"vendor certificate":         {mkEKCert(t, vendor, vendorKey, &ekKey.PublicKey), ClassHardware, ""},
+		"swtpm claiming hardware":    {mkEKCert(t, swtpm, swtpmKey, &ekKey.PublicKey), ClassDev, ReasonUnknownCA},
+		"swtpm model, vendor CA":     {mkEKCert(t, vendor, vendorKey, &ekKey.PublicKey, "swtpm"), ClassDev, ReasonSoftware},
+		"no certificate (simulator)": {nil, ClassDev, ReasonNoCertificate},
 	} {
 		ek, err := AppraiseEK(ekDER, tc.cert, roots, nil, now)
-		if err != nil || ek.Class != tc.want {
-			t.Errorf("AppraiseEK(%s) = %v, %v; want class %s", name, ek.Class, err, tc.want)
+		if err != nil || ek.Class != tc.want || !strings.HasPrefix(ek.Reason, tc.reason) || (tc.reason == "") != (ek.Reason == "") {
+			t.Errorf("AppraiseEK(%s) = %v, %q, %v; want class %s, reason %q", name, ek.Class, ek.Reason, err, tc.want, tc.reason)
 		}
+	}
+	if ek, _ := AppraiseEK(ekDER, mkEKCert(t, vendor, vendorKey, &ekKey.PublicKey), nil, nil, now); ek.Class != ClassDev || ek.Reason != ReasonNoRoots {
+		t.Errorf("AppraiseEK(no roots) = %v, %q; want dev, %q", ek.Class, ek.Reason, ReasonNoRoots)
 	}
 	other, _ := rsa.GenerateKey(rand.Reader, 2048)
 	if _, err := AppraiseEK(ekDER, mkEKCert(t, vendor, vendorKey, &other.PublicKey), roots, nil, now); CheckOf(err) != CheckEK {

@@ -37,7 +37,18 @@ type EK struct {
 	Class       TrustClass
 	Certificate *x509.Certificate
 	TPM         TPMInfo // from the certificate, when it says
+	// Reason says why a ClassDev EK is not hardware-class; empty for
+	// ClassHardware.
+	Reason string
 }
+
+// Reasons an EK is dev-class.
+const (
+	ReasonNoCertificate = "no EK certificate in NV (firmware TPMs such as Intel PTT keep theirs at the vendor's online service, which RigOS does not fetch yet)"
+	ReasonNoRoots       = "no EK roots configured"
+	ReasonSoftware      = "EK certificate names a software TPM"
+	ReasonUnknownCA     = "EK certificate does not chain to a known TPM manufacturer root"
+)
 
 var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
 
@@ -69,6 +80,7 @@ func AppraiseEK(ekDER, certDER []byte, roots, intermediates *x509.CertPool, now 
 	}
 	ek := EK{Public: pub, DER: ekDER, Fingerprint: Fingerprint(ekDER), Class: ClassDev}
 	if len(certDER) == 0 {
+		ek.Reason = ReasonNoCertificate
 		return ek, nil
 	}
 	cert, err := attest.ParseEKCertificate(certDER)
@@ -83,8 +95,13 @@ func AppraiseEK(ekDER, certDER []byte, roots, intermediates *x509.CertPool, now 
 	if info, err := ParseTPMInfo(cert); err == nil {
 		ek.TPM = info
 	}
-	if roots == nil || ek.TPM.IsSoftware() {
+	switch {
+	case ek.TPM.IsSoftware():
+		ek.Reason = ReasonSoftware + " (" + ek.TPM.Model + ")"
 		return ek, nil // a software TPM stays dev, whoever certified it
+	case roots == nil:
+		ek.Reason = ReasonNoRoots
+		return ek, nil
 	}
 	// EK certificates carry the TPM's identity in a critical subject
 	// alternative name Go does not interpret.
@@ -98,7 +115,9 @@ func AppraiseEK(ekDER, certDER []byte, roots, intermediates *x509.CertPool, now 
 	if _, err := c.Verify(x509.VerifyOptions{
 		Roots: roots, Intermediates: intermediates, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err == nil {
+	}); err != nil {
+		ek.Reason = ReasonUnknownCA + ": " + err.Error()
+	} else {
 		ek.Class = ClassHardware
 	}
 	return ek, nil

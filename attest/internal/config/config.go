@@ -68,11 +68,19 @@ type Config struct {
 	// MinBuildCreated retires every build whose manifest was created
 	// before it (RFC 3339): the fleet's minimum build. Default is none.
 	MinBuildCreated time.Time `json:"min_build_created"`
-	// EKRoots and EKIntermediates are the TPM manufacturers' CA
-	// certificates (PEM). EKs that chain to them are hardware-class.
-	// Default is none: every node is dev-class.
+	// EKRoots and EKIntermediates are TPM manufacturers' CA certificates
+	// (PEM files), added to the built-in bundle (EKRootsBuiltin). EKs
+	// whose certificate chains to them are hardware-class; the others are
+	// dev-class. Default is none.
 	EKRoots         []string `json:"ek_roots"`
 	EKIntermediates []string `json:"ek_intermediates"`
+	// EKRootsBuiltin trusts RigOS's built-in bundle of TPM manufacturers'
+	// EK CAs (Infineon, Nuvoton, STMicroelectronics, Intel PTT, AMD fTPM
+	// and Pluton, Microsoft Pluton, NSING, Nationz; listed in
+	// attest/internal/ekroots/SOURCES.md). Set it to false to trust only
+	// EKRoots. It changes only the trust class, never what is refused
+	// unless RefuseDev is set. Default is true.
+	EKRootsBuiltin *bool `json:"ek_roots_builtin"`
 	// AllowDev lets dev-class TPMs (software TPMs, uncertified EKs) be
 	// trusted. Default is false.
 	AllowDev bool `json:"allow_dev"`
@@ -145,6 +153,10 @@ func (c *Config) Defaults() {
 	setD(&c.SpotCheck.Max, 10*time.Minute)
 	setD(&c.SpotCheck.Deadline, 10*time.Second)
 	setD(&c.HandshakeTimeout, 30*time.Second)
+	if c.EKRootsBuiltin == nil {
+		builtin := true
+		c.EKRootsBuiltin = &builtin
+	}
 	if c.StreamsPerConnection == 0 {
 		c.StreamsPerConnection = 4
 	}
@@ -160,6 +172,10 @@ func (c *Config) Defaults() {
 		c.Enrolment.MaxHandshakes = verifier.DefaultMaxHandshakes
 	}
 }
+
+// UseBuiltinEKRoots reports whether the built-in EK CA bundle is trusted
+// (EKRootsBuiltin, true unless set to false).
+func (c *Config) UseBuiltinEKRoots() bool { return c.EKRootsBuiltin == nil || *c.EKRootsBuiltin }
 
 // Validate reports every problem at once.
 func (c *Config) Validate() error {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,8 +20,30 @@ func TestGoldenConfigs(t *testing.T) {
 	if c.SpotCheck.Mean.D() != 3*time.Second || c.HandshakeTimeout.D() != 30*time.Second || !c.AllowDev {
 		t.Errorf("Load(v1) = %+v", c)
 	}
+	if !c.UseBuiltinEKRoots() {
+		t.Error("Load(v1).UseBuiltinEKRoots() = false, want the built-in EK roots by default")
+	}
 	if c.TLSCert != filepath.Join("testdata", "server.crt") {
 		t.Errorf("TLSCert = %q, want it relative to the config", c.TLSCert)
+	}
+}
+
+func TestEKRootsBuiltinOff(t *testing.T) {
+	dir := t.TempDir()
+	b, err := os.ReadFile("testdata/v1.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = bytes.Replace(b, []byte(`"allow_dev": true,`), []byte(`"allow_dev": true, "ek_roots_builtin": false, "ek_roots": ["vendor.pem"],`), 1)
+	if err := os.WriteFile(filepath.Join(dir, "c.json"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(filepath.Join(dir, "c.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.UseBuiltinEKRoots() || len(c.EKRoots) != 1 || c.EKRoots[0] != filepath.Join(dir, "vendor.pem") {
+		t.Errorf("Load(ek_roots_builtin false) = builtin %v, roots %v; want false, [vendor.pem]", c.UseBuiltinEKRoots(), c.EKRoots)
 	}
 }
 

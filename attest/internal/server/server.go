@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 	"sort"
 	"sync/atomic"
 	"time"
+
+	"github.com/rigos/rigos/attest/internal/ekroots"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -120,6 +123,40 @@ func (m *Manifests) Retired() ([]*attestation.Manifest, map[string]string) {
 	return out, why
 }
 
+// EKPools returns the EK roots and intermediates the verifier trusts: the
+// built-in bundle (unless ek_roots_builtin is false) and the files
+// ek_roots and ek_intermediates name. roots is nil when there are none:
+// every EK is then dev-class.
+func EKPools(cfg *config.Config) (roots, inter *x509.CertPool, err error) {
+	if cfg.UseBuiltinEKRoots() {
+		if roots, inter, err = ekroots.Pools(); err != nil {
+			return nil, nil, fmt.Errorf("built-in EK roots: %w", err)
+		}
+	}
+	add := func(pool *x509.CertPool, name string, paths []string) (*x509.CertPool, error) {
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", name, err)
+			}
+			if pool == nil {
+				pool = x509.NewCertPool()
+			}
+			if !pool.AppendCertsFromPEM(b) {
+				return nil, fmt.Errorf("%s: %s: no PEM certificates", name, p)
+			}
+		}
+		return pool, nil
+	}
+	if roots, err = add(roots, "ek_roots", cfg.EKRoots); err != nil {
+		return nil, nil, err
+	}
+	if inter, err = add(inter, "ek_intermediates", cfg.EKIntermediates); err != nil {
+		return nil, nil, err
+	}
+	return roots, inter, nil
+}
+
 // Daemon is a configured, listening verifier.
 type Daemon struct {
 	cfg       *config.Config
@@ -139,13 +176,9 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}
-	roots, err := keyfile.CertPool(cfg.EKRoots)
+	roots, inter, err := EKPools(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("ek_roots: %w", err)
-	}
-	inter, err := keyfile.CertPool(cfg.EKIntermediates)
-	if err != nil {
-		return nil, fmt.Errorf("ek_intermediates: %w", err)
+		return nil, err
 	}
 	if err := keyfile.CheckPrivate(cfg.TLSKey); err != nil {
 		return nil, fmt.Errorf("tls_key: %w", err)

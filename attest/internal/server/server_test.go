@@ -17,6 +17,7 @@ import (
 
 	"github.com/rigos/rigos/attest/internal/config"
 	"github.com/rigos/rigos/attest/internal/devinit"
+	"github.com/rigos/rigos/attest/internal/ekroots"
 	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/internal/sim/simnode"
 	"github.com/rigos/rigos/internal/sim/tpmsim"
@@ -189,5 +190,35 @@ func TestManifestReloadReadsKeys(t *testing.T) {
 	retired, why := ms.Retired()
 	if len(retired) != 1 || !strings.Contains(why["dev-simulated"], "retired") {
 		t.Errorf("Retired() = %v, %v; want dev-simulated retired", retired, why)
+	}
+}
+
+func TestEKPools(t *testing.T) {
+	bundled, _, err := ekroots.Pools()
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := false
+	for name, tc := range map[string]struct {
+		cfg       config.Config
+		wantRoots int
+	}{
+		"default: built-in bundle": {config.Config{}, len(bundled.Subjects())},
+		"built-in off, no files":   {config.Config{EKRootsBuiltin: &off}, 0},
+	} {
+		roots, _, err := EKPools(&tc.cfg)
+		if err != nil {
+			t.Fatalf("EKPools(%s) = %v", name, err)
+		}
+		got := 0
+		if roots != nil {
+			got = len(roots.Subjects())
+		}
+		if got != tc.wantRoots {
+			t.Errorf("EKPools(%s) = %d roots, want %d", name, got, tc.wantRoots)
+		}
+	}
+	if _, _, err := EKPools(&config.Config{EKRoots: []string{filepath.Join(t.TempDir(), "missing.pem")}}); err == nil || !strings.Contains(err.Error(), "ek_roots") {
+		t.Errorf("EKPools(missing file) = %v, want an ek_roots error", err)
 	}
 }

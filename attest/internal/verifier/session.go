@@ -192,7 +192,10 @@ func (v *Verifier) claim(ctx context.Context, h *apiv1.Hello) (claimed, error) {
 		return claimed{}, refuse("%v", err)
 	}
 	if ek.Class != attestation.ClassHardware && v.o.Policy.RefuseDev {
-		return claimed{}, refuse("ek: dev-class TPM (no certificate from a known TPM manufacturer); this verifier enrols hardware-class TPMs only")
+		return claimed{}, refuse("ek: dev-class TPM (%s); this verifier enrols hardware-class TPMs only", ek.Reason)
+	}
+	if ek.Class != attestation.ClassHardware {
+		v.o.Logger.Debug("dev-class TPM", "node", h.GetNodeId(), "ek", ek.Fingerprint, "reason", ek.Reason)
 	}
 	c := claimed{ek: ek, ak: attestation.AKParams{
 		Public: h.GetAk().GetPublic(), CreateData: h.GetAk().GetCreateData(),
