@@ -54,31 +54,45 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer t.close()
-	att := t.att
-
-	ca, err := os.ReadFile(cfg.CACert)
-	if err != nil {
-		return fmt.Errorf("reading CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return fmt.Errorf("%s: no PEM certificate", cfg.CACert)
-	}
-	conn, err := grpc.NewClient(cfg.Verifier,
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13})),
-		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
-	)
+	conn, err := dial(cfg)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	client := apiv1.NewAttestationClient(conn)
+	node, stop, err := newNode(ctx, cfg, t, log)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	reconnect(ctx, cfg, apiv1.NewAttestationClient(conn), node, log)
+	return nil
+}
 
+// dial makes the TLS connection to the verifier (gRPC connects lazily).
+func dial(cfg *config.Config) (*grpc.ClientConn, error) {
+	ca, err := os.ReadFile(cfg.CACert)
+	if err != nil {
+		return nil, fmt.Errorf("reading CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("%s: no PEM certificate", cfg.CACert)
+	}
+	return grpc.NewClient(cfg.Verifier,
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS13})),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+	)
+}
+
+// newNode describes the rig for its sessions and starts what runs beside
+// them: the GPU service and the workload manager. stop ends them.
+func newNode(ctx context.Context, cfg *config.Config, t nodeTPM, log *slog.Logger) (session.Node, func(), error) {
+	stop := func() {}
 	nodeID := cfg.NodeID
 	if nodeID == "" {
-		ek, err := att.EKPublic()
+		ek, err := t.att.EKPublic()
 		if err != nil {
-			return err
+			return session.Node{}, stop, err
 		}
 		nodeID = NodeIDFromEK(ek)
 	}
@@ -87,14 +101,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	log.Info("agent starting", "node", nodeID, "verifier", cfg.Verifier, "cgroup", cg, "cpu_weight", strings.TrimSpace(string(weight)))
 
 	out := session.NewOutbox(log)
-	node := session.Node{ID: nodeID, Version: Version, TPM: att, RuntimeLog: t.runtimeLog, Logger: log, Outbox: out,
+	node := session.Node{ID: nodeID, Version: Version, TPM: t.att, RuntimeLog: t.runtimeLog, Logger: log, Outbox: out,
 		Hardware: readHardware(hwinfo.DefaultDir, log)}
 	// The agent's own measurements (GPUs, workloads) go into the runtime
 	// log and PCR through the session's TPM handle.
 	var rec *measure.Recorder
 	if cfg.Containerd != "" || cfg.GPUs == "auto" {
+		var err error
 		if rec, err = t.recorder(); err != nil && cfg.Containerd != "" {
-			return err
+			return session.Node{}, stop, err
 		}
 		if err != nil {
 			log.Error("opening the runtime log: this node offers no GPUs", "err", err)
@@ -102,42 +117,51 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	var gpuSvc *gpus.Service
 	if cfg.GPUs == "auto" && rec != nil {
-		var closeGPUs func()
-		gpuSvc, closeGPUs = startGPUs(ctx, cfg, out, record(rec), log)
-		defer closeGPUs()
+		gpuSvc, stop = startGPUs(ctx, cfg, out, record(rec), log)
 	}
 	if rec != nil {
 		node.OnVerdict = func(v *apiv1.Verdict) { compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log) }
 	}
 	if cfg.Containerd != "" {
-		mgr := workloads(cfg, record(rec), out, log)
-		if gpuSvc != nil {
-			mgr.SetGPUs(gpuSvc.Count(), gpuSvc.Healthy)
-		}
-		// Nothing an earlier agent started may run unsupervised.
-		recovered := mgr.Recover(ctx)
-		go func() {
-			if err := <-recovered; err != nil {
-				log.Error("stopping workloads left from before", "err", err)
-			}
-		}()
-		go mgr.Watch(ctx)
-		node.Workloads = mgr
-		node.AskPlan, node.AskPlanError = mgr.AskPlan, mgr.AskPlanError
-		node.OnVerdict = func(v *apiv1.Verdict) {
-			mgr.Verdict(v)
-			compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log)
-			log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
-		}
-		log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryMB)
+		startWorkloads(ctx, cfg, &node, rec, gpuSvc, log)
 	}
+	return node, stop, nil
+}
 
+// startWorkloads starts the workload manager and hands it the node's
+// workload messages and verdicts.
+func startWorkloads(ctx context.Context, cfg *config.Config, node *session.Node, rec *measure.Recorder, gpuSvc *gpus.Service, log *slog.Logger) {
+	mgr := workloads(cfg, record(rec), node.Outbox, log)
+	if gpuSvc != nil {
+		mgr.SetGPUs(gpuSvc.Count(), gpuSvc.Healthy)
+	}
+	// Nothing an earlier agent started may run unsupervised.
+	recovered := mgr.Recover(ctx)
+	go func() {
+		if err := <-recovered; err != nil {
+			log.Error("stopping workloads left from before", "err", err)
+		}
+	}()
+	go mgr.Watch(ctx)
+	node.Workloads = mgr
+	node.AskPlan, node.AskPlanError = mgr.AskPlan, mgr.AskPlanError
+	node.OnVerdict = func(v *apiv1.Verdict) {
+		mgr.Verdict(v)
+		compactRuntimeLog(rec, v.GetRuntimeCheckpoint(), log)
+		log.Info("agent resources", "rss_kib", workload.ProcKiB("/proc/self/status", "VmRSS"), "workloads", len(mgr.Running()))
+	}
+	log.Info("workloads enabled", "containerd", cfg.Containerd, "plan_cpus", mgr.Plan().CPUs, "plan_memory_mb", mgr.Plan().MemoryMB)
+}
+
+// reconnect runs sessions until ctx ends, with jittered exponential
+// backoff between them.
+func reconnect(ctx context.Context, cfg *config.Config, client apiv1.AttestationClient, node session.Node, log *slog.Logger) {
 	backoff := cfg.ReconnectMin.D()
 	for {
 		start := time.Now()
 		err := session.Run(ctx, client, node)
 		if ctx.Err() != nil {
-			return nil
+			return
 		}
 		if time.Since(start) > time.Minute {
 			backoff = cfg.ReconnectMin.D()
@@ -147,7 +171,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		wait := backoff/2 + rand.N(backoff/2+1)
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, cfg.ReconnectMax.D())
