@@ -1,5 +1,5 @@
 // Package layout is the RigOS image's layout in one place: the GPT
-// partition names, where init mounts what, the runtime paths init and the
+// partition names and the A/B system slots, where init mounts what, the runtime paths init and the
 // agent share, the files the imager bakes into the initramfs and the
 // system partition, and the executables a booted image holds. The
 // imager writes the image from these names and init and the agent find

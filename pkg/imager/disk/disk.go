@@ -1,13 +1,14 @@
-// Package disk writes the RigOS disk image: a GPT disk with four
-// partitions (names in pkg/layout). RIGOS-ESP, the EFI system partition,
-// holds slot A's UKI twice, as EFI/BOOT/BOOTX64.EFI (the removable-media
-// path the firmware boots by default) and as EFI/RIGOS/rigos-a.efi, with
-// room for slot B's. RIGOS-SYSTEM-A is slot A's read-only system
-// partition (file system and dm-verity tree); RIGOS-SYSTEM-B, of the same
-// size, is left empty (zeros) for an update to fill. RIGOS-STATE, shared
-// by both slots, is left empty for the booted system to format and
-// encrypt. The layout and every identifier are derived from the build, so
-// two builds of the same inputs are identical.
+// Package disk writes the RigOS disk image, a GPT disk laid out for A/B
+// updates (partition names in pkg/layout): RIGOS-ESP, the EFI system
+// partition, with slot A's UKI at EFI/BOOT/BOOTX64.EFI (the
+// removable-media path the firmware boots by default) and at
+// EFI/RIGOS/rigos-a.efi, and room for slot B's; RIGOS-SYSTEM-A, slot A's
+// read-only system partition (file system and dm-verity tree);
+// RIGOS-SYSTEM-B, as large as A and left empty (zeros) for an update to
+// fill; and RIGOS-STATE, shared by both slots and left empty for the
+// booted system to format and encrypt. The layout and every identifier
+// are derived from the build, so two builds of the same inputs are
+// identical.
 package disk
 
 import (
