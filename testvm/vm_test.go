@@ -26,6 +26,7 @@ import (
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/imager"
 	"github.com/rigos/rigos/pkg/keyfile"
+	"github.com/rigos/rigos/pkg/layout"
 )
 
 // The VM tests boot real images under QEMU (TCG). They run when
@@ -418,8 +419,13 @@ func TestTamperedSystemPartition(t *testing.T) {
 	}
 	// In the agent's first block on disk (its ELF header: read by every
 	// exec, so dm-verity checks it whatever pages the agent touches
-	// later), found with erofs-utils' own reader.
-	raw[genuine.SystemOffset+agentFirstBlock(t, genuine.System)+100] ^= 0x01
+	// later), found with erofs-utils' own reader, in the system partition
+	// of slot A, the slot the image boots.
+	sysA, _ := partitionRange(t, genuine.Raw, layout.SystemPartition(layout.SlotA))
+	if sysA != genuine.SystemOffset {
+		t.Fatalf("%s starts at %d, the imager says %d", layout.SystemPartition(layout.SlotA), sysA, genuine.SystemOffset)
+	}
+	raw[sysA+agentFirstBlock(t, genuine.System)+100] ^= 0x01
 	rawPath, qcow := filepath.Join(dir, "tampered.raw"), filepath.Join(dir, "tampered.qcow2")
 	if err := os.WriteFile(rawPath, raw, 0o600); err != nil {
 		t.Fatal(err)

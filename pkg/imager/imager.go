@@ -99,7 +99,8 @@ type Result struct {
 	Raw, QCOW2, UKI, Initrd, System, Manifest string
 	UKIDigest, PCR11                          []byte
 	UKISize, InitrdSize, SystemSize           int
-	// SystemOffset is where the system partition starts in the raw image.
+	// SystemOffset is where slot A's system partition starts in the raw
+	// image.
 	SystemOffset int64
 	Build        string
 }
@@ -260,15 +261,9 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading kernel (run kernel/fetch.sh): %w", err)
 	}
-	// The system partition's root hash is part of the measured command
-	// line: changing one block of it changes PCR 11 and the UKI digest.
-	extra := append([]string{layout.SystemParam + "=" + tree.Param()}, o.ExtraCmdline...)
-	if o.Console != "" {
-		extra = append(extra, "console="+o.Console)
-	}
 	sections := []uki.Section{
 		{Name: ".osrel", Data: osRelease(release)},
-		{Name: ".cmdline", Data: []byte(kernel.Cmdline(extra...))},
+		{Name: ".cmdline", Data: []byte(o.cmdline(tree.Param()))},
 		{Name: ".linux", Data: vmlinuz},
 		{Name: ".initrd", Data: initrd},
 	}
@@ -379,6 +374,21 @@ func checkCARoots(path string) error {
 		return fmt.Errorf("CA roots %s: want a PEM bundle of certificates (found %d, and %d bytes of something else)", path, n, len(bytes.TrimSpace(b)))
 	}
 	return nil
+}
+
+// cmdline returns the UKI's measured kernel command line: the hardened
+// one, then the system partition's dm-verity parameter and its slot
+// (always A: nothing writes slot B yet), then ExtraCmdline and Console.
+// The root hash is measured with it, so changing one block of the
+// system partition changes PCR 11 and the UKI digest; init opens the
+// slot's partition.
+func (o *Options) cmdline(systemParam string) string {
+	extra := append([]string{layout.SystemParam + "=" + systemParam, layout.SlotParam + "=" + string(layout.SlotA)},
+		o.ExtraCmdline...)
+	if o.Console != "" {
+		extra = append(extra, "console="+o.Console)
+	}
+	return kernel.Cmdline(extra...)
 }
 
 // systemPartition builds the read-only system partition: an EROFS file

@@ -7,8 +7,28 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rigos/rigos/pkg/cmdline"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/layout/agentconfig"
 )
+
+// The measured command line names the system partition's dm-verity tree
+// and slot A, the slot the imager writes, the way init reads them.
+func TestCmdlineNamesSystemAndSlot(t *testing.T) {
+	o := &Options{Console: "ttyS0", ExtraCmdline: []string{"quiet"}}
+	args, err := cmdline.Parse(o.cmdline("ab:cd:3"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, want := range map[string]string{layout.SystemParam: "ab:cd:3", layout.SlotParam: "a", "console": "ttyS0", "quiet": ""} {
+		if got, ok := args[k]; !ok || got != want {
+			t.Errorf("cmdline() sets %s = %q (%v), want %q", k, got, ok, want)
+		}
+	}
+	if slot, err := layout.ParseSlot(args[layout.SlotParam]); err != nil || slot != layout.SlotA {
+		t.Errorf("ParseSlot(%q) = %q, %v, want slot A", args[layout.SlotParam], slot, err)
+	}
+}
 
 // Missing inputs and a malformed ASK plan are all named before anything
 // is built.

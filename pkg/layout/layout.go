@@ -1,5 +1,5 @@
 // Package layout is the RigOS image's layout in one place: the GPT
-// partition names, where init mounts what, the runtime paths init and the
+// partition names and the A/B system slots, where init mounts what, the runtime paths init and the
 // agent share, the files the imager bakes into the initramfs and the
 // system partition, and the executables a booted image holds. The
 // imager writes the image from these names and init and the agent find
@@ -12,30 +12,77 @@
 package layout
 
 import (
+	"fmt"
 	"path"
 	"slices"
+	"strings"
 )
 
 // Partition names in the GPT, as the imager writes them and init finds
-// them (the kernel's PARTNAME).
+// them (the kernel's PARTNAME). The disk holds, in this order,
+// RIGOS-ESP, RIGOS-SYSTEM-A, RIGOS-SYSTEM-B and RIGOS-STATE: two system
+// partitions of the same size, one per Slot, and one ESP and one state
+// partition that both slots share.
 const (
-	// ESPPartition is the EFI system partition: the UKI and the
+	// ESPPartition is the EFI system partition: the UKIs and the
 	// supplier's ASK plan.
 	ESPPartition = "RIGOS-ESP"
-	// SystemPartition is the read-only system partition: an EROFS file
-	// system and its dm-verity hash tree.
-	SystemPartition = "RIGOS-SYSTEM"
 	// StatePartition is the encrypted state partition, formatted on
 	// first boot.
 	StatePartition = "RIGOS-STATE"
 )
+
+// Slot names one of the two system slots, "a" or "b": a UKI and the
+// system partition (an EROFS file system and its dm-verity hash tree)
+// whose root hash that UKI's measured command line carries. The imager
+// writes slot A and leaves slot B's partition empty; nothing switches
+// slots yet.
+type Slot string
+
+// The slots.
+const (
+	SlotA Slot = "a"
+	SlotB Slot = "b"
+)
+
+// Slots lists the slots in the order of their partitions on the disk.
+func Slots() []Slot { return []Slot{SlotA, SlotB} }
+
+// ParseSlot returns the slot that s, the value of SlotParam, names. Only
+// "a" and "b" are slots: anything else is an error, never a default.
+func ParseSlot(s string) (Slot, error) {
+	switch sl := Slot(s); sl {
+	case SlotA, SlotB:
+		return sl, nil
+	}
+	return "", fmt.Errorf("unknown slot %q (want %q or %q)", s, SlotA, SlotB)
+}
+
+// SystemPartition returns the GPT name of the slot's read-only system
+// partition: "RIGOS-SYSTEM-A" or "RIGOS-SYSTEM-B".
+func SystemPartition(s Slot) string { return "RIGOS-SYSTEM-" + strings.ToUpper(string(s)) }
+
+// Paths of the UKIs on the ESP, relative to its root.
+const (
+	// ESPBootUKI is the removable-media default path, the UKI the
+	// firmware boots when no boot entry names another. The imager writes
+	// slot A's UKI there.
+	ESPBootUKI = "EFI/BOOT/BOOTX64.EFI"
+	// ESPUKIDir holds each slot's UKI under its own name (SlotUKI).
+	ESPUKIDir = "EFI/RIGOS"
+)
+
+// SlotUKI returns the path of the slot's UKI on the ESP, relative to its
+// root ("EFI/RIGOS/rigos-a.efi"), the file a boot entry for the slot
+// names.
+func SlotUKI(s Slot) string { return ESPUKIDir + "/rigos-" + string(s) + ".efi" }
 
 // Names init gives the partitions once it opened them.
 const (
 	// ESPLabel is the ESP's FAT volume label.
 	ESPLabel = "RIGOS"
 	// SystemMapping is the device-mapper name of the verified system
-	// partition (/dev/mapper/rigos-system).
+	// partition of the booted slot (/dev/mapper/rigos-system).
 	SystemMapping = "rigos-system"
 	// StateMapping is the device-mapper name of the decrypted state
 	// partition.
@@ -131,10 +178,18 @@ const (
 	CARoots = "etc/ssl/certs/ca-certificates.crt"
 )
 
-// SystemParam is the kernel command-line setting that describes the
-// system partition's dm-verity tree (pkg/verity); the imager writes it
-// into the measured UKI and init reads it.
-const SystemParam = "rigos.system"
+// Kernel command-line settings the imager writes into the measured UKI
+// and init reads.
+const (
+	// SystemParam describes the system partition's dm-verity tree
+	// (pkg/verity).
+	SystemParam = "rigos.system"
+	// SlotParam names the Slot the UKI belongs to ("rigos.slot=a"): init
+	// opens that slot's system partition (SystemPartition) and checks it
+	// against SystemParam. Every image sets it; init refuses to boot
+	// without it.
+	SlotParam = "rigos.slot"
+)
 
 // ESPPlan is the supplier's ASK plan (pkg/askplan) on the ESP, relative
 // to its root.

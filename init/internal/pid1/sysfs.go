@@ -50,7 +50,7 @@ func (s sysfs) lookupPartition(name string) (string, bool) {
 			continue
 		}
 		ev := uevent(b)
-		if ev["PARTNAME"] == name {
+		if n, ok := ev["PARTNAME"]; ok && n == name { // a whole disk has no PARTNAME
 			return ev["MAJOR"] + ":" + ev["MINOR"], true
 		}
 	}

@@ -32,25 +32,31 @@ func fakeSysfs(t *testing.T, files map[string]string) sysfs {
 var rigDisk = map[string]string{
 	"class/block/vda/uevent":  "MAJOR=252\nMINOR=0\nDEVNAME=vda\nDEVTYPE=disk\nDISKSEQ=1\n",
 	"class/block/vda1/uevent": "MAJOR=252\nMINOR=1\nDEVNAME=vda1\nDEVTYPE=partition\nPARTN=1\nPARTNAME=" + layout.ESPPartition + "\n",
-	"class/block/vda2/uevent": "MAJOR=252\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=" + layout.SystemPartition + "\n",
-	"class/block/vda3/uevent": "MAJOR=252\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nPARTN=3\nPARTNAME=" + layout.StatePartition + "\n",
+	"class/block/vda2/uevent": "MAJOR=252\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTN=2\nPARTNAME=" + layout.SystemPartition(layout.SlotA) + "\n",
+	"class/block/vda3/uevent": "MAJOR=252\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nPARTN=3\nPARTNAME=" + layout.SystemPartition(layout.SlotB) + "\n",
+	"class/block/vda4/uevent": "MAJOR=252\nMINOR=4\nDEVNAME=vda4\nDEVTYPE=partition\nPARTN=4\nPARTNAME=" + layout.StatePartition + "\n",
 	"class/block/sda/uevent":  "MAJOR=8\nMINOR=0\nDEVNAME=sda\nDEVTYPE=disk\n",
 	"dev/block/252:1/uevent":  "MAJOR=252\nMINOR=1\nDEVNAME=vda1\nDEVTYPE=partition\nPARTNAME=" + layout.ESPPartition + "\n",
-	"dev/block/252:3/uevent":  "MAJOR=252\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nPARTNAME=" + layout.StatePartition + "\n",
+	"dev/block/252:2/uevent":  "MAJOR=252\nMINOR=2\nDEVNAME=vda2\nDEVTYPE=partition\nPARTNAME=" + layout.SystemPartition(layout.SlotA) + "\n",
+	"dev/block/252:3/uevent":  "MAJOR=252\nMINOR=3\nDEVNAME=vda3\nDEVTYPE=partition\nPARTNAME=" + layout.SystemPartition(layout.SlotB) + "\n",
+	"dev/block/252:4/uevent":  "MAJOR=252\nMINOR=4\nDEVNAME=vda4\nDEVTYPE=partition\nPARTNAME=" + layout.StatePartition + "\n",
 	"dev/block/8:0/uevent":    "MAJOR=8\nMINOR=0\nDEVTYPE=disk\n",
 }
 
 func TestFindPartition(t *testing.T) {
 	sys := fakeSysfs(t, rigDisk)
 	for name, want := range map[string]string{
-		layout.ESPPartition: "252:1", layout.SystemPartition: "252:2", layout.StatePartition: "252:3",
+		layout.ESPPartition: "252:1", "RIGOS-SYSTEM-A": "252:2", "RIGOS-SYSTEM-B": "252:3", layout.StatePartition: "252:4",
 	} {
 		if got, err := sys.findPartition(name, 0); err != nil || got != want {
 			t.Errorf("findPartition(%s) = %q, %v, want %q", name, got, err, want)
 		}
 	}
-	if got, err := sys.findPartition("RIGOS-OTHER", 0); err == nil {
-		t.Errorf("findPartition(RIGOS-OTHER) = %q, want an error", got)
+	// Names match whole: the pre-A/B name is a prefix of both slots'.
+	for _, name := range []string{"RIGOS-OTHER", "RIGOS-SYSTEM", "RIGOS-SYSTEM-", "RIGOS-SYSTEM-C", "rigos-system-a", ""} {
+		if got, err := sys.findPartition(name, 0); err == nil {
+			t.Errorf("findPartition(%q) = %q, want an error", name, got)
+		}
 	}
 	if got, err := newSysfs(t.TempDir()).findPartition(layout.StatePartition, 0); err == nil {
 		t.Errorf("findPartition(no disks) = %q, want an error", got)
@@ -59,7 +65,7 @@ func TestFindPartition(t *testing.T) {
 
 func TestBlockDevice(t *testing.T) {
 	sys := fakeSysfs(t, rigDisk)
-	for num, want := range map[string]string{"252:1": "/dev/vda1", "252:3": "/dev/vda3"} {
+	for num, want := range map[string]string{"252:1": "/dev/vda1", "252:2": "/dev/vda2", "252:3": "/dev/vda3", "252:4": "/dev/vda4"} {
 		if got, err := sys.blockDevice(num); err != nil || got != want {
 			t.Errorf("blockDevice(%s) = %q, %v, want %q", num, got, err, want)
 		}
@@ -70,12 +76,17 @@ func TestBlockDevice(t *testing.T) {
 		}
 	}
 	// The partition findPartition finds is the one blockDevice names.
-	num, err := sys.findPartition(layout.StatePartition, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got, err := sys.blockDevice(num); err != nil || got != "/dev/vda3" {
-		t.Errorf("blockDevice(findPartition(%s)) = %q, %v, want /dev/vda3", layout.StatePartition, got, err)
+	for name, want := range map[string]string{
+		layout.SystemPartition(layout.SlotA): "/dev/vda2", layout.SystemPartition(layout.SlotB): "/dev/vda3",
+		layout.StatePartition: "/dev/vda4",
+	} {
+		num, err := sys.findPartition(name, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := sys.blockDevice(num); err != nil || got != want {
+			t.Errorf("blockDevice(findPartition(%s)) = %q, %v, want %s", name, got, err, want)
+		}
 	}
 }
 

@@ -13,11 +13,12 @@ import (
 	"github.com/rigos/rigos/pkg/verity"
 )
 
-// mountSystem sets up dm-verity over the RIGOS-SYSTEM partition with the
-// root hash from the (measured) command line and mounts it read-only.
-// Every block read is checked against that root hash; a changed block
-// reads as an I/O error. It reports false when the image has no system
-// partition.
+// mountSystem sets up dm-verity over the booted slot's system partition
+// (RIGOS-SYSTEM-A or -B, named by layout.SlotParam) with the root hash
+// from the (measured) command line and mounts it read-only. Every block
+// read is checked against that root hash; a changed block reads as an
+// I/O error. It reports false when the image has no system partition; a
+// command line with a root hash but no valid slot is an error.
 func mountSystem(sys sysfs) (bool, error) {
 	b, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
@@ -35,7 +36,11 @@ func mountSystem(sys sysfs) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	dev, err := sys.findPartition(layout.SystemPartition, 20*time.Second)
+	slot, err := bootSlot(args)
+	if err != nil {
+		return false, err
+	}
+	dev, err := sys.findPartition(layout.SystemPartition(slot), 20*time.Second)
 	if err != nil {
 		return false, err
 	}
@@ -52,7 +57,7 @@ func mountSystem(sys sysfs) (bool, error) {
 	if err := unix.Mount(mapped, layout.SystemMount, "erofs", unix.MS_RDONLY|unix.MS_NODEV|unix.MS_NOSUID, ""); err != nil {
 		return false, fmt.Errorf("mounting the system partition: %w", err)
 	}
-	say("system partition %s verified by dm-verity (root %x…) and mounted on %s", dev, root[:6], layout.SystemMount)
+	say("system partition %s (slot %s) verified by dm-verity (root %x…) and mounted on %s", dev, slot, root[:6], layout.SystemMount)
 	return true, nil
 }
 

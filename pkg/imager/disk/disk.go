@@ -1,9 +1,14 @@
-// Package disk writes the RigOS disk image: a GPT disk with an EFI
-// system partition holding the UKI as EFI/BOOT/BOOTX64.EFI (sized for a
-// second UKI slot, for A/B updates), the read-only SYSTEM partition
-// (file system and dm-verity tree) and an empty STATE partition that the
-// booted system formats and encrypts. The layout and every identifier are
-// derived from the build, so two builds of the same inputs are identical.
+// Package disk writes the RigOS disk image, a GPT disk laid out for A/B
+// updates (partition names in pkg/layout): RIGOS-ESP, the EFI system
+// partition, with slot A's UKI at EFI/BOOT/BOOTX64.EFI (the
+// removable-media path the firmware boots by default) and at
+// EFI/RIGOS/rigos-a.efi, and room for slot B's; RIGOS-SYSTEM-A, slot A's
+// read-only system partition (file system and dm-verity tree);
+// RIGOS-SYSTEM-B, as large as A and left empty (zeros) for an update to
+// fill; and RIGOS-STATE, shared by both slots and left empty for the
+// booted system to format and encrypt. The layout and every identifier
+// are derived from the build, so two builds of the same inputs are
+// identical.
 package disk
 
 import (
@@ -15,6 +20,7 @@ import (
 	"io"
 	"os"
 	pathpkg "path"
+	"slices"
 	"sort"
 
 	diskfs "github.com/diskfs/go-diskfs"
@@ -35,7 +41,8 @@ const (
 
 // Layout sizes the image.
 type Layout struct {
-	// ESP size in bytes. Default is max(MinESP, 2 × UKI + 16 MiB).
+	// ESP size in bytes: it must hold three UKIs, the two copies of
+	// slot A's and slot B's. Default is max(MinESP, 3 × UKI + 16 MiB).
 	ESP int64
 	// State size in bytes. Default is 256 MiB.
 	State int64
@@ -47,25 +54,31 @@ type Layout struct {
 	Files map[string][]byte
 }
 
-// Write creates the raw image at path (which must not exist) with uki
-// and the system partition's contents. It returns the system partition's
-// offset in the image.
+// ukiCopies is how many UKIs of this size the ESP must hold: slot A's
+// at ESPBootUKI and at its SlotUKI, and slot B's.
+const ukiCopies = 3
+
+// Write creates the raw image at path (which must not exist) with uki,
+// slot A's UKI, and slot A's system partition's contents; slot B's
+// system partition is as large as A's and left empty. It returns slot
+// A's system partition's offset in the image.
 func Write(path string, uki, system []byte, l Layout) (int64, error) {
 	if l.ESP == 0 {
-		l.ESP = max(MinESP, 2*int64(len(uki))+16*mib)
+		l.ESP = max(MinESP, ukiCopies*int64(len(uki))+16*mib)
 	}
 	if l.State == 0 {
 		l.State = 256 * mib
 	}
 	l.ESP = roundMiB(l.ESP)
 	l.State = roundMiB(l.State)
-	if int64(len(uki))*2 > l.ESP {
-		return 0, fmt.Errorf("ESP of %d MiB cannot hold two UKIs of %d MiB", l.ESP/mib, len(uki)/mib)
+	if int64(len(uki))*ukiCopies > l.ESP {
+		return 0, fmt.Errorf("ESP of %d MiB cannot hold %d UKIs of %d MiB", l.ESP/mib, ukiCopies, len(uki)/mib)
 	}
 	espStart := int64(mib)
-	sysStart := espStart + l.ESP
 	sysSize := roundMiB(max(int64(len(system)), mib))
-	stateStart := sysStart + sysSize
+	sysAStart := espStart + l.ESP
+	sysBStart := sysAStart + sysSize
+	stateStart := sysBStart + sysSize
 	size := stateStart + l.State + mib // 1 MiB for the backup GPT
 	d, err := diskfs.Create(path, size, diskfs.SectorSizeDefault)
 	if err != nil {
@@ -76,11 +89,13 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 		LogicalSectorSize: sector, PhysicalSectorSize: sector, ProtectiveMBR: true,
 		GUID: guid(l.Seed, "disk"),
 		Partitions: []*gpt.Partition{
-			{Index: 1, Start: uint64(espStart / sector), End: uint64(sysStart/sector - 1), Type: gpt.EFISystemPartition,
+			{Index: 1, Start: uint64(espStart / sector), End: uint64(sysAStart/sector - 1), Type: gpt.EFISystemPartition,
 				Name: layout.ESPPartition, GUID: guid(l.Seed, "esp")},
-			{Index: 2, Start: uint64(sysStart / sector), End: uint64(stateStart/sector - 1), Type: gpt.LinuxFilesystem,
-				Name: layout.SystemPartition, GUID: guid(l.Seed, "system"), Attributes: 1 << 60}, // read-only
-			{Index: 3, Start: uint64(stateStart / sector), End: uint64((stateStart+l.State)/sector - 1), Type: gpt.LinuxFilesystem,
+			{Index: 2, Start: uint64(sysAStart / sector), End: uint64(sysBStart/sector - 1), Type: gpt.LinuxFilesystem,
+				Name: layout.SystemPartition(layout.SlotA), GUID: guid(l.Seed, "system-a"), Attributes: 1 << 60}, // read-only
+			{Index: 3, Start: uint64(sysBStart / sector), End: uint64(stateStart/sector - 1), Type: gpt.LinuxFilesystem,
+				Name: layout.SystemPartition(layout.SlotB), GUID: guid(l.Seed, "system-b"), Attributes: 1 << 60}, // read-only
+			{Index: 4, Start: uint64(stateStart / sector), End: uint64((stateStart+l.State)/sector - 1), Type: gpt.LinuxFilesystem,
 				Name: layout.StatePartition, GUID: guid(l.Seed, "state")},
 		},
 	}
@@ -91,22 +106,27 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 	if _, err := d.WritePartitionContents(2, bytes.NewReader(padded)); err != nil {
 		return 0, fmt.Errorf("writing the system partition: %w", err)
 	}
+	// Partition 3, slot B's, stays as diskfs.Create made it: zeros.
 	fs, err := d.CreateFilesystem(disk.FilesystemSpec{Partition: 1, FSType: filesystem.TypeFat32, VolumeLabel: layout.ESPLabel, Reproducible: true})
 	if err != nil {
 		return 0, fmt.Errorf("formatting ESP: %w", err)
 	}
-	for _, dir := range []string{"/EFI", "/EFI/BOOT", "/EFI/RigOS"} {
+	boot, slotA := "/"+layout.ESPBootUKI, "/"+layout.SlotUKI(layout.SlotA)
+	for _, dir := range []string{"/EFI", pathpkg.Dir(boot), pathpkg.Dir(slotA)} {
 		if err := fs.Mkdir(dir); err != nil {
 			return 0, fmt.Errorf("creating %s: %w", dir, err)
 		}
 	}
-	files := map[string][]byte{"/EFI/BOOT/BOOTX64.EFI": uki}
-	names := []string{"/EFI/BOOT/BOOTX64.EFI"}
+	files := map[string][]byte{boot: uki, slotA: uki}
+	names := []string{boot, slotA}
 	for name, data := range l.Files {
+		if _, ok := files[name]; ok {
+			return 0, fmt.Errorf("extra ESP file %s would replace a UKI", name)
+		}
 		files[name] = data
 		names = append(names, name)
 	}
-	sort.Strings(names[1:]) // deterministic order
+	sort.Strings(names[2:]) // deterministic order
 	for _, name := range names {
 		if dir := pathpkg.Dir(name); dir != "/" {
 			if err := fs.Mkdir(dir); err != nil {
@@ -125,7 +145,24 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 			return 0, err
 		}
 	}
-	return sysStart, nil
+	return sysAStart, nil
+}
+
+// PartitionNames lists the GPT names of the image's partitions, in
+// order: the ESP, slot A's and slot B's system partitions, the state
+// partition.
+func PartitionNames() []string {
+	return []string{layout.ESPPartition, layout.SystemPartition(layout.SlotA),
+		layout.SystemPartition(layout.SlotB), layout.StatePartition}
+}
+
+// partitionNames returns the names of t's partitions, in order.
+func partitionNames(t *gpt.Table) []string {
+	var out []string
+	for _, p := range t.Partitions {
+		out = append(out, p.Name)
+	}
+	return out
 }
 
 func roundMiB(v int64) int64 { return (v + mib - 1) / mib * mib }
@@ -139,8 +176,9 @@ func guid(seed []byte, what string) string {
 	return u.String()
 }
 
-// ReadUKI returns EFI/BOOT/BOOTX64.EFI from a raw image, checking the
-// partition table on the way: a truncated or half-written image is an
+// ReadUKI returns EFI/BOOT/BOOTX64.EFI (layout.ESPBootUKI) from a raw
+// image, checking the partition table on the way: a truncated or
+// half-written image, or one without the four RigOS partitions, is an
 // error.
 func ReadUKI(path string) ([]byte, error) {
 	if err := checkComplete(path); err != nil {
@@ -159,16 +197,16 @@ func ReadUKI(path string) ([]byte, error) {
 	if !ok || t.RecoveredFromBackup {
 		return nil, errors.New("image has no intact GPT")
 	}
-	if len(t.Partitions) < 3 || t.Partitions[0].Name != layout.ESPPartition || t.Partitions[1].Name != layout.SystemPartition || t.Partitions[2].Name != layout.StatePartition {
-		return nil, errors.New("image does not have the RigOS partition layout")
+	if !slices.Equal(partitionNames(t), PartitionNames()) {
+		return nil, fmt.Errorf("image has partitions %q, want the RigOS layout %q", partitionNames(t), PartitionNames())
 	}
 	fs, err := d.GetFilesystem(1)
 	if err != nil {
 		return nil, fmt.Errorf("reading ESP: %w", err)
 	}
-	f, err := fs.OpenFile("/EFI/BOOT/BOOTX64.EFI", os.O_RDONLY)
+	f, err := fs.OpenFile("/"+layout.ESPBootUKI, os.O_RDONLY)
 	if err != nil {
-		return nil, fmt.Errorf("opening BOOTX64.EFI: %w", err)
+		return nil, fmt.Errorf("opening %s: %w", layout.ESPBootUKI, err)
 	}
 	defer f.Close()
 	return io.ReadAll(f)
