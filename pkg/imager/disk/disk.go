@@ -37,13 +37,24 @@ const (
 	mib    = 1 << 20
 	// MinESP is the smallest ESP: FAT32 needs 65,525 clusters.
 	MinESP = 64 * mib
+	// DefaultESP is the ESP's size when the UKIs need less: the layout is
+	// fixed when a rig is installed, so later, larger UKIs must still fit
+	// three times.
+	DefaultESP = 128 * mib
+	// DefaultSystemSlot is a system slot's size when the system image
+	// needs less: room for later builds (an update writes the other slot,
+	// which cannot grow), the NVIDIA user space and firmware among them.
+	DefaultSystemSlot = 1 << 30
 )
 
 // Layout sizes the image.
 type Layout struct {
 	// ESP size in bytes: it must hold three UKIs, the two copies of
-	// slot A's and slot B's. Default is max(MinESP, 3 × UKI + 16 MiB).
+	// slot A's and slot B's. Default is max(DefaultESP, 3 × UKI + 16 MiB).
 	ESP int64
+	// System is each system slot's size in bytes. Default is
+	// max(DefaultSystemSlot, the system image).
+	System int64
 	// State size in bytes. Default is 256 MiB.
 	State int64
 	// Seed derives the disk and partition GUIDs (the build's digest).
@@ -64,7 +75,10 @@ const ukiCopies = 3
 // A's system partition's offset in the image.
 func Write(path string, uki, system []byte, l Layout) (int64, error) {
 	if l.ESP == 0 {
-		l.ESP = max(MinESP, ukiCopies*int64(len(uki))+16*mib)
+		l.ESP = max(DefaultESP, ukiCopies*int64(len(uki))+16*mib)
+	}
+	if l.System == 0 {
+		l.System = max(DefaultSystemSlot, int64(len(system)))
 	}
 	if l.State == 0 {
 		l.State = 256 * mib
@@ -75,7 +89,10 @@ func Write(path string, uki, system []byte, l Layout) (int64, error) {
 		return 0, fmt.Errorf("ESP of %d MiB cannot hold %d UKIs of %d MiB", l.ESP/mib, ukiCopies, len(uki)/mib)
 	}
 	espStart := int64(mib)
-	sysSize := roundMiB(max(int64(len(system)), mib))
+	sysSize := roundMiB(l.System)
+	if int64(len(system)) > sysSize {
+		return 0, fmt.Errorf("system image of %d MiB does not fit a system slot of %d MiB", len(system)/mib, sysSize/mib)
+	}
 	sysAStart := espStart + l.ESP
 	sysBStart := sysAStart + sysSize
 	stateStart := sysBStart + sysSize

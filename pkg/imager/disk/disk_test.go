@@ -24,7 +24,7 @@ func TestWriteReproducibleAndReadable(t *testing.T) {
 	var sums [2][32]byte
 	for i := range sums {
 		p := filepath.Join(dir, "img"+string(rune('a'+i)))
-		if _, err := Write(p, uki, []byte("system"), Layout{Seed: []byte("build-1"), State: 8 << 20}); err != nil {
+		if _, err := Write(p, uki, []byte("system"), Layout{Seed: []byte("build-1"), State: 8 << 20, System: 2 << 20}); err != nil {
 			t.Fatal(err)
 		}
 		b, _ := os.ReadFile(p)
@@ -51,7 +51,7 @@ func TestReadUKIRejectsDamagedImages(t *testing.T) {
 	uki := bytes.Repeat([]byte("UKI!"), 1000)
 	dir := t.TempDir()
 	p := filepath.Join(dir, "img")
-	if _, err := Write(p, uki, []byte("system"), Layout{Seed: []byte("x"), State: 8 << 20}); err != nil {
+	if _, err := Write(p, uki, []byte("system"), Layout{Seed: []byte("x"), State: 8 << 20, System: 2 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(p)
@@ -76,7 +76,7 @@ func TestWriteABLayout(t *testing.T) {
 	system := bytes.Repeat([]byte("system"), 300_000) // 1.7 MiB: two MiB once rounded
 	p := filepath.Join(t.TempDir(), "img")
 	plan := []byte(`{"plan":1}`)
-	off, err := Write(p, uki, system, Layout{Seed: []byte("build-1"), State: 8 << 20,
+	off, err := Write(p, uki, system, Layout{Seed: []byte("build-1"), State: 8 << 20, System: 2 << 20,
 		Files: map[string][]byte{"/" + layout.ESPPlan: plan}})
 	if err != nil {
 		t.Fatal(err)
@@ -164,12 +164,12 @@ func TestWriteABLayout(t *testing.T) {
 func TestWriteRefusesBadLayouts(t *testing.T) {
 	uki := bytes.Repeat([]byte("U"), 30<<20)
 	dir := t.TempDir()
-	if _, err := Write(filepath.Join(dir, "small"), uki, []byte("system"), Layout{ESP: 80 << 20, State: 8 << 20}); err == nil {
+	if _, err := Write(filepath.Join(dir, "small"), uki, []byte("system"), Layout{ESP: 80 << 20, State: 8 << 20, System: 2 << 20}); err == nil {
 		t.Error("Write() with an 80 MiB ESP for three 30 MiB UKIs succeeded")
 	}
 	for _, name := range []string{layout.ESPBootUKI, layout.SlotUKI(layout.SlotA)} {
 		_, err := Write(filepath.Join(dir, "clash"+filepath.Base(name)), []byte("uki"), []byte("system"),
-			Layout{State: 8 << 20, Files: map[string][]byte{"/" + name: []byte("other")}})
+			Layout{State: 8 << 20, System: 2 << 20, Files: map[string][]byte{"/" + name: []byte("other")}})
 		if err == nil {
 			t.Errorf("Write() with an extra ESP file /%s succeeded", name)
 		}
@@ -242,3 +242,16 @@ func readESPFile(t *testing.T, path, name string) []byte {
 }
 
 func allZero(b []byte) bool { return !slices.ContainsFunc(b, func(c byte) bool { return c != 0 }) }
+
+// By default the slots leave room for later, larger builds (an update
+// writes the other slot, which cannot grow once a rig is installed); a
+// system image larger than its slot is refused.
+func TestSlotRoom(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Write(filepath.Join(dir, "big"), []byte("uki"), make([]byte, 3<<20), Layout{State: 8 << 20, System: 2 << 20}); err == nil {
+		t.Error("Write() of a 3 MiB system image into 2 MiB slots succeeded")
+	}
+	if DefaultSystemSlot < 1<<30 || DefaultESP < 3*30<<20 {
+		t.Errorf("default slots %d MiB, ESP %d MiB: no room for later builds", DefaultSystemSlot>>20, DefaultESP>>20)
+	}
+}
