@@ -119,7 +119,11 @@ func (o *Options) goEnv(tmp string, cgo bool) ([]string, error) {
 		"Name: libseccomp\nDescription: pinned libseccomp (inputs.lock)\nVersion: pinned\nCflags: -I%s\nLibs: -L%s -lseccomp\n", inc, lib)), 0o644); err != nil {
 		return nil, err
 	}
-	return append(env, "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -g", "CGO_LDFLAGS=-O2 -g",
+	// The paths go into CGO_CFLAGS and CGO_LDFLAGS as well: the go
+	// command's build cache keys on those, not on pkg-config's output, so
+	// a package compiled earlier against the host's libseccomp would
+	// otherwise be reused, and link the host's libseccomp.a.
+	return append(env, "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -g -I"+inc, "CGO_LDFLAGS=-O2 -g -L"+lib,
 		"PKG_CONFIG_PATH="+pc, "PKG_CONFIG_LIBDIR="+pc), nil
 }
 
