@@ -110,20 +110,24 @@ func (o *Options) goEnv(tmp string, cgo bool) ([]string, error) {
 	if !cgo {
 		return append(env, "CGO_ENABLED=0"), nil
 	}
-	lib, inc := filepath.Dir(o.pinned[inputs.LibseccompStatic]), filepath.Join(o.Inputs, "usr", "include")
+	lib, inc := o.pinned[inputs.LibseccompStatic], filepath.Join(o.Inputs, "usr", "include")
 	pc := filepath.Join(tmp, "pkgconfig")
 	if err := os.MkdirAll(pc, 0o755); err != nil {
 		return nil, err
 	}
+	// Libs names the archive itself: one linker flag, as Debian's
+	// "-lseccomp" is, so cgo's generated code (its line numbers are in
+	// the binary) is the same as with the host's libseccomp-dev, and no
+	// library search can pick the host's libseccomp.a.
 	if err := os.WriteFile(filepath.Join(pc, "libseccomp.pc"), []byte(fmt.Sprintf(
-		"Name: libseccomp\nDescription: pinned libseccomp (inputs.lock)\nVersion: pinned\nCflags: -I%s\nLibs: -L%s -lseccomp\n", inc, lib)), 0o644); err != nil {
+		"Name: libseccomp\nDescription: pinned libseccomp (inputs.lock)\nVersion: pinned\nCflags: -I%s\nLibs: %s\n", inc, lib)), 0o644); err != nil {
 		return nil, err
 	}
-	// The paths go into CGO_CFLAGS and CGO_LDFLAGS as well: the go
-	// command's build cache keys on those, not on pkg-config's output, so
-	// a package compiled earlier against the host's libseccomp would
-	// otherwise be reused, and link the host's libseccomp.a.
-	return append(env, "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -g -I"+inc, "CGO_LDFLAGS=-O2 -g -L"+lib,
+	// The include path goes into CGO_CFLAGS as well: the go command's
+	// build cache keys on CGO_CFLAGS, not on pkg-config's output, so a
+	// package compiled earlier against the host's libseccomp would
+	// otherwise be reused with the host's linker flags.
+	return append(env, "CGO_ENABLED=1", "CGO_CFLAGS=-O2 -g -I"+inc, "CGO_LDFLAGS=-O2 -g",
 		"PKG_CONFIG_PATH="+pc, "PKG_CONFIG_LIBDIR="+pc), nil
 }
 
