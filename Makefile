@@ -81,7 +81,7 @@ image: build ## build the image into OUT (VERIFIER=host:port CA=ca.crt KEYS=dir 
 	    $(BIN)/attest devinit -dir .demo -listen 127.0.0.1:7443 >/dev/null; \
 	  else echo "image: CA file $(CA) not found: pass CA= the PEM certificate of your verifier's TLS CA" >&2; exit 1; fi; \
 	fi
-	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -ca-roots "$$(hack/ca-roots.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
+	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -inputs "$$(pkg/imager/inputs/fetch.sh)" -ca-roots "$$(hack/ca-roots.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
 
 kernel: ## build RigOS's own hardened kernel from Debian's source (not run in CI; ~1 h)
 	kernel/build.sh

@@ -2,6 +2,8 @@ module github.com/rigos/rigos
 
 go 1.26.6
 
+toolchain go1.26.8
+
 require (
 	github.com/NVIDIA/go-nvml v0.13.4-0
 	github.com/containerd/containerd/v2 v2.4.2

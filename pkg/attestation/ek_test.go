@@ -1,6 +1,7 @@
 package attestation
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -9,12 +10,15 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func mkCA(t *testing.T, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
@@ -138,6 +142,61 @@ func TestManifestSignAndParse(t *testing.T) {
 	}
 	if _, err := SignManifest(bad, key); err == nil {
 		t.Error("SignManifest(invalid) succeeded")
+	}
+}
+
+// The build inputs are part of what is signed, and a manifest written
+// before they existed still parses.
+func TestManifestInputs(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	m := devManifest()
+	m.Inputs = []BuildInput{
+		{Name: "go", Version: "go1.26.8"},
+		{Name: "systemd-boot-efi", Version: "252.39-1~deb12u2", SHA256: strings.Repeat("ab", 32)},
+		{Name: "go.sum", SHA256: strings.Repeat("cd", 32)},
+	}
+	b, err := SignManifest(m, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseManifest(b, []ed25519.PublicKey{pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(m.Inputs, got.Inputs); diff != "" {
+		t.Errorf("ParseManifest(SignManifest(m)).Inputs differ (-want +got):\n%s", diff)
+	}
+	// The inputs are signed: changing one breaks the signature.
+	var sm signedManifest
+	if err := json.Unmarshal(b, &sm); err != nil {
+		t.Fatal(err)
+	}
+	sm.Payload = bytes.Replace(sm.Payload, []byte("go1.26.8"), []byte("go1.26.9"), 1)
+	forged, _ := json.Marshal(sm)
+	if _, err := ParseManifest(forged, []ed25519.PublicKey{pub}); !errors.Is(err, ErrManifestSignature) {
+		t.Errorf("ParseManifest(changed input) = %v, want ErrManifestSignature", err)
+	}
+
+	// A manifest without the field (every one signed before it existed).
+	old := devManifest()
+	b, err = SignManifest(old, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(b, []byte("inputs")) {
+		t.Fatal("a manifest without inputs still writes the field")
+	}
+	if got, err := ParseManifest(b, []ed25519.PublicKey{pub}); err != nil || got.Inputs != nil {
+		t.Errorf("ParseManifest(no inputs) = %v, %v; want accepted with no inputs", got, err)
+	}
+
+	bad := devManifest()
+	bad.Inputs = []BuildInput{{Name: "go.sum", SHA256: "zz"}, {Name: "x"}, {Version: "1"}}
+	err = bad.Validate()
+	for _, want := range []string{"inputs[0].sha256", "inputs[1] (x): neither", "inputs[2]: name is empty"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate(bad inputs) = %v, want it to mention %q", err, want)
+		}
 	}
 }
 

@@ -44,6 +44,24 @@ type Manifest struct {
 	// Phases, when set, is the exact sequence of boot-phase markers the
 	// runtime log must start with.
 	Phases []string `json:"phases,omitempty"`
+	// Inputs, when set, are the exact inputs the image was built from
+	// (the Go toolchain, go.mod and go.sum, the pinned Debian packages,
+	// the kernel, the CA roots), so that anyone can rebuild the release
+	// and compare. Informational: appraisal does not use them, and
+	// manifests from before the field parse without it.
+	Inputs []BuildInput `json:"inputs,omitempty"`
+}
+
+// BuildInput is one input of a build.
+type BuildInput struct {
+	// Name is a Debian package name, or a file's role ("go.sum",
+	// "ca-roots", "vmlinuz") or "go" for the toolchain.
+	Name string `json:"name"`
+	// Version is the package or toolchain version; empty for a file.
+	Version string `json:"version,omitempty"`
+	// SHA256 is the hex SHA-256 of the .deb or the file; empty for the
+	// toolchain (named by its version).
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // SecureBootPolicy is the PCR 7 part of a manifest.
@@ -92,6 +110,17 @@ func (m *Manifest) Validate() error {
 	check("secure_boot.db_certs", m.SecureBoot.DBCerts)
 	check("secure_boot.other_db_certs", m.SecureBoot.OtherDBCerts)
 	check("secure_boot.kek_certs", m.SecureBoot.KEKCerts)
+	for i, in := range m.Inputs {
+		if in.Name == "" {
+			errs = append(errs, fmt.Errorf("inputs[%d]: name is empty", i))
+		}
+		if in.Version == "" && in.SHA256 == "" {
+			errs = append(errs, fmt.Errorf("inputs[%d] (%s): neither version nor sha256", i, in.Name))
+		}
+		if in.SHA256 != "" {
+			check(fmt.Sprintf("inputs[%d].sha256", i), []string{in.SHA256})
+		}
+	}
 	if m.SecureBoot.Required && len(m.SecureBoot.DBCerts) == 0 {
 		errs = append(errs, errors.New("secure_boot.required without db_certs"))
 	}

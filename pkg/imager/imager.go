@@ -32,6 +32,7 @@ import (
 	"github.com/rigos/rigos/pkg/bootconfig"
 	"github.com/rigos/rigos/pkg/imager/cpio"
 	"github.com/rigos/rigos/pkg/imager/disk"
+	"github.com/rigos/rigos/pkg/imager/inputs"
 	"github.com/rigos/rigos/pkg/imager/kmod"
 	"github.com/rigos/rigos/pkg/imager/sbkeys"
 	"github.com/rigos/rigos/pkg/imager/uki"
@@ -53,8 +54,16 @@ type Options struct {
 	Keys string
 	// KernelRoot is the unpacked kernel package (kernel/fetch.sh). Required.
 	KernelRoot string
-	// Stub is systemd-stub. Default is uki.DefaultStub.
-	Stub string
+	// Inputs is the unpacked root of the pinned Debian inputs
+	// (pkg/imager/inputs/fetch.sh prints it): systemd-stub, mkfs.erofs
+	// and its LZ4 library, static libseccomp for runc. Every file used is
+	// checked against inputs.lock. Default is what fetch.sh, run from
+	// Source, prints.
+	Inputs string
+	// Stub overrides the pinned systemd-stub; StubSHA256 (hex) is then
+	// required and checked, and the manifest records the file's digest.
+	// Default is the stub of the pinned systemd-boot-efi.
+	Stub, StubSHA256 string
 	// Verifier is the verifier's host:port baked into the agent. Required.
 	Verifier string
 	// VerifierCA is the CA (PEM file) of the verifier's TLS certificate. Required.
@@ -92,6 +101,10 @@ type Options struct {
 	InitrdHook func([]byte) []byte
 	// Log receives progress lines. Default is discard.
 	Log io.Writer
+
+	// Set by check.
+	pinned    map[string]string // pinned input name → checked path
+	goVersion string
 }
 
 // Result describes what Build wrote.
@@ -117,16 +130,16 @@ func (o *Options) check() error {
 	req("kernel", o.KernelRoot, " (run kernel/fetch.sh; it prints the folder)")
 	req("verifier address", o.Verifier, "")
 	req("verifier CA", o.VerifierCA, "")
-	if o.Stub == "" {
-		o.Stub = uki.DefaultStub
+	if err := o.checkInputs(); err != nil {
+		errs = append(errs, err)
 	}
-	if _, err := os.Stat(o.Stub); err != nil {
-		errs = append(errs, fmt.Errorf("systemd-stub %s missing (apt-get install systemd-boot-efi): %w", o.Stub, err))
-	}
-	for _, tool := range []string{"objcopy", "qemu-img", "mkfs.erofs", "go"} {
+	for _, tool := range []string{"objcopy", "qemu-img", "go"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			errs = append(errs, fmt.Errorf("%s not found (hack/deps.sh installs it)", tool))
 		}
+	}
+	if err := o.checkGo(); err != nil {
+		errs = append(errs, err)
 	}
 	if o.VerifierCA != "" {
 		if _, err := os.Stat(o.VerifierCA); err != nil {
@@ -215,7 +228,9 @@ func Build(o Options) (*Result, error) {
 		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-tags", b.tags,
 			"-ldflags", b.ldflags, "-o", out, b.pkg)
 		cmd.Dir = o.Source
-		cmd.Env = append(os.Environ(), "CGO_ENABLED="+map[bool]string{true: "1", false: "0"}[b.cgo], "GOOS=linux", "GOARCH=amd64")
+		if cmd.Env, err = o.goEnv(tmp, b.cgo); err != nil {
+			return nil, err
+		}
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("building %s: %v\n%s", out, err, b)
 		}
@@ -337,6 +352,9 @@ func Build(o Options) (*Result, error) {
 			KEKCerts: []string{hex.EncodeToString(kekSum[:])}, OtherDBCerts: otherDB},
 		Phases: measure.BootPhases,
 	}
+	if m.Inputs, err = o.buildInputs(o.KernelRoot, release); err != nil {
+		return nil, err
+	}
 	signedManifest, err := attestation.SignManifest(m, manKey)
 	if err != nil {
 		return nil, err
@@ -434,8 +452,13 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *
 	img := filepath.Join(tmp, "system.erofs")
 	uuid := sha256.Sum256([]byte(fmt.Sprint(layout.SystemMapping, o.Epoch)))
 	u := hex.EncodeToString(uuid[:16])
-	cmd := exec.Command("mkfs.erofs", "-zlz4hc", fmt.Sprintf("-T%d", o.Epoch),
+	// The pinned mkfs.erofs, with the pinned liblz4 (it decides the
+	// compressed bytes); libc, libuuid and libselinux still come from the
+	// host, and do not change the output.
+	cmd := exec.Command(o.pinned[inputs.MkfsErofs], "-zlz4hc", fmt.Sprintf("-T%d", o.Epoch),
 		"-U", u[0:8]+"-"+u[8:12]+"-"+u[12:16]+"-"+u[16:20]+"-"+u[20:32], "--all-root", "-x", "-1", img, root)
+	cmd.Env = append(withoutEnv(os.Environ(), "LD_LIBRARY_PATH", "LD_PRELOAD"),
+		"LD_LIBRARY_PATH="+filepath.Dir(o.pinned[inputs.LibLZ4]))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, nil, fmt.Errorf("mkfs.erofs: %v: %s", err, b)
 	}

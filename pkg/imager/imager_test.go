@@ -47,7 +47,7 @@ func TestBuildNamesEveryProblem(t *testing.T) {
 		t.Fatal("Build succeeded without its inputs")
 	}
 	for _, want := range []string{"output folder is required", "keys folder is required", "kernel is required",
-		"verifier address is required", "verifier CA", "ASK plan", "want certificates only"} {
+		"verifier address is required", "verifier CA", "ASK plan", "want certificates only", "pinned inputs: no inputs folder"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
@@ -140,5 +140,43 @@ disabled_plugins = [
 `
 	if ContainerdConfig != oldContainerd {
 		t.Errorf("ContainerdConfig = %s, want %s", ContainerdConfig, oldContainerd)
+	}
+}
+
+// An input that is not pinned stops the build: a stub without its
+// digest, a stub or pinned file whose digest differs.
+func TestBuildRefusesUnpinnedInputs(t *testing.T) {
+	dir := t.TempDir()
+	stub := filepath.Join(dir, "stub.efi")
+	if err := os.WriteFile(stub, []byte("MZ"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		o    Options
+		want string
+	}{
+		"stub without digest": {Options{Stub: stub, Inputs: dir}, "given without its SHA-256"},
+		"digest without stub": {Options{StubSHA256: strings.Repeat("0", 64), Inputs: dir}, "without the stub"},
+		"stub digest differs": {Options{Stub: stub, StubSHA256: strings.Repeat("0", 64), Inputs: dir}, "want " + strings.Repeat("0", 64)},
+		"inputs not pinned":   {Options{Inputs: dir}, "pinned input mkfs.erofs"},
+	} {
+		_, err := Build(tc.o)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: Build() = %v, want an error naming %q", name, err, tc.want)
+		}
+	}
+}
+
+func TestToolchain(t *testing.T) {
+	v, err := toolchain(filepath.Join("..", "..", "go.mod"))
+	if err != nil || !strings.HasPrefix(v, "go1.") {
+		t.Errorf("toolchain(go.mod) = %q, %v; want a pinned go1.x", v, err)
+	}
+	p := filepath.Join(t.TempDir(), "go.mod")
+	if err := os.WriteFile(p, []byte("module x\n\ngo 1.26\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := toolchain(p); err == nil || !strings.Contains(err.Error(), "not pinned") {
+		t.Errorf("toolchain(no toolchain line) = %v, want an error", err)
 	}
 }
