@@ -58,7 +58,9 @@ func run() error {
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "attest")
-	if out, err := exec.Command("go", "build", "-o", bin, "./attest").CombinedOutput(); err != nil {
+	// The development build: its devinit signs the simulated boot's
+	// manifest, which the software TPMs' logs replay to.
+	if out, err := exec.Command("go", "build", "-tags", "sim", "-o", bin, "./attest").CombinedOutput(); err != nil {
 		return fmt.Errorf("building attest: %v\n%s", err, out)
 	}
 	addr := fmt.Sprintf("127.0.0.1:%d", *port)
