@@ -222,23 +222,10 @@ func Build(o Options) (*Result, error) {
 	}
 
 	step("building init, agent, containerd, its runc shim and runc (static, reproducible)")
-	bins := map[string][]byte{}
-	for _, b := range binaries {
-		out := filepath.Join(tmp, b.name)
-		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-tags", b.tags,
-			"-ldflags", b.ldflags, "-o", out, b.pkg)
-		cmd.Dir = o.Source
-		if cmd.Env, err = o.goEnv(tmp, b.cgo); err != nil {
-			return nil, err
-		}
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("building %s: %v\n%s", out, err, b)
-		}
-		if bins[b.name], err = os.ReadFile(out); err != nil {
-			return nil, err
-		}
+	bins, err := o.buildBinaries(tmp)
+	if err != nil {
+		return nil, err
 	}
-
 	release, err := kernelRelease(o.KernelRoot)
 	if err != nil {
 		return nil, err
@@ -272,6 +259,76 @@ func Build(o Options) (*Result, error) {
 	}
 	step("system partition: %.1f MiB (EROFS and dm-verity tree, root %x…)", float64(len(system))/(1<<20), tree.Root[:6])
 
+	u, err := o.buildUKI(tmp, release, initrd, tree, keys.DB)
+	if err != nil {
+		return nil, err
+	}
+	step("UKI: %.1f MiB, signed with %s", float64(len(u.signed))/(1<<20), keys.DB.Cert.Subject.CommonName)
+
+	sum := sha256.Sum256(u.signed)
+	r := &Result{
+		Raw: filepath.Join(o.Out, "rigos.raw"), QCOW2: filepath.Join(o.Out, "rigos.qcow2"),
+		UKI: filepath.Join(o.Out, "rigos.efi"), Initrd: filepath.Join(o.Out, "initrd.img"),
+		System: filepath.Join(o.Out, "system.img"), SystemSize: len(system),
+		Manifest:  filepath.Join(o.Out, "manifest.json"),
+		UKIDigest: u.digest, PCR11: u.pcr11,
+		UKISize: len(u.signed), InitrdSize: len(initrd), Build: hex.EncodeToString(sum[:6]),
+	}
+	if err := o.writeImages(r, u.signed, initrd, system, sum[:]); err != nil {
+		return nil, err
+	}
+	step("disk images: %s, %s", r.Raw, r.QCOW2)
+
+	m, err := o.manifest(r, keys, extraDB, release)
+	if err != nil {
+		return nil, err
+	}
+	signedManifest, err := attestation.SignManifest(m, manKey)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(r.Manifest, signedManifest, 0o644); err != nil {
+		return nil, err
+	}
+	step("manifest %s: build %s, PCR 4 %x…, PCR 11 %x…", r.Manifest, r.Build, u.digest[:6], u.pcr11[:6])
+	return r, nil
+}
+
+// buildBinaries builds the image's programs (the binaries list),
+// statically and reproducibly, in tmp.
+func (o *Options) buildBinaries(tmp string) (map[string][]byte, error) {
+	bins := map[string][]byte{}
+	for _, b := range binaries {
+		out := filepath.Join(tmp, b.name)
+		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-tags", b.tags,
+			"-ldflags", b.ldflags, "-o", out, b.pkg)
+		cmd.Dir = o.Source
+		var err error
+		if cmd.Env, err = o.goEnv(tmp, b.cgo); err != nil {
+			return nil, err
+		}
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("building %s: %v\n%s", out, err, b)
+		}
+		if bins[b.name], err = os.ReadFile(out); err != nil {
+			return nil, err
+		}
+	}
+	return bins, nil
+}
+
+// builtUKI is the signed UKI with what the boot will measure of it.
+type builtUKI struct {
+	signed []byte
+	// digest is its Authenticode digest (PCR 4); pcr11 the PCR 11 value
+	// systemd-stub's measurement of its sections leaves.
+	digest, pcr11 []byte
+}
+
+// buildUKI assembles systemd-stub, the kernel, the command line (with the
+// system partition's dm-verity root) and the initramfs, and signs the
+// result with the db key.
+func (o *Options) buildUKI(tmp, release string, initrd []byte, tree *verity.Tree, db sbkeys.Key) (*builtUKI, error) {
 	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+release))
 	if err != nil {
 		return nil, fmt.Errorf("reading kernel (run kernel/fetch.sh): %w", err)
@@ -286,84 +343,70 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	signed, err := uki.Sign(unsigned, keys.DB.Signer, keys.DB.Cert)
-	if err != nil {
+	u := &builtUKI{pcr11: uki.PredictPCR11(sections)}
+	if u.signed, err = uki.Sign(unsigned, db.Signer, db.Cert); err != nil {
 		return nil, err
 	}
-	ukiDigest, err := uki.AuthenticodeDigest(signed)
-	if err != nil {
+	if u.digest, err = uki.AuthenticodeDigest(u.signed); err != nil {
 		return nil, err
 	}
-	pcr11 := uki.PredictPCR11(sections)
-	step("UKI: %.1f MiB, signed with %s", float64(len(signed))/(1<<20), keys.DB.Cert.Subject.CommonName)
+	return u, nil
+}
 
-	sum := sha256.Sum256(signed)
-	r := &Result{
-		Raw: filepath.Join(o.Out, "rigos.raw"), QCOW2: filepath.Join(o.Out, "rigos.qcow2"),
-		UKI: filepath.Join(o.Out, "rigos.efi"), Initrd: filepath.Join(o.Out, "initrd.img"),
-		System: filepath.Join(o.Out, "system.img"), SystemSize: len(system),
-		Manifest:  filepath.Join(o.Out, "manifest.json"),
-		UKIDigest: ukiDigest, PCR11: pcr11,
-		UKISize: len(signed), InitrdSize: len(initrd), Build: hex.EncodeToString(sum[:6]),
-	}
+// writeImages writes the UKI, initramfs and system partition into Out,
+// then the disk images (raw, and qcow2 for QEMU), their GUIDs derived
+// from seed.
+func (o *Options) writeImages(r *Result, signed, initrd, system, seed []byte) error {
 	for _, f := range []string{r.Raw, r.QCOW2} {
 		_ = os.Remove(f)
 	}
-	if err := os.WriteFile(r.UKI, signed, 0o644); err != nil {
-		return nil, err
+	for path, b := range map[string][]byte{r.UKI: signed, r.Initrd: initrd, r.System: system} {
+		if err := os.WriteFile(path, b, 0o644); err != nil {
+			return err
+		}
 	}
-	if err := os.WriteFile(r.Initrd, initrd, 0o644); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(r.System, system, 0o644); err != nil {
-		return nil, err
-	}
-	sizes := disk.Layout{Seed: sum[:]}
+	sizes := disk.Layout{Seed: seed}
 	if o.Plan != "" {
 		plan, err := os.ReadFile(o.Plan)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		sizes.Files = map[string][]byte{"/" + layout.ESPPlan: plan}
 	}
+	var err error
 	if r.SystemOffset, err = disk.Write(r.Raw, signed, system, sizes); err != nil {
-		return nil, err
+		return err
 	}
 	if b, err := exec.Command("qemu-img", "convert", "-f", "raw", "-O", "qcow2", r.Raw, r.QCOW2).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("qemu-img: %v: %s", err, b)
+		return fmt.Errorf("qemu-img: %v: %s", err, b)
 	}
-	step("disk images: %s, %s", r.Raw, r.QCOW2)
+	return nil
+}
 
+// manifest is the reference manifest of the build r: what a genuine boot
+// of it measures, and the inputs it was built from.
+func (o *Options) manifest(r *Result, keys *sbkeys.Set, extraDB []*x509.Certificate, release string) (*attestation.Manifest, error) {
 	// db may also hold what Setup Mode enrolment puts there beside
 	// RigOS's key: certificates that sign option ROMs, never RigOS images.
 	var otherDB []string
 	for _, c := range extraDB {
 		otherDB = append(otherDB, sbkeys.Fingerprint(c))
 	}
-	dbSum := sha256.Sum256(keys.DB.Cert.Raw)
-	kekSum := sha256.Sum256(keys.KEK.Cert.Raw)
 	m := &attestation.Manifest{
 		Version: attestation.ManifestVersion, Build: r.Build, Created: time.Unix(o.Epoch, 0).UTC(),
 		// systemd-stub starts the kernel itself: the firmware measures only
 		// the UKI into PCR 4.
-		BootApplications: []string{hex.EncodeToString(ukiDigest)},
-		PCR11:            []string{hex.EncodeToString(pcr11)},
-		SecureBoot: attestation.SecureBootPolicy{Required: true, DBCerts: []string{hex.EncodeToString(dbSum[:])},
-			KEKCerts: []string{hex.EncodeToString(kekSum[:])}, OtherDBCerts: otherDB},
+		BootApplications: []string{hex.EncodeToString(r.UKIDigest)},
+		PCR11:            []string{hex.EncodeToString(r.PCR11)},
+		SecureBoot: attestation.SecureBootPolicy{Required: true, DBCerts: []string{sbkeys.Fingerprint(keys.DB.Cert)},
+			KEKCerts: []string{sbkeys.Fingerprint(keys.KEK.Cert)}, OtherDBCerts: otherDB},
 		Phases: measure.BootPhases,
 	}
+	var err error
 	if m.Inputs, err = o.buildInputs(o.KernelRoot, release); err != nil {
 		return nil, err
 	}
-	signedManifest, err := attestation.SignManifest(m, manKey)
-	if err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(r.Manifest, signedManifest, 0o644); err != nil {
-		return nil, err
-	}
-	step("manifest %s: build %s, PCR 4 %x…, PCR 11 %x…", r.Manifest, r.Build, ukiDigest[:6], pcr11[:6])
-	return r, nil
+	return m, nil
 }
 
 // checkCARoots refuses a CA bundle that holds no parsable certificate or
