@@ -60,14 +60,6 @@ type Workloads interface {
 	Handle(*apiv1.VerifierMessage)
 }
 
-// Attacher takes the session's sender (safe for concurrent use) when the
-// node is enrolled, and nil when the session ends. *Outbox is one; a
-// Workloads that is one too (a test's stand-in that keeps no Outbox) is
-// attached like the Outbox.
-type Attacher interface {
-	Attach(send func(*apiv1.AgentMessage) error)
-}
-
 // ErrRefused is wrapped when the verifier refuses the node.
 var ErrRefused = errors.New("verifier refused the node")
 
@@ -93,18 +85,9 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
-	var attached []Attacher
 	if n.Outbox != nil {
-		attached = append(attached, n.Outbox)
+		defer n.Outbox.Attach(nil)
 	}
-	if a, ok := n.Workloads.(Attacher); ok {
-		attached = append(attached, a)
-	}
-	defer func() {
-		for _, a := range attached {
-			a.Attach(nil)
-		}
-	}()
 	ak := n.TPM.AKParams()
 	if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
 		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
@@ -135,8 +118,8 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 			}
 		case *apiv1.VerifierMessage_Enrolled:
 			log.Info("enrolled", "node", msg.Enrolled.GetNodeId(), "class", msg.Enrolled.GetTrustClass())
-			for _, a := range attached {
-				a.Attach(send)
+			if n.Outbox != nil {
+				n.Outbox.Attach(send)
 			}
 		case *apiv1.VerifierMessage_Challenge:
 			ev, err := answer(n, msg.Challenge)

@@ -232,10 +232,10 @@ func TestEnrolmentLimits(t *testing.T) {
 func TestWorkloadEventsOnlyForSentWorkloads(t *testing.T) {
 	h := newHarness(t, testPolicy(), "")
 	n := bootNode(t, 1, devboot.Default())
-	echo := &echoNode{}
+	echo := newEcho()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo})
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, Outbox: echo.out})
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 
 	run, err := h.admin.RunWorkload(ctx, &apiv1.RunWorkloadRequest{NodeId: "rig-1", Spec: &apiv1.WorkloadSpec{Id: "job-1", Image: "r.example/a@sha256:abc", TrustedTier: true}})

@@ -26,26 +26,16 @@ import (
 // gets: the real manager (agent/internal/workload) is tested on its own
 // and, with containerd, in the VM tests.
 type echoNode struct {
+	// out is the node's outbox, as the agent's: the session attaches it.
+	out      *session.Outbox
 	mu       sync.Mutex
-	send     func(*apiv1.AgentMessage) error
 	archive  []byte
 	verdicts []*apiv1.Verdict
 }
 
-func (e *echoNode) Attach(send func(*apiv1.AgentMessage) error) {
-	e.mu.Lock()
-	e.send = send
-	e.mu.Unlock()
-}
+func newEcho() *echoNode { return &echoNode{out: session.NewOutbox(nil)} }
 
-func (e *echoNode) emit(m *apiv1.AgentMessage) {
-	e.mu.Lock()
-	send := e.send
-	e.mu.Unlock()
-	if send != nil {
-		_ = send(m)
-	}
-}
+func (e *echoNode) emit(m *apiv1.AgentMessage) { e.out.Send(m) }
 
 func (e *echoNode) event(id string, s apiv1.WorkloadState, reason string, code int32) {
 	e.emit(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_WorkloadEvent{WorkloadEvent: &apiv1.WorkloadEvent{
@@ -113,10 +103,10 @@ func TestWorkloadRelay(t *testing.T) {
 	if _, err := rec.Record(measure.KindWorkload, measure.Workload{ID: "early", Digest: "sha256:abc", Config: "sha256:cfg"}.Encode()); err != nil {
 		t.Fatal(err)
 	}
-	echo := &echoNode{}
+	echo := newEcho()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, Outbox: echo.out, OnVerdict: echo.verdict,
 		AskPlan: `{"version":1,"cpus":4}`})
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 
@@ -242,13 +232,13 @@ func TestGPUInventoryPinned(t *testing.T) {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo})
+			session.Run(ctx, h.client, session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, Outbox: echo.out})
 		}()
 		stop := sync.OnceFunc(func() { cancel(); <-done })
 		t.Cleanup(stop)
 		return stop
 	}
-	echo := &echoNode{}
+	echo := newEcho()
 	stop := runWith(echo)
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 	echo.emit(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_GpuReport{GpuReport: &apiv1.GPUReport{
@@ -271,7 +261,7 @@ func TestGPUInventoryPinned(t *testing.T) {
 	stop()
 
 	measureGPUs(swapped) // a GPU swapped while the node was away
-	runWith(&echoNode{})
+	runWith(newEcho())
 	c := h.await("rig-1", to(apiv1.NodeState_NODE_STATE_UNTRUSTED))
 	if !strings.HasPrefix(c.GetReason(), string(attestation.CheckGPUPins)) {
 		t.Fatalf("reason = %q, want %s", c.GetReason(), attestation.CheckGPUPins)
@@ -288,8 +278,8 @@ func TestMissedDeadlineTellsTheNode(t *testing.T) {
 	h := newHarness(t, testPolicy(), "")
 	n := bootNode(t, 1, devboot.Default())
 	var answered atomic.Bool
-	echo := &echoNode{}
-	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, OnVerdict: echo.verdict,
+	echo := newEcho()
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Workloads: echo, Outbox: echo.out, OnVerdict: echo.verdict,
 		OnChallenge: func(_ *apiv1.Challenge, ev *apiv1.Evidence) *apiv1.Evidence {
 			if answered.Swap(true) {
 				return nil // silent from the second challenge on
