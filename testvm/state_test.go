@@ -10,9 +10,7 @@ import (
 	"testing"
 	"time"
 
-	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/partition/gpt"
-
+	"github.com/rigos/rigos/pkg/imager/disk"
 	"github.com/rigos/rigos/pkg/layout"
 )
 
@@ -105,22 +103,11 @@ func qemuImg(t *testing.T, args ...string) {
 // the raw disk image at path.
 func partitionRange(t *testing.T, path, name string) (start, size int64) {
 	t.Helper()
-	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	start, size, err := disk.Partition(path, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	pt, err := d.GetPartitionTable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range pt.GetPartitions() {
-		if gp, ok := p.(*gpt.Partition); ok && gp.Name == name {
-			return gp.GetStart(), gp.GetSize()
-		}
-	}
-	t.Fatalf("%s: no %s partition", path, name)
-	return 0, 0
+	return start, size
 }
 
 func partitionSum(t *testing.T, path, name string) [sha256.Size]byte {

@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -201,19 +200,11 @@ func ReadUKI(path string) ([]byte, error) {
 	if err := checkComplete(path); err != nil {
 		return nil, err
 	}
-	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	d, t, err := openTable(path)
 	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", path, err)
+		return nil, err
 	}
 	defer d.Close()
-	pt, err := d.GetPartitionTable()
-	if err != nil {
-		return nil, fmt.Errorf("reading partition table of %s: %w", path, err)
-	}
-	t, ok := pt.(*gpt.Table)
-	if !ok || t.RecoveredFromBackup {
-		return nil, errors.New("image has no intact GPT")
-	}
 	if !slices.Equal(partitionNames(t), PartitionNames()) {
 		return nil, fmt.Errorf("image has partitions %q, want the RigOS layout %q", partitionNames(t), PartitionNames())
 	}
@@ -227,6 +218,41 @@ func ReadUKI(path string) ([]byte, error) {
 	}
 	defer f.Close()
 	return io.ReadAll(f)
+}
+
+// openTable opens a raw image read-only with its intact primary GPT.
+func openTable(path string) (*disk.Disk, *gpt.Table, error) {
+	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening %s: %w", path, err)
+	}
+	pt, err := d.GetPartitionTable()
+	if err != nil {
+		d.Close()
+		return nil, nil, fmt.Errorf("reading partition table of %s: %w", path, err)
+	}
+	t, ok := pt.(*gpt.Table)
+	if !ok || t.RecoveredFromBackup {
+		d.Close()
+		return nil, nil, fmt.Errorf("%s: image has no intact GPT", path)
+	}
+	return d, t, nil
+}
+
+// Partition returns the byte range of the partition named name in the
+// raw image at path.
+func Partition(path, name string) (start, size int64, err error) {
+	d, t, err := openTable(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer d.Close()
+	for _, p := range t.Partitions {
+		if p.Name == name {
+			return p.GetStart(), p.GetSize(), nil
+		}
+	}
+	return 0, 0, fmt.Errorf("%s: no %s partition", path, name)
 }
 
 // checkComplete verifies that the image is as long as its primary GPT

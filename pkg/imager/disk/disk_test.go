@@ -201,19 +201,11 @@ func TestReadUKIRejectsOldLayout(t *testing.T) {
 
 func readTable(t *testing.T, path string) *gpt.Table {
 	t.Helper()
-	d, err := diskfs.Open(path, diskfs.WithOpenMode(diskfs.ReadOnly))
+	d, table, err := openTable(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
-	pt, err := d.GetPartitionTable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	table, ok := pt.(*gpt.Table)
-	if !ok {
-		t.Fatalf("%s: partition table %T, want GPT", path, pt)
-	}
+	d.Close()
 	return table
 }
 
