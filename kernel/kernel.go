@@ -19,6 +19,9 @@ var modules string
 // Lock is the pinned kernel package.
 type Lock struct {
 	Package, Version, SHA256, Release string
+	// Suite is the Debian suite the package comes from ("trixie"); empty
+	// means the build machine's own.
+	Suite string
 }
 
 // Pinned returns the kernel.lock entry.
@@ -38,6 +41,8 @@ func Pinned() (Lock, error) {
 			l.SHA256 = v
 		case "release":
 			l.Release = v
+		case "suite":
+			l.Suite = v
 		}
 	}
 	if l.Package == "" || l.Version == "" || len(l.SHA256) != 64 || l.Release == "" {
@@ -72,7 +77,7 @@ type Param struct {
 // without the verifier noticing.
 var Hardened = []Param{
 	{"lockdown=confidentiality", "no way from userspace into kernel memory or secrets (kexec, /dev/mem, BPF reads, hibernation)"},
-	{"module.sig_enforce=1", "only modules signed by the kernel's build key load"},
+	{"module.sig_enforce=1", "only signed modules load: Debian's, signed by its build key, and RigOS's NVIDIA modules, signed by RigOS's db key (Debian's kernel trusts UEFI db for modules)"},
 	{"iommu=force", "DMA always goes through the IOMMU"},
 	{"intel_iommu=on", "enable the Intel IOMMU so devices cannot DMA into arbitrary memory"},
 	{"amd_iommu=force_isolation", "give every device on AMD its own IOMMU domain"},
@@ -83,6 +88,7 @@ var Hardened = []Param{
 	{"page_alloc.shuffle=1", "randomise the page allocator"},
 	{"randomize_kstack_offset=on", "randomise the kernel stack offset per system call"},
 	{"pti=on", "kernel page-table isolation even on CPUs that report no Meltdown: user space never has the kernel mapped (costs some system-call time where it was off)"},
+	{"proc_mem.force_override=never", "no writes through /proc/PID/mem to memory a process mapped read-only"},
 	{"vsyscall=none", "remove the fixed-address vsyscall page"},
 	{"debugfs=off", "no debugfs: it exposes kernel internals"},
 	{"oops=panic", "an oops means the kernel may be compromised: stop"},

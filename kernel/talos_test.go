@@ -23,10 +23,6 @@ var notTaken = map[string]string{
 	// SELinux: RigOS ships no policy.
 	"selinux=1": "RigOS loads no SELinux policy (SELinux without one confines nothing); workloads " +
 		"are confined by runc namespaces, seccomp, cgroups and the agent's network policy",
-	// A real gap, waiting for the kernel.
-	"proc_mem.force_override=never": "not in the pinned 6.1 kernel (the parameter came with Linux " +
-		"6.12; 6.1 ignores it silently): a gap to close when kernel.lock moves to 6.12, where it stops " +
-		"ptrace-less writes to read-only memory through /proc/PID/mem",
 }
 
 // normalize makes a flag and the same flag with an empty value
