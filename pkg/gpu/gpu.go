@@ -1,7 +1,9 @@
 // Package gpu reads a rig's NVIDIA GPUs through NVML: the inventory the
 // verifier pins (a swapped GPU changes its digest), health (temperature,
 // power, utilisation, ECC errors, throttling, Xid errors), and the CDI
-// specification containerd uses to give GPUs to containers.
+// specification containerd uses to give GPUs to containers: their device
+// nodes and the user-space driver (libcuda and its siblings, nvidia-smi)
+// the image carries.
 //
 // NVML needs cgo (it is loaded with dlopen); without cgo, Open reports
 // ErrNoDriver. Tests use go-nvml's dgxh100 fake; TestRealDriver runs the
@@ -99,34 +101,4 @@ func Digest(gpus []GPU) []byte {
 	b, _ := json.Marshal(c) // plain structs: cannot fail
 	sum := sha256.Sum256(b)
 	return sum[:]
-}
-
-// CDI describes the GPUs for the Container Device Interface (CDI 0.6.0):
-// each GPU by index and by UUID, as kind "nvidia.com/gpu", with the
-// control devices every GPU container needs.
-func CDI(gpus []GPU) ([]byte, error) {
-	type node struct {
-		Path string `json:"path"`
-	}
-	type edits struct {
-		DeviceNodes []node `json:"deviceNodes"`
-	}
-	type device struct {
-		Name           string `json:"name"`
-		ContainerEdits edits  `json:"containerEdits"`
-	}
-	spec := struct {
-		Version        string   `json:"cdiVersion"`
-		Kind           string   `json:"kind"`
-		Devices        []device `json:"devices"`
-		ContainerEdits edits    `json:"containerEdits"`
-	}{
-		Version: "0.6.0", Kind: "nvidia.com/gpu",
-		ContainerEdits: edits{DeviceNodes: []node{{"/dev/nvidiactl"}, {"/dev/nvidia-uvm"}, {"/dev/nvidia-uvm-tools"}}},
-	}
-	for _, g := range gpus {
-		e := edits{DeviceNodes: []node{{fmt.Sprintf("/dev/nvidia%d", g.Minor)}}}
-		spec.Devices = append(spec.Devices, device{Name: fmt.Sprint(g.Index), ContainerEdits: e}, device{Name: g.UUID, ContainerEdits: e})
-	}
-	return json.MarshalIndent(spec, "", "  ")
 }

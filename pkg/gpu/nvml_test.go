@@ -40,7 +40,7 @@ func TestInventoryAndCDI(t *testing.T) {
 	if !strings.Contains(g.Name, "H100") || g.MemoryBytes < 80<<30 || g.UUID == "" || g.PCIBusID == "" || g.VBIOS == "" || g.Driver == "" {
 		t.Errorf("GPU 0 = %+v", g)
 	}
-	spec, err := CDI(inv)
+	spec, err := CDI(inv, UserSpace{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,6 +173,15 @@ const (
 const (
 	// SystemBinDir holds the executables.
 	SystemBinDir = "usr/bin"
+	// NvidiaDir holds the NVIDIA user-space driver, when the image
+	// carries one (InSystem(NvidiaDir) on the booted system): lib/ the
+	// libraries, as real files named by their full version
+	// (libcuda.so.550.163.01, no symbolic links), and bin/nvidia-smi. The
+	// agent mounts them into GPU containers through the CDI specification
+	// (pkg/gpu.FindUserSpace). No image carries it yet; one that does
+	// makes bin/nvidia-smi one of the Executables init's self-check
+	// expects.
+	NvidiaDir = "usr/lib/nvidia"
 	// CARoots is the PEM bundle of the CA roots registries are verified
 	// against, when the image carries one.
 	CARoots = "etc/ssl/certs/ca-certificates.crt"

@@ -294,7 +294,7 @@ func startGPUs(ctx context.Context, cfg *config.Config, out *session.Outbox, rec
 		log.Error("opening NVML: this node offers no GPUs", "err", err)
 		return nil, func() {}
 	}
-	svc, err := gpus.Start(ctx, mon, record, cfg.CDIDir, log)
+	svc, err := gpus.Start(ctx, mon, record, cfg.CDIDir, layout.InSystem(layout.NvidiaDir), log)
 	if err != nil {
 		log.Error("starting the GPU service: this node offers no GPUs", "err", err)
 		mon.Close()

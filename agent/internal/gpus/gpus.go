@@ -9,6 +9,7 @@ package gpus
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -45,8 +46,11 @@ type Service struct {
 
 // Start reads the inventory, measures it with record, writes the CDI
 // specification into cdiDir and starts watching Xid errors until ctx
-// ends.
-func Start(ctx context.Context, src Source, record func(kind string, data []byte) error, cdiDir string, log *slog.Logger) (*Service, error) {
+// ends. The specification mounts the user-space driver in nvidiaDir
+// (layout.InSystem(layout.NvidiaDir) in the agent) into GPU containers;
+// without one there, it gives them the device nodes only, and Start
+// logs a warning.
+func Start(ctx context.Context, src Source, record func(kind string, data []byte) error, cdiDir, nvidiaDir string, log *slog.Logger) (*Service, error) {
 	inv, err := src.Inventory()
 	if err != nil {
 		return nil, fmt.Errorf("reading the GPU inventory: %w", err)
@@ -58,7 +62,17 @@ func Start(ctx context.Context, src Source, record func(kind string, data []byte
 	if err := record(measure.KindGPU, measure.GPUInventory{Count: len(inv), Digest: s.digest}.Encode()); err != nil {
 		return nil, fmt.Errorf("measuring the GPU inventory: %w", err)
 	}
-	spec, err := gpu.CDI(inv)
+	user, err := gpu.FindUserSpace(nvidiaDir)
+	switch {
+	case errors.Is(err, gpu.ErrNoUserSpace):
+		log.Warn("GPU containers get device nodes only: CUDA will not start in them", "err", err)
+	case err != nil:
+		return nil, fmt.Errorf("reading the NVIDIA user-space driver: %w", err)
+	}
+	if len(user.Skipped) > 0 {
+		log.Info("NVIDIA user-space driver: files not mounted into containers", "files", user.Skipped)
+	}
+	spec, err := gpu.CDI(inv, user)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +87,7 @@ func Start(ctx context.Context, src Source, record func(kind string, data []byte
 			log.Error("watching GPU Xid errors", "err", err)
 		}
 	}()
-	log.Info("GPUs", "count", len(inv), "inventory_digest", s.digest)
+	log.Info("GPUs", "count", len(inv), "inventory_digest", s.digest, "cdi_libraries", len(user.Libraries))
 	return s, nil
 }
 

@@ -34,7 +34,7 @@ func TestServiceOnDGXH100(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	dir := t.TempDir()
-	s, err := Start(ctx, mon, record, dir, slog.New(slog.DiscardHandler))
+	s, err := Start(ctx, mon, record, dir, filepath.Join(t.TempDir(), "nvidia"), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,10 @@ package gpus
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -29,7 +32,7 @@ func (fakeSource) WatchXids(ctx context.Context) error { <-ctx.Done(); return ni
 func TestReportToOutbox(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	s, err := Start(ctx, fakeSource{}, func(string, []byte) error { return nil }, t.TempDir(), slog.New(slog.DiscardHandler))
+	s, err := Start(ctx, fakeSource{}, func(string, []byte) error { return nil }, t.TempDir(), t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,5 +54,36 @@ func TestReportToOutbox(t *testing.T) {
 	}
 	if n := out.Pending(); n != 0 {
 		t.Errorf("outbox keeps %d GPU reports while detached, want none", n)
+	}
+}
+
+// Without a user-space driver the service still starts, and containers
+// get device nodes only; a folder that cannot be read stops it, rather
+// than hand out GPUs CUDA cannot use.
+func TestStartUserSpace(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	record := func(string, []byte) error { return nil }
+	cdiDir := t.TempDir()
+	if _, err := Start(ctx, fakeSource{}, record, cdiDir, filepath.Join(t.TempDir(), "missing"), slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatalf("Start without a user-space driver: %v", err)
+	}
+	var spec struct {
+		ContainerEdits struct {
+			DeviceNodes []struct{ Path string } `json:"deviceNodes"`
+			Mounts      []json.RawMessage       `json:"mounts"`
+		} `json:"containerEdits"`
+	}
+	b, err := os.ReadFile(filepath.Join(cdiDir, CDIFile))
+	if err != nil || json.Unmarshal(b, &spec) != nil || len(spec.ContainerEdits.DeviceNodes) != 3 || len(spec.ContainerEdits.Mounts) != 0 {
+		t.Errorf("CDI spec without a user-space driver: %s, %v; want the 3 control devices and no mount", b, err)
+	}
+
+	broken := t.TempDir()
+	if err := os.WriteFile(filepath.Join(broken, "lib"), []byte("a file, not a folder\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(ctx, fakeSource{}, record, t.TempDir(), broken, slog.New(slog.DiscardHandler)); err == nil {
+		t.Error("Start with an unreadable user-space driver folder: no error")
 	}
 }
