@@ -23,7 +23,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-
 )
 
 // Magic ends every signed module.
