@@ -210,7 +210,7 @@ func workloads(cfg *config.Config, record func(kind string, data []byte) error, 
 	if plan.MemoryMB == 0 {
 		plan.MemoryMB = workload.MemTotal() >> 20
 	}
-	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork()}, plan, cfg.ScratchDir, record, out, log)
+	m := workload.New(&workload.Containerd{Socket: cfg.Containerd, Net: workload.NewNetwork(), CDIDir: cfg.CDIDir}, plan, cfg.ScratchDir, record, out, log)
 	m.SetPlanError(planErr)
 	m.AskPlan, m.AskPlanError = planJSON, errString(planErr)
 	return m

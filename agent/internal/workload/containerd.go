@@ -2,6 +2,7 @@ package workload
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -22,7 +23,6 @@ import (
 	"github.com/containerd/containerd/v2/core/images"
 	imagearchive "github.com/containerd/containerd/v2/core/images/archive"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/containerd/v2/pkg/cdi"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
@@ -30,6 +30,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/layout"
@@ -48,8 +49,11 @@ type Containerd struct {
 	Net *Network
 	// CgroupRoot is where cgroup v2 is mounted (to read OOM kills).
 	CgroupRoot string
-	client     *containerd.Client
-	ids        idRanges
+	// CDIDir holds the CDI specifications GPUs are injected from (the
+	// GPU service writes them). Default is layout.CDIDir.
+	CDIDir string
+	client *containerd.Client
+	ids    idRanges
 }
 
 func (c *Containerd) connect(ctx context.Context) (*containerd.Client, error) {
@@ -289,7 +293,7 @@ func (c *Containerd) Run(ctx context.Context, r RunRequest) (Exit, error) {
 		for _, g := range r.GPUs {
 			devs = append(devs, fmt.Sprintf("nvidia.com/gpu=%d", g))
 		}
-		opts = append(opts, cdi.WithCDIDevices(devs...))
+		opts = append(opts, withCDIDevices(cmp.Or(c.CDIDir, layout.CDIDir), devs...))
 	}
 
 	cont, err := cl.NewContainer(ctx, id,
@@ -471,5 +475,23 @@ func freeBytes(dir string) int64 {
 		if d == "/" || d == "." {
 			return 0
 		}
+	}
+}
+
+// withCDIDevices injects CDI devices from the specifications in dir.
+// The spec is built here, in the agent, not in the containerd daemon, so
+// containerd's own CDI settings do not apply, and containerd's
+// cdi.WithCDIDevices reads the CDI library's default folders (/etc/cdi,
+// /var/run/cdi), where RigOS writes nothing.
+func withCDIDevices(dir string, devices ...string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		cache, err := cdi.NewCache(cdi.WithSpecDirs(dir), cdi.WithAutoRefresh(false))
+		if err != nil {
+			return fmt.Errorf("reading the CDI specifications in %s: %w", dir, err)
+		}
+		if _, err := cache.InjectDevices(s, devices...); err != nil {
+			return fmt.Errorf("injecting GPUs %v from %s: %w", devices, dir, err)
+		}
+		return nil
 	}
 }
