@@ -41,6 +41,9 @@ type Config struct {
 	// Modules lists the allowlisted modules and their dependencies in
 	// load order. Written by the imager.
 	Modules []Module `json:"modules,omitempty"`
+	// GPU is the NVIDIA driver on the system partition; absent in an
+	// image built without it. Written by the imager.
+	GPU *GPU `json:"gpu,omitempty"`
 	// BuildTime is the image's build time (Unix seconds): the clock is
 	// never set earlier than this.
 	BuildTime int64 `json:"build_time,omitempty"`
@@ -59,6 +62,23 @@ type Module struct {
 	// Wanted marks modules asked for in kernel/modules.txt; the others
 	// load only as dependencies.
 	Wanted bool `json:"wanted,omitempty"`
+}
+
+// GPU is the NVIDIA kernel driver an image carries on its system
+// partition. Init loads its modules only when an NVIDIA display or 3D
+// controller is present, after the system partition is verified and
+// before module loading is locked.
+type GPU struct {
+	// Version is the driver version (550.163.01).
+	Version string `json:"version"`
+	// Modules in load order; Path is relative to the system partition
+	// (layout.SystemMount). Each has the NVIDIA GPUs' PCI aliases as
+	// Devices.
+	Modules []Module `json:"modules"`
+	// Signer names the certificate the modules are signed with, as
+	// modsig.Signer prints it (RigOS's db certificate); the self-check
+	// compares each module's signature with it.
+	Signer string `json:"signer"`
 }
 
 // Defaults fills in unset fields.
@@ -102,6 +122,13 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Containerd) == 0 || c.Containerd[0] == "" || c.Containerd[0][0] != '/' {
 		errs = append(errs, errors.New("containerd: want an absolute path first"))
+	}
+	if c.GPU != nil {
+		for _, m := range c.GPU.Modules {
+			if m.Name == "" || m.Path == "" || m.Path[0] == '/' || len(m.Devices) == 0 {
+				errs = append(errs, fmt.Errorf("gpu.modules %q: want a name, a path relative to the system partition, and the devices it drives", m.Name))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

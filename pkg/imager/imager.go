@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -95,6 +96,11 @@ type Options struct {
 	// kept: GPU and NIC option ROMs are signed with them, and boards show
 	// no video or network without them.
 	NoMicrosoftDB bool
+	// Nvidia is the NVIDIA driver folder kernel/nvidia/build.sh prints:
+	// its modules are signed with the db key and go, with the GSP
+	// firmware, onto the system partition; init loads them on rigs with
+	// an NVIDIA GPU. Optional: without it the image drives no GPU.
+	Nvidia string
 	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
 	// before it is compressed into the UKI (tests build tampered images
 	// with it).
@@ -247,13 +253,20 @@ func Build(o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	initrd, err := o.initramfs(bins, mods, modRoot, enrol)
+	var gpu *gpuDriver
+	if o.Nvidia != "" {
+		if gpu, err = o.gpuDriver(keys.DB); err != nil {
+			return nil, err
+		}
+		step("NVIDIA driver %s: %d modules signed with %s, %d files", gpu.config.Version, len(gpu.config.Modules), keys.DB.Cert.Subject.CommonName, len(gpu.files))
+	}
+	initrd, err := o.initramfs(bins, mods, modRoot, enrol, gpu)
 	if err != nil {
 		return nil, err
 	}
 	step("initramfs: %.1f MiB", float64(len(initrd))/(1<<20))
 
-	system, tree, err := o.systemPartition(tmp, bins)
+	system, tree, err := o.systemPartition(tmp, bins, gpu)
 	if err != nil {
 		return nil, err
 	}
@@ -279,7 +292,7 @@ func Build(o Options) (*Result, error) {
 	}
 	step("disk images: %s, %s", r.Raw, r.QCOW2)
 
-	m, err := o.manifest(r, keys, extraDB, release)
+	m, err := o.manifest(r, keys, extraDB, release, gpu)
 	if err != nil {
 		return nil, err
 	}
@@ -385,7 +398,7 @@ func (o *Options) writeImages(r *Result, signed, initrd, system, seed []byte) er
 
 // manifest is the reference manifest of the build r: what a genuine boot
 // of it measures, and the inputs it was built from.
-func (o *Options) manifest(r *Result, keys *sbkeys.Set, extraDB []*x509.Certificate, release string) (*attestation.Manifest, error) {
+func (o *Options) manifest(r *Result, keys *sbkeys.Set, extraDB []*x509.Certificate, release string, gpu *gpuDriver) (*attestation.Manifest, error) {
 	// db may also hold what Setup Mode enrolment puts there beside
 	// RigOS's key: certificates that sign option ROMs, never RigOS images.
 	var otherDB []string
@@ -405,6 +418,9 @@ func (o *Options) manifest(r *Result, keys *sbkeys.Set, extraDB []*x509.Certific
 	var err error
 	if m.Inputs, err = o.buildInputs(o.KernelRoot, release); err != nil {
 		return nil, err
+	}
+	if gpu != nil {
+		m.Inputs = append(m.Inputs, gpu.inputs...)
 	}
 	return m, nil
 }
@@ -456,9 +472,12 @@ func (o *Options) cmdline(systemParam string) string {
 // system (LZ4HC) with the agent, followed by its dm-verity hash tree.
 // Large binaries live here rather than in the UKI, which the firmware and
 // the boot stub hash several times while booting.
-func (o *Options) systemPartition(tmp string, bins map[string][]byte) ([]byte, *verity.Tree, error) {
+func (o *Options) systemPartition(tmp string, bins map[string][]byte, gpu *gpuDriver) ([]byte, *verity.Tree, error) {
 	root := filepath.Join(tmp, "system")
 	files := map[string][]byte{}
+	if gpu != nil {
+		maps.Copy(files, gpu.files)
+	}
 	for _, name := range layout.SystemBinaries {
 		files[path.Join(layout.SystemBinDir, name)] = bins[name]
 	}
@@ -537,7 +556,7 @@ func kernelRelease(root string) (string, error) {
 	return rels[0], nil
 }
 
-func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot string, enrol *sbkeys.AuthVariables) ([]byte, error) {
+func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot string, enrol *sbkeys.AuthVariables, gpu *gpuDriver) ([]byte, error) {
 	ca, err := os.ReadFile(o.VerifierCA)
 	if err != nil {
 		return nil, err
@@ -559,7 +578,11 @@ func (o *Options) initramfs(bins map[string][]byte, mods []kmod.Module, modRoot 
 		entries = append(entries, cpio.Entry{Name: filepath.Join(inInitramfs(layout.ModulesDir), m.Path), Mode: cpio.TypeReg | 0o644, Data: b})
 		modules = append(modules, bootconfig.Module{Name: m.Name, Path: m.Path, Deps: m.Deps, Devices: m.Devices, Wanted: m.Wanted})
 	}
-	initCfg, err := json.MarshalIndent(bootconfig.Config{Network: o.Network, Modules: modules, BuildTime: o.Epoch}, "", "  ")
+	cfg := bootconfig.Config{Network: o.Network, Modules: modules, BuildTime: o.Epoch}
+	if gpu != nil {
+		cfg.GPU = gpu.config
+	}
+	initCfg, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,10 @@ var bootSteps = []step{
 	// The network comes up while the partitions are opened.
 	{name: "network", fn: (*boot).startNetwork},
 	{name: "EFI system partition", fn: (*boot).mountESP},
-	{name: "system partition", fn: (*boot).mountSystem, phase: measure.PhaseModulesLocked},
+	{name: "system partition", fn: (*boot).mountSystem},
+	// The NVIDIA driver lives on the verified system partition; module
+	// loading is locked once it is in (or not needed).
+	{name: "GPU driver", fn: (*boot).loadGPUDriver, phase: measure.PhaseModulesLocked},
 	// The state key is sealed to PCR 15 as it is at modules-locked; the
 	// phase after the step moves PCR 15 on, so nothing started later can
 	// unseal it.
@@ -128,17 +131,30 @@ func (b *boot) openTPM() error {
 	return err
 }
 
-// loadModules loads the modules the hardware needs, then disables module
-// loading for good.
+// loadModules loads the initramfs's modules the hardware needs. Module
+// loading stays open for the GPU driver (loadGPUDriver).
 func (b *boot) loadModules() error {
-	n, err := loadModules(b.sys, b.cfg.Modules)
+	loaded, err := loadModules(b.sys, layout.ModulesDir, b.cfg.Modules)
 	if err != nil {
 		return err
+	}
+	say("loaded %d of %d allowlisted modules for the hardware present", len(loaded), len(b.cfg.Modules))
+	return nil
+}
+
+// loadGPUDriver loads the NVIDIA driver from the system partition when
+// an NVIDIA GPU is present, creates its device nodes, then disables
+// module loading for good. A driver that does not load is said, not
+// fatal: the node comes up offering no GPUs.
+func (b *boot) loadGPUDriver() error {
+	if g := b.cfg.GPU; g != nil {
+		b.gpu = loadGPU(b.sys, g)
+		say("%s", b.gpu.summary(g))
 	}
 	if err := os.WriteFile("/proc/sys/kernel/modules_disabled", []byte("1"), 0); err != nil {
 		return fmt.Errorf("disabling module loading: %w", err)
 	}
-	say("loaded %d of %d allowlisted modules for the hardware present; module loading disabled", n, len(b.cfg.Modules))
+	say("module loading disabled")
 	return nil
 }
 
@@ -235,7 +251,11 @@ func (b *boot) unlockState() error {
 // selfCheck waits for the network, then runs the self-check.
 func (b *boot) selfCheck() error {
 	<-b.netDone
-	line, ok := FormatChecks(SelfCheck(realProbe{}))
+	checks := SelfCheck(realProbe{})
+	if g := b.cfg.GPU; g != nil {
+		checks = append(checks, GPUModulesCheck(g, b.gpu, os.ReadFile))
+	}
+	line, ok := FormatChecks(checks)
 	say("selfcheck %s %s", map[bool]string{true: "passed", false: "FAILED"}[ok], line)
 	return nil
 }

@@ -14,6 +14,7 @@ type boot struct {
 	dev      tpm.Device
 	netDone  chan struct{}
 	stateErr error // why the state partition is unavailable
+	gpu      gpuDriver
 }
 
 // step is one named task of the boot sequence (bootSteps). When phase is

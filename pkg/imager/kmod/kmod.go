@@ -95,6 +95,9 @@ func Depends(path string) (deps, pre []string, err error) {
 	return deps, pre, nil
 }
 
+// Modinfo reads a module file's .modinfo section (see ParseModinfo).
+func Modinfo(path string) (map[string][]string, error) { return modinfo(path) }
+
 func modinfo(path string) (map[string][]string, error) {
 	f, err := elf.Open(path)
 	if err != nil {

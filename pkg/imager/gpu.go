@@ -1,0 +1,178 @@
+package imager
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/bootconfig"
+	"github.com/rigos/rigos/pkg/imager/kmod"
+	"github.com/rigos/rigos/pkg/imager/sbkeys"
+	"github.com/rigos/rigos/pkg/modsig"
+)
+
+// Where the NVIDIA driver goes on the system partition.
+const (
+	gpuModulesDir  = "lib/modules/nvidia"
+	gpuFirmwareDir = "lib/firmware" // the kernel looks for nvidia/VERSION/gsp_*.bin here
+)
+
+// nvidiaVendor is the modalias prefix of NVIDIA's PCI devices.
+const nvidiaVendor = "pci:v000010DE"
+
+// gpuDriver is the NVIDIA driver as it goes into an image.
+type gpuDriver struct {
+	files  map[string][]byte // system partition path → contents
+	config *bootconfig.GPU
+	inputs []attestation.BuildInput
+}
+
+// gpuDriver reads the folder kernel/nvidia/build.sh prints (modules/,
+// firmware/, VERSION, nvidia.lock), signs each module with the db key
+// (Debian's kernel trusts db for modules; nothing else RigOS boots is
+// signed with a key the kernel trusts for NVIDIA's modules), and lays
+// modules and GSP firmware out for the system partition.
+func (o *Options) gpuDriver(db sbkeys.Key) (*gpuDriver, error) {
+	dir := o.Nvidia
+	v, err := os.ReadFile(filepath.Join(dir, "VERSION"))
+	if err != nil {
+		return nil, fmt.Errorf("NVIDIA driver folder %s: %w (run kernel/nvidia/build.sh; it prints the folder)", dir, err)
+	}
+	g := &gpuDriver{files: map[string][]byte{}, config: &bootconfig.GPU{Version: strings.TrimSpace(string(v))}}
+	paths, err := filepath.Glob(filepath.Join(dir, "modules", "*.ko"))
+	if err != nil || len(paths) == 0 {
+		return nil, fmt.Errorf("NVIDIA driver folder %s holds no modules/*.ko", dir)
+	}
+	mods := map[string]bootconfig.Module{}
+	for _, p := range paths {
+		info, err := kmod.Modinfo(p)
+		if err != nil {
+			return nil, err
+		}
+		name := kmod.Canonical(strings.TrimSuffix(filepath.Base(p), ".ko"))
+		m := bootconfig.Module{Name: name, Path: path.Join(gpuModulesDir, filepath.Base(p)), Wanted: true}
+		for _, d := range info["depends"] {
+			for _, dep := range strings.Split(d, ",") {
+				if dep = strings.TrimSpace(dep); dep != "" {
+					m.Deps = append(m.Deps, kmod.Canonical(dep))
+				}
+			}
+		}
+		for _, a := range info["alias"] {
+			if strings.HasPrefix(strings.ToUpper(a), strings.ToUpper(nvidiaVendor)) {
+				m.Devices = append(m.Devices, a)
+			}
+		}
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		signed, err := modsig.Sign(raw, db.Signer, db.Cert)
+		if err != nil {
+			return nil, fmt.Errorf("signing %s: %w", filepath.Base(p), err)
+		}
+		s, err := modsig.ReadSigner(signed)
+		if err != nil {
+			return nil, err
+		}
+		g.config.Signer = s.String()
+		g.files[m.Path] = signed
+		mods[name] = m
+	}
+	order, err := gpuLoadOrder(mods)
+	if err != nil {
+		return nil, err
+	}
+	g.config.Modules = order
+	fw := filepath.Join(dir, "firmware")
+	err = filepath.WalkDir(fw, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(fw, p)
+		g.files[path.Join(gpuFirmwareDir, filepath.ToSlash(rel))] = b
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("NVIDIA firmware: %w", err)
+	}
+	if g.inputs, err = nvidiaInputs(filepath.Join(dir, "nvidia.lock")); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// gpuLoadOrder puts dependencies first. A module that drives no device
+// of its own (nvidia_uvm) loads with the GPU module it depends on: it
+// takes that module's device aliases.
+func gpuLoadOrder(mods map[string]bootconfig.Module) ([]bootconfig.Module, error) {
+	names := make([]string, 0, len(mods))
+	for n := range mods {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var out []bootconfig.Module
+	done := map[string]bool{}
+	var visit func(n string, depth int) error
+	visit = func(n string, depth int) error {
+		if done[n] {
+			return nil
+		}
+		m, ok := mods[n]
+		if !ok {
+			return fmt.Errorf("NVIDIA module dependency %s is not in the driver folder", n)
+		}
+		if depth > len(mods) {
+			return fmt.Errorf("NVIDIA modules depend on each other in a cycle (%s)", n)
+		}
+		for _, d := range m.Deps {
+			if err := visit(d, depth+1); err != nil {
+				return err
+			}
+			if len(m.Devices) == 0 {
+				m.Devices = mods[d].Devices
+			}
+		}
+		if len(m.Devices) == 0 {
+			return fmt.Errorf("NVIDIA module %s drives no NVIDIA device and depends on none that does", n)
+		}
+		mods[n] = m
+		done[n] = true
+		out = append(out, m)
+		return nil
+	}
+	for _, n := range names {
+		if err := visit(n, 0); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// nvidiaInputs reads the .debs the driver was built from out of the
+// nvidia.lock build.sh copies beside the modules, for the manifest.
+func nvidiaInputs(lock string) ([]attestation.BuildInput, error) {
+	b, err := os.ReadFile(lock)
+	if err != nil {
+		return nil, fmt.Errorf("NVIDIA driver folder: %w (rebuild it with kernel/nvidia/build.sh)", err)
+	}
+	var in []attestation.BuildInput
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 4 && f[0] == "deb" {
+			in = append(in, attestation.BuildInput{Name: f[1], Version: f[2], SHA256: f[3]})
+		}
+	}
+	return in, nil
+}
