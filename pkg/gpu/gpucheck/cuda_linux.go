@@ -60,7 +60,7 @@ CU_FN(cuLaunchKernel, (CUfunction f, unsigned int gx, unsigned int gy, unsigned 
 #define SYM(name, required) { #name, (void **)&p_##name, required }
 static struct { const char *name; void **fn; int required; } gc_syms[] = {
 	SYM(cuInit, 1), SYM(cuDeviceGetCount, 1), SYM(cuDeviceGet, 1),
-	SYM(cuDeviceGetName, 1), SYM(cuDeviceGetUuid, 1), SYM(cuDeviceGetUuid_v2, 0),
+	SYM(cuDeviceGetName, 1), SYM(cuDeviceGetUuid, 0), SYM(cuDeviceGetUuid_v2, 0),
 	SYM(cuDeviceTotalMem_v2, 1), SYM(cuDeviceGetAttribute, 1), SYM(cuCtxCreate_v2, 1),
 	SYM(cuCtxSetCurrent, 1), SYM(cuCtxSynchronize, 1), SYM(cuCtxDestroy_v2, 1),
 	SYM(cuMemGetInfo_v2, 1), SYM(cuModuleLoadData, 1), SYM(cuModuleLoadDataEx, 0),
@@ -84,9 +84,13 @@ static int gc_load(char *err, size_t n) {
 	for (size_t i = 0; i < sizeof gc_syms / sizeof gc_syms[0]; i++) {
 		*gc_syms[i].fn = dlsym(lib, gc_syms[i].name);
 		if (!*gc_syms[i].fn && gc_syms[i].required) {
-			snprintf(err, n, "libcuda.so.1 has no %s (driver too old?)", gc_syms[i].name);
+			snprintf(err, n, "libcuda.so.1 has no %s", gc_syms[i].name);
 			return 2;
 		}
+	}
+	if (!p_cuDeviceGetUuid && !p_cuDeviceGetUuid_v2) {
+		snprintf(err, n, "libcuda.so.1 has neither cuDeviceGetUuid_v2 nor cuDeviceGetUuid");
+		return 2;
 	}
 	return 0;
 }
