@@ -16,12 +16,13 @@ help: ## list targets
 deps: ## install the Debian packages the build and tests need
 	@hack/deps.sh
 
-build: deps ## build attest, agent, imager and runvm into .bin/
+build: deps ## build attest, agent, imager, runvm and gpucheck into .bin/
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/attest ./attest
 	$(GO) build -o $(BIN)/agent ./agent
 	$(GO) build -o $(BIN)/imager ./imager
 	$(GO) build -o $(BIN)/runvm ./testvm/runvm
+	$(GO) build -o $(BIN)/gpucheck ./gpucheck
 
 test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds, service, VM boots
 	kernel/fetch.sh >/dev/null
