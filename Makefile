@@ -26,6 +26,7 @@ build: deps ## build attest, agent, imager, runvm and gpucheck into .bin/
 
 test: deps check-generated lint ## run every test tier: unit (-race), fuzz seeds, service, VM boots
 	kernel/fetch.sh >/dev/null
+	kernel/nvidia/build.sh >/dev/null
 	$(GO) test -race -count=1 ./...
 	CGO_ENABLED=0 $(GO) build ./agent ./attest ./init
 	$(MAKE) --no-print-directory fuzz FUZZTIME=5s
@@ -82,7 +83,7 @@ image: build ## build the image into OUT (VERIFIER=host:port CA=ca.crt KEYS=dir 
 	    $(BIN)/attest devinit -dir .demo -listen 127.0.0.1:7443 >/dev/null; \
 	  else echo "image: CA file $(CA) not found: pass CA= the PEM certificate of your verifier's TLS CA" >&2; exit 1; fi; \
 	fi
-	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -inputs "$$(pkg/imager/inputs/fetch.sh)" -ca-roots "$$(hack/ca-roots.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
+	$(BIN)/imager -out $(OUT) -keys $(KEYS) -kernel "$$(kernel/fetch.sh)" -nvidia "$$(kernel/nvidia/build.sh)" -inputs "$$(pkg/imager/inputs/fetch.sh)" -ca-roots "$$(hack/ca-roots.sh)" -verifier $(VERIFIER) -ca $(CA) $(if $(PLAN),-plan $(PLAN))
 
 kernel: ## build RigOS's own hardened kernel from Debian's source (not run in CI; ~1 h)
 	kernel/build.sh

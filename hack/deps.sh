@@ -20,6 +20,7 @@ pkgs=(
   python3 python3-cryptography  # virt-fw-vars (hack/virt-fw-vars.sh)
   sbsigntool            # sbverify cross-checks our signatures in tests
   cpio                  # cross-checks our initramfs writer in tests
+  debootstrap xz-utils patch  # kernel/nvidia/build.sh: the module build chroot
 )
 
 missing=()

@@ -15,7 +15,7 @@ echo broken > "$w/fakelib/liblz4.so.1"
 ar rc "$w/fakeseccomp/lib/libseccomp.a"
 printf 'Name: libseccomp\nDescription: empty\nVersion: 0\nLibs: -L%s -lseccomp\n' "$w/fakeseccomp/lib" > "$w/fakeseccomp/pc/libseccomp.pc"
 [ -f "$w/dev/ca.crt" ] || go run ./attest devinit -dir "$w/dev" -listen 127.0.0.1:7443 >/dev/null
-args=(-keys "$w/keys" -kernel "$(kernel/fetch.sh)" -ca-roots "$(hack/ca-roots.sh)" -verifier 10.0.2.2:7443 -ca "$w/dev/ca.crt" -epoch 1767225600)
+args=(-keys "$w/keys" -kernel "$(kernel/fetch.sh)" -nvidia "$(kernel/nvidia/build.sh)" -ca-roots "$(hack/ca-roots.sh)" -verifier 10.0.2.2:7443 -ca "$w/dev/ca.crt" -epoch 1767225600)
 go run ./imager -out "$w/a" "${args[@]}" >/dev/null
 (umask 077
  PATH="$w/fakebin:$PATH" LD_LIBRARY_PATH="$w/fakelib" SOURCE_DATE_EPOCH=1700000000 GOAMD64=v3 \

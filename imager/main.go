@@ -32,6 +32,7 @@ func run() error {
 	flag.StringVar(&o.Out, "out", "out", "output folder")
 	flag.StringVar(&o.Keys, "keys", ".cache/keys", "Secure Boot and manifest keys (development keys are generated when missing)")
 	flag.StringVar(&o.KernelRoot, "kernel", "", "unpacked kernel package (the folder kernel/fetch.sh prints)")
+	flag.StringVar(&o.Nvidia, "nvidia", "", "NVIDIA driver folder (kernel/nvidia/build.sh prints it); empty: an image without a GPU driver")
 	flag.StringVar(&o.Inputs, "inputs", "", "unpacked pinned Debian inputs: systemd-stub, mkfs.erofs, libseccomp (default: what pkg/imager/inputs/fetch.sh prints; it fetches them)")
 	flag.StringVar(&o.Stub, "stub", "", "systemd-stub instead of the pinned one (needs -stub-sha256)")
 	flag.StringVar(&o.StubSHA256, "stub-sha256", "", "hex SHA-256 of -stub; the build stops when the file differs")

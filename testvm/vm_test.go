@@ -42,6 +42,7 @@ var env struct {
 	bin     string // attest binary
 	dev     string // verifier TLS material and keys
 	kernel  string
+	nvidia  string // the NVIDIA driver folder (kernel/nvidia/build.sh)
 	port    int
 	keys    string // genuine Secure Boot keys
 	vars    string // firmware variables, Secure Boot on, our keys
@@ -85,6 +86,14 @@ func prepare() error {
 		return fmt.Errorf("fetching the kernel: %w", err)
 	}
 	env.kernel = strings.TrimSpace(string(b))
+	// The NVIDIA driver every test image carries, as a supplier's does
+	// (built once per machine, then cached).
+	nf := exec.Command(filepath.Join(env.root, "kernel", "nvidia", "build.sh"))
+	nf.Stderr = os.Stderr
+	if b, err = nf.Output(); err != nil {
+		return fmt.Errorf("building the NVIDIA modules: %w", err)
+	}
+	env.nvidia = strings.TrimSpace(string(b))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -124,7 +133,7 @@ func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte) (
 	}
 	start := time.Now()
 	r, err := imager.Build(imager.Options{Plan: plan,
-		Out: filepath.Join(env.work, "image-"+name), Source: env.root, Keys: keys, KernelRoot: env.kernel,
+		Out: filepath.Join(env.work, "image-"+name), Source: env.root, Keys: keys, KernelRoot: env.kernel, Nvidia: env.nvidia,
 		Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"),
 		Console: "ttyS0", ExtraCmdline: cmdline, InitrdHook: hook,
 		// The registries the test images trust: the development CA, which
@@ -290,7 +299,10 @@ func TestBootToTrusted(t *testing.T) {
 	}
 	for _, want := range []string{"lockdown=ok(", "[confidentiality]", "modules_disabled=ok(1)", "sysrq=ok(0)",
 		"no_/dev/mem=ok(denied)", "no_/dev/port=ok(denied)", "no_/proc/kcore=ok(denied)", "debugfs=ok(absent)",
-		"executables=ok(/init,/system/usr/bin/agent,/system/usr/bin/containerd,/system/usr/bin/containerd-shim-runc-v2,/system/usr/bin/runc)", "no_shell=ok(none)"} {
+		"executables=ok(/init,/system/usr/bin/agent,/system/usr/bin/containerd,/system/usr/bin/containerd-shim-runc-v2,/system/usr/bin/runc)", "no_shell=ok(none)",
+		// The NVIDIA modules are on the system partition, signed with the
+		// image's db key, and not loaded: QEMU has no NVIDIA GPU.
+		"nvidia_modules=ok(550.163.01_nvidia,nvidia_uvm_signed_by_module_key_not_loaded_no_NVIDIA_GPU)"} {
 		if !strings.Contains(m[2], want) {
 			t.Errorf("self-check lacks %q: %s", want, m[2])
 		}
@@ -507,7 +519,7 @@ func TestReproducibleImage(t *testing.T) {
 	for i := range sums {
 		start := time.Now()
 		r, err := imager.Build(imager.Options{
-			Out: filepath.Join(t.TempDir(), "out"), Source: env.root, Keys: env.keys, KernelRoot: env.kernel,
+			Out: filepath.Join(t.TempDir(), "out"), Source: env.root, Keys: env.keys, KernelRoot: env.kernel, Nvidia: env.nvidia,
 			Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"), Console: "ttyS0", CARoots: filepath.Join(env.dev, "ca.crt"),
 		})
 		if err != nil {

@@ -72,8 +72,9 @@ type GPU struct {
 	// Version is the driver version (550.163.01).
 	Version string `json:"version"`
 	// Modules in load order; Path is relative to the system partition
-	// (layout.SystemMount). Each has the NVIDIA GPUs' PCI aliases as
-	// Devices.
+	// (layout.SystemMount). The wanted ones (NVIDIA's) have NVIDIA's PCI
+	// aliases (GPUs, NVSwitches) as Devices; the kernel modules they
+	// depend on (drm) load only as their dependencies.
 	Modules []Module `json:"modules"`
 	// Signer names the certificate the modules are signed with, as
 	// modsig.Signer prints it (RigOS's db certificate); the self-check
@@ -125,8 +126,8 @@ func (c *Config) Validate() error {
 	}
 	if c.GPU != nil {
 		for _, m := range c.GPU.Modules {
-			if m.Name == "" || m.Path == "" || m.Path[0] == '/' || len(m.Devices) == 0 {
-				errs = append(errs, fmt.Errorf("gpu.modules %q: want a name, a path relative to the system partition, and the devices it drives", m.Name))
+			if m.Name == "" || m.Path == "" || m.Path[0] == '/' || (m.Wanted && len(m.Devices) == 0) {
+				errs = append(errs, fmt.Errorf("gpu.modules %q: want a name, a path relative to the system partition, and, for a wanted module, the devices it drives", m.Name))
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -21,6 +22,8 @@ import (
 const (
 	gpuModulesDir  = "lib/modules/nvidia"
 	gpuFirmwareDir = "lib/firmware" // the kernel looks for nvidia/VERSION/gsp_*.bin here
+	// gpuKernelDepsDir holds the kernel's modules the driver depends on.
+	gpuKernelDepsDir = "lib/modules/nvidia-deps"
 )
 
 // nvidiaVendor is the modalias prefix of NVIDIA's PCI devices.
@@ -38,7 +41,7 @@ type gpuDriver struct {
 // (Debian's kernel trusts db for modules; nothing else RigOS boots is
 // signed with a key the kernel trusts for NVIDIA's modules), and lays
 // modules and GSP firmware out for the system partition.
-func (o *Options) gpuDriver(db sbkeys.Key) (*gpuDriver, error) {
+func (o *Options) gpuDriver(db sbkeys.Key, modRoot string) (*gpuDriver, error) {
 	dir := o.Nvidia
 	v, err := os.ReadFile(filepath.Join(dir, "VERSION"))
 	if err != nil {
@@ -85,11 +88,39 @@ func (o *Options) gpuDriver(db sbkeys.Key) (*gpuDriver, error) {
 		g.files[m.Path] = signed
 		mods[name] = m
 	}
-	order, err := gpuLoadOrder(mods)
+	// The kernel's own modules the driver needs (nvidia needs drm) come
+	// with it, as Debian signed them; they load only as dependencies.
+	var kdeps []string
+	for _, m := range mods {
+		for _, d := range m.Deps {
+			if _, ours := mods[d]; !ours {
+				kdeps = append(kdeps, d)
+			}
+		}
+	}
+	sort.Strings(kdeps)
+	var deps []bootconfig.Module
+	if len(kdeps) > 0 {
+		resolved, err := kmod.Resolve(modRoot, slices.Compact(kdeps))
+		if err != nil {
+			return nil, fmt.Errorf("the NVIDIA modules' kernel dependencies: %w", err)
+		}
+		for _, k := range resolved {
+			b, err := os.ReadFile(filepath.Join(modRoot, k.Path))
+			if err != nil {
+				return nil, err
+			}
+			p := path.Join(gpuKernelDepsDir, filepath.ToSlash(k.Path))
+			g.files[p] = b
+			deps = append(deps, bootconfig.Module{Name: k.Name, Path: p, Deps: k.Deps})
+			mods[k.Name] = bootconfig.Module{Name: k.Name} // known, drives nothing
+		}
+	}
+	order, err := gpuLoadOrder(mods, deps)
 	if err != nil {
 		return nil, err
 	}
-	g.config.Modules = order
+	g.config.Modules = append(deps, order...)
 	fw := filepath.Join(dir, "firmware")
 	err = filepath.WalkDir(fw, func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
@@ -112,17 +143,23 @@ func (o *Options) gpuDriver(db sbkeys.Key) (*gpuDriver, error) {
 	return g, nil
 }
 
-// gpuLoadOrder puts dependencies first. A module that drives no device
-// of its own (nvidia_uvm) loads with the GPU module it depends on: it
-// takes that module's device aliases.
-func gpuLoadOrder(mods map[string]bootconfig.Module) ([]bootconfig.Module, error) {
-	names := make([]string, 0, len(mods))
+// gpuLoadOrder puts NVIDIA's modules in dependency order (the kernel
+// modules in deps come before all of them). A module that drives no
+// device of its own (nvidia_uvm) loads with the GPU module it depends
+// on: it takes that module's device aliases.
+func gpuLoadOrder(mods map[string]bootconfig.Module, deps []bootconfig.Module) ([]bootconfig.Module, error) {
+	var names []string
+	done := map[string]bool{}
+	for _, d := range deps {
+		done[d.Name] = true
+	}
 	for n := range mods {
-		names = append(names, n)
+		if !done[n] {
+			names = append(names, n)
+		}
 	}
 	sort.Strings(names)
 	var out []bootconfig.Module
-	done := map[string]bool{}
 	var visit func(n string, depth int) error
 	visit = func(n string, depth int) error {
 		if done[n] {

@@ -255,7 +255,7 @@ func Build(o Options) (*Result, error) {
 	}
 	var gpu *gpuDriver
 	if o.Nvidia != "" {
-		if gpu, err = o.gpuDriver(keys.DB); err != nil {
+		if gpu, err = o.gpuDriver(keys.DB, modRoot); err != nil {
 			return nil, err
 		}
 		step("NVIDIA driver %s: %d modules signed with %s, %d files", gpu.config.Version, len(gpu.config.Modules), keys.DB.Cert.Subject.CommonName, len(gpu.files))
