@@ -6,6 +6,7 @@
 #
 #   OUT/modules/nvidia.ko, nvidia-uvm.ko   stripped of debug information
 #   OUT/firmware/nvidia/VERSION/*.bin      GSP firmware
+#   OUT/user/lib/*.so.VERSION, user/bin/   the user-space driver
 #   OUT/VERSION                            the driver version
 #
 # Everything lives in ${XDG_CACHE_HOME:-~/.cache}/rigos/nvidia (CACHE),
@@ -34,9 +35,11 @@ command -v debootstrap >/dev/null || { say "debootstrap is missing: apt-get inst
 
 # 1. The pinned .debs, each checked against its SHA-256.
 declare -A debs
+user=()
 while read -r kind pkg ver sum suite comp; do
-  [ "$kind" = deb ] || continue
+  case $kind in deb|user) ;; *) continue ;; esac
   debs[$pkg]=$(fetch_pinned_deb "$cache/debs-$suite-$comp" "$pkg" "$ver" "$sum" "$suite $comp")
+  [ "$kind" = deb ] || user+=("$pkg")
 done < "$lock"
 read -r _ tsuite tpkg tver < <(grep '^toolchain ' "$lock")
 mapfile -t modules < <(awk '$1 == "module" { print $2 }' "$lock")
@@ -94,6 +97,13 @@ mkdir -p "$out.tmp/firmware/nvidia"
 mv "$out.tmp/fw/lib/firmware/nvidia/$version" "$out.tmp/firmware/nvidia/" 2>/dev/null \
   || mv "$out.tmp/fw/usr/lib/firmware/nvidia/$version" "$out.tmp/firmware/nvidia/"
 rm -rf "$out.tmp/fw"
+# The user-space driver: the real files, named by their full version (the
+# CDI spec mounts each under its soname), and nvidia-smi.
+mkdir -p "$out.tmp/user/lib" "$out.tmp/user/bin" "$out.tmp/u"
+for p in "${user[@]}"; do dpkg-deb -x "${debs[$p]}" "$out.tmp/u"; done
+find "$out.tmp/u" -type f -name "*.so.$version" -exec mv -t "$out.tmp/user/lib" {} +
+find "$out.tmp/u" -type f -name nvidia-smi -exec mv -t "$out.tmp/user/bin" {} +
+rm -rf "$out.tmp/u"
 echo "$version" > "$out.tmp/VERSION"
 cp "$lock" "$out.tmp/nvidia.lock"
 rm -rf "$out" && mv "$out.tmp" "$out"

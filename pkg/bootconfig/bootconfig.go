@@ -76,6 +76,10 @@ type GPU struct {
 	// aliases (GPUs, NVSwitches) as Devices; the kernel modules they
 	// depend on (drm) load only as their dependencies.
 	Modules []Module `json:"modules"`
+	// Executables are the driver's programs on the system partition
+	// (absolute paths: nvidia-smi), which containers get through the CDI
+	// spec; the self-check allows them beside layout.Executables.
+	Executables []string `json:"executables,omitempty"`
 	// Signer names the certificate the modules are signed with, as
 	// modsig.Signer prints it (RigOS's db certificate); the self-check
 	// compares each module's signature with it.

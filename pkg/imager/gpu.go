@@ -15,6 +15,7 @@ import (
 	"github.com/rigos/rigos/pkg/bootconfig"
 	"github.com/rigos/rigos/pkg/imager/kmod"
 	"github.com/rigos/rigos/pkg/imager/sbkeys"
+	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/modsig"
 )
 
@@ -137,6 +138,9 @@ func (o *Options) gpuDriver(db sbkeys.Key, modRoot string) (*gpuDriver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("NVIDIA firmware: %w", err)
 	}
+	if err := g.addUserSpace(filepath.Join(dir, "user")); err != nil {
+		return nil, err
+	}
 	if g.inputs, err = nvidiaInputs(filepath.Join(dir, "nvidia.lock")); err != nil {
 		return nil, err
 	}
@@ -207,9 +211,32 @@ func nvidiaInputs(lock string) ([]attestation.BuildInput, error) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) >= 4 && f[0] == "deb" {
+		if len(f) >= 4 && (f[0] == "deb" || f[0] == "user") {
 			in = append(in, attestation.BuildInput{Name: f[1], Version: f[2], SHA256: f[3]})
 		}
 	}
 	return in, nil
+}
+
+// addUserSpace puts the user-space driver (user/lib, user/bin) in
+// layout.NvidiaDir, where the CDI spec mounts it into containers from.
+func (g *gpuDriver) addUserSpace(dir string) error {
+	for _, sub := range []string{"lib", "bin"} {
+		ents, err := os.ReadDir(filepath.Join(dir, sub))
+		if err != nil {
+			return fmt.Errorf("NVIDIA user space: %w (rebuild the driver folder with kernel/nvidia/build.sh)", err)
+		}
+		for _, e := range ents {
+			b, err := os.ReadFile(filepath.Join(dir, sub, e.Name()))
+			if err != nil {
+				return err
+			}
+			p := path.Join(layout.NvidiaDir, sub, e.Name())
+			g.files[p] = b
+			if sub == "bin" {
+				g.config.Executables = append(g.config.Executables, layout.InSystem(p))
+			}
+		}
+	}
+	return nil
 }

@@ -498,12 +498,13 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte, gpu *gpuDr
 		}
 	}
 	// Modes must not depend on the builder's umask: folders and the
-	// executables are 0755, data files (the CA roots) 0644.
+	// executables (RigOS's, nvidia-smi) are 0755, data files (the CA
+	// roots, modules, libraries, firmware) 0644.
 	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, layout.SystemBinDir+"/") {
+		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, layout.SystemBinDir+"/") && !strings.HasPrefix(rel, layout.NvidiaDir+"/bin/") {
 			return os.Chmod(p, 0o644)
 		}
 		return os.Chmod(p, 0o755)

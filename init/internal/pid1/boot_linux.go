@@ -251,7 +251,11 @@ func (b *boot) unlockState() error {
 // selfCheck waits for the network, then runs the self-check.
 func (b *boot) selfCheck() error {
 	<-b.netDone
-	checks := SelfCheck(realProbe{})
+	var extra []string
+	if g := b.cfg.GPU; g != nil {
+		extra = g.Executables
+	}
+	checks := SelfCheck(realProbe{}, extra...)
 	if g := b.cfg.GPU; g != nil {
 		checks = append(checks, GPUModulesCheck(g, b.gpu, os.ReadFile))
 	}

@@ -59,6 +59,17 @@ func TestSelfCheck(t *testing.T) {
 			t.Errorf("%s: self-check passed: %s", name, line)
 		}
 	}
+	// The GPU driver's nvidia-smi is allowed when the image lists it, and
+	// only then.
+	smi := layout.InSystem(layout.NvidiaDir + "/bin/nvidia-smi")
+	p := hardened()
+	p.exes = append(p.exes, smi)
+	if line, ok := FormatChecks(SelfCheck(p, smi)); !ok {
+		t.Errorf("nvidia-smi listed by the image: %s", line)
+	}
+	if line, ok := FormatChecks(SelfCheck(p)); ok {
+		t.Errorf("nvidia-smi not listed by the image passed: %s", line)
+	}
 }
 
 func TestBackoff(t *testing.T) {

@@ -36,8 +36,10 @@ type Probe interface {
 // executables does not look there.
 var workloadRoot = strings.TrimPrefix(layout.ContainerdRoot, "/")
 
-// SelfCheck runs the checks that show the owner has no way in.
-func SelfCheck(p Probe) []Check {
+// SelfCheck runs the checks that show the owner has no way in. extra
+// are executables the image carries beyond layout.Executables (the GPU
+// driver's nvidia-smi, which runs only inside containers).
+func SelfCheck(p Probe, extra ...string) []Check {
 	read := func(path string) string {
 		b, err := p.ReadFile(path)
 		if err != nil {
@@ -64,9 +66,11 @@ func SelfCheck(p Probe) []Check {
 	if err != nil {
 		got = err.Error()
 	}
-	// The allowed executables are layout.Executables: init, the agent,
-	// and containerd, its shim and runc, which run workloads.
-	add("executables", err == nil && strings.Join(layout.Executables(), ",") == got, got)
+	// The allowed executables are layout.Executables (init, the agent,
+	// and containerd, its shim and runc, which run workloads) and extra.
+	allowed := append(layout.Executables(), extra...)
+	sort.Strings(allowed)
+	add("executables", err == nil && strings.Join(allowed, ",") == got, got)
 	for _, sh := range []string{"/bin/sh", "/bin/bash", "/bin/busybox", "/usr/bin/sh", "/sbin/getty"} {
 		if _, err := p.ReadFile(sh); err == nil {
 			add("no shell", false, sh)
