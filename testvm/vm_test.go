@@ -299,7 +299,7 @@ func TestBootToTrusted(t *testing.T) {
 	}
 	for _, want := range []string{"lockdown=ok(", "[confidentiality]", "modules_disabled=ok(1)", "sysrq=ok(0)",
 		"no_/dev/mem=ok(denied)", "no_/dev/port=ok(denied)", "no_/proc/kcore=ok(denied)", "debugfs=ok(absent)",
-		"executables=ok(/init,/system/usr/bin/agent,/system/usr/bin/containerd,/system/usr/bin/containerd-shim-runc-v2,/system/usr/bin/runc,/system/usr/lib/nvidia/bin/nvidia-smi)", "no_shell=ok(none)",
+		"executables=ok(/init,/system/usr/bin/agent,/system/usr/bin/containerd,/system/usr/bin/containerd-shim-runc-v2,/system/usr/bin/runc,/system/usr/lib/nvidia/bin/nvidia-smi,/system/usr/lib/nvidia/glibc/ld-linux-x86-64.so.2,/system/usr/lib/nvidia/libexec/rigos-gpu)", "no_shell=ok(none)",
 		// The NVIDIA modules are on the system partition, signed with the
 		// image's db key, and not loaded: QEMU has no NVIDIA GPU.
 		"nvidia_modules=ok(550.163.01_nvidia,nvidia_uvm_signed_by_module_key_not_loaded_no_NVIDIA_GPU)"} {

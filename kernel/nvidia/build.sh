@@ -7,6 +7,7 @@
 #   OUT/modules/nvidia.ko, nvidia-uvm.ko   stripped of debug information
 #   OUT/firmware/nvidia/VERSION/*.bin      GSP firmware
 #   OUT/user/lib/*.so.VERSION, user/bin/   the user-space driver
+#   OUT/user/glibc/                        glibc for RigOS's GPU helper
 #   OUT/VERSION                            the driver version
 #
 # Everything lives in ${XDG_CACHE_HOME:-~/.cache}/rigos/nvidia (CACHE),
@@ -36,10 +37,11 @@ command -v debootstrap >/dev/null || { say "debootstrap is missing: apt-get inst
 # 1. The pinned .debs, each checked against its SHA-256.
 declare -A debs
 user=()
+glibc=()
 while read -r kind pkg ver sum suite comp; do
-  case $kind in deb|user) ;; *) continue ;; esac
+  case $kind in deb|user|glibc) ;; *) continue ;; esac
   debs[$pkg]=$(fetch_pinned_deb "$cache/debs-$suite-$comp" "$pkg" "$ver" "$sum" "$suite $comp")
-  [ "$kind" = deb ] || user+=("$pkg")
+  case $kind in user) user+=("$pkg") ;; glibc) glibc+=("$pkg") ;; esac
 done < "$lock"
 read -r _ tsuite tpkg tver < <(grep '^toolchain ' "$lock")
 mapfile -t modules < <(awk '$1 == "module" { print $2 }' "$lock")
@@ -102,8 +104,14 @@ rm -rf "$out.tmp/fw"
 mkdir -p "$out.tmp/user/lib" "$out.tmp/user/bin" "$out.tmp/u"
 for p in "${user[@]}"; do dpkg-deb -x "${debs[$p]}" "$out.tmp/u"; done
 find "$out.tmp/u" -type f -name "*.so.$version" -exec mv -t "$out.tmp/user/lib" {} +
-find "$out.tmp/u" -type f -name nvidia-smi -exec mv -t "$out.tmp/user/bin" {} +
+find "$out.tmp/u" -type f -name nvidia-smi -perm -u+x -exec mv -t "$out.tmp/user/bin" {} +
 rm -rf "$out.tmp/u"
+mkdir -p "$out.tmp/user/glibc" "$out.tmp/g"
+for p in "${glibc[@]}"; do dpkg-deb -x "${debs[$p]}" "$out.tmp/g"; done
+for f in ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libdl.so.2 libpthread.so.0 librt.so.1; do
+  mv "$out.tmp/g/usr/lib/x86_64-linux-gnu/$f" "$out.tmp/user/glibc/"
+done
+rm -rf "$out.tmp/g"
 echo "$version" > "$out.tmp/VERSION"
 cp "$lock" "$out.tmp/nvidia.lock"
 rm -rf "$out" && mv "$out.tmp" "$out"

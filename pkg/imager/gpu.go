@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
@@ -33,6 +34,7 @@ const nvidiaVendor = "pci:v000010DE"
 // gpuDriver is the NVIDIA driver as it goes into an image.
 type gpuDriver struct {
 	files  map[string][]byte // system partition path → contents
+	execs  map[string]bool   // the files among them that are executable
 	config *bootconfig.GPU
 	inputs []attestation.BuildInput
 }
@@ -42,13 +44,13 @@ type gpuDriver struct {
 // (Debian's kernel trusts db for modules; nothing else RigOS boots is
 // signed with a key the kernel trusts for NVIDIA's modules), and lays
 // modules and GSP firmware out for the system partition.
-func (o *Options) gpuDriver(db sbkeys.Key, modRoot string) (*gpuDriver, error) {
+func (o *Options) gpuDriver(db sbkeys.Key, modRoot, tmp string) (*gpuDriver, error) {
 	dir := o.Nvidia
 	v, err := os.ReadFile(filepath.Join(dir, "VERSION"))
 	if err != nil {
 		return nil, fmt.Errorf("NVIDIA driver folder %s: %w (run kernel/nvidia/build.sh; it prints the folder)", dir, err)
 	}
-	g := &gpuDriver{files: map[string][]byte{}, config: &bootconfig.GPU{Version: strings.TrimSpace(string(v))}}
+	g := &gpuDriver{files: map[string][]byte{}, execs: map[string]bool{}, config: &bootconfig.GPU{Version: strings.TrimSpace(string(v))}}
 	paths, err := filepath.Glob(filepath.Join(dir, "modules", "*.ko"))
 	if err != nil || len(paths) == 0 {
 		return nil, fmt.Errorf("NVIDIA driver folder %s holds no modules/*.ko", dir)
@@ -141,6 +143,12 @@ func (o *Options) gpuDriver(db sbkeys.Key, modRoot string) (*gpuDriver, error) {
 	if err := g.addUserSpace(filepath.Join(dir, "user")); err != nil {
 		return nil, err
 	}
+	helper, err := o.buildGPUHelper(tmp)
+	if err != nil {
+		return nil, err
+	}
+	g.files[gpuHelperPath] = helper
+	g.addExecutable(gpuHelperPath)
 	if g.inputs, err = nvidiaInputs(filepath.Join(dir, "nvidia.lock")); err != nil {
 		return nil, err
 	}
@@ -211,7 +219,7 @@ func nvidiaInputs(lock string) ([]attestation.BuildInput, error) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) >= 4 && (f[0] == "deb" || f[0] == "user") {
+		if len(f) >= 4 && (f[0] == "deb" || f[0] == "user" || f[0] == "glibc") {
 			in = append(in, attestation.BuildInput{Name: f[1], Version: f[2], SHA256: f[3]})
 		}
 	}
@@ -219,9 +227,10 @@ func nvidiaInputs(lock string) ([]attestation.BuildInput, error) {
 }
 
 // addUserSpace puts the user-space driver (user/lib, user/bin) in
-// layout.NvidiaDir, where the CDI spec mounts it into containers from.
+// layout.NvidiaDir, where the CDI spec mounts it into containers from,
+// and glibc for the GPU helper (user/glibc) beside it.
 func (g *gpuDriver) addUserSpace(dir string) error {
-	for _, sub := range []string{"lib", "bin"} {
+	for _, sub := range []string{"lib", "bin", "glibc"} {
 		ents, err := os.ReadDir(filepath.Join(dir, sub))
 		if err != nil {
 			return fmt.Errorf("NVIDIA user space: %w (rebuild the driver folder with kernel/nvidia/build.sh)", err)
@@ -233,10 +242,47 @@ func (g *gpuDriver) addUserSpace(dir string) error {
 			}
 			p := path.Join(layout.NvidiaDir, sub, e.Name())
 			g.files[p] = b
-			if sub == "bin" {
-				g.config.Executables = append(g.config.Executables, layout.InSystem(p))
+			// The loader must be executable: the kernel opens a program's
+			// interpreter for execution.
+			if sub == "bin" || p == gpuHelperInterp {
+				g.addExecutable(p)
 			}
 		}
 	}
 	return nil
+}
+
+func (g *gpuDriver) addExecutable(p string) {
+	g.execs[p] = true
+	g.config.Executables = append(g.config.Executables, layout.InSystem(p))
+	sort.Strings(g.config.Executables)
+}
+
+// The GPU helper (gpuhelper/, installed as rigos-gpu) is the one
+// dynamically linked program outside containers: it loads NVML for the
+// static agent. Its loader and libraries are the pinned glibc in
+// layout.NvidiaDir/glibc, named in the binary itself (interpreter and
+// DT_RPATH, which also covers what NVML, loaded later, needs), so
+// nothing on the host's root is involved.
+var (
+	gpuHelperPath   = path.Join(layout.NvidiaDir, "libexec", "rigos-gpu")
+	gpuHelperInterp = path.Join(layout.NvidiaDir, "glibc", "ld-linux-x86-64.so.2")
+)
+
+// buildGPUHelper builds the helper with cgo against the build machine's
+// glibc headers and links it to run on the image's glibc.
+func (o *Options) buildGPUHelper(tmp string) ([]byte, error) {
+	out := filepath.Join(tmp, "rigos-gpu")
+	ldflags := fmt.Sprintf("-s -w -buildid= -linkmode=external -extldflags '-Wl,--dynamic-linker=%s -Wl,--disable-new-dtags -Wl,-rpath,%s -Wl,--build-id=none'",
+		layout.InSystem(gpuHelperInterp), layout.InSystem(path.Dir(gpuHelperInterp)))
+	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", out, "./gpuhelper")
+	cmd.Dir = o.Source
+	var err error
+	if cmd.Env, err = o.goEnv(tmp, true); err != nil {
+		return nil, err
+	}
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("building the GPU helper: %v\n%s", err, b)
+	}
+	return os.ReadFile(out)
 }

@@ -255,7 +255,7 @@ func Build(o Options) (*Result, error) {
 	}
 	var gpu *gpuDriver
 	if o.Nvidia != "" {
-		if gpu, err = o.gpuDriver(keys.DB, modRoot); err != nil {
+		if gpu, err = o.gpuDriver(keys.DB, modRoot, tmp); err != nil {
 			return nil, err
 		}
 		step("NVIDIA driver %s: %d modules signed with %s, %d files", gpu.config.Version, len(gpu.config.Modules), keys.DB.Cert.Subject.CommonName, len(gpu.files))
@@ -504,7 +504,7 @@ func (o *Options) systemPartition(tmp string, bins map[string][]byte, gpu *gpuDr
 		if err != nil {
 			return err
 		}
-		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, layout.SystemBinDir+"/") && !strings.HasPrefix(rel, layout.NvidiaDir+"/bin/") {
+		if rel, _ := filepath.Rel(root, p); !d.IsDir() && !strings.HasPrefix(rel, layout.SystemBinDir+"/") && (gpu == nil || !gpu.execs[filepath.ToSlash(rel)]) {
 			return os.Chmod(p, 0o644)
 		}
 		return os.Chmod(p, 0o755)
