@@ -182,6 +182,12 @@ const (
 	// makes bin/nvidia-smi one of the Executables init's self-check
 	// expects.
 	NvidiaDir = "usr/lib/nvidia"
+	// GPUHelper is the GPU helper (the gpuhelper program, installed as
+	// rigos-gpu): dynamically linked with cgo, it reads the GPUs through
+	// the NVML in NvidiaDir/lib for the static agent, which runs it
+	// (InSystem(GPUHelper) on the booted system) when the image carries
+	// it (pkg/gpu/gpupipe). No image carries it yet.
+	GPUHelper = NvidiaDir + "/bin/rigos-gpu"
 	// CARoots is the PEM bundle of the CA roots registries are verified
 	// against, when the image carries one.
 	CARoots = "etc/ssl/certs/ca-certificates.crt"

@@ -32,7 +32,7 @@ func TestPathsAreClean(t *testing.T) {
 			t.Errorf("%q: want a clean absolute path", p)
 		}
 	}
-	for _, p := range []string{SystemBinDir, NvidiaDir, CARoots, ESPPlan, ESPBootUKI, ESPUKIDir, SlotUKI(SlotA), SlotUKI(SlotB)} {
+	for _, p := range []string{SystemBinDir, NvidiaDir, GPUHelper, CARoots, ESPPlan, ESPBootUKI, ESPUKIDir, SlotUKI(SlotA), SlotUKI(SlotB)} {
 		if path.IsAbs(p) || path.Clean(p) != p {
 			t.Errorf("%q: want a clean relative path", p)
 		}

@@ -31,6 +31,7 @@ import (
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/gpu/gpupipe"
 	"github.com/rigos/rigos/pkg/hwinfo"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/measure"
@@ -283,25 +284,43 @@ func errString(err error) string {
 // startGPUs starts the GPU service when NVML finds GPUs; it reports
 // their health to the verifier through out when a session opens and
 // every gpus.ReportInterval after. It returns nil when the node offers
-// no GPUs, and a function closing NVML.
+// no GPUs, and a function closing the GPU source.
 func startGPUs(ctx context.Context, cfg *config.Config, out *session.Outbox, record func(string, []byte) error, log *slog.Logger) (*gpus.Service, func()) {
-	mon, err := gpu.Open(nil, gpu.Limits{})
+	src, closeSrc, err := openGPUs(ctx, layout.InSystem(layout.GPUHelper), log)
+	if err == nil {
+		var svc *gpus.Service
+		if svc, err = gpus.Start(ctx, src, record, cfg.CDIDir, layout.InSystem(layout.NvidiaDir), log); err == nil {
+			svc.ReportTo(ctx, out, gpus.ReportInterval)
+			return svc, closeSrc
+		}
+		closeSrc()
+	}
 	if errors.Is(err, gpu.ErrNoDriver) {
-		log.Info("no NVIDIA driver (NVML): this node offers no GPUs")
-		return nil, func() {}
-	}
-	if err != nil {
-		log.Error("opening NVML: this node offers no GPUs", "err", err)
-		return nil, func() {}
-	}
-	svc, err := gpus.Start(ctx, mon, record, cfg.CDIDir, layout.InSystem(layout.NvidiaDir), log)
-	if err != nil {
+		log.Info("no NVIDIA driver (NVML): this node offers no GPUs", "err", err)
+	} else {
 		log.Error("starting the GPU service: this node offers no GPUs", "err", err)
-		mon.Close()
-		return nil, func() {}
 	}
-	svc.ReportTo(ctx, out, gpus.ReportInterval)
-	return svc, func() { mon.Close() }
+	return nil, func() {}
+}
+
+// openGPUs opens the GPUs: through the GPU helper at helper when the
+// image carries one (the agent in the image is static and cannot load
+// NVML), else through NVML in this process. A helper that finds no
+// driver says so when it is first asked (gpu.ErrNoDriver).
+func openGPUs(ctx context.Context, helper string, log *slog.Logger) (gpus.Source, func(), error) {
+	if _, err := os.Stat(helper); err == nil {
+		c, err := gpupipe.Start(ctx, helper, gpupipe.WithLogger(log.With("helper", helper)))
+		if err != nil {
+			return nil, nil, err
+		}
+		log.Info("reading GPUs through the GPU helper", "helper", helper)
+		return c, func() { c.Close() }, nil
+	}
+	mon, err := gpu.Open(nil, gpu.Limits{})
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening NVML: %w", err)
+	}
+	return mon, func() { mon.Close() }, nil
 }
 
 // NodeIDFromEK derives a node ID from the EK public key (PKIX DER): the

@@ -3,15 +3,19 @@ package daemon
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/config"
+	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/gpu/gpupipe"
 	"github.com/rigos/rigos/pkg/measure"
 )
 
@@ -89,5 +93,27 @@ func TestReadHardware(t *testing.T) {
 	inv := readHardware("../../../pkg/hwinfo/testdata/dell-r630", log)
 	if inv == nil || inv.System.Product != "PowerEdge R630" {
 		t.Errorf("readHardware(dell-r630) = %+v, want the PowerEdge R630", inv)
+	}
+}
+
+// An image with the GPU helper reads GPUs through it; a helper that
+// finds no driver reads as gpu.ErrNoDriver, as NVML in the agent would.
+func TestOpenGPUsThroughHelper(t *testing.T) {
+	helper := filepath.Join(t.TempDir(), "rigos-gpu")
+	script := "#!/bin/sh\necho 'rigos-gpu: no NVIDIA driver (NVML) on this machine' >&2\nexit " + strconv.Itoa(gpupipe.ExitNoDriver) + "\n"
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	src, closeSrc, err := openGPUs(t.Context(), helper, slog.New(slog.NewTextHandler(&buf, nil)))
+	if err != nil {
+		t.Fatalf("openGPUs(helper) = %v", err)
+	}
+	defer closeSrc()
+	if _, ok := src.(*gpupipe.Client); !ok {
+		t.Fatalf("openGPUs(helper) = %T, want the helper's client", src)
+	}
+	if _, err := src.Inventory(); !errors.Is(err, gpu.ErrNoDriver) || !strings.Contains(err.Error(), "exit status 3") {
+		t.Errorf("Inventory() = %v, want %v from exit status 3", err, gpu.ErrNoDriver)
 	}
 }
