@@ -310,6 +310,11 @@ func TestBootToTrusted(t *testing.T) {
 	if m[1] != "passed" {
 		t.Errorf("self-check %s: %s", m[1], m[2])
 	}
+	// The GPU helper ran on the image's own glibc and loaded NVML, which
+	// found no NVIDIA kernel driver: QEMU has no NVIDIA GPU.
+	if _, err := vm.WaitFor(time.Minute, regexp.MustCompile(`NVML loaded, but the NVIDIA kernel driver is not`)); err != nil {
+		t.Errorf("the GPU helper did not report NVML without a kernel driver: %v\n%s", err, tail(vm.ConsoleText(), 30))
+	}
 	// The agent runs in its own cgroup (with a CPU weight above the
 	// workloads'), placed there before its first instruction.
 	if !strings.Contains(vm.ConsoleText(), `msg="agent starting"`) || !strings.Contains(vm.ConsoleText(), "cgroup=/rigos.agent cpu_weight=1000") {

@@ -27,8 +27,13 @@ func Open(lib nvml.Interface, limits Limits) (*Monitor, error) {
 		lib = nvml.New()
 	}
 	if ret := lib.Init(); ret != nvml.SUCCESS {
-		if ret == nvml.ERROR_LIBRARY_NOT_FOUND || ret == nvml.ERROR_DRIVER_NOT_LOADED {
+		switch ret {
+		case nvml.ERROR_LIBRARY_NOT_FOUND:
 			return nil, ErrNoDriver
+		case nvml.ERROR_DRIVER_NOT_LOADED:
+			// The library loaded (and so did everything it links): only
+			// the kernel driver is missing, as on a rig without NVIDIA GPUs.
+			return nil, fmt.Errorf("NVML loaded, but the NVIDIA kernel driver is not: %w", ErrNoDriver)
 		}
 		return nil, fmt.Errorf("initialising NVML: %v", ret)
 	}

@@ -265,7 +265,7 @@ func (g *gpuDriver) addExecutable(p string) {
 // DT_RPATH, which also covers what NVML, loaded later, needs), so
 // nothing on the host's root is involved.
 var (
-	gpuHelperPath   = path.Join(layout.NvidiaDir, "libexec", "rigos-gpu")
+	gpuHelperPath   = layout.GPUHelper
 	gpuHelperInterp = path.Join(layout.NvidiaDir, "glibc", "ld-linux-x86-64.so.2")
 )
 

@@ -178,16 +178,17 @@ const (
 	// libraries, as real files named by their full version
 	// (libcuda.so.550.163.01, no symbolic links), and bin/nvidia-smi. The
 	// agent mounts them into GPU containers through the CDI specification
-	// (pkg/gpu.FindUserSpace). No image carries it yet; one that does
-	// makes bin/nvidia-smi one of the Executables init's self-check
-	// expects.
+	// (pkg/gpu.FindUserSpace). Images built with the NVIDIA driver carry
+	// it; their init configuration lists bin/nvidia-smi, the GPU helper
+	// and glibc's loader as executables the self-check allows.
 	NvidiaDir = "usr/lib/nvidia"
 	// GPUHelper is the GPU helper (the gpuhelper program, installed as
-	// rigos-gpu): dynamically linked with cgo, it reads the GPUs through
-	// the NVML in NvidiaDir/lib for the static agent, which runs it
-	// (InSystem(GPUHelper) on the booted system) when the image carries
-	// it (pkg/gpu/gpupipe). No image carries it yet.
-	GPUHelper = NvidiaDir + "/bin/rigos-gpu"
+	// rigos-gpu): dynamically linked with cgo against the glibc in
+	// NvidiaDir/glibc, it reads the GPUs through the NVML in NvidiaDir/lib
+	// for the static agent, which runs it (InSystem(GPUHelper) on the
+	// booted system) when the image carries it (pkg/gpu/gpupipe). It sits
+	// in libexec, not bin: the CDI spec mounts bin/ into containers.
+	GPUHelper = NvidiaDir + "/libexec/rigos-gpu"
 	// CARoots is the PEM bundle of the CA roots registries are verified
 	// against, when the image carries one.
 	CARoots = "etc/ssl/certs/ca-certificates.crt"
