@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/gpu/gpucheck"
 )
 
 func TestFindNVML(t *testing.T) {
@@ -69,3 +70,25 @@ func TestRunUsage(t *testing.T) {
 }
 
 func noStdout() (io.Writer, error) { return io.Discard, nil }
+
+// The benchmark loads the one libcuda next to NVML, or the one -cuda
+// names; with none, the benchmark fails and says why.
+func TestBenchmarkLibrary(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := benchmark("", dir)(t.Context()); !errors.Is(err, gpu.ErrNoDriver) || !strings.Contains(err.Error(), "no libcuda.so.* in "+dir) {
+		t.Errorf("benchmark(no libcuda) = %v, want gpu.ErrNoDriver naming the folder", err)
+	}
+	for _, f := range []string{"libcuda.so.550.163.01", "libcuda.so.570.86.15"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := benchmark("", dir)(t.Context()); err == nil || !strings.Contains(err.Error(), "name one with -cuda") {
+		t.Errorf("benchmark(two libcudas) = %v, want an error asking for -cuda", err)
+	}
+	missing := filepath.Join(dir, "missing", "libcuda.so.550.163.01")
+	_, err := benchmark(missing, dir)(t.Context())
+	if !errors.Is(err, gpucheck.ErrNoCgo) && (!errors.Is(err, gpucheck.ErrNoDriver) || !strings.Contains(err.Error(), missing)) {
+		t.Errorf("benchmark(-cuda %s) = %v, want gpucheck.ErrNoDriver naming it", missing, err)
+	}
+}

@@ -303,6 +303,9 @@ func startGPUs(ctx context.Context, cfg *config.Config, out *session.Outbox, rec
 	return nil, func() {}
 }
 
+// The GPU helper benchmarks the GPUs for the GPU service.
+var _ gpus.Benchmarker = (*gpupipe.Client)(nil)
+
 // openGPUs opens the GPUs: through the GPU helper at helper when the
 // image carries one (the agent in the image is static and cannot load
 // NVML), else through NVML in this process. A helper that finds no

@@ -157,6 +157,9 @@ func admin(cmd, sock, id, reason string, n int) error {
 		for _, l := range hardwareLines(d.GetHardware()) {
 			fmt.Println(l)
 		}
+		for _, l := range gpuLines(d.GetGpus()) {
+			fmt.Println(l)
+		}
 		if len(d.GetWorkloads()) > 0 {
 			fmt.Println("workload events:")
 		}

@@ -347,10 +347,19 @@ type GPUReport struct {
 	// runtime PCR for this inventory (gpu.Digest).
 	InventoryDigest string `protobuf:"bytes,2,opt,name=inventory_digest,json=inventoryDigest,proto3" json:"inventory_digest,omitempty"`
 	// Error is set when the node could not read its GPUs.
-	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
-	UnixMs        int64  `protobuf:"varint,4,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Error  string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	UnixMs int64  `protobuf:"varint,4,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// Benchmarks are the latest GPU check (pkg/gpu/gpucheck) per GPU: run
+	// at the agent's start and again when the inventory changes. Empty
+	// when the node cannot benchmark or none has finished yet. A GPU that
+	// computed wrongly is also unhealthy in gpus. The figures are the
+	// node's own claim, not attested.
+	Benchmarks []*GPUBenchmark `protobuf:"bytes,5,rep,name=benchmarks,proto3" json:"benchmarks,omitempty"`
+	// BenchmarkError is set when the latest benchmark failed as a whole
+	// (no libcuda, the GPU helper timed out, ...).
+	BenchmarkError string `protobuf:"bytes,6,opt,name=benchmark_error,json=benchmarkError,proto3" json:"benchmark_error,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *GPUReport) Reset() {
@@ -411,6 +420,112 @@ func (x *GPUReport) GetUnixMs() int64 {
 	return 0
 }
 
+func (x *GPUReport) GetBenchmarks() []*GPUBenchmark {
+	if x != nil {
+		return x.Benchmarks
+	}
+	return nil
+}
+
+func (x *GPUReport) GetBenchmarkError() string {
+	if x != nil {
+		return x.BenchmarkError
+	}
+	return ""
+}
+
+// GPUBenchmark is one GPU's check: exact results of known kernels, and
+// one short measurement of bandwidth and FP32 throughput.
+type GPUBenchmark struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Uuid  string                 `protobuf:"bytes,1,opt,name=uuid,proto3" json:"uuid,omitempty"`
+	// Correct is true when every computed element was right and every
+	// step ran; Problem says what was wrong otherwise.
+	Correct bool   `protobuf:"varint,2,opt,name=correct,proto3" json:"correct,omitempty"`
+	Problem string `protobuf:"bytes,3,opt,name=problem,proto3" json:"problem,omitempty"`
+	// BandwidthGBps is device-to-device memory bandwidth in 10^9 bytes/s,
+	// each byte counted read and written.
+	BandwidthGbps float64 `protobuf:"fixed64,4,opt,name=bandwidth_gbps,json=bandwidthGbps,proto3" json:"bandwidth_gbps,omitempty"`
+	// FP32TFLOPS is FP32 throughput in 10^12 operations/s, an FMA two.
+	Fp32Tflops float64 `protobuf:"fixed64,5,opt,name=fp32_tflops,json=fp32Tflops,proto3" json:"fp32_tflops,omitempty"`
+	// UnixMs is when the benchmark finished.
+	UnixMs        int64 `protobuf:"varint,6,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GPUBenchmark) Reset() {
+	*x = GPUBenchmark{}
+	mi := &file_rigos_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GPUBenchmark) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GPUBenchmark) ProtoMessage() {}
+
+func (x *GPUBenchmark) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GPUBenchmark.ProtoReflect.Descriptor instead.
+func (*GPUBenchmark) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *GPUBenchmark) GetUuid() string {
+	if x != nil {
+		return x.Uuid
+	}
+	return ""
+}
+
+func (x *GPUBenchmark) GetCorrect() bool {
+	if x != nil {
+		return x.Correct
+	}
+	return false
+}
+
+func (x *GPUBenchmark) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+func (x *GPUBenchmark) GetBandwidthGbps() float64 {
+	if x != nil {
+		return x.BandwidthGbps
+	}
+	return 0
+}
+
+func (x *GPUBenchmark) GetFp32Tflops() float64 {
+	if x != nil {
+		return x.Fp32Tflops
+	}
+	return 0
+}
+
+func (x *GPUBenchmark) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
 type GPU struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Index           uint32                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
@@ -436,7 +551,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +563,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +576,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{2}
+	return file_rigos_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GPU) GetIndex() uint32 {
@@ -611,7 +726,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +738,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +751,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{3}
+	return file_rigos_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -721,7 +836,7 @@ type HardwareInventory struct {
 
 func (x *HardwareInventory) Reset() {
 	*x = HardwareInventory{}
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +848,7 @@ func (x *HardwareInventory) String() string {
 func (*HardwareInventory) ProtoMessage() {}
 
 func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +861,7 @@ func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareInventory.ProtoReflect.Descriptor instead.
 func (*HardwareInventory) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{4}
+	return file_rigos_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HardwareInventory) GetSmbiosVersion() string {
@@ -816,7 +931,7 @@ type HardwareIdentity struct {
 
 func (x *HardwareIdentity) Reset() {
 	*x = HardwareIdentity{}
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +943,7 @@ func (x *HardwareIdentity) String() string {
 func (*HardwareIdentity) ProtoMessage() {}
 
 func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +956,7 @@ func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareIdentity.ProtoReflect.Descriptor instead.
 func (*HardwareIdentity) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{5}
+	return file_rigos_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HardwareIdentity) GetManufacturer() string {
@@ -876,7 +991,7 @@ type HardwareBIOS struct {
 
 func (x *HardwareBIOS) Reset() {
 	*x = HardwareBIOS{}
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1003,7 @@ func (x *HardwareBIOS) String() string {
 func (*HardwareBIOS) ProtoMessage() {}
 
 func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1016,7 @@ func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareBIOS.ProtoReflect.Descriptor instead.
 func (*HardwareBIOS) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{6}
+	return file_rigos_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HardwareBIOS) GetVendor() string {
@@ -938,7 +1053,7 @@ type HardwareProcessor struct {
 
 func (x *HardwareProcessor) Reset() {
 	*x = HardwareProcessor{}
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1065,7 @@ func (x *HardwareProcessor) String() string {
 func (*HardwareProcessor) ProtoMessage() {}
 
 func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1078,7 @@ func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareProcessor.ProtoReflect.Descriptor instead.
 func (*HardwareProcessor) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{7}
+	return file_rigos_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HardwareProcessor) GetSocket() string {
@@ -1013,7 +1128,7 @@ type AKParameters struct {
 
 func (x *AKParameters) Reset() {
 	*x = AKParameters{}
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1025,7 +1140,7 @@ func (x *AKParameters) String() string {
 func (*AKParameters) ProtoMessage() {}
 
 func (x *AKParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1038,7 +1153,7 @@ func (x *AKParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AKParameters.ProtoReflect.Descriptor instead.
 func (*AKParameters) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{8}
+	return file_rigos_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AKParameters) GetPublic() []byte {
@@ -1079,7 +1194,7 @@ type ActivationProof struct {
 
 func (x *ActivationProof) Reset() {
 	*x = ActivationProof{}
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1206,7 @@ func (x *ActivationProof) String() string {
 func (*ActivationProof) ProtoMessage() {}
 
 func (x *ActivationProof) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1219,7 @@ func (x *ActivationProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationProof.ProtoReflect.Descriptor instead.
 func (*ActivationProof) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{9}
+	return file_rigos_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ActivationProof) GetSecret() []byte {
@@ -1131,7 +1246,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1143,7 +1258,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1156,7 +1271,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{10}
+	return file_rigos_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Evidence) GetChallengeId() uint64 {
@@ -1211,7 +1326,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1338,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1351,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{11}
+	return file_rigos_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PCRValue) GetIndex() uint32 {
@@ -1272,7 +1387,7 @@ type VerifierMessage struct {
 
 func (x *VerifierMessage) Reset() {
 	*x = VerifierMessage{}
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1399,7 @@ func (x *VerifierMessage) String() string {
 func (*VerifierMessage) ProtoMessage() {}
 
 func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1412,7 @@ func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifierMessage.ProtoReflect.Descriptor instead.
 func (*VerifierMessage) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{12}
+	return file_rigos_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VerifierMessage) GetMsg() isVerifierMessage_Msg {
@@ -1442,7 +1557,7 @@ type ActivationChallenge struct {
 
 func (x *ActivationChallenge) Reset() {
 	*x = ActivationChallenge{}
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1569,7 @@ func (x *ActivationChallenge) String() string {
 func (*ActivationChallenge) ProtoMessage() {}
 
 func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1582,7 @@ func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationChallenge.ProtoReflect.Descriptor instead.
 func (*ActivationChallenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{13}
+	return file_rigos_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ActivationChallenge) GetCredential() []byte {
@@ -1494,7 +1609,7 @@ type Enrolled struct {
 
 func (x *Enrolled) Reset() {
 	*x = Enrolled{}
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1621,7 @@ func (x *Enrolled) String() string {
 func (*Enrolled) ProtoMessage() {}
 
 func (x *Enrolled) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1634,7 @@ func (x *Enrolled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrolled.ProtoReflect.Descriptor instead.
 func (*Enrolled) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{14}
+	return file_rigos_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Enrolled) GetNodeId() string {
@@ -1549,7 +1664,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1561,7 +1676,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1574,7 +1689,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{15}
+	return file_rigos_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Challenge) GetId() uint64 {
@@ -1624,7 +1739,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1751,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1764,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{16}
+	return file_rigos_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Verdict) GetChallengeId() uint64 {
@@ -1705,7 +1820,7 @@ type StartWorkload struct {
 
 func (x *StartWorkload) Reset() {
 	*x = StartWorkload{}
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +1832,7 @@ func (x *StartWorkload) String() string {
 func (*StartWorkload) ProtoMessage() {}
 
 func (x *StartWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +1845,7 @@ func (x *StartWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartWorkload.ProtoReflect.Descriptor instead.
 func (*StartWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{17}
+	return file_rigos_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StartWorkload) GetSpec() *WorkloadSpec {
@@ -1773,7 +1888,7 @@ type WorkloadSpec struct {
 
 func (x *WorkloadSpec) Reset() {
 	*x = WorkloadSpec{}
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1785,7 +1900,7 @@ func (x *WorkloadSpec) String() string {
 func (*WorkloadSpec) ProtoMessage() {}
 
 func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1798,7 +1913,7 @@ func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSpec.ProtoReflect.Descriptor instead.
 func (*WorkloadSpec) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{18}
+	return file_rigos_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WorkloadSpec) GetId() string {
@@ -1890,7 +2005,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1902,7 +2017,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1915,7 +2030,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{19}
+	return file_rigos_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegistryAuth) GetUsername() string {
@@ -1956,7 +2071,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2083,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2096,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{20}
+	return file_rigos_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Resources) GetCpus() float64 {
@@ -2029,7 +2144,7 @@ type NetworkPolicy struct {
 
 func (x *NetworkPolicy) Reset() {
 	*x = NetworkPolicy{}
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2041,7 +2156,7 @@ func (x *NetworkPolicy) String() string {
 func (*NetworkPolicy) ProtoMessage() {}
 
 func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2054,7 +2169,7 @@ func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
 func (*NetworkPolicy) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{21}
+	return file_rigos_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NetworkPolicy) GetOutbound() bool {
@@ -2083,7 +2198,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2095,7 +2210,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2108,7 +2223,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{22}
+	return file_rigos_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ImageChunk) GetWorkloadId() string {
@@ -2142,7 +2257,7 @@ type StopWorkload struct {
 
 func (x *StopWorkload) Reset() {
 	*x = StopWorkload{}
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2154,7 +2269,7 @@ func (x *StopWorkload) String() string {
 func (*StopWorkload) ProtoMessage() {}
 
 func (x *StopWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2167,7 +2282,7 @@ func (x *StopWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkload.ProtoReflect.Descriptor instead.
 func (*StopWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{23}
+	return file_rigos_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StopWorkload) GetId() string {
@@ -2201,7 +2316,7 @@ type WorkloadEvent struct {
 
 func (x *WorkloadEvent) Reset() {
 	*x = WorkloadEvent{}
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2328,7 @@ func (x *WorkloadEvent) String() string {
 func (*WorkloadEvent) ProtoMessage() {}
 
 func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2341,7 @@ func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEvent.ProtoReflect.Descriptor instead.
 func (*WorkloadEvent) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{24}
+	return file_rigos_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WorkloadEvent) GetId() string {
@@ -2290,7 +2405,7 @@ type WorkloadLog struct {
 
 func (x *WorkloadLog) Reset() {
 	*x = WorkloadLog{}
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2302,7 +2417,7 @@ func (x *WorkloadLog) String() string {
 func (*WorkloadLog) ProtoMessage() {}
 
 func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2315,7 +2430,7 @@ func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadLog.ProtoReflect.Descriptor instead.
 func (*WorkloadLog) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{25}
+	return file_rigos_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WorkloadLog) GetId() string {
@@ -2349,7 +2464,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2476,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2489,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{26}
+	return file_rigos_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Refusal) GetReason() string {
@@ -2396,7 +2511,7 @@ type RunWorkloadRequest struct {
 
 func (x *RunWorkloadRequest) Reset() {
 	*x = RunWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2523,7 @@ func (x *RunWorkloadRequest) String() string {
 func (*RunWorkloadRequest) ProtoMessage() {}
 
 func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2536,7 @@ func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*RunWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{27}
+	return file_rigos_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RunWorkloadRequest) GetNodeId() string {
@@ -2458,7 +2573,7 @@ type WorkloadUpdate struct {
 
 func (x *WorkloadUpdate) Reset() {
 	*x = WorkloadUpdate{}
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2585,7 @@ func (x *WorkloadUpdate) String() string {
 func (*WorkloadUpdate) ProtoMessage() {}
 
 func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2598,7 @@ func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadUpdate.ProtoReflect.Descriptor instead.
 func (*WorkloadUpdate) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{28}
+	return file_rigos_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WorkloadUpdate) GetUpdate() isWorkloadUpdate_Update {
@@ -2538,7 +2653,7 @@ type StopWorkloadRequest struct {
 
 func (x *StopWorkloadRequest) Reset() {
 	*x = StopWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2665,7 @@ func (x *StopWorkloadRequest) String() string {
 func (*StopWorkloadRequest) ProtoMessage() {}
 
 func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2678,7 @@ func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*StopWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{29}
+	return file_rigos_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StopWorkloadRequest) GetNodeId() string {
@@ -2595,7 +2710,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2607,7 +2722,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2620,7 +2735,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{30}
+	return file_rigos_proto_rawDescGZIP(), []int{31}
 }
 
 type ListNodesResponse struct {
@@ -2632,7 +2747,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2644,7 +2759,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2657,7 +2772,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{31}
+	return file_rigos_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2677,7 +2792,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2804,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +2817,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{32}
+	return file_rigos_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -2728,7 +2843,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2740,7 +2855,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2753,7 +2868,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{33}
+	return file_rigos_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *NodeRequest) GetNodeId() string {
@@ -2773,7 +2888,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2785,7 +2900,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2798,7 +2913,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{34}
+	return file_rigos_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RevokeRequest) GetNodeId() string {
@@ -2823,7 +2938,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2835,7 +2950,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +2963,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{35}
+	return file_rigos_proto_rawDescGZIP(), []int{36}
 }
 
 type Node struct {
@@ -2870,7 +2985,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2882,7 +2997,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2895,7 +3010,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{36}
+	return file_rigos_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Node) GetNodeId() string {
@@ -2995,7 +3110,7 @@ type NodeDetail struct {
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3007,7 +3122,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3020,7 +3135,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{37}
+	return file_rigos_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeDetail) GetNode() *Node {
@@ -3086,7 +3201,7 @@ type VerdictRecord struct {
 
 func (x *VerdictRecord) Reset() {
 	*x = VerdictRecord{}
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3098,7 +3213,7 @@ func (x *VerdictRecord) String() string {
 func (*VerdictRecord) ProtoMessage() {}
 
 func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3111,7 +3226,7 @@ func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerdictRecord.ProtoReflect.Descriptor instead.
 func (*VerdictRecord) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{38}
+	return file_rigos_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *VerdictRecord) GetUnixMs() int64 {
@@ -3163,7 +3278,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3175,7 +3290,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3188,7 +3303,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{39}
+	return file_rigos_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StateChange) GetNodeId() string {
@@ -3248,12 +3363,24 @@ const file_rigos_proto_rawDesc = "" +
 	"\fworkload_log\x18\x05 \x01(\v2\x19.rigos.api.v1.WorkloadLogH\x00R\vworkloadLog\x128\n" +
 	"\n" +
 	"gpu_report\x18\x06 \x01(\v2\x17.rigos.api.v1.GPUReportH\x00R\tgpuReportB\x05\n" +
-	"\x03msg\"\x8c\x01\n" +
+	"\x03msg\"\xf1\x01\n" +
 	"\tGPUReport\x12%\n" +
 	"\x04gpus\x18\x01 \x03(\v2\x11.rigos.api.v1.GPUR\x04gpus\x12)\n" +
 	"\x10inventory_digest\x18\x02 \x01(\tR\x0finventoryDigest\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x17\n" +
-	"\aunix_ms\x18\x04 \x01(\x03R\x06unixMs\"\xa4\x04\n" +
+	"\aunix_ms\x18\x04 \x01(\x03R\x06unixMs\x12:\n" +
+	"\n" +
+	"benchmarks\x18\x05 \x03(\v2\x1a.rigos.api.v1.GPUBenchmarkR\n" +
+	"benchmarks\x12'\n" +
+	"\x0fbenchmark_error\x18\x06 \x01(\tR\x0ebenchmarkError\"\xb7\x01\n" +
+	"\fGPUBenchmark\x12\x12\n" +
+	"\x04uuid\x18\x01 \x01(\tR\x04uuid\x12\x18\n" +
+	"\acorrect\x18\x02 \x01(\bR\acorrect\x12\x18\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem\x12%\n" +
+	"\x0ebandwidth_gbps\x18\x04 \x01(\x01R\rbandwidthGbps\x12\x1f\n" +
+	"\vfp32_tflops\x18\x05 \x01(\x01R\n" +
+	"fp32Tflops\x12\x17\n" +
+	"\aunix_ms\x18\x06 \x01(\x03R\x06unixMs\"\xa4\x04\n" +
 	"\x03GPU\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04uuid\x18\x02 \x01(\tR\x04uuid\x12\x12\n" +
@@ -3519,117 +3646,119 @@ func file_rigos_proto_rawDescGZIP() []byte {
 }
 
 var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_rigos_proto_goTypes = []any{
 	(WorkloadState)(0),          // 0: rigos.api.v1.WorkloadState
 	(NodeState)(0),              // 1: rigos.api.v1.NodeState
 	(TrustClass)(0),             // 2: rigos.api.v1.TrustClass
 	(*AgentMessage)(nil),        // 3: rigos.api.v1.AgentMessage
 	(*GPUReport)(nil),           // 4: rigos.api.v1.GPUReport
-	(*GPU)(nil),                 // 5: rigos.api.v1.GPU
-	(*Hello)(nil),               // 6: rigos.api.v1.Hello
-	(*HardwareInventory)(nil),   // 7: rigos.api.v1.HardwareInventory
-	(*HardwareIdentity)(nil),    // 8: rigos.api.v1.HardwareIdentity
-	(*HardwareBIOS)(nil),        // 9: rigos.api.v1.HardwareBIOS
-	(*HardwareProcessor)(nil),   // 10: rigos.api.v1.HardwareProcessor
-	(*AKParameters)(nil),        // 11: rigos.api.v1.AKParameters
-	(*ActivationProof)(nil),     // 12: rigos.api.v1.ActivationProof
-	(*Evidence)(nil),            // 13: rigos.api.v1.Evidence
-	(*PCRValue)(nil),            // 14: rigos.api.v1.PCRValue
-	(*VerifierMessage)(nil),     // 15: rigos.api.v1.VerifierMessage
-	(*ActivationChallenge)(nil), // 16: rigos.api.v1.ActivationChallenge
-	(*Enrolled)(nil),            // 17: rigos.api.v1.Enrolled
-	(*Challenge)(nil),           // 18: rigos.api.v1.Challenge
-	(*Verdict)(nil),             // 19: rigos.api.v1.Verdict
-	(*StartWorkload)(nil),       // 20: rigos.api.v1.StartWorkload
-	(*WorkloadSpec)(nil),        // 21: rigos.api.v1.WorkloadSpec
-	(*RegistryAuth)(nil),        // 22: rigos.api.v1.RegistryAuth
-	(*Resources)(nil),           // 23: rigos.api.v1.Resources
-	(*NetworkPolicy)(nil),       // 24: rigos.api.v1.NetworkPolicy
-	(*ImageChunk)(nil),          // 25: rigos.api.v1.ImageChunk
-	(*StopWorkload)(nil),        // 26: rigos.api.v1.StopWorkload
-	(*WorkloadEvent)(nil),       // 27: rigos.api.v1.WorkloadEvent
-	(*WorkloadLog)(nil),         // 28: rigos.api.v1.WorkloadLog
-	(*Refusal)(nil),             // 29: rigos.api.v1.Refusal
-	(*RunWorkloadRequest)(nil),  // 30: rigos.api.v1.RunWorkloadRequest
-	(*WorkloadUpdate)(nil),      // 31: rigos.api.v1.WorkloadUpdate
-	(*StopWorkloadRequest)(nil), // 32: rigos.api.v1.StopWorkloadRequest
-	(*ListNodesRequest)(nil),    // 33: rigos.api.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 34: rigos.api.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),      // 35: rigos.api.v1.GetNodeRequest
-	(*NodeRequest)(nil),         // 36: rigos.api.v1.NodeRequest
-	(*RevokeRequest)(nil),       // 37: rigos.api.v1.RevokeRequest
-	(*WatchRequest)(nil),        // 38: rigos.api.v1.WatchRequest
-	(*Node)(nil),                // 39: rigos.api.v1.Node
-	(*NodeDetail)(nil),          // 40: rigos.api.v1.NodeDetail
-	(*VerdictRecord)(nil),       // 41: rigos.api.v1.VerdictRecord
-	(*StateChange)(nil),         // 42: rigos.api.v1.StateChange
+	(*GPUBenchmark)(nil),        // 5: rigos.api.v1.GPUBenchmark
+	(*GPU)(nil),                 // 6: rigos.api.v1.GPU
+	(*Hello)(nil),               // 7: rigos.api.v1.Hello
+	(*HardwareInventory)(nil),   // 8: rigos.api.v1.HardwareInventory
+	(*HardwareIdentity)(nil),    // 9: rigos.api.v1.HardwareIdentity
+	(*HardwareBIOS)(nil),        // 10: rigos.api.v1.HardwareBIOS
+	(*HardwareProcessor)(nil),   // 11: rigos.api.v1.HardwareProcessor
+	(*AKParameters)(nil),        // 12: rigos.api.v1.AKParameters
+	(*ActivationProof)(nil),     // 13: rigos.api.v1.ActivationProof
+	(*Evidence)(nil),            // 14: rigos.api.v1.Evidence
+	(*PCRValue)(nil),            // 15: rigos.api.v1.PCRValue
+	(*VerifierMessage)(nil),     // 16: rigos.api.v1.VerifierMessage
+	(*ActivationChallenge)(nil), // 17: rigos.api.v1.ActivationChallenge
+	(*Enrolled)(nil),            // 18: rigos.api.v1.Enrolled
+	(*Challenge)(nil),           // 19: rigos.api.v1.Challenge
+	(*Verdict)(nil),             // 20: rigos.api.v1.Verdict
+	(*StartWorkload)(nil),       // 21: rigos.api.v1.StartWorkload
+	(*WorkloadSpec)(nil),        // 22: rigos.api.v1.WorkloadSpec
+	(*RegistryAuth)(nil),        // 23: rigos.api.v1.RegistryAuth
+	(*Resources)(nil),           // 24: rigos.api.v1.Resources
+	(*NetworkPolicy)(nil),       // 25: rigos.api.v1.NetworkPolicy
+	(*ImageChunk)(nil),          // 26: rigos.api.v1.ImageChunk
+	(*StopWorkload)(nil),        // 27: rigos.api.v1.StopWorkload
+	(*WorkloadEvent)(nil),       // 28: rigos.api.v1.WorkloadEvent
+	(*WorkloadLog)(nil),         // 29: rigos.api.v1.WorkloadLog
+	(*Refusal)(nil),             // 30: rigos.api.v1.Refusal
+	(*RunWorkloadRequest)(nil),  // 31: rigos.api.v1.RunWorkloadRequest
+	(*WorkloadUpdate)(nil),      // 32: rigos.api.v1.WorkloadUpdate
+	(*StopWorkloadRequest)(nil), // 33: rigos.api.v1.StopWorkloadRequest
+	(*ListNodesRequest)(nil),    // 34: rigos.api.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 35: rigos.api.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),      // 36: rigos.api.v1.GetNodeRequest
+	(*NodeRequest)(nil),         // 37: rigos.api.v1.NodeRequest
+	(*RevokeRequest)(nil),       // 38: rigos.api.v1.RevokeRequest
+	(*WatchRequest)(nil),        // 39: rigos.api.v1.WatchRequest
+	(*Node)(nil),                // 40: rigos.api.v1.Node
+	(*NodeDetail)(nil),          // 41: rigos.api.v1.NodeDetail
+	(*VerdictRecord)(nil),       // 42: rigos.api.v1.VerdictRecord
+	(*StateChange)(nil),         // 43: rigos.api.v1.StateChange
 }
 var file_rigos_proto_depIdxs = []int32{
-	6,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
-	12, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
-	13, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
-	27, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
-	28, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
+	7,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
+	13, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
+	14, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
+	28, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
+	29, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
 	4,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
-	5,  // 6: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
-	11, // 7: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
-	7,  // 8: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
-	8,  // 9: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
-	8,  // 10: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
-	9,  // 11: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
-	10, // 12: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
-	14, // 13: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
-	16, // 14: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
-	17, // 15: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
-	18, // 16: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
-	19, // 17: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
-	29, // 18: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
-	20, // 19: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
-	25, // 20: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
-	26, // 21: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
-	2,  // 22: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
-	1,  // 23: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
-	21, // 24: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
-	22, // 25: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
-	23, // 26: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
-	24, // 27: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
-	0,  // 28: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
-	21, // 29: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
-	27, // 30: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
-	28, // 31: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
-	39, // 32: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
-	1,  // 33: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
-	2,  // 34: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
-	39, // 35: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
-	41, // 36: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
-	27, // 37: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
-	4,  // 38: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
-	7,  // 39: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
-	1,  // 40: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
-	1,  // 41: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
-	1,  // 42: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
-	3,  // 43: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
-	33, // 44: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
-	35, // 45: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
-	38, // 46: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
-	36, // 47: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
-	37, // 48: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
-	30, // 49: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
-	32, // 50: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
-	15, // 51: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
-	34, // 52: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
-	40, // 53: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
-	42, // 54: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
-	39, // 55: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
-	39, // 56: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
-	31, // 57: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
-	27, // 58: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
-	51, // [51:59] is the sub-list for method output_type
-	43, // [43:51] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	6,  // 6: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
+	5,  // 7: rigos.api.v1.GPUReport.benchmarks:type_name -> rigos.api.v1.GPUBenchmark
+	12, // 8: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
+	8,  // 9: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
+	9,  // 10: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
+	9,  // 11: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
+	10, // 12: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
+	11, // 13: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
+	15, // 14: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
+	17, // 15: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
+	18, // 16: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
+	19, // 17: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
+	20, // 18: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
+	30, // 19: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
+	21, // 20: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
+	26, // 21: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
+	27, // 22: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
+	2,  // 23: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
+	1,  // 24: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
+	22, // 25: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
+	23, // 26: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
+	24, // 27: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
+	25, // 28: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
+	0,  // 29: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
+	22, // 30: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
+	28, // 31: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
+	29, // 32: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
+	40, // 33: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
+	1,  // 34: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
+	2,  // 35: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
+	40, // 36: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
+	42, // 37: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
+	28, // 38: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
+	4,  // 39: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
+	8,  // 40: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
+	1,  // 41: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
+	1,  // 42: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
+	1,  // 43: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
+	3,  // 44: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
+	34, // 45: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
+	36, // 46: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
+	39, // 47: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
+	37, // 48: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
+	38, // 49: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
+	31, // 50: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
+	33, // 51: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
+	16, // 52: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
+	35, // 53: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
+	41, // 54: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
+	43, // 55: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
+	40, // 56: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
+	40, // 57: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
+	32, // 58: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
+	28, // 59: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
+	52, // [52:60] is the sub-list for method output_type
+	44, // [44:52] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_rigos_proto_init() }
@@ -3645,7 +3774,7 @@ func file_rigos_proto_init() {
 		(*AgentMessage_WorkloadLog)(nil),
 		(*AgentMessage_GpuReport)(nil),
 	}
-	file_rigos_proto_msgTypes[12].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[13].OneofWrappers = []any{
 		(*VerifierMessage_Activation)(nil),
 		(*VerifierMessage_Enrolled)(nil),
 		(*VerifierMessage_Challenge)(nil),
@@ -3655,7 +3784,7 @@ func file_rigos_proto_init() {
 		(*VerifierMessage_ImageChunk)(nil),
 		(*VerifierMessage_StopWorkload)(nil),
 	}
-	file_rigos_proto_msgTypes[28].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[29].OneofWrappers = []any{
 		(*WorkloadUpdate_Event)(nil),
 		(*WorkloadUpdate_Log)(nil),
 	}
@@ -3665,7 +3794,7 @@ func file_rigos_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rigos_proto_rawDesc), len(file_rigos_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   40,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

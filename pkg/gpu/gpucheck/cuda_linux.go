@@ -71,11 +71,11 @@ static struct { const char *name; void **fn; int required; } gc_syms[] = {
 	SYM(cuGetErrorName, 1), SYM(cuLaunchKernel, 1),
 };
 
-// gc_load opens the driver and resolves every function. It returns 0,
-// or 1 when the library cannot be opened and 2 when a required function
-// is missing, with the reason in err.
-static int gc_load(char *err, size_t n) {
-	void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+// gc_load opens the driver at path and resolves every function. It
+// returns 0, or 1 when the library cannot be opened and 2 when a
+// required function is missing, with the reason in err.
+static int gc_load(const char *path, char *err, size_t n) {
+	void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
 	if (!lib) {
 		const char *e = dlerror();
 		snprintf(err, n, "%s", e ? e : "dlopen failed");
@@ -84,12 +84,12 @@ static int gc_load(char *err, size_t n) {
 	for (size_t i = 0; i < sizeof gc_syms / sizeof gc_syms[0]; i++) {
 		*gc_syms[i].fn = dlsym(lib, gc_syms[i].name);
 		if (!*gc_syms[i].fn && gc_syms[i].required) {
-			snprintf(err, n, "libcuda.so.1 has no %s", gc_syms[i].name);
+			snprintf(err, n, "%s has no %s", path, gc_syms[i].name);
 			return 2;
 		}
 	}
 	if (!p_cuDeviceGetUuid && !p_cuDeviceGetUuid_v2) {
-		snprintf(err, n, "libcuda.so.1 has neither cuDeviceGetUuid_v2 nor cuDeviceGetUuid");
+		snprintf(err, n, "%s has neither cuDeviceGetUuid_v2 nor cuDeviceGetUuid", path);
 		return 2;
 	}
 	return 0;
@@ -135,9 +135,12 @@ const (
 	attrMultiprocessorCount = 16  // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
 )
 
+// The libcuda this process loaded: the driver functions are process
+// globals, so a process loads one.
 var (
-	loadOnce sync.Once
-	loadErr  error
+	loadMu  sync.Mutex
+	loaded  string // Options.Library once loaded; "" before
+	initErr error  // cuInit's, once loaded
 )
 
 // cudaError is a failed driver call.
@@ -163,34 +166,43 @@ func check(call string, rc C.CUresult) error {
 	return nil
 }
 
-// cuda is the real driver, libcuda.so.1.
+// cuda is the real driver, the loaded libcuda.
 type cuda struct{}
 
-// openCUDA loads libcuda.so.1 and initialises it, once per process (the
-// library stays loaded: unloading the driver is not safe).
-func openCUDA() (driver, error) {
-	loadOnce.Do(func() {
-		buf := (*C.char)(C.malloc(512))
-		defer C.free(unsafe.Pointer(buf))
-		switch C.gc_load(buf, 512) {
-		case 0:
-		case 1:
-			loadErr = fmt.Errorf("%w: %s", ErrNoDriver, C.GoString(buf))
-			return
-		default:
-			loadErr = fmt.Errorf("loading the NVIDIA driver: %s", C.GoString(buf))
-			return
+// openCUDA loads the libcuda at lib and initialises it, once per process
+// (the library stays loaded: unloading the driver is not safe). A
+// library that cannot be opened is ErrNoDriver and may be retried;
+// after one loads, asking for another is an error.
+func openCUDA(lib string) (driver, error) {
+	loadMu.Lock()
+	defer loadMu.Unlock()
+	if loaded != "" {
+		if lib != loaded {
+			return nil, fmt.Errorf("loading the NVIDIA driver %s: this process already loaded %s", lib, loaded)
 		}
-		if rc := C.gc_cuInit(0); rc != 0 {
-			err := check("cuInit", rc)
-			if rc == cudaErrorNoDevice {
-				err = fmt.Errorf("%w: %w", ErrNoGPU, err)
-			}
-			loadErr = err
+		if initErr != nil {
+			return nil, initErr
 		}
-	})
-	if loadErr != nil {
-		return nil, loadErr
+		return cuda{}, nil
+	}
+	path := C.CString(lib)
+	defer C.free(unsafe.Pointer(path))
+	buf := (*C.char)(C.malloc(512))
+	defer C.free(unsafe.Pointer(buf))
+	switch C.gc_load(path, buf, 512) {
+	case 0:
+	case 1:
+		return nil, fmt.Errorf("%w: %s", ErrNoDriver, C.GoString(buf))
+	default:
+		return nil, fmt.Errorf("loading the NVIDIA driver: %s", C.GoString(buf))
+	}
+	loaded = lib
+	if rc := C.gc_cuInit(0); rc != 0 {
+		initErr = check("cuInit", rc)
+		if rc == cudaErrorNoDevice {
+			initErr = fmt.Errorf("%w: %w", ErrNoGPU, initErr)
+		}
+		return nil, initErr
 	}
 	return cuda{}, nil
 }

@@ -2,5 +2,5 @@
 
 package gpucheck
 
-// openCUDA reports ErrNoCgo: loading libcuda.so.1 needs cgo on Linux.
-func openCUDA() (driver, error) { return nil, ErrNoCgo }
+// openCUDA reports ErrNoCgo: loading libcuda needs cgo on Linux.
+func openCUDA(string) (driver, error) { return nil, ErrNoCgo }

@@ -27,8 +27,9 @@ import (
 )
 
 var (
-	// ErrNoDriver is returned when libcuda.so.1 cannot be loaded.
-	ErrNoDriver = errors.New("no NVIDIA driver: libcuda.so.1 not found (is the NVIDIA driver installed and the GPU visible in this container?)")
+	// ErrNoDriver is returned when libcuda (Options.Library) cannot be
+	// loaded; the error wrapping it names the file.
+	ErrNoDriver = errors.New("no NVIDIA driver: libcuda not found (is the NVIDIA driver installed and the GPU visible in this container?)")
 	// ErrNoGPU is returned when the driver loads but finds no GPU.
 	ErrNoGPU = errors.New("no NVIDIA GPU found by the driver (are the /dev/nvidia* devices present in this container, and is the nvidia kernel module loaded?)")
 	// ErrNoCgo is returned by a build without cgo or for another system
@@ -73,8 +74,12 @@ type Options struct {
 	// CopyRepeats is how many timed copies the bandwidth is measured
 	// over. Default is 20.
 	CopyRepeats int
+	// Library is the libcuda file to load: a name the dynamic loader
+	// looks up, or a path. A process loads one libcuda: once one is
+	// loaded, Run with another Library fails. Default is "libcuda.so.1".
+	Library string
 
-	// driver is the CUDA driver; nil means libcuda.so.1.
+	// driver is the CUDA driver; nil means libcuda (Library).
 	driver driver
 	// corrupt, when set, is applied to every result read back from a
 	// GPU before it is compared: the hook that shows a wrong answer is
@@ -87,6 +92,7 @@ const (
 	defaultFMATrips      = 1 << 14
 	defaultCopyBytes     = 1 << 30
 	defaultCopyRepeats   = 20
+	defaultLibrary       = "libcuda.so.1"
 	// minCopyBytes is the smallest buffer that measures bandwidth
 	// rather than launch overhead.
 	minCopyBytes = 64 << 20
@@ -105,6 +111,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.CopyRepeats == 0 {
 		o.CopyRepeats = defaultCopyRepeats
+	}
+	if o.Library == "" {
+		o.Library = defaultLibrary
 	}
 	return o
 }
@@ -179,7 +188,7 @@ func Run(ctx context.Context, opts Options) ([]Result, error) {
 	drv := o.driver
 	if drv == nil {
 		var err error
-		if drv, err = openCUDA(); err != nil {
+		if drv, err = openCUDA(o.Library); err != nil {
 			return nil, err
 		}
 	}

@@ -3,6 +3,7 @@ package gpucheck
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -48,5 +49,17 @@ func TestRealDriverCatchesCorruption(t *testing.T) {
 			}
 		}
 		t.Logf("GPU %d: corrupted results caught: %s", r.Index, r.Problem)
+	}
+}
+
+// A Library that is not there is no driver, and the error names it.
+func TestRunMissingLibrary(t *testing.T) {
+	lib := filepath.Join(t.TempDir(), "libcuda.so.550.163.01")
+	_, err := Run(context.Background(), Options{Library: lib})
+	if errors.Is(err, ErrNoCgo) {
+		t.Skipf("this build cannot load a driver: %v", err)
+	}
+	if !errors.Is(err, ErrNoDriver) || !strings.Contains(err.Error(), lib) {
+		t.Errorf("Run(Library %s) = %v, want ErrNoDriver naming the file", lib, err)
 	}
 }

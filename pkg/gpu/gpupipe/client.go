@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/gpu/gpucheck"
 )
 
 // Errors a Client returns; a helper that exited gives an *ExitError.
@@ -68,6 +69,7 @@ type options struct {
 	log          *slog.Logger
 	timeout      time.Duration
 	startTimeout time.Duration
+	benchTimeout time.Duration
 }
 
 // WithArgs passes args to the helper Start runs.
@@ -86,14 +88,23 @@ func WithTimeout(d time.Duration) Option { return func(o *options) { o.timeout =
 // DefaultStartTimeout.
 func WithStartTimeout(d time.Duration) Option { return func(o *options) { o.startTimeout = d } }
 
+// WithBenchmarkTimeout bounds a benchmark request, from sending it to
+// its answer (the first request's start timeout, when longer, applies
+// to it instead). Default is DefaultBenchmarkTimeout.
+func WithBenchmarkTimeout(d time.Duration) Option { return func(o *options) { o.benchTimeout = d } }
+
 // Default deadlines.
 const (
 	DefaultTimeout      = 10 * time.Second
 	DefaultStartTimeout = time.Minute
+	// DefaultBenchmarkTimeout leaves room for eight GPUs' PTX
+	// compilation, kernels and copies, a few seconds each.
+	DefaultBenchmarkTimeout = 5 * time.Minute
 )
 
 func newOptions(opts []Option) options {
-	o := options{log: slog.New(slog.DiscardHandler), timeout: DefaultTimeout, startTimeout: DefaultStartTimeout}
+	o := options{log: slog.New(slog.DiscardHandler), timeout: DefaultTimeout, startTimeout: DefaultStartTimeout,
+		benchTimeout: DefaultBenchmarkTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -112,6 +123,7 @@ type Client struct {
 	mu      sync.Mutex    // one request at a time
 	timeout time.Duration // for the next request
 	next    time.Duration // for the requests after it
+	bench   time.Duration // for benchmark requests
 
 	fmu     sync.Mutex
 	failure error         // why the helper is unusable; set once
@@ -144,7 +156,7 @@ func NewClient(r io.Reader, w io.Writer, opts ...Option) *Client {
 }
 
 func newClient(w io.Writer, o options) *Client {
-	return &Client{w: w, lines: make(chan []byte), log: o.log, timeout: o.startTimeout, next: o.timeout,
+	return &Client{w: w, lines: make(chan []byte), log: o.log, timeout: o.startTimeout, next: o.timeout, bench: o.benchTimeout,
 		gone: make(chan struct{}), watched: make(chan struct{})}
 }
 
@@ -208,7 +220,7 @@ func (c *Client) failed() error {
 
 // Inventory asks the helper for the GPU inventory.
 func (c *Client) Inventory() ([]gpu.GPU, error) {
-	r, err := c.call(OpInventory)
+	r, err := c.call(nil, OpInventory)
 	if err != nil {
 		return nil, err
 	}
@@ -217,11 +229,24 @@ func (c *Client) Inventory() ([]gpu.GPU, error) {
 
 // Health asks the helper for the GPUs' health, Xid errors included.
 func (c *Client) Health() ([]gpu.Health, error) {
-	r, err := c.call(OpHealth)
+	r, err := c.call(nil, OpHealth)
 	if err != nil {
 		return nil, err
 	}
 	return *r.Health, nil
+}
+
+// Benchmark asks the helper to run the GPU check (gpucheck.Run) on
+// every GPU, and waits for the results up to the benchmark timeout. The
+// helper answers nothing else meanwhile: other requests wait their
+// turn. When ctx ends before the answer, the Client stops the helper,
+// as for a timeout: its late answer could not be matched to a request.
+func (c *Client) Benchmark(ctx context.Context) ([]gpucheck.Result, error) {
+	r, err := c.call(ctx, OpBenchmark)
+	if err != nil {
+		return nil, err
+	}
+	return *r.Benchmarks, nil
 }
 
 // WatchXids waits until ctx ends (nil), the helper reports that its Xid
@@ -246,14 +271,25 @@ func (c *Client) Close() error {
 }
 
 // call sends op and returns the helper's answer to it. A helper that
-// does not answer in time or answers nonsense is stopped.
-func (c *Client) call(op string) (response, error) {
+// does not answer in time, answers nonsense or is still at it when ctx
+// (nil: none) ends is stopped.
+func (c *Client) call(ctx context.Context, op string) (response, error) {
+	var done <-chan struct{}
+	if ctx != nil {
+		done = ctx.Done()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.failed(); err != nil {
 		return response{}, err
 	}
+	if ctx != nil && ctx.Err() != nil {
+		return response{}, ctx.Err()
+	}
 	timeout := c.timeout
+	if op == OpBenchmark {
+		timeout = max(timeout, c.bench)
+	}
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	sent := make(chan error, 1)
@@ -270,6 +306,8 @@ func (c *Client) call(op string) (response, error) {
 		return response{}, c.timedOut(op, timeout)
 	case <-c.gone:
 		return response{}, c.goneErr
+	case <-done:
+		return response{}, c.abandoned(ctx, op)
 	}
 	var line []byte
 	select {
@@ -282,6 +320,8 @@ func (c *Client) call(op string) (response, error) {
 		return response{}, c.timedOut(op, timeout)
 	case <-c.gone:
 		return response{}, c.goneErr
+	case <-done:
+		return response{}, c.abandoned(ctx, op)
 	}
 	c.timeout = c.next
 	r, err := decodeResponse(op, line)
@@ -313,6 +353,13 @@ func (c *Client) lost(timer *time.Timer, err error) error {
 
 func (c *Client) timedOut(op string, after time.Duration) error {
 	err := fmt.Errorf("%w: no answer to %s within %v; stopped it", ErrTimeout, op, after)
+	c.fail(err)
+	return err
+}
+
+// abandoned stops a helper whose answer to op is no longer awaited.
+func (c *Client) abandoned(ctx context.Context, op string) error {
+	err := fmt.Errorf("%s request abandoned; stopped the GPU helper: %w", op, context.Cause(ctx))
 	c.fail(err)
 	return err
 }

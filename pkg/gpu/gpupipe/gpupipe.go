@@ -4,8 +4,10 @@
 // helper's standard input, the helper (Serve) answers each with one JSON
 // line on its standard output, and logs to its standard error.
 //
-// Requests are {"op":"inventory"} and {"op":"health"}. Answers are
-// {"gpus":[...]}, {"health":[...]} or {"error":"..."}; every answer
+// Requests are {"op":"inventory"}, {"op":"health"} and
+// {"op":"benchmark"}. Answers are {"gpus":[...]}, {"health":[...]},
+// {"benchmarks":[...]} (gpucheck results, one per GPU) or
+// {"error":"..."}; every answer
 // carries "watch_error" once the helper's Xid watch (started with the
 // helper) has failed. Lines are at most MaxLine bytes.
 //
@@ -26,6 +28,7 @@ import (
 	"io"
 
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/gpu/gpucheck"
 )
 
 // Source reads GPUs; *gpu.Monitor and *Client are sources.
@@ -46,6 +49,9 @@ const ExitNoDriver = 3
 const (
 	OpInventory = "inventory"
 	OpHealth    = "health"
+	// OpBenchmark runs the GPU check (gpucheck.Run) on every GPU: the
+	// helper is busy with it for seconds to minutes.
+	OpBenchmark = "benchmark"
 )
 
 // ErrLineTooLong is returned for a line longer than MaxLine.
@@ -56,10 +62,11 @@ type request struct {
 }
 
 type response struct {
-	GPUs       *[]gpu.GPU    `json:"gpus,omitempty"`
-	Health     *[]gpu.Health `json:"health,omitempty"`
-	Error      string        `json:"error,omitempty"`
-	WatchError string        `json:"watch_error,omitempty"`
+	GPUs       *[]gpu.GPU         `json:"gpus,omitempty"`
+	Health     *[]gpu.Health      `json:"health,omitempty"`
+	Benchmarks *[]gpucheck.Result `json:"benchmarks,omitempty"`
+	Error      string             `json:"error,omitempty"`
+	WatchError string             `json:"watch_error,omitempty"`
 }
 
 // readLine reads one line, without its newline. A line cut short by the
@@ -103,16 +110,21 @@ func decodeResponse(op string, line []byte) (response, error) {
 	if r.Health != nil {
 		results++
 	}
+	if r.Benchmarks != nil {
+		results++
+	}
 	switch {
 	case r.Error != "" && results > 0:
 		return response{}, errors.New("both an error and a result")
 	case r.Error != "":
 		return r, nil
-	case op == OpInventory && (r.GPUs == nil || r.Health != nil):
+	case op == OpInventory && (r.GPUs == nil || results != 1):
 		return response{}, errors.New(`an inventory answer needs "gpus" and nothing else`)
-	case op == OpHealth && (r.Health == nil || r.GPUs != nil):
+	case op == OpHealth && (r.Health == nil || results != 1):
 		return response{}, errors.New(`a health answer needs "health" and nothing else`)
-	case op != OpInventory && op != OpHealth:
+	case op == OpBenchmark && (r.Benchmarks == nil || results != 1):
+		return response{}, errors.New(`a benchmark answer needs "benchmarks" and nothing else`)
+	case op != OpInventory && op != OpHealth && op != OpBenchmark:
 		return response{}, fmt.Errorf("unknown op %q", op)
 	}
 	return r, nil

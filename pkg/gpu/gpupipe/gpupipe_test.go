@@ -81,21 +81,7 @@ func (f *fakeSource) xid(i int, x uint64) {
 // both and checks Serve's result.
 func pipes(t *testing.T, src Source, opts ...Option) *Client {
 	t.Helper()
-	reqR, reqW := io.Pipe()
-	ansR, ansW := io.Pipe()
-	served := make(chan error, 1)
-	go func() {
-		served <- Serve(context.Background(), src, reqR, ansW)
-		ansW.Close()
-	}()
-	c := NewClient(ansR, reqW, opts...)
-	t.Cleanup(func() {
-		c.Close()
-		if err := <-served; err != nil {
-			t.Errorf("Serve() = %v, want nil once the agent went away", err)
-		}
-	})
-	return c
+	return pipesServing(t, src, nil, opts...)
 }
 
 func TestRoundTrip(t *testing.T) {

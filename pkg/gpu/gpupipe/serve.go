@@ -9,7 +9,25 @@ import (
 	"sync"
 
 	"github.com/rigos/rigos/pkg/gpu"
+	"github.com/rigos/rigos/pkg/gpu/gpucheck"
 )
+
+// BenchmarkFunc runs the GPU check on every GPU; the helper's is
+// gpucheck.Run with the image's libcuda.
+type BenchmarkFunc func(ctx context.Context) ([]gpucheck.Result, error)
+
+// ServeOption configures Serve.
+type ServeOption func(*serveOptions)
+
+type serveOptions struct {
+	benchmark BenchmarkFunc
+}
+
+// WithBenchmark answers benchmark requests with f. Default is answering
+// them with an error: this helper cannot benchmark.
+func WithBenchmark(f BenchmarkFunc) ServeOption {
+	return func(o *serveOptions) { o.benchmark = f }
+}
 
 // Serve answers the requests read from r on w, one line each, until r
 // ends (the agent went away: Serve returns nil) or ctx ends. From the
@@ -19,8 +37,13 @@ import (
 // returns, so the caller may close src then. A malformed request gets an
 // error answer; a request longer than MaxLine ends Serve with an error.
 // Serve does not close r: a read of r in progress when ctx ends
-// outlives Serve until r ends.
-func Serve(ctx context.Context, src Source, r io.Reader, w io.Writer) error {
+// outlives Serve until r ends. A benchmark request runs to its end
+// (or ctx's) before Serve reads the next request.
+func Serve(ctx context.Context, src Source, r io.Reader, w io.Writer, opts ...ServeOption) error {
+	var o serveOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var watch sync.WaitGroup
 	var mu sync.Mutex
@@ -67,7 +90,7 @@ func Serve(ctx context.Context, src Source, r io.Reader, w io.Writer) error {
 		case in.err != nil:
 			return fmt.Errorf("reading a request: %w", in.err)
 		}
-		resp := answer(src, in.line)
+		resp := answer(ctx, src, o, in.line)
 		mu.Lock()
 		resp.WatchError = watchErr
 		mu.Unlock()
@@ -82,7 +105,7 @@ func Serve(ctx context.Context, src Source, r io.Reader, w io.Writer) error {
 }
 
 // answer answers one request line.
-func answer(src Source, line []byte) response {
+func answer(ctx context.Context, src Source, o serveOptions, line []byte) response {
 	var req request
 	if err := json.Unmarshal(line, &req); err != nil {
 		return response{Error: fmt.Sprintf("bad request: %v", err)}
@@ -106,6 +129,18 @@ func answer(src Source, line []byte) response {
 			h = []gpu.Health{}
 		}
 		return response{Health: &h}
+	case OpBenchmark:
+		if o.benchmark == nil {
+			return response{Error: "benchmark: this GPU helper cannot benchmark"}
+		}
+		rs, err := o.benchmark(ctx)
+		if err != nil {
+			return response{Error: "benchmark: " + errText(err)}
+		}
+		if rs == nil {
+			rs = []gpucheck.Result{}
+		}
+		return response{Benchmarks: &rs}
 	}
 	return response{Error: fmt.Sprintf("bad request: unknown op %q", req.Op)}
 }
