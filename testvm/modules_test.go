@@ -2,18 +2,15 @@ package testvm
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rigos/rigos/pkg/modsig/modsigtest"
 
 	"github.com/rigos/rigos/pkg/bootconfig"
 	"github.com/rigos/rigos/pkg/imager/cpio"
@@ -48,7 +45,7 @@ func TestUntrustedModulesRefused(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Debian's crc8.ko: %v", err)
 	}
-	foreignKey, foreignCert := foreignSigner(t)
+	foreignKey, foreignCert := modsigtest.Key(t, "not RigOS")
 	dbSigned, err := modsig.Sign(body, keys.DB.Signer, keys.DB.Cert)
 	if err != nil {
 		t.Fatal(err)
@@ -114,23 +111,4 @@ func TestUntrustedModulesRefused(t *testing.T) {
 	if strings.Contains(console, "loading module rigos_test_db") {
 		t.Errorf("the db-signed copy was refused:\n%s", tail(console, 30))
 	}
-}
-
-func foreignSigner(t *testing.T) (*rsa.PrivateKey, *x509.Certificate) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "not RigOS"},
-		NotBefore: time.Unix(0, 0), NotAfter: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert
 }

@@ -5,7 +5,6 @@ import (
 	"debug/elf"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"strings"
@@ -34,21 +33,18 @@ var hostLibDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
 // container needs besides the driver, which a GPU brings through CDI.
 // Its entrypoint is /gpucheck.
 func WriteGPUCheck(path, name string) error {
-	root, err := exec.Command("go", "env", "GOMOD").Output()
-	if err != nil {
-		return err
-	}
 	tmp, err := os.MkdirTemp("", "rigos-gpucheck-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(tmp)
+	data, err := buildProgram("./gpucheck", true)
+	if err != nil {
+		return fmt.Errorf("building the GPU check: %w", err)
+	}
 	bin := filepath.Join(tmp, "gpucheck")
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", "-s -w -buildid=", "-o", bin, "./gpucheck")
-	cmd.Dir = filepath.Dir(strings.TrimSpace(string(root)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1", "GOOS=linux", "GOARCH=amd64")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("building the GPU check: %v: %s", err, b)
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		return err
 	}
 	files, err := GPUCheckFiles(bin)
 	if err != nil {

@@ -2,45 +2,20 @@ package modsig
 
 import (
 	"bytes"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
+
+	"github.com/rigos/rigos/pkg/modsig/modsigtest"
 )
 
-func testKey(t testing.TB, cn string) (*rsa.PrivateKey, *x509.Certificate) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(0x5eed),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Unix(0, 0), NotAfter: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, cert
-}
-
 func TestSignRoundTrip(t *testing.T) {
-	key, cert := testKey(t, "RigOS db")
-	_, other := testKey(t, "someone else")
+	key, cert := modsigtest.Key(t, "RigOS db")
+	_, other := modsigtest.Key(t, "someone else")
 	body := []byte("\x7fELF pretend module body")
 	signed, err := Sign(body, key, cert)
 	if err != nil {
@@ -77,7 +52,7 @@ func TestSignMatchesOpenSSL(t *testing.T) {
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Skip("openssl not installed")
 	}
-	key, cert := testKey(t, "RigOS db")
+	key, cert := modsigtest.Key(t, "RigOS db")
 	dir := t.TempDir()
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
@@ -109,7 +84,7 @@ func TestSignMatchesOpenSSL(t *testing.T) {
 }
 
 func TestSplitRefusesDamage(t *testing.T) {
-	key, cert := testKey(t, "RigOS db")
+	key, cert := modsigtest.Key(t, "RigOS db")
 	signed, err := Sign([]byte("body"), key, cert)
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +109,7 @@ func TestSplitRefusesDamage(t *testing.T) {
 }
 
 func FuzzReadSigner(f *testing.F) {
-	key, cert := testKey(f, "RigOS db")
+	key, cert := modsigtest.Key(f, "RigOS db")
 	signed, err := Sign([]byte("body"), key, cert)
 	if err != nil {
 		f.Fatal(err)

@@ -1,17 +1,15 @@
 package pid1
 
 import (
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
 	"os"
 	"path"
 	"reflect"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/rigos/rigos/pkg/modsig/modsigtest"
 
 	"github.com/rigos/rigos/pkg/bootconfig"
 	"github.com/rigos/rigos/pkg/layout"
@@ -80,27 +78,11 @@ func TestNvidiaDeviceNodes(t *testing.T) {
 	}
 }
 
-func signingKey(t *testing.T, cn string) (*rsa.PrivateKey, *x509.Certificate) {
-	t.Helper()
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Unix(0, 0), NotAfter: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return key, cert
-}
-
 // The self-check names the GPU modules present and signed with the
 // image's key, and fails for a missing, unsigned or foreign-signed one.
 func TestGPUModulesCheck(t *testing.T) {
-	key, cert := signingKey(t, "RigOS db")
-	otherKey, otherCert := signingKey(t, "someone else")
+	key, cert := modsigtest.Key(t, "RigOS db")
+	otherKey, otherCert := modsigtest.Key(t, "someone else")
 	sign := func(k *rsa.PrivateKey, c *x509.Certificate) []byte {
 		b, err := modsig.Sign([]byte("\x7fELF module"), k, c)
 		if err != nil {
