@@ -201,10 +201,17 @@ func TestReportWhileBenchmarking(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Report waited for the benchmark")
 	}
+	// No workload gets a GPU before its first benchmark ended.
+	if s.Healthy(0) {
+		t.Error("Healthy(0) = true during the first benchmark")
+	}
 	close(src.hold)
 	tick()
 	if r := s.Report(benchTime).GetGpuReport(); len(r.GetBenchmarks()) != 1 {
 		t.Errorf("report after the benchmark = %v, want its result", r)
+	}
+	if !s.Healthy(0) {
+		t.Error("Healthy(0) = false after a passed benchmark")
 	}
 }
 

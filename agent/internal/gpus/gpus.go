@@ -72,6 +72,10 @@ type Service struct {
 	healthErr  error
 	benchmarks []*apiv1.GPUBenchmark // the latest benchmark's
 	benchErr   string
+	// checked is set once the first benchmark has ended: until then a
+	// source that benchmarks hands out no GPU, so no workload gets one
+	// before it has shown it computes correctly.
+	checked bool
 
 	// benchmarked gets a value after each benchmark (when ReportTo is
 	// not busy), so the results go out at once.
@@ -157,7 +161,7 @@ func (s *Service) Count() int { return len(s.inv) }
 func (s *Service) Healthy(index int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.healthy[index]
+	return s.healthy[index] && (s.bench == nil || s.checked)
 }
 
 // Report reads health and returns the report for the verifier. While
@@ -279,7 +283,7 @@ func (s *Service) benchmark(ctx context.Context) {
 	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.benchmarks, s.benchErr = out, ""
+	s.benchmarks, s.benchErr, s.checked = out, "", true
 	if err != nil {
 		s.benchErr = err.Error()
 		s.log.Error("benchmarking GPUs", "err", err)
