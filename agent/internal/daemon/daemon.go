@@ -304,7 +304,7 @@ func startGPUs(ctx context.Context, cfg *config.Config, out *session.Outbox, rec
 }
 
 // The GPU helper benchmarks the GPUs for the GPU service.
-var _ gpus.Benchmarker = (*gpupipe.Client)(nil)
+var _ gpus.Benchmarker = (*gpupipe.Restarting)(nil)
 
 // openGPUs opens the GPUs: through the GPU helper at helper when the
 // image carries one (the agent in the image is static and cannot load
@@ -312,7 +312,11 @@ var _ gpus.Benchmarker = (*gpupipe.Client)(nil)
 // driver says so when it is first asked (gpu.ErrNoDriver).
 func openGPUs(ctx context.Context, helper string, log *slog.Logger) (gpus.Source, func(), error) {
 	if _, err := os.Stat(helper); err == nil {
-		c, err := gpupipe.Start(ctx, helper, gpupipe.WithLogger(log.With("helper", helper)))
+		// A helper that crashes or hangs is started again (at most every
+		// gpupipe.DefaultRestartBackoff).
+		c, err := gpupipe.NewRestarting(func() (*gpupipe.Client, error) {
+			return gpupipe.Start(ctx, helper, gpupipe.WithLogger(log.With("helper", helper)))
+		}, 0)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -110,8 +110,8 @@ func TestOpenGPUsThroughHelper(t *testing.T) {
 		t.Fatalf("openGPUs(helper) = %v", err)
 	}
 	defer closeSrc()
-	if _, ok := src.(*gpupipe.Client); !ok {
-		t.Fatalf("openGPUs(helper) = %T, want the helper's client", src)
+	if _, ok := src.(*gpupipe.Restarting); !ok {
+		t.Fatalf("openGPUs(helper) = %T, want the restarting helper client", src)
 	}
 	if _, err := src.Inventory(); !errors.Is(err, gpu.ErrNoDriver) || !strings.Contains(err.Error(), "exit status 3") {
 		t.Errorf("Inventory() = %v, want %v from exit status 3", err, gpu.ErrNoDriver)
