@@ -50,6 +50,17 @@ var env struct {
 	imageMu sync.Mutex
 }
 
+// TestMain removes the shared work folder (images, disks, keys: several
+// GiB a run) when the tests end; RIGOS_KEEP_VM_WORK=1 keeps it to look
+// at.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if env.work != "" && os.Getenv("RIGOS_KEEP_VM_WORK") == "" {
+		os.RemoveAll(env.work)
+	}
+	os.Exit(code)
+}
+
 func setup(t *testing.T) {
 	t.Helper()
 	if os.Getenv("RIGOS_VM_TESTS") != "1" {
