@@ -4,6 +4,8 @@ SHELL := /bin/bash
 GO ?= go
 BIN := $(CURDIR)/.bin
 FUZZTIME ?= 20s
+# VMRUN picks VM tests by name (go test -run); default every one.
+VMRUN ?= Test
 # go-nvml's C code calls NVML functions NVIDIA marked deprecated; the
 # warnings would bury real failures in the logs.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
@@ -36,7 +38,11 @@ test-unit: deps ## unit and service tests only (-race), no fuzzing, no VMs
 	$(GO) test -race -count=1 ./...
 
 test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility, workloads
-	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run 'Test' ./testvm/ 2>&1 | grep -E '^(=== RUN|--- |\s+(vm|workload|state)_test|PASS|FAIL|ok|image )'; exit $${PIPESTATUS[0]}
+	@log=$${TMPDIR:-/tmp}/rigos-test-vm.log; \
+	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run '$(VMRUN)' ./testvm/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |\s+(vm|workload|state|modules)_test|PASS|FAIL|ok|image )'; \
+	status=$${PIPESTATUS[0]}; \
+	if [ "$$status" != 0 ]; then echo "test-vm: failed; the last 200 lines of the full output ($$log: consoles, verifier logs):"; tail -200 "$$log"; fi; \
+	exit $$status
 
 # A bare "context deadline exceeded" at the end of -fuzztime, with no
 # failing input written, is Go 1.26's fuzz-coordinator shutdown race
