@@ -129,8 +129,9 @@ func prepare() error {
 const testPlan = `{"version": 1, "cpus": 2, "memory_mb": 320, "max_duration": "1h",
   "price": {"currency": "USD", "per_gpu_hour": 1.5, "per_cpu_hour": 0.02, "per_gb_memory_hour": 0.004}}`
 
-// buildImage builds (once per name) an image with the given keys.
-func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte) (*imager.Result, error) {
+// buildImage builds (once per name) an image with the given keys; mods
+// may change the imager's options further.
+func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte, mods ...func(*imager.Options)) (*imager.Result, error) {
 	env.imageMu.Lock()
 	defer env.imageMu.Unlock()
 	if r, ok := env.images.Load(name); ok {
@@ -143,14 +144,18 @@ func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte) (
 		return nil, err
 	}
 	start := time.Now()
-	r, err := imager.Build(imager.Options{Plan: plan,
+	o := imager.Options{Plan: plan,
 		Out: filepath.Join(env.work, "image-"+name), Source: env.root, Keys: keys, KernelRoot: env.kernel, Nvidia: env.nvidia,
 		Verifier: fmt.Sprintf("10.0.2.2:%d", env.port), VerifierCA: filepath.Join(env.dev, "ca.crt"),
 		Console: "ttyS0", ExtraCmdline: cmdline, InitrdHook: hook,
 		// The registries the test images trust: the development CA, which
 		// also signed the in-test TLS registry's certificate.
 		CARoots: filepath.Join(env.dev, "ca.crt"),
-	})
+	}
+	for _, mod := range mods {
+		mod(&o)
+	}
+	r, err := imager.Build(o)
 	if err != nil {
 		return nil, fmt.Errorf("building %s image: %w", name, err)
 	}

@@ -37,6 +37,7 @@ import (
 type runResult struct {
 	events  []*apiv1.WorkloadEvent
 	stdout  bytes.Buffer
+	stderr  bytes.Buffer
 	err     error
 	running time.Duration // from the request to the running event
 }
@@ -81,6 +82,9 @@ func runWorkload(ctx context.Context, v *verifier, req *apiv1.RunWorkloadRequest
 					res.running = time.Since(start)
 				}
 				res.events = append(res.events, e)
+			}
+			if l := u.GetLog(); l != nil && l.GetStderr() {
+				res.stderr.Write(l.GetData())
 			}
 			if l := u.GetLog(); l != nil && !l.GetStderr() {
 				res.stdout.Write(l.GetData())

@@ -8,23 +8,29 @@
 //	eat MIB         allocate and touch MIB MiB of memory, then exit
 //	fetch ADDR      connect to TCP ADDR and print the first line it sends
 //	serve PORT      answer TCP connections on PORT until killed
+//	gpu             print the NVIDIA device nodes and driver files the
+//	                container sees, and whether it can write to them
 package main
 
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: workload hello|marker TEXT|sleep|eat MIB|fetch ADDR|serve PORT")
+		fmt.Fprintln(os.Stderr, "usage: workload hello|marker TEXT|sleep|eat MIB|fetch ADDR|serve PORT|gpu")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -106,8 +112,46 @@ func main() {
 			fmt.Fprintf(c, "workload %s answers\n", host)
 			c.Close()
 		}
+	case "gpu":
+		gpu()
 	default:
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
+	}
+}
+
+// gpu prints one line per NVIDIA device node in /dev ("gpu dev NAME
+// char MAJOR:MINOR"), then, for the driver's files a CUDA container
+// needs, whether each is there, an ELF file, and writable ("gpu file
+// PATH elf=true writable=false").
+func gpu() {
+	nodes, _ := filepath.Glob("/dev/nvidia*")
+	for _, n := range nodes {
+		var st syscall.Stat_t
+		if err := syscall.Stat(n, &st); err != nil {
+			fmt.Printf("gpu dev %s error %v\n", filepath.Base(n), err)
+			continue
+		}
+		kind := "other"
+		if st.Mode&syscall.S_IFMT == syscall.S_IFCHR {
+			kind = "char"
+		}
+		fmt.Printf("gpu dev %s %s %d:%d\n", filepath.Base(n), kind, unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	}
+	for _, p := range []string{"/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1",
+		"/usr/lib/x86_64-linux-gnu/libnvidia-ptxjitcompiler.so.1", "/usr/bin/nvidia-smi"} {
+		b := make([]byte, 4)
+		f, err := os.Open(p)
+		if err != nil {
+			fmt.Printf("gpu file %s missing: %v\n", p, err)
+			continue
+		}
+		_, err = io.ReadFull(f, b)
+		f.Close()
+		w, werr := os.OpenFile(p, os.O_WRONLY, 0)
+		if werr == nil {
+			w.Close()
+		}
+		fmt.Printf("gpu file %s elf=%t writable=%t\n", p, err == nil && string(b) == "\x7fELF", werr == nil)
 	}
 }

@@ -3,6 +3,8 @@ package imager
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -152,6 +154,10 @@ func (o *Options) gpuDriver(db sbkeys.Key, modRoot, tmp string) (*gpuDriver, err
 	if g.inputs, err = nvidiaInputs(filepath.Join(dir, "nvidia.lock")); err != nil {
 		return nil, err
 	}
+	if o.FakeGPUs {
+		sum := sha256.Sum256(helper)
+		g.inputs = append(g.inputs, attestation.BuildInput{Name: "fake-gpus", SHA256: hex.EncodeToString(sum[:])})
+	}
 	return g, nil
 }
 
@@ -275,7 +281,11 @@ func (o *Options) buildGPUHelper(tmp string) ([]byte, error) {
 	out := filepath.Join(tmp, "rigos-gpu")
 	ldflags := fmt.Sprintf("-s -w -buildid= -linkmode=external -extldflags '-Wl,--dynamic-linker=%s -Wl,--disable-new-dtags -Wl,-rpath,%s -Wl,--build-id=none'",
 		layout.InSystem(gpuHelperInterp), layout.InSystem(path.Dir(gpuHelperInterp)))
-	cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", out, "./gpuhelper")
+	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags", ldflags, "-o", out}
+	if o.FakeGPUs {
+		args = append(args, "-tags", "rigos_fakegpu")
+	}
+	cmd := exec.Command("go", append(args, "./gpuhelper")...)
 	cmd.Dir = o.Source
 	var err error
 	if cmd.Env, err = o.goEnv(tmp, true); err != nil {

@@ -101,6 +101,13 @@ type Options struct {
 	// firmware, onto the system partition; init loads them on rigs with
 	// an NVIDIA GPU. Optional: without it the image drives no GPU.
 	Nvidia string
+	// FakeGPUs is for test images only: their GPU helper reports
+	// go-nvml's DGX H100 fake (eight H100s) and makes device nodes for
+	// it (gpuhelper/fakegpu.go), so a VM without an NVIDIA GPU runs the
+	// GPU path from the agent's CDI specification into a container. It
+	// needs Nvidia. The helper's digest differs, so such an image is a
+	// build of its own, and its manifest's inputs say "fake-gpus".
+	FakeGPUs bool
 	// InitrdHook, if set, may change the uncompressed initramfs (cpio)
 	// before it is compressed into the UKI (tests build tampered images
 	// with it).
@@ -254,6 +261,9 @@ func Build(o Options) (*Result, error) {
 		return nil, err
 	}
 	var gpu *gpuDriver
+	if o.FakeGPUs && o.Nvidia == "" {
+		return nil, errors.New("fake GPUs need the NVIDIA driver folder (Nvidia): the fake stands in for NVML, not for the driver's files")
+	}
 	if o.Nvidia != "" {
 		if gpu, err = o.gpuDriver(keys.DB, modRoot, tmp); err != nil {
 			return nil, err
