@@ -5,11 +5,15 @@
 #      and the GPU check on the real driver (pkg/gpu/gpucheck), which also
 #      shows a corrupted result being caught;
 #   2. gpucheck, built and run on the host;
-#   3. (not built yet) gpucheck in a container through RigOS's containerd;
+#   3. gpucheck in a container through RigOS's own containerd, runc shim
+#      and runc, built and configured as in the image, given GPU 0 by CDI
+#      name (go test -run TestRealGPUContainer ./agent/internal/workload);
 #   4. a table: GPU, driver version, bandwidth, FP32, result, against the
 #      datasheet figures.
-# Needs Go and a C compiler (gpucheck uses cgo to load libcuda.so.1); the
-# GPU needs only its driver, no CUDA toolkit.
+# Needs Go, a C compiler (gpucheck uses cgo to load libcuda.so.1), root
+# and cgroup v2 for step 3, and the pinned build inputs the image uses
+# (fetched into ~/.cache/rigos on first use); the GPU needs only its
+# driver, no CUDA toolkit.
 #
 # Exit status: 0 when every GPU computed correctly; 1 when one did not or
 # a step failed; 2 when there is no NVIDIA driver or GPU, saying at which
@@ -54,15 +58,22 @@ esac
 checked=$rc
 [ -s "$work/results" ] || { echo "gpu-check: step 2: gpucheck checked no GPU (exit $rc)" >&2; exit 1; }
 
-echo "== step 3: gpucheck in a container (not built yet)"
-# TODO(step 3): run gpucheck in a container through RigOS's containerd
-# with a GPU by CDI name (nvidia.com/gpu=<UUID>). Not built: the CDI
-# specification RigOS writes (pkg/gpu.CDI) gives a container the
-# /dev/nvidia* device nodes but not the driver's user-space libraries
-# (docs/gpu.md, "User space"), so gpucheck in a container would find no
-# libcuda.so.1. Once the spec mounts them, this step runs a workload
-# image holding gpucheck and expects the same table as step 2.
-echo "skipped: RigOS's CDI specification does not yet mount libcuda.so.1 into containers"
+echo "== step 3: gpucheck in a container, GPU 0 by CDI name, through RigOS's containerd"
+rc=0
+RIGOS_GPU_CONTAINER=1 go test -count=1 -timeout 6m -run TestRealGPUContainer -v ./agent/internal/workload \
+  >"$work/container.log" 2>&1 || rc=$?
+cat "$work/container.log"
+[ "$rc" = 0 ] || { echo "gpu-check: step 3 failed (go test exit $rc)" >&2; exit 1; }
+# The container's line for GPU 0 must say what step 2 said of the same
+# GPU (by UUID): correct, or the same failure.
+container=$(sed -n 's/^gpucontainer: //p' "$work/container.log" | head -1)
+IFS='|' read -r _ _ cuuid _ _ ccorrect _ <<<"$container"
+hcorrect=$(awk -F'|' -v u="$cuuid" '$3 == u { print $6 }' "$work/results")
+if [ -z "$cuuid" ] || [ "$ccorrect" != "$hcorrect" ]; then
+  echo "gpu-check: step 3: the container's result ($container) differs from the host's for that GPU ($hcorrect)" >&2
+  exit 1
+fi
+echo "container: $container"
 
 echo "== step 4: results"
 # The driver version of each GPU, by UUID (CUDA and nvidia-smi may number

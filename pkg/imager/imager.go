@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -319,9 +320,12 @@ func Build(o Options) (*Result, error) {
 
 // buildBinaries builds the image's programs (the binaries list),
 // statically and reproducibly, in tmp.
-func (o *Options) buildBinaries(tmp string) (map[string][]byte, error) {
+func (o *Options) buildBinaries(tmp string, only ...string) (map[string][]byte, error) {
 	bins := map[string][]byte{}
 	for _, b := range binaries {
+		if len(only) > 0 && !slices.Contains(only, b.name) {
+			continue
+		}
 		out := filepath.Join(tmp, b.name)
 		cmd := exec.Command("go", "build", "-trimpath", "-buildvcs=false", "-tags", b.tags,
 			"-ldflags", b.ldflags, "-o", out, b.pkg)
@@ -338,6 +342,35 @@ func (o *Options) buildBinaries(tmp string) (map[string][]byte, error) {
 		}
 	}
 	return bins, nil
+}
+
+// RuntimePrograms are the container runtime's programs in the image.
+var RuntimePrograms = []string{"containerd", "containerd-shim-runc-v2", "runc"}
+
+// BuildRuntime builds RuntimePrograms as Build builds them for the image
+// (the pinned toolchain and libseccomp, the same tags and flags) from the
+// module at source into dir, to run RigOS's container runtime outside an
+// image (hack/gpu-check.sh).
+func BuildRuntime(source, dir string) error {
+	o := Options{Source: source}
+	if err := errors.Join(o.checkInputs(), o.checkGo()); err != nil {
+		return fmt.Errorf("imager: %w", err)
+	}
+	tmp, err := os.MkdirTemp("", "rigos-runtime-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	bins, err := o.buildBinaries(tmp, RuntimePrograms...)
+	if err != nil {
+		return err
+	}
+	for name, b := range bins {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // builtUKI is the signed UKI with what the boot will measure of it.
@@ -655,9 +688,21 @@ func (o *Options) agentConfig() *agentconfig.Config {
 // ContainerdConfig is containerd's configuration in the image: its root
 // on the encrypted state partition, its socket under /run, no CRI, and
 // CDI specs (GPUs) from /run/cdi.
-const ContainerdConfig = `version = 3
-root = "` + layout.ContainerdRoot + `"
-state = "` + layout.ContainerdState + `"
+var ContainerdConfig = ContainerdConfigAt(ContainerdPaths{Root: layout.ContainerdRoot, State: layout.ContainerdState,
+	Socket: layout.ContainerdSocket, TTRPCSocket: layout.ContainerdTTRPCSocket, CDIDir: layout.CDIDir})
+
+// ContainerdPaths are where a containerd keeps its data and sockets.
+type ContainerdPaths struct {
+	Root, State, Socket, TTRPCSocket, CDIDir string
+}
+
+// ContainerdConfigAt is the image's containerd configuration with its
+// folders and sockets at p: RigOS's containerd set up the same way
+// outside an image (hack/gpu-check.sh).
+func ContainerdConfigAt(p ContainerdPaths) string {
+	return `version = 3
+root = "` + p.Root + `"
+state = "` + p.State + `"
 disabled_plugins = [
   "io.containerd.grpc.v1.cri",
   "io.containerd.snapshotter.v1.blockfile",
@@ -666,16 +711,17 @@ disabled_plugins = [
 ]
 
 [grpc]
-  address = "` + layout.ContainerdSocket + `"
+  address = "` + p.Socket + `"
   uid = 0
   gid = 0
 
 [ttrpc]
-  address = "` + layout.ContainerdTTRPCSocket + `"
+  address = "` + p.TTRPCSocket + `"
 
 [plugins."io.containerd.cdi.v1.cdi"]
-  spec_dirs = ["` + layout.CDIDir + `"]
+  spec_dirs = ["` + p.CDIDir + `"]
 `
+}
 
 // ensureManifestKey loads (or, for development, creates) the Ed25519 key
 // that signs manifests: manifest.key and manifest.pub beside the Secure
