@@ -7,9 +7,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 	"github.com/rigos/rigos/pkg/gpu"
 	"github.com/rigos/rigos/pkg/gpu/gputest"
 )
@@ -39,9 +43,24 @@ const (
 )
 
 // openNVML ignores path: it opens the DGX H100 fake after making its
-// device nodes.
+// device nodes. The fake's GPUs keep their UUIDs across helper restarts
+// (the agent matches readings to its inventory by UUID, as real GPUs
+// allow), and waiting for an Xid waits, as NVML does, rather than
+// returning at once: a helper spinning on it starved the VM.
 func openNVML(string) (*gpu.Monitor, error) {
 	fake := gputest.FakeDGX(nil)
+	for i, d := range fake.Devices {
+		d.(*server.Device).UUID = fmt.Sprintf("GPU-00000000-0000-4000-8000-%012d", i)
+	}
+	fake.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
+		return &mock.EventSet{
+			FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+			WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
+				time.Sleep(time.Duration(ms) * time.Millisecond) // no Xid ever comes: NVML's wait times out
+				return nvml.EventData{}, nvml.ERROR_TIMEOUT
+			},
+		}, nvml.SUCCESS
+	}
 	nodes := map[string]uint32{"nvidiactl": nvidiactlMinor, "nvidia-uvm": 250, "nvidia-uvm-tools": 251}
 	for i := range fake.Devices {
 		nodes[fmt.Sprintf("nvidia%d", i)] = uint32(i)

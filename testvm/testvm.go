@@ -189,8 +189,14 @@ func Start(o Options) (*VM, error) {
 		v.Stop()
 		return nil, fmt.Errorf("swtpm did not start: %w", err)
 	}
+	// One host thread runs both vCPUs (thread=single). With QEMU's
+	// default multi-threaded TCG, a vCPU could run stale kernel text
+	// while the other patched it (static keys flip when the first
+	// container's cgroup appears): the guest died with "Oops: int3" in
+	// the middle of an instruction, which a test saw as "node
+	// disconnected". Round-robin vCPUs see each write to code at once.
 	v.qemu = exec.CommandContext(ctx, "qemu-system-x86_64",
-		"-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", o.Memory,
+		"-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", o.Memory,
 		"-machine", "q35,smm=on", "-nodefaults", "-no-reboot", "-display", "none",
 		"-global", "driver=cfi.pflash01,property=secure,value=on",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+CodeSecureBoot,

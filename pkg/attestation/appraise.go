@@ -75,9 +75,13 @@ type Result struct {
 	Failures []*CheckError
 	// Manifest is the build of the manifest that accepted the evidence.
 	Manifest string
-	// FirmwarePCRs are the observed firmware PCR values (to pin on first
-	// pass).
+	// FirmwarePCRs are the observed firmware pins (to pin on first
+	// pass): the PCR values, less BootPathEvents for PCRs 1 and 5.
 	FirmwarePCRs map[int][]byte
+	// LegacyPins is set when a pin matched only the raw PCR value (pinned
+	// by a verifier that did not leave boot paths out): the caller should
+	// store FirmwarePCRs in its place.
+	LegacyPins bool
 	// BootApplications are the PCR 4 application digests seen.
 	BootApplications [][]byte
 	// RuntimeEvents are the replayed runtime events (after the
@@ -158,13 +162,17 @@ func Appraise(req Request) *Result {
 	r.FirmwarePCRs = map[int][]byte{}
 	for _, i := range FirmwarePCRs {
 		if v, ok := q.PCRs[i]; ok {
-			r.FirmwarePCRs[i] = v
+			r.FirmwarePCRs[i] = firmwarePin(i, v, fwEvents)
 		}
 	}
 	if req.PinnedFirmware != nil {
 		var changed []int
 		for i, v := range r.FirmwarePCRs {
-			if !bytes.Equal(req.PinnedFirmware[i], v) {
+			switch {
+			case bytes.Equal(req.PinnedFirmware[i], v):
+			case bytes.Equal(req.PinnedFirmware[i], q.PCRs[i]):
+				r.LegacyPins = true // pinned as the raw PCR value, before boot paths were left out
+			default:
 				changed = append(changed, i)
 			}
 		}
@@ -191,6 +199,42 @@ func Appraise(req Request) *Result {
 		}
 	}
 	return r
+}
+
+// BootPathEvents are the events in the firmware PCRs that describe where
+// the firmware looks for what to boot, not the firmware: the boot
+// variables (BootOrder, BootNext, Boot####) in PCR 1 and the boot disk's
+// GPT in PCR 5. Installing to a disk, an A/B update's BootNext, or a USB
+// stick plugged in or out change them on the same motherboard. They are
+// left out of the firmware pins (firmwarePin): what the firmware then
+// boots is measured in PCR 4 and appraised against the manifests, and
+// the system partition is checked by dm-verity against the root hash on
+// the measured command line, so a boot path gains an owner nothing.
+var BootPathEvents = map[int][]uint32{
+	1: {tcgevent.EvEFIVariableBoot, tcgevent.EvEFIVariableBoot2},
+	5: {tcgevent.EvEFIGPTEvent},
+}
+
+// firmwarePin is the value pinned for firmware PCR i, quoted as v: v
+// itself, or for a PCR with BootPathEvents, the replay from zero of its
+// other events (the log replayed to v, so its events are v's). Without
+// replayed events it is v.
+func firmwarePin(i int, v []byte, events []attest.Event) []byte {
+	skip, ok := BootPathEvents[i]
+	if !ok || len(events) == 0 {
+		return v
+	}
+	pin := make([]byte, sha256.Size)
+	for _, e := range events {
+		if e.Index != i || slices.Contains(skip, uint32(e.Type)) {
+			continue
+		}
+		h := sha256.New()
+		h.Write(pin)
+		h.Write(e.Digest)
+		pin = h.Sum(nil)
+	}
+	return pin
 }
 
 // LoggedPCRs must be quoted and must have firmware log events: the

@@ -622,3 +622,63 @@ func TestRuntimeCheckpoint(t *testing.T) {
 	req.Checkpoints = [][]byte{otherBoot}
 	wantFail(t, Appraise(req), CheckRuntimeLog)
 }
+
+// Boot variables (PCR 1) and the boot disk's GPT (PCR 5) are not pinned
+// with the firmware: an install to another disk, an update's BootNext or
+// a stick taken out changes them on the same motherboard. Any other
+// change to those PCRs still fails the pins. Pins stored as raw PCR
+// values by an older verifier still match, and are marked for re-pinning.
+func TestBootPathsNotPinned(t *testing.T) {
+	withPaths := func(bootVars, gpt string, extra ...devboot.Extra) devboot.Config {
+		c := devboot.Default()
+		c.Extra = append([]devboot.Extra{
+			{PCR: 1, Type: tcgevent.EvEFIVariableBoot, Data: []byte(bootVars)},
+			{PCR: 1, Type: tcgevent.EvEFIVariableBoot2, Data: []byte(bootVars + " (BootNext)")},
+			{PCR: 5, Type: tcgevent.EvEFIGPTEvent, Data: []byte(gpt)},
+		}, extra...)
+		return c
+	}
+	appraise := func(cfg devboot.Config, pinned map[int][]byte) (*Result, map[int][]byte) {
+		n := boot(t, 1, cfg)
+		defer n.Close()
+		ev, no := gather(t, n)
+		req := request(n, ev, no)
+		req.PinnedFirmware = pinned
+		raw := map[int][]byte{}
+		for _, i := range FirmwarePCRs {
+			raw[i] = ev.PCRs[i]
+		}
+		return Appraise(req), raw
+	}
+	stick, stickRaw := appraise(withPaths("BootOrder 0001; Boot0001 USB stick", "GPT of the stick"), nil)
+	if err := stick.Err(); err != nil {
+		t.Fatal(err)
+	}
+	pins := stick.FirmwarePCRs
+	for _, i := range []int{1, 5} {
+		if bytes.Equal(pins[i], stickRaw[i]) {
+			t.Errorf("PCR %d pinned as its raw value, boot path included", i)
+		}
+	}
+
+	installed := withPaths("BootOrder 0002,0001; Boot0002 HD(1,GPT,...)/\\EFI\\RIGOS\\rigos-a.efi", "GPT of the NVMe disk")
+	if r, _ := appraise(installed, pins); r.Err() != nil || r.LegacyPins {
+		t.Errorf("other boot variables and GPT: %v (legacy pins %t), want a pass", r.Err(), r.LegacyPins)
+	}
+	// Another variable in PCR 1 (firmware configuration) is the firmware.
+	reconfigured := withPaths("BootOrder 0001; Boot0001 USB stick", "GPT of the stick",
+		devboot.Extra{PCR: 1, Type: tcgevent.EvEFIVariableDriverCfg, Data: []byte("another firmware setting")})
+	r, _ := appraise(reconfigured, pins)
+	wantFail(t, r, CheckFirmwarePins)
+	// A GPT-typed event in PCR 1 is not a boot path there.
+	misplaced := withPaths("BootOrder 0001; Boot0001 USB stick", "GPT of the stick",
+		devboot.Extra{PCR: 1, Type: tcgevent.EvEFIGPTEvent, Data: []byte("not the firmware's")})
+	r, _ = appraise(misplaced, pins)
+	wantFail(t, r, CheckFirmwarePins)
+
+	// Raw pins from before: the same boot passes and asks for re-pinning.
+	r, _ = appraise(withPaths("BootOrder 0001; Boot0001 USB stick", "GPT of the stick"), stickRaw)
+	if r.Err() != nil || !r.LegacyPins {
+		t.Errorf("raw pins, same boot: %v, legacy %t; want a pass marked for re-pinning", r.Err(), r.LegacyPins)
+	}
+}

@@ -95,7 +95,7 @@ func (k *Keeper) Appraise(ctx context.Context, id string, nonce []byte, ev *apiv
 		if n.GPUDigest == "" || n.RepinFirmware {
 			n.GPUDigest = gpus
 		}
-		if pinned == nil {
+		if pinned == nil || r.LegacyPins {
 			n.FirmwarePCRs, n.RepinFirmware = r.FirmwarePCRs, false
 		}
 		switch {

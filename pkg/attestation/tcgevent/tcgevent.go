@@ -16,7 +16,9 @@ const (
 	EvEFIVariableDriverCfg   uint32 = 0x80000001
 	EvEFIVariableBoot        uint32 = 0x80000002
 	EvEFIBootServicesApp     uint32 = 0x80000003
+	EvEFIGPTEvent            uint32 = 0x80000006
 	EvEFIAction              uint32 = 0x80000007
 	EvEFIPlatformFirmwareBlb uint32 = 0x80000008
+	EvEFIVariableBoot2       uint32 = 0x8000000c
 	EvEFIVariableAuthority   uint32 = 0x800000e0
 )
