@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -21,6 +22,9 @@ import (
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "agent:", err)
+		if errors.Is(err, daemon.ErrReboot) {
+			os.Exit(layout.ExitReboot)
+		}
 		os.Exit(1)
 	}
 }

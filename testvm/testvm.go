@@ -90,6 +90,12 @@ type Options struct {
 	Reuse bool
 	// Forward are QEMU host forwards ("tcp:127.0.0.1:HOSTPORT-:GUESTPORT").
 	Forward []string
+	// Disks are more qcow2 disks, attached after the image (vdb, vdc…),
+	// written in place; zero writes are stored as zeros (detect-zeroes).
+	Disks []string
+	// NoImage boots without the image's disk (a stick taken out): the
+	// Disks alone are attached, the first as vda.
+	NoImage bool
 }
 
 // EKCARoot and EKCAIntermediate are the certificates of a local EK CA.
@@ -195,18 +201,19 @@ func Start(o Options) (*VM, error) {
 	// container's cgroup appears): the guest died with "Oops: int3" in
 	// the middle of an instruction, which a test saw as "node
 	// disconnected". Round-robin vCPUs see each write to code at once.
-	v.qemu = exec.CommandContext(ctx, "qemu-system-x86_64",
+	args := []string{
 		"-accel", "tcg,thread=single", "-cpu", "max", "-smp", "2", "-m", o.Memory,
 		"-machine", "q35,smm=on", "-nodefaults", "-no-reboot", "-display", "none",
 		"-global", "driver=cfi.pflash01,property=secure,value=on",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+CodeSecureBoot,
-		"-drive", "if=pflash,format=raw,unit=1,file="+vars,
-		"-chardev", "socket,id=chrtpm,path="+sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
-		"-device", "tpm-tis,tpmdev=tpm0",
-		"-drive", "file="+overlay+",if=none,id=d0,format=qcow2", "-device", "virtio-blk-pci,drive=d0",
-		"-netdev", netdev(o.Forward), "-device", "virtio-net-pci,netdev=n0",
+		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + CodeSecureBoot,
+		"-drive", "if=pflash,format=raw,unit=1,file=" + vars,
+		"-chardev", "socket,id=chrtpm,path=" + sock, "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+		"-device", "tpm-tis,tpmdev=tpm0"}
+	args = append(args, diskArgs(overlay, o)...) // before the NIC, as the firmware's boot order expects
+	args = append(args, "-netdev", netdev(o.Forward), "-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
 		"-serial", "file:"+v.Console)
+	v.qemu = exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	v.qemu.Stdout, _ = os.Create(filepath.Join(o.Dir, "qemu.log"))
 	v.qemu.Stderr = v.qemu.Stdout
 	if err := v.qemu.Start(); err != nil {
@@ -218,6 +225,25 @@ func Start(o Options) (*VM, error) {
 		close(v.done)
 	}()
 	return v, nil
+}
+
+// diskArgs are the QEMU options attaching the image's overlay (unless
+// o.NoImage) and o.Disks.
+func diskArgs(overlay string, o Options) []string {
+	var args []string
+	files := o.Disks
+	if !o.NoImage {
+		files = append([]string{overlay}, files...)
+	}
+	for i, f := range files {
+		id := fmt.Sprintf("d%d", i)
+		drive := "file=" + f + ",if=none,id=" + id + ",format=qcow2"
+		if f != overlay {
+			drive += ",detect-zeroes=on"
+		}
+		args = append(args, "-drive", drive, "-device", "virtio-blk-pci,drive="+id)
+	}
+	return args
 }
 
 func netdev(forward []string) string {

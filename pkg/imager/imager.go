@@ -681,7 +681,7 @@ func (o *Options) agentConfig() *agentconfig.Config {
 	return &agentconfig.Config{
 		NodeID: o.NodeID, Verifier: o.Verifier, CACert: layout.VerifierCA, TPM: "device",
 		StateDir: layout.AgentStateDir, RuntimeLog: layout.RuntimeLog,
-		Containerd: layout.ContainerdSocket, ScratchDir: layout.ScratchDir,
+		Containerd: layout.ContainerdSocket, ScratchDir: layout.ScratchDir, Install: true,
 	}
 }
 

@@ -72,6 +72,14 @@ const (
 	ESPUKIDir = "EFI/RIGOS"
 )
 
+// ExitReboot is the agent's exit status asking init to reboot the node
+// (an install finished); init restarts an agent that exits otherwise.
+const ExitReboot = 75
+
+// EFIVarsDir is where efivarfs is mounted (read-only but while RigOS
+// writes a variable).
+const EFIVarsDir = "/sys/firmware/efi/efivars"
+
 // SlotUKI returns the path of the slot's UKI on the ESP, relative to its
 // root ("EFI/RIGOS/rigos-a.efi"), the file a boot entry for the slot
 // names.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
@@ -49,6 +50,13 @@ type Node struct {
 	// Workloads, if set, receives the verifier's workload messages; it
 	// answers through the Outbox. Without it a workload is refused.
 	Workloads Workloads
+	// Install, if set, receives the verifier's install requests and
+	// answers through the Outbox; without it an install is refused.
+	Install func(*apiv1.Install)
+	// End, when closed, ends the session cleanly: the stream is closed
+	// after everything sent so far (the node is about to reboot), and
+	// Run returns ErrEnded once the verifier has closed its side.
+	End <-chan struct{}
 	// OnChallenge, if set, may replace or drop evidence (tests only
 	// simulate misbehaving agents with it); return nil to not answer.
 	OnChallenge func(*apiv1.Challenge, *apiv1.Evidence) *apiv1.Evidence
@@ -59,6 +67,9 @@ type Workloads interface {
 	// Handle receives StartWorkload, ImageChunk and StopWorkload.
 	Handle(*apiv1.VerifierMessage)
 }
+
+// ErrEnded is returned by Run after Node.End closed the session.
+var ErrEnded = errors.New("session ended by the node")
 
 // ErrRefused is wrapped when the verifier refuses the node.
 var ErrRefused = errors.New("verifier refused the node")
@@ -88,6 +99,19 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 	if n.Outbox != nil {
 		defer n.Outbox.Attach(nil)
 	}
+	var ended atomic.Bool
+	if n.End != nil {
+		go func() {
+			select {
+			case <-n.End:
+				sendMu.Lock()
+				defer sendMu.Unlock()
+				ended.Store(true)
+				_ = stream.CloseSend() // after what was sent; later sends fail
+			case <-stream.Context().Done():
+			}
+		}()
+	}
 	ak := n.TPM.AKParams()
 	if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_Hello{Hello: &apiv1.Hello{
 		NodeId: n.ID, EkPublic: ek, EkCertificate: n.TPM.EKCertificate(), AgentVersion: n.Version,
@@ -98,6 +122,9 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 	}
 	for {
 		m, err := stream.Recv()
+		if ended.Load() && err != nil {
+			return ErrEnded
+		}
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -140,6 +167,17 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 			if n.OnVerdict != nil {
 				n.OnVerdict(msg.Verdict)
 			}
+		case *apiv1.VerifierMessage_Install:
+			if n.Install == nil {
+				if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
+					State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: msg.Install.GetDisk(),
+					Reason: "this agent does not install: it is not running from a RigOS disk",
+				}}}); err != nil {
+					return err
+				}
+				continue
+			}
+			n.Install(msg.Install)
 		case *apiv1.VerifierMessage_StartWorkload, *apiv1.VerifierMessage_ImageChunk, *apiv1.VerifierMessage_StopWorkload:
 			if n.Workloads == nil {
 				id := m.GetStartWorkload().GetSpec().GetId()

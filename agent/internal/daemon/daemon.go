@@ -25,11 +25,13 @@ import (
 
 	"github.com/rigos/rigos/agent/internal/config"
 	"github.com/rigos/rigos/agent/internal/gpus"
+	"github.com/rigos/rigos/agent/internal/installer"
 	"github.com/rigos/rigos/agent/internal/workload"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
+	"github.com/rigos/rigos/pkg/cmdline"
 	"github.com/rigos/rigos/pkg/gpu"
 	"github.com/rigos/rigos/pkg/gpu/gpupipe"
 	"github.com/rigos/rigos/pkg/hwinfo"
@@ -65,8 +67,33 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	defer stop()
-	reconnect(ctx, cfg, apiv1.NewAttestationClient(conn), node, log)
-	return nil
+	return reconnect(ctx, cfg, apiv1.NewAttestationClient(conn), node, log)
+}
+
+// ErrReboot is returned by Run when the node must reboot (an install
+// finished): the agent exits with layout.ExitReboot and init reboots.
+var ErrReboot = errors.New("rebooting: the node asked for it")
+
+// newInstaller returns the installer of a node whose configuration
+// allows installs, nil otherwise. The booted slot comes from the kernel
+// command line.
+func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*installer.Installer, error) {
+	if !cfg.Install {
+		return nil, nil
+	}
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return nil, err
+	}
+	args, err := cmdline.Parse(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("kernel command line: %w", err)
+	}
+	slot, err := layout.ParseSlot(args[layout.SlotParam])
+	if err != nil {
+		return nil, fmt.Errorf("kernel command line: %s: %w", layout.SlotParam, err)
+	}
+	return &installer.Installer{Out: out, Log: log, Slot: slot}, nil
 }
 
 // dial makes the TLS connection to the verifier (gRPC connects lazily).
@@ -126,6 +153,16 @@ func newNode(ctx context.Context, cfg *config.Config, t nodeTPM, log *slog.Logge
 	if cfg.Containerd != "" {
 		startWorkloads(ctx, cfg, &node, rec, gpuSvc, log)
 	}
+	inst, err := newInstaller(cfg, out, log)
+	if err != nil {
+		log.Error("installs disabled", "err", err)
+	}
+	if inst != nil {
+		if m, ok := node.Workloads.(*workload.Manager); ok {
+			inst.Busy = m.Running
+		}
+		node.Install, node.End = inst.Handle, inst.Done()
+	}
 	return node, stop, nil
 }
 
@@ -156,13 +193,21 @@ func startWorkloads(ctx context.Context, cfg *config.Config, node *session.Node,
 
 // reconnect runs sessions until ctx ends, with jittered exponential
 // backoff between them.
-func reconnect(ctx context.Context, cfg *config.Config, client apiv1.AttestationClient, node session.Node, log *slog.Logger) {
+func reconnect(ctx context.Context, cfg *config.Config, client apiv1.AttestationClient, node session.Node, log *slog.Logger) error {
 	backoff := cfg.ReconnectMin.D()
 	for {
 		start := time.Now()
 		err := session.Run(ctx, client, node)
 		if ctx.Err() != nil {
-			return
+			return nil
+		}
+		if node.End != nil {
+			select {
+			case <-node.End:
+				log.Info("session closed for a reboot", "err", err)
+				return ErrReboot
+			default:
+			}
 		}
 		if time.Since(start) > time.Minute {
 			backoff = cfg.ReconnectMin.D()
@@ -172,7 +217,9 @@ func reconnect(ctx context.Context, cfg *config.Config, client apiv1.Attestation
 		wait := backoff/2 + rand.N(backoff/2+1)
 		select {
 		case <-ctx.Done():
-			return
+			return nil
+		case <-node.End: // nil without an installer: never ready
+			return ErrReboot
 		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, cfg.ReconnectMax.D())

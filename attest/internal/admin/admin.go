@@ -87,6 +87,7 @@ func (s *Server) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1.N
 		})
 	}
 	out.Gpus = s.hub.GPUs(n.ID)
+	out.Install = s.hub.LastInstall(n.ID)
 	plan := s.hub.Plan(n.ID)
 	out.AskPlan, out.AskPlanError, out.Hardware = plan.Plan, plan.Err, plan.Hardware
 	ws, err := s.store.WorkloadEvents(ctx, n.ID, limit)
@@ -228,6 +229,45 @@ func (s *Server) StopWorkload(ctx context.Context, r *apiv1.StopWorkloadRequest)
 			}
 		case <-t.C:
 			return nil, status.Errorf(codes.DeadlineExceeded, "node %s did not report workload %s stopped within a minute", r.GetNodeId(), r.GetWorkloadId())
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// InstallTimeout bounds how long Install waits for the node to finish
+// writing and reading back its disk.
+const InstallTimeout = 30 * time.Minute
+
+// Install implements Admin: it asks the node to install itself onto a
+// disk and waits for its answer, REBOOTING or FAILED. The node must be
+// connected; its trust state does not matter (a node on a supplier's
+// bench installs before it is ever trusted).
+func (s *Server) Install(ctx context.Context, r *apiv1.InstallRequest) (*apiv1.InstallEvent, error) {
+	if _, err := apiv1.InstallDisk(r.GetDisk()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if _, err := s.store.GetNode(ctx, r.GetNodeId()); err != nil {
+		return nil, grpcErr(err)
+	}
+	events, stop := s.hub.WatchInstall(r.GetNodeId())
+	defer stop()
+	if err := s.hub.Send(ctx, r.GetNodeId(), &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Install{
+		Install: &apiv1.Install{Disk: r.GetDisk(), Wipe: r.GetWipe()},
+	}}); err != nil {
+		return nil, err
+	}
+	t := time.NewTimer(InstallTimeout)
+	defer t.Stop()
+	for {
+		select {
+		case e := <-events:
+			if st := e.GetState(); st == apiv1.InstallState_INSTALL_STATE_REBOOTING || st == apiv1.InstallState_INSTALL_STATE_FAILED {
+				return e, nil
+			}
+		case <-t.C:
+			return nil, status.Errorf(codes.DeadlineExceeded, "node %s did not finish installing within %s; attest node %s shows its last install event",
+				r.GetNodeId(), InstallTimeout, r.GetNodeId())
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

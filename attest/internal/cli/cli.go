@@ -73,8 +73,10 @@ func Run(args []string) error {
 		return runWorkload(fs, args)
 	case "stop":
 		return stopWorkload(fs, args)
+	case "install":
+		return installNode(fs, args)
 	}
-	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop)", cmd)
+	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop, install)", cmd)
 }
 
 func serve(path string) error {
@@ -159,6 +161,9 @@ func admin(cmd, sock, id, reason string, n int) error {
 		}
 		for _, l := range gpuLines(d.GetGpus()) {
 			fmt.Println(l)
+		}
+		if e := d.GetInstall(); e != nil {
+			fmt.Printf("%s  %s\n", when(e.GetUnixMs()), installLine(e))
 		}
 		if len(d.GetWorkloads()) > 0 {
 			fmt.Println("workload events:")

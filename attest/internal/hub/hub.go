@@ -80,6 +80,7 @@ type Hub struct {
 	workloads map[workloadKey][]chan *apiv1.WorkloadUpdate
 	gpus      map[string]*apiv1.GPUReport // latest per node
 	plans     map[string]Plan             // from each node's latest proven hello
+	installs  map[string]*installState
 	// sent counts, per node and workload sent to it, the events the node
 	// reported: only those workloads' events are taken, and only so many.
 	sent map[string]map[string]int

@@ -57,6 +57,15 @@ func (v *Verifier) workloadMessage(ctx context.Context, node string, m *apiv1.Ag
 	return nil
 }
 
+// installEvent keeps a node's install event (its free text bounded) for
+// GetNode and the Install call waiting on it, and logs it.
+func (v *Verifier) installEvent(node string, e *apiv1.InstallEvent) {
+	e.Reason, e.Disk = truncate(e.GetReason(), maxEventText), truncate(e.GetDisk(), 64)
+	v.hub.InstallEvent(node, e)
+	v.o.Logger.Info("install", "node", node, "state", e.GetState().String(), "disk", e.GetDisk(), "reason", e.GetReason(),
+		"bytes", e.GetBytes(), "write_ms", e.GetWriteMs(), "verify_ms", e.GetVerifyMs(), "boot_entry", e.GetBootEntry())
+}
+
 // gpuReport keeps a node's latest GPU report and logs GPUs that turned
 // unhealthy.
 func (v *Verifier) gpuReport(node string, r *apiv1.GPUReport) {

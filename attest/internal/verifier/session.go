@@ -311,6 +311,10 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 				return err
 			}
 		case m := <-in.recv:
+			if e := m.GetInstallEvent(); e != nil {
+				v.installEvent(id, e)
+				continue
+			}
 			if m.GetWorkloadEvent() != nil || m.GetWorkloadLog() != nil || m.GetGpuReport() != nil {
 				if err := v.workloadMessage(ctx, id, m); err != nil {
 					return err

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/rigos/rigos/pkg/bootconfig"
+	"github.com/rigos/rigos/pkg/efiboot"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/measure"
 )
@@ -187,7 +188,7 @@ func (b *boot) secureBootKeys() error {
 		say("making EFI variables writable: %v; not enrolled", err)
 		return nil
 	}
-	err = enrolKeys(EFIVarsDir, "/", clearImmutable)
+	err = enrolKeys(EFIVarsDir, "/", efiboot.ClearImmutable)
 	_ = unix.Mount("efivarfs", EFIVarsDir, "efivarfs", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
 	if err != nil {
 		say("enrolling Secure Boot keys: %v; this rig stays untrusted", err)
@@ -196,22 +197,6 @@ func (b *boot) secureBootKeys() error {
 	say("enrolled RigOS's Secure Boot keys; the firmware has left Setup Mode: rebooting into Secure Boot")
 	rebootNow()
 	return nil
-}
-
-// clearImmutable lifts the immutable flag efivarfs sets on a variable's
-// file, so it can be replaced.
-func clearImmutable(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	const immutable = 0x10 // FS_IMMUTABLE_FL
-	flags, err := unix.IoctlGetInt(int(f.Fd()), unix.FS_IOC_GETFLAGS)
-	if err != nil {
-		return err
-	}
-	return unix.IoctlSetPointerInt(int(f.Fd()), unix.FS_IOC_SETFLAGS, flags&^immutable)
 }
 
 // startNetwork brings the network up in the background; selfCheck waits
@@ -273,7 +258,7 @@ func (b *boot) startServices() error {
 	}
 	if b.stateErr == nil {
 		if _, err := os.Stat(b.cfg.Containerd[0]); err == nil {
-			go supervise("containerd", b.cfg.Containerd, serviceEnv(), RuntimeCgroup, reaper)
+			go supervise("containerd", b.cfg.Containerd, serviceEnv(), RuntimeCgroup, reaper, 0)
 		} else {
 			say("containerd: %v (no workloads on this boot)", err)
 		}
@@ -283,6 +268,7 @@ func (b *boot) startServices() error {
 		// Registries are verified against the measured bundle only.
 		agentEnv = append(agentEnv, "SSL_CERT_FILE="+roots, "SSL_CERT_DIR=/nonexistent")
 	}
-	supervise("agent", b.cfg.Agent, agentEnv, AgentCgroup, reaper)
+	supervise("agent", b.cfg.Agent, agentEnv, AgentCgroup, reaper, layout.ExitReboot)
+	say("the agent asked for a reboot (an install finished)")
 	return nil
 }

@@ -23,7 +23,7 @@ const (
 const authAttributes uint32 = 0x1 | 0x2 | 0x4 | 0x20
 
 // EFIVarsDir is where efivarfs is mounted.
-const EFIVarsDir = "/sys/firmware/efi/efivars"
+const EFIVarsDir = layout.EFIVarsDir
 
 // sbState is the firmware's Secure Boot state.
 type sbState struct{ secureBoot, setupMode bool }

@@ -85,9 +85,10 @@ func (r *reaper) start(argv, env []string, cgroup string) (int, chan unix.WaitSt
 	return pid, ch, nil
 }
 
-// supervise runs a service forever in cgroup (a folder under
-// /sys/fs/cgroup; empty: init's own), restarting it with backoff.
-func supervise(name string, argv, env []string, cgroup string, r *reaper) {
+// supervise runs a service in cgroup (a folder under /sys/fs/cgroup;
+// empty: init's own), restarting it with backoff, until it exits with
+// status stopOn (0: never), when supervise returns.
+func supervise(name string, argv, env []string, cgroup string, r *reaper, stopOn int) {
 	b := newBackoff()
 	for {
 		started := time.Now()
@@ -98,6 +99,9 @@ func supervise(name string, argv, env []string, cgroup string, r *reaper) {
 			say("%s started (pid %d)", name, pid)
 			ws := <-done
 			say("%s exited (%s)", name, describe(ws))
+			if stopOn != 0 && ws.Exited() && ws.ExitStatus() == stopOn {
+				return
+			}
 		}
 		if time.Since(started) > time.Minute {
 			b.reset()

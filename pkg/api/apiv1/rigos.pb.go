@@ -28,6 +28,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type InstallState int32
+
+const (
+	InstallState_INSTALL_STATE_UNSPECIFIED InstallState = 0
+	// WRITING: copying to the disk (sent once at the start).
+	InstallState_INSTALL_STATE_WRITING InstallState = 1
+	// REBOOTING: written, read back, boot entry set; the node reboots into
+	// the disk.
+	InstallState_INSTALL_STATE_REBOOTING InstallState = 2
+	// FAILED: nothing was made bootable; reason says why.
+	InstallState_INSTALL_STATE_FAILED InstallState = 3
+)
+
+// Enum value maps for InstallState.
+var (
+	InstallState_name = map[int32]string{
+		0: "INSTALL_STATE_UNSPECIFIED",
+		1: "INSTALL_STATE_WRITING",
+		2: "INSTALL_STATE_REBOOTING",
+		3: "INSTALL_STATE_FAILED",
+	}
+	InstallState_value = map[string]int32{
+		"INSTALL_STATE_UNSPECIFIED": 0,
+		"INSTALL_STATE_WRITING":     1,
+		"INSTALL_STATE_REBOOTING":   2,
+		"INSTALL_STATE_FAILED":      3,
+	}
+)
+
+func (x InstallState) Enum() *InstallState {
+	p := new(InstallState)
+	*p = x
+	return p
+}
+
+func (x InstallState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (InstallState) Descriptor() protoreflect.EnumDescriptor {
+	return file_rigos_proto_enumTypes[0].Descriptor()
+}
+
+func (InstallState) Type() protoreflect.EnumType {
+	return &file_rigos_proto_enumTypes[0]
+}
+
+func (x InstallState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use InstallState.Descriptor instead.
+func (InstallState) EnumDescriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{0}
+}
+
 type WorkloadState int32
 
 const (
@@ -70,11 +126,11 @@ func (x WorkloadState) String() string {
 }
 
 func (WorkloadState) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[0].Descriptor()
+	return file_rigos_proto_enumTypes[1].Descriptor()
 }
 
 func (WorkloadState) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[0]
+	return &file_rigos_proto_enumTypes[1]
 }
 
 func (x WorkloadState) Number() protoreflect.EnumNumber {
@@ -83,7 +139,7 @@ func (x WorkloadState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WorkloadState.Descriptor instead.
 func (WorkloadState) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{0}
+	return file_rigos_proto_rawDescGZIP(), []int{1}
 }
 
 type NodeState int32
@@ -125,11 +181,11 @@ func (x NodeState) String() string {
 }
 
 func (NodeState) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[1].Descriptor()
+	return file_rigos_proto_enumTypes[2].Descriptor()
 }
 
 func (NodeState) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[1]
+	return &file_rigos_proto_enumTypes[2]
 }
 
 func (x NodeState) Number() protoreflect.EnumNumber {
@@ -138,7 +194,7 @@ func (x NodeState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeState.Descriptor instead.
 func (NodeState) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{1}
+	return file_rigos_proto_rawDescGZIP(), []int{2}
 }
 
 type TrustClass int32
@@ -176,11 +232,11 @@ func (x TrustClass) String() string {
 }
 
 func (TrustClass) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[2].Descriptor()
+	return file_rigos_proto_enumTypes[3].Descriptor()
 }
 
 func (TrustClass) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[2]
+	return &file_rigos_proto_enumTypes[3]
 }
 
 func (x TrustClass) Number() protoreflect.EnumNumber {
@@ -189,7 +245,7 @@ func (x TrustClass) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrustClass.Descriptor instead.
 func (TrustClass) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{2}
+	return file_rigos_proto_rawDescGZIP(), []int{3}
 }
 
 type AgentMessage struct {
@@ -202,6 +258,7 @@ type AgentMessage struct {
 	//	*AgentMessage_WorkloadEvent
 	//	*AgentMessage_WorkloadLog
 	//	*AgentMessage_GpuReport
+	//	*AgentMessage_InstallEvent
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -298,6 +355,15 @@ func (x *AgentMessage) GetGpuReport() *GPUReport {
 	return nil
 }
 
+func (x *AgentMessage) GetInstallEvent() *InstallEvent {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_InstallEvent); ok {
+			return x.InstallEvent
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -326,6 +392,10 @@ type AgentMessage_GpuReport struct {
 	GpuReport *GPUReport `protobuf:"bytes,6,opt,name=gpu_report,json=gpuReport,proto3,oneof"`
 }
 
+type AgentMessage_InstallEvent struct {
+	InstallEvent *InstallEvent `protobuf:"bytes,7,opt,name=install_event,json=installEvent,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Activation) isAgentMessage_Msg() {}
@@ -337,6 +407,123 @@ func (*AgentMessage_WorkloadEvent) isAgentMessage_Msg() {}
 func (*AgentMessage_WorkloadLog) isAgentMessage_Msg() {}
 
 func (*AgentMessage_GpuReport) isAgentMessage_Msg() {}
+
+func (*AgentMessage_InstallEvent) isAgentMessage_Msg() {}
+
+// InstallEvent reports an install the verifier asked for (Install).
+type InstallEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State InstallState           `protobuf:"varint,1,opt,name=state,proto3,enum=rigos.api.v1.InstallState" json:"state,omitempty"`
+	// Disk is the target's kernel name.
+	Disk string `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	// Reason says why the install failed.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Bytes copied so far (WRITING), or in all.
+	Bytes int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// Total bytes to copy.
+	TotalBytes int64 `protobuf:"varint,5,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// WriteMs and VerifyMs are how long copying and reading back took.
+	WriteMs  int64 `protobuf:"varint,6,opt,name=write_ms,json=writeMs,proto3" json:"write_ms,omitempty"`
+	VerifyMs int64 `protobuf:"varint,7,opt,name=verify_ms,json=verifyMs,proto3" json:"verify_ms,omitempty"`
+	// BootEntry is the Boot#### number of the new entry, first in BootOrder.
+	BootEntry     uint32 `protobuf:"varint,8,opt,name=boot_entry,json=bootEntry,proto3" json:"boot_entry,omitempty"`
+	UnixMs        int64  `protobuf:"varint,9,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallEvent) Reset() {
+	*x = InstallEvent{}
+	mi := &file_rigos_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallEvent) ProtoMessage() {}
+
+func (x *InstallEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallEvent.ProtoReflect.Descriptor instead.
+func (*InstallEvent) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *InstallEvent) GetState() InstallState {
+	if x != nil {
+		return x.State
+	}
+	return InstallState_INSTALL_STATE_UNSPECIFIED
+}
+
+func (x *InstallEvent) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *InstallEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *InstallEvent) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *InstallEvent) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *InstallEvent) GetWriteMs() int64 {
+	if x != nil {
+		return x.WriteMs
+	}
+	return 0
+}
+
+func (x *InstallEvent) GetVerifyMs() int64 {
+	if x != nil {
+		return x.VerifyMs
+	}
+	return 0
+}
+
+func (x *InstallEvent) GetBootEntry() uint32 {
+	if x != nil {
+		return x.BootEntry
+	}
+	return 0
+}
+
+func (x *InstallEvent) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
 
 // GPUReport is the node's GPU inventory and health, sent when the
 // session opens and periodically after.
@@ -364,7 +551,7 @@ type GPUReport struct {
 
 func (x *GPUReport) Reset() {
 	*x = GPUReport{}
-	mi := &file_rigos_proto_msgTypes[1]
+	mi := &file_rigos_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -376,7 +563,7 @@ func (x *GPUReport) String() string {
 func (*GPUReport) ProtoMessage() {}
 
 func (x *GPUReport) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[1]
+	mi := &file_rigos_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -389,7 +576,7 @@ func (x *GPUReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUReport.ProtoReflect.Descriptor instead.
 func (*GPUReport) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{1}
+	return file_rigos_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GPUReport) GetGpus() []*GPU {
@@ -456,7 +643,7 @@ type GPUBenchmark struct {
 
 func (x *GPUBenchmark) Reset() {
 	*x = GPUBenchmark{}
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +655,7 @@ func (x *GPUBenchmark) String() string {
 func (*GPUBenchmark) ProtoMessage() {}
 
 func (x *GPUBenchmark) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +668,7 @@ func (x *GPUBenchmark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUBenchmark.ProtoReflect.Descriptor instead.
 func (*GPUBenchmark) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{2}
+	return file_rigos_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GPUBenchmark) GetUuid() string {
@@ -551,7 +738,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +750,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +763,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{3}
+	return file_rigos_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GPU) GetIndex() uint32 {
@@ -726,7 +913,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +925,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +938,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{4}
+	return file_rigos_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -836,7 +1023,7 @@ type HardwareInventory struct {
 
 func (x *HardwareInventory) Reset() {
 	*x = HardwareInventory{}
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -848,7 +1035,7 @@ func (x *HardwareInventory) String() string {
 func (*HardwareInventory) ProtoMessage() {}
 
 func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -861,7 +1048,7 @@ func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareInventory.ProtoReflect.Descriptor instead.
 func (*HardwareInventory) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{5}
+	return file_rigos_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HardwareInventory) GetSmbiosVersion() string {
@@ -931,7 +1118,7 @@ type HardwareIdentity struct {
 
 func (x *HardwareIdentity) Reset() {
 	*x = HardwareIdentity{}
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1130,7 @@ func (x *HardwareIdentity) String() string {
 func (*HardwareIdentity) ProtoMessage() {}
 
 func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1143,7 @@ func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareIdentity.ProtoReflect.Descriptor instead.
 func (*HardwareIdentity) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{6}
+	return file_rigos_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HardwareIdentity) GetManufacturer() string {
@@ -991,7 +1178,7 @@ type HardwareBIOS struct {
 
 func (x *HardwareBIOS) Reset() {
 	*x = HardwareBIOS{}
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1190,7 @@ func (x *HardwareBIOS) String() string {
 func (*HardwareBIOS) ProtoMessage() {}
 
 func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1203,7 @@ func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareBIOS.ProtoReflect.Descriptor instead.
 func (*HardwareBIOS) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{7}
+	return file_rigos_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HardwareBIOS) GetVendor() string {
@@ -1053,7 +1240,7 @@ type HardwareProcessor struct {
 
 func (x *HardwareProcessor) Reset() {
 	*x = HardwareProcessor{}
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1252,7 @@ func (x *HardwareProcessor) String() string {
 func (*HardwareProcessor) ProtoMessage() {}
 
 func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1265,7 @@ func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareProcessor.ProtoReflect.Descriptor instead.
 func (*HardwareProcessor) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{8}
+	return file_rigos_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HardwareProcessor) GetSocket() string {
@@ -1128,7 +1315,7 @@ type AKParameters struct {
 
 func (x *AKParameters) Reset() {
 	*x = AKParameters{}
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1327,7 @@ func (x *AKParameters) String() string {
 func (*AKParameters) ProtoMessage() {}
 
 func (x *AKParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1340,7 @@ func (x *AKParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AKParameters.ProtoReflect.Descriptor instead.
 func (*AKParameters) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{9}
+	return file_rigos_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AKParameters) GetPublic() []byte {
@@ -1194,7 +1381,7 @@ type ActivationProof struct {
 
 func (x *ActivationProof) Reset() {
 	*x = ActivationProof{}
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1393,7 @@ func (x *ActivationProof) String() string {
 func (*ActivationProof) ProtoMessage() {}
 
 func (x *ActivationProof) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1406,7 @@ func (x *ActivationProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationProof.ProtoReflect.Descriptor instead.
 func (*ActivationProof) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{10}
+	return file_rigos_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ActivationProof) GetSecret() []byte {
@@ -1246,7 +1433,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1258,7 +1445,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1271,7 +1458,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{11}
+	return file_rigos_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Evidence) GetChallengeId() uint64 {
@@ -1326,7 +1513,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1525,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1538,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{12}
+	return file_rigos_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PCRValue) GetIndex() uint32 {
@@ -1380,6 +1567,7 @@ type VerifierMessage struct {
 	//	*VerifierMessage_StartWorkload
 	//	*VerifierMessage_ImageChunk
 	//	*VerifierMessage_StopWorkload
+	//	*VerifierMessage_Install
 	Msg           isVerifierMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1387,7 +1575,7 @@ type VerifierMessage struct {
 
 func (x *VerifierMessage) Reset() {
 	*x = VerifierMessage{}
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1587,7 @@ func (x *VerifierMessage) String() string {
 func (*VerifierMessage) ProtoMessage() {}
 
 func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1600,7 @@ func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifierMessage.ProtoReflect.Descriptor instead.
 func (*VerifierMessage) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{13}
+	return file_rigos_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *VerifierMessage) GetMsg() isVerifierMessage_Msg {
@@ -1494,6 +1682,15 @@ func (x *VerifierMessage) GetStopWorkload() *StopWorkload {
 	return nil
 }
 
+func (x *VerifierMessage) GetInstall() *Install {
+	if x != nil {
+		if x, ok := x.Msg.(*VerifierMessage_Install); ok {
+			return x.Install
+		}
+	}
+	return nil
+}
+
 type isVerifierMessage_Msg interface {
 	isVerifierMessage_Msg()
 }
@@ -1530,6 +1727,10 @@ type VerifierMessage_StopWorkload struct {
 	StopWorkload *StopWorkload `protobuf:"bytes,8,opt,name=stop_workload,json=stopWorkload,proto3,oneof"`
 }
 
+type VerifierMessage_Install struct {
+	Install *Install `protobuf:"bytes,9,opt,name=install,proto3,oneof"`
+}
+
 func (*VerifierMessage_Activation) isVerifierMessage_Msg() {}
 
 func (*VerifierMessage_Enrolled) isVerifierMessage_Msg() {}
@@ -1546,6 +1747,65 @@ func (*VerifierMessage_ImageChunk) isVerifierMessage_Msg() {}
 
 func (*VerifierMessage_StopWorkload) isVerifierMessage_Msg() {}
 
+func (*VerifierMessage_Install) isVerifierMessage_Msg() {}
+
+// Install asks the node to install itself onto an internal disk and
+// reboot into it. The node answers with InstallEvents.
+type Install struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Disk is the target: a whole disk's kernel name ("nvme0n1", "sdb"),
+	// or "auto", the largest writable disk without partitions.
+	Disk string `protobuf:"bytes,1,opt,name=disk,proto3" json:"disk,omitempty"`
+	// Wipe installs over a disk that is not empty; its contents are lost.
+	Wipe          bool `protobuf:"varint,2,opt,name=wipe,proto3" json:"wipe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Install) Reset() {
+	*x = Install{}
+	mi := &file_rigos_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Install) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Install) ProtoMessage() {}
+
+func (x *Install) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Install.ProtoReflect.Descriptor instead.
+func (*Install) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Install) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *Install) GetWipe() bool {
+	if x != nil {
+		return x.Wipe
+	}
+	return false
+}
+
 // ActivationChallenge is the output of TPM2_MakeCredential for the EK and AK.
 type ActivationChallenge struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1557,7 +1817,7 @@ type ActivationChallenge struct {
 
 func (x *ActivationChallenge) Reset() {
 	*x = ActivationChallenge{}
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1829,7 @@ func (x *ActivationChallenge) String() string {
 func (*ActivationChallenge) ProtoMessage() {}
 
 func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1842,7 @@ func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationChallenge.ProtoReflect.Descriptor instead.
 func (*ActivationChallenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{14}
+	return file_rigos_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ActivationChallenge) GetCredential() []byte {
@@ -1609,7 +1869,7 @@ type Enrolled struct {
 
 func (x *Enrolled) Reset() {
 	*x = Enrolled{}
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1621,7 +1881,7 @@ func (x *Enrolled) String() string {
 func (*Enrolled) ProtoMessage() {}
 
 func (x *Enrolled) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1634,7 +1894,7 @@ func (x *Enrolled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrolled.ProtoReflect.Descriptor instead.
 func (*Enrolled) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{15}
+	return file_rigos_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Enrolled) GetNodeId() string {
@@ -1664,7 +1924,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1936,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1949,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{16}
+	return file_rigos_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Challenge) GetId() uint64 {
@@ -1739,7 +1999,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +2011,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +2024,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{17}
+	return file_rigos_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Verdict) GetChallengeId() uint64 {
@@ -1820,7 +2080,7 @@ type StartWorkload struct {
 
 func (x *StartWorkload) Reset() {
 	*x = StartWorkload{}
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +2092,7 @@ func (x *StartWorkload) String() string {
 func (*StartWorkload) ProtoMessage() {}
 
 func (x *StartWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +2105,7 @@ func (x *StartWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartWorkload.ProtoReflect.Descriptor instead.
 func (*StartWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{18}
+	return file_rigos_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StartWorkload) GetSpec() *WorkloadSpec {
@@ -1888,7 +2148,7 @@ type WorkloadSpec struct {
 
 func (x *WorkloadSpec) Reset() {
 	*x = WorkloadSpec{}
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2160,7 @@ func (x *WorkloadSpec) String() string {
 func (*WorkloadSpec) ProtoMessage() {}
 
 func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2173,7 @@ func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSpec.ProtoReflect.Descriptor instead.
 func (*WorkloadSpec) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{19}
+	return file_rigos_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WorkloadSpec) GetId() string {
@@ -2005,7 +2265,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2277,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2290,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{20}
+	return file_rigos_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegistryAuth) GetUsername() string {
@@ -2071,7 +2331,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2083,7 +2343,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2096,7 +2356,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{21}
+	return file_rigos_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Resources) GetCpus() float64 {
@@ -2144,7 +2404,7 @@ type NetworkPolicy struct {
 
 func (x *NetworkPolicy) Reset() {
 	*x = NetworkPolicy{}
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2156,7 +2416,7 @@ func (x *NetworkPolicy) String() string {
 func (*NetworkPolicy) ProtoMessage() {}
 
 func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2169,7 +2429,7 @@ func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
 func (*NetworkPolicy) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{22}
+	return file_rigos_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *NetworkPolicy) GetOutbound() bool {
@@ -2198,7 +2458,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2210,7 +2470,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2223,7 +2483,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{23}
+	return file_rigos_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ImageChunk) GetWorkloadId() string {
@@ -2257,7 +2517,7 @@ type StopWorkload struct {
 
 func (x *StopWorkload) Reset() {
 	*x = StopWorkload{}
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2269,7 +2529,7 @@ func (x *StopWorkload) String() string {
 func (*StopWorkload) ProtoMessage() {}
 
 func (x *StopWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2282,7 +2542,7 @@ func (x *StopWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkload.ProtoReflect.Descriptor instead.
 func (*StopWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{24}
+	return file_rigos_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StopWorkload) GetId() string {
@@ -2316,7 +2576,7 @@ type WorkloadEvent struct {
 
 func (x *WorkloadEvent) Reset() {
 	*x = WorkloadEvent{}
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2588,7 @@ func (x *WorkloadEvent) String() string {
 func (*WorkloadEvent) ProtoMessage() {}
 
 func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2601,7 @@ func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEvent.ProtoReflect.Descriptor instead.
 func (*WorkloadEvent) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{25}
+	return file_rigos_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WorkloadEvent) GetId() string {
@@ -2405,7 +2665,7 @@ type WorkloadLog struct {
 
 func (x *WorkloadLog) Reset() {
 	*x = WorkloadLog{}
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2677,7 @@ func (x *WorkloadLog) String() string {
 func (*WorkloadLog) ProtoMessage() {}
 
 func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2690,7 @@ func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadLog.ProtoReflect.Descriptor instead.
 func (*WorkloadLog) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{26}
+	return file_rigos_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WorkloadLog) GetId() string {
@@ -2464,7 +2724,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2476,7 +2736,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2489,7 +2749,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{27}
+	return file_rigos_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Refusal) GetReason() string {
@@ -2497,6 +2757,67 @@ func (x *Refusal) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+type InstallRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Disk and wipe: see Install.
+	Disk          string `protobuf:"bytes,2,opt,name=disk,proto3" json:"disk,omitempty"`
+	Wipe          bool   `protobuf:"varint,3,opt,name=wipe,proto3" json:"wipe,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallRequest) Reset() {
+	*x = InstallRequest{}
+	mi := &file_rigos_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallRequest) ProtoMessage() {}
+
+func (x *InstallRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallRequest.ProtoReflect.Descriptor instead.
+func (*InstallRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *InstallRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *InstallRequest) GetDisk() string {
+	if x != nil {
+		return x.Disk
+	}
+	return ""
+}
+
+func (x *InstallRequest) GetWipe() bool {
+	if x != nil {
+		return x.Wipe
+	}
+	return false
 }
 
 type RunWorkloadRequest struct {
@@ -2511,7 +2832,7 @@ type RunWorkloadRequest struct {
 
 func (x *RunWorkloadRequest) Reset() {
 	*x = RunWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2844,7 @@ func (x *RunWorkloadRequest) String() string {
 func (*RunWorkloadRequest) ProtoMessage() {}
 
 func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2857,7 @@ func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*RunWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{28}
+	return file_rigos_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RunWorkloadRequest) GetNodeId() string {
@@ -2573,7 +2894,7 @@ type WorkloadUpdate struct {
 
 func (x *WorkloadUpdate) Reset() {
 	*x = WorkloadUpdate{}
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2585,7 +2906,7 @@ func (x *WorkloadUpdate) String() string {
 func (*WorkloadUpdate) ProtoMessage() {}
 
 func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2598,7 +2919,7 @@ func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadUpdate.ProtoReflect.Descriptor instead.
 func (*WorkloadUpdate) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{29}
+	return file_rigos_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WorkloadUpdate) GetUpdate() isWorkloadUpdate_Update {
@@ -2653,7 +2974,7 @@ type StopWorkloadRequest struct {
 
 func (x *StopWorkloadRequest) Reset() {
 	*x = StopWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2986,7 @@ func (x *StopWorkloadRequest) String() string {
 func (*StopWorkloadRequest) ProtoMessage() {}
 
 func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2999,7 @@ func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*StopWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{30}
+	return file_rigos_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StopWorkloadRequest) GetNodeId() string {
@@ -2710,7 +3031,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +3043,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +3056,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{31}
+	return file_rigos_proto_rawDescGZIP(), []int{34}
 }
 
 type ListNodesResponse struct {
@@ -2747,7 +3068,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2759,7 +3080,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2772,7 +3093,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{32}
+	return file_rigos_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -2792,7 +3113,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +3125,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +3138,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{33}
+	return file_rigos_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -2843,7 +3164,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2855,7 +3176,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2868,7 +3189,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{34}
+	return file_rigos_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *NodeRequest) GetNodeId() string {
@@ -2888,7 +3209,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2900,7 +3221,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2913,7 +3234,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{35}
+	return file_rigos_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RevokeRequest) GetNodeId() string {
@@ -2938,7 +3259,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2950,7 +3271,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2963,7 +3284,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{36}
+	return file_rigos_proto_rawDescGZIP(), []int{39}
 }
 
 type Node struct {
@@ -2985,7 +3306,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2997,7 +3318,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3010,7 +3331,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{37}
+	return file_rigos_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Node) GetNodeId() string {
@@ -3103,14 +3424,16 @@ type NodeDetail struct {
 	AskPlanError string `protobuf:"bytes,6,opt,name=ask_plan_error,json=askPlanError,proto3" json:"ask_plan_error,omitempty"`
 	// Hardware is the SMBIOS inventory from the node's latest proven hello:
 	// reported by the node, not attested.
-	Hardware      *HardwareInventory `protobuf:"bytes,7,opt,name=hardware,proto3" json:"hardware,omitempty"`
+	Hardware *HardwareInventory `protobuf:"bytes,7,opt,name=hardware,proto3" json:"hardware,omitempty"`
+	// Install is the node's latest install event (while the verifier runs).
+	Install       *InstallEvent `protobuf:"bytes,8,opt,name=install,proto3" json:"install,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3122,7 +3445,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3135,7 +3458,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{38}
+	return file_rigos_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NodeDetail) GetNode() *Node {
@@ -3187,6 +3510,13 @@ func (x *NodeDetail) GetHardware() *HardwareInventory {
 	return nil
 }
 
+func (x *NodeDetail) GetInstall() *InstallEvent {
+	if x != nil {
+		return x.Install
+	}
+	return nil
+}
+
 type VerdictRecord struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	UnixMs   int64                  `protobuf:"varint,1,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
@@ -3201,7 +3531,7 @@ type VerdictRecord struct {
 
 func (x *VerdictRecord) Reset() {
 	*x = VerdictRecord{}
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3213,7 +3543,7 @@ func (x *VerdictRecord) String() string {
 func (*VerdictRecord) ProtoMessage() {}
 
 func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3226,7 +3556,7 @@ func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerdictRecord.ProtoReflect.Descriptor instead.
 func (*VerdictRecord) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{39}
+	return file_rigos_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *VerdictRecord) GetUnixMs() int64 {
@@ -3278,7 +3608,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_rigos_proto_msgTypes[40]
+	mi := &file_rigos_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3290,7 +3620,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[40]
+	mi := &file_rigos_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3303,7 +3633,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{40}
+	return file_rigos_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StateChange) GetNodeId() string {
@@ -3352,7 +3682,7 @@ var File_rigos_proto protoreflect.FileDescriptor
 
 const file_rigos_proto_rawDesc = "" +
 	"\n" +
-	"\vrigos.proto\x12\frigos.api.v1\"\xf9\x02\n" +
+	"\vrigos.proto\x12\frigos.api.v1\"\xbc\x03\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.rigos.api.v1.HelloH\x00R\x05hello\x12?\n" +
 	"\n" +
@@ -3362,8 +3692,21 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0eworkload_event\x18\x04 \x01(\v2\x1b.rigos.api.v1.WorkloadEventH\x00R\rworkloadEvent\x12>\n" +
 	"\fworkload_log\x18\x05 \x01(\v2\x19.rigos.api.v1.WorkloadLogH\x00R\vworkloadLog\x128\n" +
 	"\n" +
-	"gpu_report\x18\x06 \x01(\v2\x17.rigos.api.v1.GPUReportH\x00R\tgpuReportB\x05\n" +
-	"\x03msg\"\xf1\x01\n" +
+	"gpu_report\x18\x06 \x01(\v2\x17.rigos.api.v1.GPUReportH\x00R\tgpuReport\x12A\n" +
+	"\rinstall_event\x18\a \x01(\v2\x1a.rigos.api.v1.InstallEventH\x00R\finstallEventB\x05\n" +
+	"\x03msg\"\x93\x02\n" +
+	"\fInstallEvent\x120\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x1a.rigos.api.v1.InstallStateR\x05state\x12\x12\n" +
+	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x05 \x01(\x03R\n" +
+	"totalBytes\x12\x19\n" +
+	"\bwrite_ms\x18\x06 \x01(\x03R\awriteMs\x12\x1b\n" +
+	"\tverify_ms\x18\a \x01(\x03R\bverifyMs\x12\x1d\n" +
+	"\n" +
+	"boot_entry\x18\b \x01(\rR\tbootEntry\x12\x17\n" +
+	"\aunix_ms\x18\t \x01(\x03R\x06unixMs\"\xf1\x01\n" +
 	"\tGPUReport\x12%\n" +
 	"\x04gpus\x18\x01 \x03(\v2\x11.rigos.api.v1.GPUR\x04gpus\x12)\n" +
 	"\x10inventory_digest\x18\x02 \x01(\tR\x0finventoryDigest\x12\x14\n" +
@@ -3452,7 +3795,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x11runtime_event_log\x18\x06 \x01(\fR\x0fruntimeEventLog\"8\n" +
 	"\bPCRValue\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\fR\x06digest\"\xf8\x03\n" +
+	"\x06digest\x18\x02 \x01(\fR\x06digest\"\xab\x04\n" +
 	"\x0fVerifierMessage\x12C\n" +
 	"\n" +
 	"activation\x18\x01 \x01(\v2!.rigos.api.v1.ActivationChallengeH\x00R\n" +
@@ -3464,8 +3807,12 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0estart_workload\x18\x06 \x01(\v2\x1b.rigos.api.v1.StartWorkloadH\x00R\rstartWorkload\x12;\n" +
 	"\vimage_chunk\x18\a \x01(\v2\x18.rigos.api.v1.ImageChunkH\x00R\n" +
 	"imageChunk\x12A\n" +
-	"\rstop_workload\x18\b \x01(\v2\x1a.rigos.api.v1.StopWorkloadH\x00R\fstopWorkloadB\x05\n" +
-	"\x03msg\"M\n" +
+	"\rstop_workload\x18\b \x01(\v2\x1a.rigos.api.v1.StopWorkloadH\x00R\fstopWorkload\x121\n" +
+	"\ainstall\x18\t \x01(\v2\x15.rigos.api.v1.InstallH\x00R\ainstallB\x05\n" +
+	"\x03msg\"1\n" +
+	"\aInstall\x12\x12\n" +
+	"\x04disk\x18\x01 \x01(\tR\x04disk\x12\x12\n" +
+	"\x04wipe\x18\x02 \x01(\bR\x04wipe\"M\n" +
 	"\x13ActivationChallenge\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\fR\n" +
@@ -3539,7 +3886,11 @@ const file_rigos_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"!\n" +
 	"\aRefusal\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x82\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"Q\n" +
+	"\x0eInstallRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x12\n" +
+	"\x04wipe\x18\x03 \x01(\bR\x04wipe\"\x82\x01\n" +
 	"\x12RunWorkloadRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12.\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1a.rigos.api.v1.WorkloadSpecR\x04spec\x12#\n" +
@@ -3581,7 +3932,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\tconnected\x18\n" +
 	" \x01(\bR\tconnected\x12\x1f\n" +
 	"\vreset_count\x18\v \x01(\rR\n" +
-	"resetCount\"\xd1\x02\n" +
+	"resetCount\"\x87\x03\n" +
 	"\n" +
 	"NodeDetail\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.rigos.api.v1.NodeR\x04node\x125\n" +
@@ -3590,7 +3941,8 @@ const file_rigos_proto_rawDesc = "" +
 	"\x04gpus\x18\x04 \x01(\v2\x17.rigos.api.v1.GPUReportR\x04gpus\x12\x19\n" +
 	"\bask_plan\x18\x05 \x01(\tR\aaskPlan\x12$\n" +
 	"\x0eask_plan_error\x18\x06 \x01(\tR\faskPlanError\x12;\n" +
-	"\bhardware\x18\a \x01(\v2\x1f.rigos.api.v1.HardwareInventoryR\bhardware\"\xa9\x01\n" +
+	"\bhardware\x18\a \x01(\v2\x1f.rigos.api.v1.HardwareInventoryR\bhardware\x124\n" +
+	"\ainstall\x18\b \x01(\v2\x1a.rigos.api.v1.InstallEventR\ainstall\"\xa9\x01\n" +
 	"\rVerdictRecord\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +
@@ -3603,7 +3955,12 @@ const file_rigos_proto_rawDesc = "" +
 	"\x02to\x18\x03 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x02to\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
 	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\x12\x14\n" +
-	"\x05token\x18\x06 \x01(\tR\x05token*\xba\x01\n" +
+	"\x05token\x18\x06 \x01(\tR\x05token*\x7f\n" +
+	"\fInstallState\x12\x1d\n" +
+	"\x19INSTALL_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15INSTALL_STATE_WRITING\x10\x01\x12\x1b\n" +
+	"\x17INSTALL_STATE_REBOOTING\x10\x02\x12\x18\n" +
+	"\x14INSTALL_STATE_FAILED\x10\x03*\xba\x01\n" +
 	"\rWorkloadState\x12\x1e\n" +
 	"\x1aWORKLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WORKLOAD_STATE_PREPARING\x10\x01\x12\x1a\n" +
@@ -3623,7 +3980,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0fTRUST_CLASS_DEV\x10\x01\x12\x18\n" +
 	"\x14TRUST_CLASS_HARDWARE\x10\x022W\n" +
 	"\vAttestation\x12H\n" +
-	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xf7\x03\n" +
+	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xbc\x04\n" +
 	"\x05Admin\x12L\n" +
 	"\tListNodes\x12\x1e.rigos.api.v1.ListNodesRequest\x1a\x1f.rigos.api.v1.ListNodesResponse\x12A\n" +
 	"\aGetNode\x12\x1c.rigos.api.v1.GetNodeRequest\x1a\x18.rigos.api.v1.NodeDetail\x12@\n" +
@@ -3631,7 +3988,8 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0eAcceptFirmware\x12\x19.rigos.api.v1.NodeRequest\x1a\x12.rigos.api.v1.Node\x129\n" +
 	"\x06Revoke\x12\x1b.rigos.api.v1.RevokeRequest\x1a\x12.rigos.api.v1.Node\x12O\n" +
 	"\vRunWorkload\x12 .rigos.api.v1.RunWorkloadRequest\x1a\x1c.rigos.api.v1.WorkloadUpdate0\x01\x12N\n" +
-	"\fStopWorkload\x12!.rigos.api.v1.StopWorkloadRequest\x1a\x1b.rigos.api.v1.WorkloadEventB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
+	"\fStopWorkload\x12!.rigos.api.v1.StopWorkloadRequest\x1a\x1b.rigos.api.v1.WorkloadEvent\x12C\n" +
+	"\aInstall\x12\x1c.rigos.api.v1.InstallRequest\x1a\x1a.rigos.api.v1.InstallEventB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
 
 var (
 	file_rigos_proto_rawDescOnce sync.Once
@@ -3645,120 +4003,130 @@ func file_rigos_proto_rawDescGZIP() []byte {
 	return file_rigos_proto_rawDescData
 }
 
-var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_rigos_proto_goTypes = []any{
-	(WorkloadState)(0),          // 0: rigos.api.v1.WorkloadState
-	(NodeState)(0),              // 1: rigos.api.v1.NodeState
-	(TrustClass)(0),             // 2: rigos.api.v1.TrustClass
-	(*AgentMessage)(nil),        // 3: rigos.api.v1.AgentMessage
-	(*GPUReport)(nil),           // 4: rigos.api.v1.GPUReport
-	(*GPUBenchmark)(nil),        // 5: rigos.api.v1.GPUBenchmark
-	(*GPU)(nil),                 // 6: rigos.api.v1.GPU
-	(*Hello)(nil),               // 7: rigos.api.v1.Hello
-	(*HardwareInventory)(nil),   // 8: rigos.api.v1.HardwareInventory
-	(*HardwareIdentity)(nil),    // 9: rigos.api.v1.HardwareIdentity
-	(*HardwareBIOS)(nil),        // 10: rigos.api.v1.HardwareBIOS
-	(*HardwareProcessor)(nil),   // 11: rigos.api.v1.HardwareProcessor
-	(*AKParameters)(nil),        // 12: rigos.api.v1.AKParameters
-	(*ActivationProof)(nil),     // 13: rigos.api.v1.ActivationProof
-	(*Evidence)(nil),            // 14: rigos.api.v1.Evidence
-	(*PCRValue)(nil),            // 15: rigos.api.v1.PCRValue
-	(*VerifierMessage)(nil),     // 16: rigos.api.v1.VerifierMessage
-	(*ActivationChallenge)(nil), // 17: rigos.api.v1.ActivationChallenge
-	(*Enrolled)(nil),            // 18: rigos.api.v1.Enrolled
-	(*Challenge)(nil),           // 19: rigos.api.v1.Challenge
-	(*Verdict)(nil),             // 20: rigos.api.v1.Verdict
-	(*StartWorkload)(nil),       // 21: rigos.api.v1.StartWorkload
-	(*WorkloadSpec)(nil),        // 22: rigos.api.v1.WorkloadSpec
-	(*RegistryAuth)(nil),        // 23: rigos.api.v1.RegistryAuth
-	(*Resources)(nil),           // 24: rigos.api.v1.Resources
-	(*NetworkPolicy)(nil),       // 25: rigos.api.v1.NetworkPolicy
-	(*ImageChunk)(nil),          // 26: rigos.api.v1.ImageChunk
-	(*StopWorkload)(nil),        // 27: rigos.api.v1.StopWorkload
-	(*WorkloadEvent)(nil),       // 28: rigos.api.v1.WorkloadEvent
-	(*WorkloadLog)(nil),         // 29: rigos.api.v1.WorkloadLog
-	(*Refusal)(nil),             // 30: rigos.api.v1.Refusal
-	(*RunWorkloadRequest)(nil),  // 31: rigos.api.v1.RunWorkloadRequest
-	(*WorkloadUpdate)(nil),      // 32: rigos.api.v1.WorkloadUpdate
-	(*StopWorkloadRequest)(nil), // 33: rigos.api.v1.StopWorkloadRequest
-	(*ListNodesRequest)(nil),    // 34: rigos.api.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 35: rigos.api.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),      // 36: rigos.api.v1.GetNodeRequest
-	(*NodeRequest)(nil),         // 37: rigos.api.v1.NodeRequest
-	(*RevokeRequest)(nil),       // 38: rigos.api.v1.RevokeRequest
-	(*WatchRequest)(nil),        // 39: rigos.api.v1.WatchRequest
-	(*Node)(nil),                // 40: rigos.api.v1.Node
-	(*NodeDetail)(nil),          // 41: rigos.api.v1.NodeDetail
-	(*VerdictRecord)(nil),       // 42: rigos.api.v1.VerdictRecord
-	(*StateChange)(nil),         // 43: rigos.api.v1.StateChange
+	(InstallState)(0),           // 0: rigos.api.v1.InstallState
+	(WorkloadState)(0),          // 1: rigos.api.v1.WorkloadState
+	(NodeState)(0),              // 2: rigos.api.v1.NodeState
+	(TrustClass)(0),             // 3: rigos.api.v1.TrustClass
+	(*AgentMessage)(nil),        // 4: rigos.api.v1.AgentMessage
+	(*InstallEvent)(nil),        // 5: rigos.api.v1.InstallEvent
+	(*GPUReport)(nil),           // 6: rigos.api.v1.GPUReport
+	(*GPUBenchmark)(nil),        // 7: rigos.api.v1.GPUBenchmark
+	(*GPU)(nil),                 // 8: rigos.api.v1.GPU
+	(*Hello)(nil),               // 9: rigos.api.v1.Hello
+	(*HardwareInventory)(nil),   // 10: rigos.api.v1.HardwareInventory
+	(*HardwareIdentity)(nil),    // 11: rigos.api.v1.HardwareIdentity
+	(*HardwareBIOS)(nil),        // 12: rigos.api.v1.HardwareBIOS
+	(*HardwareProcessor)(nil),   // 13: rigos.api.v1.HardwareProcessor
+	(*AKParameters)(nil),        // 14: rigos.api.v1.AKParameters
+	(*ActivationProof)(nil),     // 15: rigos.api.v1.ActivationProof
+	(*Evidence)(nil),            // 16: rigos.api.v1.Evidence
+	(*PCRValue)(nil),            // 17: rigos.api.v1.PCRValue
+	(*VerifierMessage)(nil),     // 18: rigos.api.v1.VerifierMessage
+	(*Install)(nil),             // 19: rigos.api.v1.Install
+	(*ActivationChallenge)(nil), // 20: rigos.api.v1.ActivationChallenge
+	(*Enrolled)(nil),            // 21: rigos.api.v1.Enrolled
+	(*Challenge)(nil),           // 22: rigos.api.v1.Challenge
+	(*Verdict)(nil),             // 23: rigos.api.v1.Verdict
+	(*StartWorkload)(nil),       // 24: rigos.api.v1.StartWorkload
+	(*WorkloadSpec)(nil),        // 25: rigos.api.v1.WorkloadSpec
+	(*RegistryAuth)(nil),        // 26: rigos.api.v1.RegistryAuth
+	(*Resources)(nil),           // 27: rigos.api.v1.Resources
+	(*NetworkPolicy)(nil),       // 28: rigos.api.v1.NetworkPolicy
+	(*ImageChunk)(nil),          // 29: rigos.api.v1.ImageChunk
+	(*StopWorkload)(nil),        // 30: rigos.api.v1.StopWorkload
+	(*WorkloadEvent)(nil),       // 31: rigos.api.v1.WorkloadEvent
+	(*WorkloadLog)(nil),         // 32: rigos.api.v1.WorkloadLog
+	(*Refusal)(nil),             // 33: rigos.api.v1.Refusal
+	(*InstallRequest)(nil),      // 34: rigos.api.v1.InstallRequest
+	(*RunWorkloadRequest)(nil),  // 35: rigos.api.v1.RunWorkloadRequest
+	(*WorkloadUpdate)(nil),      // 36: rigos.api.v1.WorkloadUpdate
+	(*StopWorkloadRequest)(nil), // 37: rigos.api.v1.StopWorkloadRequest
+	(*ListNodesRequest)(nil),    // 38: rigos.api.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 39: rigos.api.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),      // 40: rigos.api.v1.GetNodeRequest
+	(*NodeRequest)(nil),         // 41: rigos.api.v1.NodeRequest
+	(*RevokeRequest)(nil),       // 42: rigos.api.v1.RevokeRequest
+	(*WatchRequest)(nil),        // 43: rigos.api.v1.WatchRequest
+	(*Node)(nil),                // 44: rigos.api.v1.Node
+	(*NodeDetail)(nil),          // 45: rigos.api.v1.NodeDetail
+	(*VerdictRecord)(nil),       // 46: rigos.api.v1.VerdictRecord
+	(*StateChange)(nil),         // 47: rigos.api.v1.StateChange
 }
 var file_rigos_proto_depIdxs = []int32{
-	7,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
-	13, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
-	14, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
-	28, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
-	29, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
-	4,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
-	6,  // 6: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
-	5,  // 7: rigos.api.v1.GPUReport.benchmarks:type_name -> rigos.api.v1.GPUBenchmark
-	12, // 8: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
-	8,  // 9: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
-	9,  // 10: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
-	9,  // 11: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
-	10, // 12: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
-	11, // 13: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
-	15, // 14: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
-	17, // 15: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
-	18, // 16: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
-	19, // 17: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
-	20, // 18: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
-	30, // 19: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
-	21, // 20: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
-	26, // 21: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
-	27, // 22: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
-	2,  // 23: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
-	1,  // 24: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
-	22, // 25: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
-	23, // 26: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
-	24, // 27: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
-	25, // 28: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
-	0,  // 29: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
-	22, // 30: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
-	28, // 31: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
-	29, // 32: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
-	40, // 33: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
-	1,  // 34: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
-	2,  // 35: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
-	40, // 36: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
-	42, // 37: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
-	28, // 38: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
-	4,  // 39: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
-	8,  // 40: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
-	1,  // 41: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
-	1,  // 42: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
-	1,  // 43: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
-	3,  // 44: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
-	34, // 45: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
-	36, // 46: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
-	39, // 47: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
-	37, // 48: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
-	38, // 49: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
-	31, // 50: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
-	33, // 51: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
-	16, // 52: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
-	35, // 53: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
-	41, // 54: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
-	43, // 55: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
-	40, // 56: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
-	40, // 57: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
-	32, // 58: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
-	28, // 59: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
-	52, // [52:60] is the sub-list for method output_type
-	44, // [44:52] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	9,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
+	15, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
+	16, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
+	31, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
+	32, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
+	6,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
+	5,  // 6: rigos.api.v1.AgentMessage.install_event:type_name -> rigos.api.v1.InstallEvent
+	0,  // 7: rigos.api.v1.InstallEvent.state:type_name -> rigos.api.v1.InstallState
+	8,  // 8: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
+	7,  // 9: rigos.api.v1.GPUReport.benchmarks:type_name -> rigos.api.v1.GPUBenchmark
+	14, // 10: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
+	10, // 11: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
+	11, // 12: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
+	11, // 13: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
+	12, // 14: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
+	13, // 15: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
+	17, // 16: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
+	20, // 17: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
+	21, // 18: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
+	22, // 19: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
+	23, // 20: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
+	33, // 21: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
+	24, // 22: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
+	29, // 23: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
+	30, // 24: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
+	19, // 25: rigos.api.v1.VerifierMessage.install:type_name -> rigos.api.v1.Install
+	3,  // 26: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
+	2,  // 27: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
+	25, // 28: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
+	26, // 29: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
+	27, // 30: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
+	28, // 31: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
+	1,  // 32: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
+	25, // 33: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
+	31, // 34: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
+	32, // 35: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
+	44, // 36: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
+	2,  // 37: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
+	3,  // 38: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
+	44, // 39: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
+	46, // 40: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
+	31, // 41: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
+	6,  // 42: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
+	10, // 43: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
+	5,  // 44: rigos.api.v1.NodeDetail.install:type_name -> rigos.api.v1.InstallEvent
+	2,  // 45: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
+	2,  // 46: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
+	2,  // 47: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
+	4,  // 48: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
+	38, // 49: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
+	40, // 50: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
+	43, // 51: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
+	41, // 52: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
+	42, // 53: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
+	35, // 54: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
+	37, // 55: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
+	34, // 56: rigos.api.v1.Admin.Install:input_type -> rigos.api.v1.InstallRequest
+	18, // 57: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
+	39, // 58: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
+	45, // 59: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
+	47, // 60: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
+	44, // 61: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
+	44, // 62: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
+	36, // 63: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
+	31, // 64: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
+	5,  // 65: rigos.api.v1.Admin.Install:output_type -> rigos.api.v1.InstallEvent
+	57, // [57:66] is the sub-list for method output_type
+	48, // [48:57] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_rigos_proto_init() }
@@ -3773,8 +4141,9 @@ func file_rigos_proto_init() {
 		(*AgentMessage_WorkloadEvent)(nil),
 		(*AgentMessage_WorkloadLog)(nil),
 		(*AgentMessage_GpuReport)(nil),
+		(*AgentMessage_InstallEvent)(nil),
 	}
-	file_rigos_proto_msgTypes[13].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[14].OneofWrappers = []any{
 		(*VerifierMessage_Activation)(nil),
 		(*VerifierMessage_Enrolled)(nil),
 		(*VerifierMessage_Challenge)(nil),
@@ -3783,8 +4152,9 @@ func file_rigos_proto_init() {
 		(*VerifierMessage_StartWorkload)(nil),
 		(*VerifierMessage_ImageChunk)(nil),
 		(*VerifierMessage_StopWorkload)(nil),
+		(*VerifierMessage_Install)(nil),
 	}
-	file_rigos_proto_msgTypes[29].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[32].OneofWrappers = []any{
 		(*WorkloadUpdate_Event)(nil),
 		(*WorkloadUpdate_Log)(nil),
 	}
@@ -3793,8 +4163,8 @@ func file_rigos_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rigos_proto_rawDesc), len(file_rigos_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   41,
+			NumEnums:      4,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -133,6 +133,7 @@ const (
 	Admin_Revoke_FullMethodName         = "/rigos.api.v1.Admin/Revoke"
 	Admin_RunWorkload_FullMethodName    = "/rigos.api.v1.Admin/RunWorkload"
 	Admin_StopWorkload_FullMethodName   = "/rigos.api.v1.Admin/StopWorkload"
+	Admin_Install_FullMethodName        = "/rigos.api.v1.Admin/Install"
 )
 
 // AdminClient is the client API for Admin service.
@@ -154,6 +155,10 @@ type AdminClient interface {
 	RunWorkload(ctx context.Context, in *RunWorkloadRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WorkloadUpdate], error)
 	// StopWorkload asks the node to stop a workload.
 	StopWorkload(ctx context.Context, in *StopWorkloadRequest, opts ...grpc.CallOption) (*WorkloadEvent, error)
+	// Install asks a connected node to install itself onto an internal
+	// disk and reboot into it; it returns the node's last event: REBOOTING
+	// or FAILED.
+	Install(ctx context.Context, in *InstallRequest, opts ...grpc.CallOption) (*InstallEvent, error)
 }
 
 type adminClient struct {
@@ -252,6 +257,16 @@ func (c *adminClient) StopWorkload(ctx context.Context, in *StopWorkloadRequest,
 	return out, nil
 }
 
+func (c *adminClient) Install(ctx context.Context, in *InstallRequest, opts ...grpc.CallOption) (*InstallEvent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InstallEvent)
+	err := c.cc.Invoke(ctx, Admin_Install_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -271,6 +286,10 @@ type AdminServer interface {
 	RunWorkload(*RunWorkloadRequest, grpc.ServerStreamingServer[WorkloadUpdate]) error
 	// StopWorkload asks the node to stop a workload.
 	StopWorkload(context.Context, *StopWorkloadRequest) (*WorkloadEvent, error)
+	// Install asks a connected node to install itself onto an internal
+	// disk and reboot into it; it returns the node's last event: REBOOTING
+	// or FAILED.
+	Install(context.Context, *InstallRequest) (*InstallEvent, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -301,6 +320,9 @@ func (UnimplementedAdminServer) RunWorkload(*RunWorkloadRequest, grpc.ServerStre
 }
 func (UnimplementedAdminServer) StopWorkload(context.Context, *StopWorkloadRequest) (*WorkloadEvent, error) {
 	return nil, status.Error(codes.Unimplemented, "method StopWorkload not implemented")
+}
+func (UnimplementedAdminServer) Install(context.Context, *InstallRequest) (*InstallEvent, error) {
+	return nil, status.Error(codes.Unimplemented, "method Install not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -435,6 +457,24 @@ func _Admin_StopWorkload_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Install_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InstallRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Install(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Install_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Install(ctx, req.(*InstallRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -461,6 +501,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StopWorkload",
 			Handler:    _Admin_StopWorkload_Handler,
+		},
+		{
+			MethodName: "Install",
+			Handler:    _Admin_Install_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -70,6 +70,10 @@ type Config struct {
 	// machine; its version and price are not used. Default max_duration
 	// is "24h".
 	Plan askplan.Plan `json:"plan"`
+	// Install lets the verifier have the node install the disk it booted
+	// from onto an internal disk and reboot into it (apiv1.Install). RigOS
+	// images set it; an agent running elsewhere refuses installs.
+	Install bool `json:"install"`
 	// ReconnectMin and ReconnectMax bound the reconnect backoff.
 	// Defaults are "1s" and "1m".
 	ReconnectMin config.Duration `json:"reconnect_min"`

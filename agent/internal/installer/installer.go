@@ -1,0 +1,153 @@
+// Package installer carries out the verifier's install requests on a
+// node: it copies the disk RigOS booted from onto an internal disk
+// (pkg/install), puts a boot entry for it first in the firmware's boot
+// order (pkg/efiboot) and, once the verifier has the result, ends the
+// agent so init reboots into the disk.
+package installer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/efiboot"
+	"github.com/rigos/rigos/pkg/install"
+	"github.com/rigos/rigos/pkg/layout"
+	"github.com/rigos/rigos/pkg/session"
+)
+
+// Installer handles apiv1.Install messages, one at a time.
+type Installer struct {
+	// Out carries its events to the verifier.
+	Out *session.Outbox
+	Log *slog.Logger
+	// SysRoot is sysfs (default "/sys"), EFIVars the efivarfs folder
+	// (default layout.EFIVarsDir), DevRoot where disks' nodes are
+	// (default "/dev").
+	SysRoot, EFIVars, DevRoot string
+	// Slot is the slot RigOS booted from.
+	Slot layout.Slot
+	// Busy returns the workloads running; an install waits for none.
+	Busy func() []string
+	// MinState is passed to install.Options (0: its default).
+	MinState int64
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+
+	mu      sync.Mutex
+	running bool
+	done    chan struct{}
+	once    sync.Once
+}
+
+// Done is closed once an install has succeeded and its last event was
+// handed to the outbox: the session should end (session.Node.End) and
+// the agent exit for the reboot.
+func (i *Installer) Done() <-chan struct{} {
+	i.once.Do(func() { i.done = make(chan struct{}) })
+	return i.done
+}
+
+func (i *Installer) event(e *apiv1.InstallEvent) {
+	now := time.Now
+	if i.Now != nil {
+		now = i.Now
+	}
+	e.UnixMs = now().UnixMilli()
+	i.Out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: e}})
+}
+
+func (i *Installer) fail(disk string, err error) {
+	i.Log.Error("install failed", "disk", disk, "err", err)
+	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: disk, Reason: err.Error()})
+}
+
+// Handle starts the install m asks for, unless one is running; it
+// answers through Out.
+func (i *Installer) Handle(m *apiv1.Install) {
+	i.Done()
+	i.mu.Lock()
+	if i.running {
+		i.mu.Unlock()
+		i.fail(m.GetDisk(), errors.New("an install is already running on this node"))
+		return
+	}
+	i.running = true
+	i.mu.Unlock()
+	go func() {
+		ok := i.run(m)
+		i.mu.Lock()
+		i.running = ok // after a success nothing more is installed: the node reboots
+		i.mu.Unlock()
+		if ok {
+			close(i.done)
+		}
+	}()
+}
+
+// run installs and reports; it returns whether the node should reboot.
+func (i *Installer) run(m *apiv1.Install) bool {
+	sysRoot, devRoot, efiVars := or(i.SysRoot, "/sys"), or(i.DevRoot, "/dev"), or(i.EFIVars, layout.EFIVarsDir)
+	if i.Busy != nil {
+		if busy := i.Busy(); len(busy) > 0 {
+			i.fail(m.GetDisk(), fmt.Errorf("workloads %s are running: stop them first (the install ends in a reboot)", strings.Join(busy, ", ")))
+			return false
+		}
+	}
+	disks, err := install.ListDisks(sysRoot)
+	if err != nil {
+		i.fail(m.GetDisk(), fmt.Errorf("listing disks: %w", err))
+		return false
+	}
+	boot, err := install.BootDisk(disks)
+	if err != nil {
+		i.fail(m.GetDisk(), err)
+		return false
+	}
+	target, err := install.Target(disks, boot, m.GetDisk())
+	if err != nil {
+		i.fail(m.GetDisk(), err)
+		return false
+	}
+	i.Log.Info("installing", "from", boot.Name, "to", target.Name, "wipe", m.GetWipe(), "slot", i.Slot)
+	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_WRITING, Disk: target.Name})
+	res, err := install.Install(install.Options{
+		Source: devRoot + "/" + boot.Name, Target: devRoot + "/" + target.Name, Slot: i.Slot, Wipe: m.GetWipe(), MinState: i.MinState,
+	})
+	if err != nil {
+		i.fail(target.Name, err)
+		return false
+	}
+	var entry uint16
+	addEntry := func() (err error) {
+		entry, err = efiboot.Vars{Dir: efiVars}.AddFirst(efiboot.LoadOption{
+			Attributes: efiboot.LoadOptionActive, Description: "RigOS", Partition: res.ESP,
+			Path: `\` + strings.ReplaceAll(layout.SlotUKI(i.Slot), "/", `\`),
+		})
+		return err
+	}
+	if i.EFIVars == "" { // the system's efivarfs, mounted read-only
+		err = efiboot.Writable(efiVars, addEntry)
+	} else {
+		err = addEntry()
+	}
+	if err != nil {
+		i.fail(target.Name, fmt.Errorf("the disk is written, but its boot entry is not: %w (the firmware may still boot it from its removable-media path)", err))
+		return false
+	}
+	i.Log.Info("installed", "disk", target.Name, "bytes", res.Bytes, "write", res.Write, "verify", res.Verify, "boot_entry", fmt.Sprintf("Boot%04X", entry))
+	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: target.Name, Bytes: res.Bytes, TotalBytes: res.Bytes,
+		WriteMs: res.Write.Milliseconds(), VerifyMs: res.Verify.Milliseconds(), BootEntry: uint32(entry)})
+	return true
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

@@ -1,0 +1,24 @@
+package apiv1
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+)
+
+// InstallAuto is the Install disk that picks the largest writable disk
+// without partitions.
+const InstallAuto = "auto"
+
+var diskNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$`)
+
+// InstallDisk checks an Install's disk (a whole disk's kernel name, with
+// or without "/dev/", or InstallAuto) and returns the kernel name.
+func InstallDisk(disk string) (string, error) {
+	name := strings.TrimPrefix(disk, "/dev/")
+	if !diskNamePattern.MatchString(name) {
+		return "", fmt.Errorf("disk %s: want a whole disk's kernel name such as nvme0n1 or sdb (1-32 letters, digits, '-' or '_'), or %q",
+			quoteShort(disk), InstallAuto)
+	}
+	return name, nil
+}
