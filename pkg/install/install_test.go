@@ -3,6 +3,7 @@ package install
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +18,7 @@ import (
 // stick writes a small RigOS image (64 MiB ESP, 16 MiB slots, 32 MiB of
 // state) as a supplier's stick holds one, and returns its path, UKI and
 // system partition contents.
-func stick(t *testing.T) (string, []byte, []byte) {
+func stick(t testing.TB) (string, []byte, []byte) {
 	t.Helper()
 	uki := bytes.Repeat([]byte("UKI!"), 1<<18)            // 1 MiB
 	system := bytes.Repeat([]byte("erofs+verity"), 1<<20) // 12 MiB
@@ -29,7 +30,7 @@ func stick(t *testing.T) (string, []byte, []byte) {
 }
 
 // blank makes an empty target of size bytes (sparse).
-func blank(t *testing.T, size int64) string {
+func blank(t testing.TB, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "target.raw")
 	f, err := os.Create(p)
@@ -157,5 +158,26 @@ func TestInstallRefuses(t *testing.T) {
 	}
 	if _, err := disk.ReadUKI(dst); err != nil {
 		t.Errorf("after a wipe install: %v", err)
+	}
+}
+
+// BenchmarkInstall copies and reads back the test stick (64 MiB ESP,
+// 16 MiB slot) onto a file: the copy's own cost, without a disk's.
+func BenchmarkInstall(b *testing.B) {
+	src, _, _ := stick(b)
+	dir := b.TempDir()
+	b.SetBytes(disk.MinESP + 16*mib)
+	for i := 0; b.Loop(); i++ {
+		dst := filepath.Join(dir, fmt.Sprintf("t%d", i))
+		if err := os.WriteFile(dst, nil, 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.Truncate(dst, 160*mib); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := Install(Options{Source: src, Target: dst, Slot: layout.SlotA, MinState: testMinState}); err != nil {
+			b.Fatal(err)
+		}
+		os.Remove(dst)
 	}
 }
