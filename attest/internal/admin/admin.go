@@ -1,6 +1,6 @@
 // Package admin is the Admin gRPC service over the verifier's state: the
 // operator's view of nodes (list, detail, watch), their decisions
-// (accept firmware, revoke) and workloads (run, stop). It is a thin
+// (accept firmware, revoke, install onto a disk) and workloads (run, stop). It is a thin
 // adapter: node state belongs to package trust, streams and
 // subscriptions to package hub.
 package admin

@@ -1,0 +1,86 @@
+package verifier
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/session"
+)
+
+// Install goes to the connected node, and its answer comes back to the
+// caller and into GetNode; a bad disk name never reaches the node, an
+// unknown or disconnected node is named. A node that ends its session
+// for the reboot has its last event delivered first.
+func TestInstallRelay(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	n := bootNode(t, 1, devboot.Default())
+	out := session.NewOutbox(nil)
+	end := make(chan struct{})
+	asked := make(chan *apiv1.Install, 4)
+	node := session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out, End: end,
+		Install: func(m *apiv1.Install) {
+			asked <- m
+			if m.GetDisk() == "vda" {
+				out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
+					State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: "vda", Reason: "vda is the disk RigOS booted from"}}})
+				return
+			}
+			out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
+				State: apiv1.InstallState_INSTALL_STATE_WRITING, Disk: m.GetDisk()}}})
+			out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
+				State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: m.GetDisk(), Bytes: 1 << 30, BootEntry: 3}}})
+			close(end) // the agent's installer ends the session once its last event is out
+		}}
+	stop := h.session(node)
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	for _, tc := range []struct {
+		req  *apiv1.InstallRequest
+		code codes.Code
+	}{
+		{&apiv1.InstallRequest{NodeId: "rig-1", Disk: "../vda"}, codes.InvalidArgument},
+		{&apiv1.InstallRequest{NodeId: "rig-1", Disk: ""}, codes.InvalidArgument},
+		{&apiv1.InstallRequest{NodeId: "rig-9", Disk: "sdb"}, codes.NotFound},
+	} {
+		if _, err := h.admin.Install(ctx, tc.req); status.Code(err) != tc.code {
+			t.Errorf("Install(%v) = %v, want %s", tc.req, err, tc.code)
+		}
+	}
+	if len(asked) != 0 {
+		t.Fatalf("refused requests reached the node: %v", <-asked)
+	}
+	e, err := h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "vda"})
+	if err != nil || e.GetState() != apiv1.InstallState_INSTALL_STATE_FAILED || e.GetReason() == "" {
+		t.Fatalf("install to vda: %v, %v; want the node's refusal", e, err)
+	}
+	e, err = h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "nvme0n1", Wipe: true})
+	if err != nil || e.GetState() != apiv1.InstallState_INSTALL_STATE_REBOOTING || e.GetBytes() != 1<<30 || e.GetBootEntry() != 3 {
+		t.Fatalf("install: %v, %v; want REBOOTING", e, err)
+	}
+	if m := <-asked; m.GetDisk() != "vda" {
+		t.Errorf("first request the node got: %v", m)
+	}
+	if m := <-asked; m.GetDisk() != "nvme0n1" || !m.GetWipe() {
+		t.Errorf("second request the node got: %v, want nvme0n1 with wipe", m)
+	}
+	// The node closed its side: the session ends as the node asked.
+	if err := stop(); !errors.Is(err, session.ErrEnded) {
+		t.Errorf("session ended with %v, want ErrEnded", err)
+	}
+	d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1"})
+	if err != nil || d.GetInstall().GetState() != apiv1.InstallState_INSTALL_STATE_REBOOTING || d.GetInstall().GetDisk() != "nvme0n1" {
+		t.Errorf("GetNode's install = %v, %v", d.GetInstall(), err)
+	}
+	if _, err := h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "sdb"}); status.Code(err) != codes.Unavailable {
+		t.Errorf("install on a disconnected node: %v, want Unavailable", err)
+	}
+}
