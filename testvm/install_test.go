@@ -41,6 +41,11 @@ func TestInstall(t *testing.T) {
 		t.Fatalf("node not trusted from the stick: %v", c)
 	}
 	node := c.GetNodeId()
+	// systemd-stub names the partition the UKI came from; init opens
+	// partitions on that disk only.
+	if !strings.Contains(vm.ConsoleText(), "rigos: boot disk vda ") {
+		t.Errorf("init did not find the boot disk (the stick, vda):\n%s", grepLines(vm.ConsoleText(), "boot disk"))
+	}
 	before, err := v.admin.GetNode(context.Background(), &apiv1.GetNodeRequest{NodeId: node})
 	if err != nil {
 		t.Fatal(err)
@@ -117,4 +122,46 @@ func TestInstall(t *testing.T) {
 	if !regexp.MustCompile(`state partition \S+ created`).MatchString(console) {
 		t.Errorf("no new state partition on the installed disk:\n%s", tail(console, 40))
 	}
+
+	// Power cut, and the stick plugged back in (vda, the installed disk
+	// now vdb): the firmware still boots the disk's entry, init opens the
+	// partitions on that disk, not the stick's, and the state the first
+	// boot from the disk sealed unlocks.
+	vm.Stop()
+	down, err = v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.NoImage = false
+	vm = startVM(t, o)
+	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`rigos: state partition /dev/vdb4 unlocked`)); err != nil {
+		t.Fatalf("the installed disk's state was not unlocked with the stick attached: %v\n%s", err, grepLines(vm.ConsoleText(), "boot disk", "state partition", "starting Boot"))
+	}
+	if !strings.Contains(vm.ConsoleText(), "rigos: boot disk vdb ") {
+		t.Errorf("boot disk not vdb:\n%s", grepLines(vm.ConsoleText(), "boot disk"))
+	}
+	for deadline := time.Now().Add(bootDeadline); ; {
+		d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
+		if err == nil && d.GetNode().GetAppraisals() > down.GetNode().GetAppraisals() && d.GetNode().GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not trusted with the stick back in: %v %v", d, err)
+		}
+		time.Sleep(time.Second) // polling the verifier, bounded
+	}
+}
+
+// grepLines returns the lines of s that contain any of subs.
+func grepLines(s string, subs ...string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		for _, sub := range subs {
+			if strings.Contains(l, sub) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
 }

@@ -343,3 +343,29 @@ func (v Vars) AddFirst(o LoadOption) (uint16, error) {
 	order = slices.DeleteFunc(order, func(n uint16) bool { return n == num })
 	return num, v.SetBootOrder(append([]uint16{num}, order...))
 }
+
+// LoaderGUID is the vendor GUID of the variables systemd's boot stub
+// sets for the booted system.
+const LoaderGUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+
+// LoaderDevicePartUUID reads the unique GUID of the partition the UKI
+// was loaded from, which systemd-stub sets at boot, from the efivarfs
+// folder dir.
+func LoaderDevicePartUUID(dir string) (uuid.UUID, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderGUID))
+	if err != nil {
+		return uuid.UUID{}, err
+	}
+	if len(b) < 4 {
+		return uuid.UUID{}, fmt.Errorf("LoaderDevicePartUUID: %d bytes", len(b))
+	}
+	s, _, err := readUCS2(append(b[4:], 0, 0))
+	if err != nil {
+		return uuid.UUID{}, fmt.Errorf("LoaderDevicePartUUID: %w", err)
+	}
+	id, err := uuid.Parse(s)
+	if err != nil {
+		return uuid.UUID{}, fmt.Errorf("LoaderDevicePartUUID %q: %w", s, err)
+	}
+	return id, nil
+}

@@ -173,3 +173,27 @@ func TestBootOrderOddLength(t *testing.T) {
 		t.Error("BootOrder of 3 bytes parsed")
 	}
 }
+
+func TestLoaderDevicePartUUID(t *testing.T) {
+	dir := t.TempDir()
+	b := binary.LittleEndian.AppendUint32(nil, 6)
+	b = append(b, ucs2("469F90E4-7473-4E45-B5FF-C2870845283B")...)
+	if err := os.WriteFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderGUID), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	id, err := LoaderDevicePartUUID(dir)
+	if err != nil || id.String() != "469f90e4-7473-4e45-b5ff-c2870845283b" {
+		t.Errorf("LoaderDevicePartUUID = %v, %v", id, err)
+	}
+	for name, data := range map[string][]byte{"short": {6, 0}, "not a GUID": append(binary.LittleEndian.AppendUint32(nil, 6), ucs2("disk")...)} {
+		if err := os.WriteFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderGUID), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoaderDevicePartUUID(dir); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+	if _, err := LoaderDevicePartUUID(t.TempDir()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("no variable: %v, want ErrNotExist", err)
+	}
+}

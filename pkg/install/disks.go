@@ -10,6 +10,10 @@ import (
 	"strconv"
 	"strings"
 
+	diskfs "github.com/diskfs/go-diskfs"
+	"github.com/diskfs/go-diskfs/backend/file"
+	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/google/uuid"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/layout"
 )
@@ -141,4 +145,67 @@ func Target(disks []Disk, boot Disk, want string) (Disk, error) {
 		return Disk{}, fmt.Errorf("%s is read-only", name)
 	}
 	return disks[i], nil
+}
+
+// ErrAmbiguous: more than one disk holds a partition with the GUID.
+var ErrAmbiguous = errors.New("more than one disk holds the partition")
+
+// DiskWithPartition returns the disk, among disks (their nodes under
+// devRoot), whose GPT has a partition with the unique GUID id: the
+// disk the firmware booted from, given systemd-stub's
+// LoaderDevicePartUUID. None is an error; more than one (a cloned disk)
+// is ErrAmbiguous.
+func DiskWithPartition(devRoot string, disks []Disk, id uuid.UUID) (Disk, error) {
+	var found []Disk
+	for _, d := range disks {
+		if len(d.Partitions) == 0 {
+			continue
+		}
+		ids, err := partitionGUIDs(filepath.Join(devRoot, d.Name))
+		if err != nil {
+			continue // not GPT, unreadable: not the boot disk
+		}
+		if slices.Contains(ids, id) {
+			found = append(found, d)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return Disk{}, fmt.Errorf("no disk holds partition %s", id)
+	case 1:
+		return found[0], nil
+	}
+	return Disk{}, fmt.Errorf("%w %s: %s and %s", ErrAmbiguous, id, found[0].Name, found[1].Name)
+}
+
+// partitionGUIDs reads the unique GUIDs of the partitions in the GPT of
+// the disk at path.
+func partitionGUIDs(path string) ([]uuid.UUID, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	d, err := diskfs.OpenBackend(file.New(f, true), diskfs.WithSectorSize(sector))
+	if err != nil {
+		return nil, err
+	}
+	pt, err := d.GetPartitionTable()
+	if err != nil {
+		return nil, err
+	}
+	t, ok := pt.(*gpt.Table)
+	if !ok {
+		return nil, errors.New("not GPT")
+	}
+	var out []uuid.UUID
+	for _, p := range t.Partitions {
+		if p == nil || p.Type == gpt.Unused {
+			continue
+		}
+		if id, err := uuid.Parse(p.GUID); err == nil {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }

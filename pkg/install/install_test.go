@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
+	"github.com/google/uuid"
 	"github.com/rigos/rigos/pkg/imager/disk"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/statedisk"
@@ -179,5 +180,51 @@ func BenchmarkInstall(b *testing.B) {
 			b.Fatal(err)
 		}
 		os.Remove(dst)
+	}
+}
+
+// The boot disk is found by its ESP's GUID, here after an install, when
+// two disks hold RigOS; a clone holding the same GUID is ambiguous.
+func TestDiskWithPartition(t *testing.T) {
+	src, _, _ := stick(t)
+	dev := filepath.Dir(src)
+	dst := filepath.Join(dev, "nvme0n1")
+	if err := os.WriteFile(dst, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(dst, 160*mib); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Install(Options{Source: src, Target: dst, Slot: layout.SlotA, MinState: testMinState})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := []string{layout.ESPPartition}
+	disks := []Disk{{Name: "stick.raw", Partitions: parts}, {Name: "nvme0n1", Partitions: parts}, {Name: "sda"}}
+	d, err := DiskWithPartition(dev, disks, r.ESP.GUID)
+	if err != nil || d.Name != "nvme0n1" {
+		t.Fatalf("DiskWithPartition(the installed ESP) = %v, %v", d.Name, err)
+	}
+	stickESP, err := uuid.Parse(layoutOf(t, src)[layout.ESPPartition].GUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := DiskWithPartition(dev, disks, stickESP); err != nil || d.Name != "stick.raw" {
+		t.Errorf("DiskWithPartition(the stick's ESP) = %v, %v", d.Name, err)
+	}
+	if _, err := DiskWithPartition(dev, disks, uuid.New()); err == nil {
+		t.Error("an unknown GUID was found")
+	}
+	clone := filepath.Join(dev, "sdb")
+	b, err := os.ReadFile(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(clone, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	disks = append(disks, Disk{Name: "sdb", Partitions: parts})
+	if _, err := DiskWithPartition(dev, disks, r.ESP.GUID); !errors.Is(err, ErrAmbiguous) {
+		t.Errorf("with a clone: %v, want ErrAmbiguous", err)
 	}
 }

@@ -103,7 +103,7 @@ func (i *Installer) run(m *apiv1.Install) bool {
 		i.fail(m.GetDisk(), fmt.Errorf("listing disks: %w", err))
 		return false
 	}
-	boot, err := install.BootDisk(disks)
+	boot, err := bootDisk(devRoot, efiVars, disks)
 	if err != nil {
 		i.fail(m.GetDisk(), err)
 		return false
@@ -143,6 +143,16 @@ func (i *Installer) run(m *apiv1.Install) bool {
 	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: target.Name, Bytes: res.Bytes, TotalBytes: res.Bytes,
 		WriteMs: res.Write.Milliseconds(), VerifyMs: res.Verify.Milliseconds(), BootEntry: uint32(entry)})
 	return true
+}
+
+// bootDisk is the disk the firmware booted from: the one holding the
+// partition systemd-stub named in LoaderDevicePartUUID or, without that
+// variable, the one disk holding RigOS.
+func bootDisk(devRoot, efiVars string, disks []install.Disk) (install.Disk, error) {
+	if id, err := efiboot.LoaderDevicePartUUID(efiVars); err == nil {
+		return install.DiskWithPartition(devRoot, disks, id)
+	}
+	return install.BootDisk(disks)
 }
 
 func or(s, def string) string {

@@ -63,6 +63,8 @@ var bootSteps = []step{
 	// A firmware in Setup Mode gets RigOS's keys, then the rig reboots
 	// into Secure Boot.
 	{name: "Secure Boot keys", fn: (*boot).secureBootKeys},
+	// The partitions below are opened on the disk the firmware booted.
+	{name: "boot disk", fn: (*boot).findBootDisk},
 	{name: "sysctls", fn: func(*boot) error { applySysctls(); return nil }},
 	// The network comes up while the partitions are opened.
 	{name: "network", fn: (*boot).startNetwork},

@@ -11,7 +11,12 @@ import (
 // sysfs reads the kernel's view of the devices from a sysfs tree: the
 // real one at /sys on a booted system (newSysfs), a folder a test fills
 // in with the files init reads.
-type sysfs struct{ root string }
+type sysfs struct {
+	root string
+	// disk, when set, is the boot disk's kernel name: partitions are
+	// looked for on it alone.
+	disk string
+}
 
 // sysRoot is where init mounts sysfs.
 const sysRoot = "/sys"
@@ -34,6 +39,9 @@ func (s sysfs) findPartition(name string, wait time.Duration) (string, error) {
 			return num, nil
 		}
 		if time.Now().After(deadline) {
+			if s.disk != "" {
+				return "", fmt.Errorf("no partition named %s on the boot disk %s", name, s.disk)
+			}
 			return "", fmt.Errorf("no partition named %s", name)
 		}
 		time.Sleep(100 * time.Millisecond) // waiting for the partition scan, bounded
@@ -43,7 +51,11 @@ func (s sysfs) findPartition(name string, wait time.Duration) (string, error) {
 // lookupPartition looks once for the partition with the GPT name among
 // the block devices.
 func (s sysfs) lookupPartition(name string) (string, bool) {
-	files, _ := filepath.Glob(filepath.Join(s.root, "class/block/*/uevent"))
+	pattern := "class/block/*/uevent"
+	if s.disk != "" {
+		pattern = "class/block/" + s.disk + "/*/uevent" // the disk's partitions are folders in its own
+	}
+	files, _ := filepath.Glob(filepath.Join(s.root, pattern))
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {

@@ -1,9 +1,12 @@
 package pid1
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/rigos/rigos/pkg/bootconfig"
@@ -125,5 +128,30 @@ func TestModulePlanFromSysfs(t *testing.T) {
 	}
 	if got := newSysfs("").root; got != "/sys" {
 		t.Errorf("newSysfs(\"\").root = %q, want /sys", got)
+	}
+}
+
+// With the boot disk known, partitions are looked for on it alone: the
+// stick (vda) and the installed disk (vdb) hold the same names.
+func TestFindPartitionOnBootDisk(t *testing.T) {
+	files := maps.Clone(rigDisk)
+	for i, name := range []string{layout.ESPPartition, layout.SystemPartition(layout.SlotA), layout.SystemPartition(layout.SlotB), layout.StatePartition} {
+		n := strconv.Itoa(i + 1)
+		// Real sysfs shows each partition in its disk's folder too.
+		files["class/block/vda/vda"+n+"/uevent"] = "MAJOR=252\nMINOR=" + n + "\nDEVTYPE=partition\nPARTNAME=" + name + "\n"
+		files["class/block/vdb/vdb"+n+"/uevent"] = "MAJOR=252\nMINOR=1" + n + "\nDEVTYPE=partition\nPARTNAME=" + name + "\n"
+	}
+	sys := fakeSysfs(t, files)
+	sys.disk = "vdb"
+	if got, err := sys.findPartition(layout.StatePartition, 0); err != nil || got != "252:14" {
+		t.Errorf("findPartition(state) on vdb = %q, %v; want vdb4 (252:14)", got, err)
+	}
+	sys.disk = "vda"
+	if got, err := sys.findPartition(layout.StatePartition, 0); err != nil || got != "252:4" {
+		t.Errorf("findPartition(state) on vda = %q, %v; want vda4 (252:4)", got, err)
+	}
+	sys.disk = "sda"
+	if _, err := sys.findPartition(layout.StatePartition, 0); err == nil || !strings.Contains(err.Error(), "boot disk sda") {
+		t.Errorf("findPartition on a disk without it: %v", err)
 	}
 }
