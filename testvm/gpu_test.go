@@ -48,11 +48,7 @@ func TestGPUWorkload(t *testing.T) {
 
 	vm := startVM(t, Options{Image: img.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 10 * time.Minute})
 	v := startVerifier(t, img.Manifest)
-	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
-	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
-		t.Fatalf("node not trusted: %v", c)
-	}
-	node := c.GetNodeId()
+	node := awaitTrusted(t, v, vm, "").GetNodeId()
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 

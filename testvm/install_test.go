@@ -36,11 +36,7 @@ func TestInstall(t *testing.T) {
 		Disks: []string{target}}
 	vm := startVM(t, o)
 	v := startVerifier(t, img.Manifest)
-	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
-	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
-		t.Fatalf("node not trusted from the stick: %v", c)
-	}
-	node := c.GetNodeId()
+	node := awaitTrusted(t, v, vm, "from the stick").GetNodeId()
 	// systemd-stub names the partition the UKI came from; init opens
 	// partitions on that disk only.
 	if !strings.Contains(vm.ConsoleText(), "rigos: boot disk vda ") {

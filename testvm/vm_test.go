@@ -164,6 +164,17 @@ func buildImage(name, keys string, cmdline []string, hook func([]byte) []byte, m
 	return r, nil
 }
 
+// awaitTrusted waits for vm's node to become trusted at v and returns
+// the change; untrusted, or nothing within bootDeadline, fails the test.
+func awaitTrusted(t *testing.T, v *verifier, vm *VM, what string) *apiv1.StateChange {
+	t.Helper()
+	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
+	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
+		t.Fatalf("node not trusted%s: %v\n%s", strings.TrimRight(" "+what, " "), c, tail(vm.ConsoleText(), 30))
+	}
+	return c
+}
+
 // verifier is an attest process with a fresh database that trusts the
 // genuine image's manifest.
 type verifier struct {
@@ -298,10 +309,7 @@ func TestBootToTrusted(t *testing.T) {
 	v := startVerifier(t, img.Manifest, map[string]any{
 		"ek_roots": []string{EKCARoot(ca)}, "ek_intermediates": []string{EKCAIntermediate(ca)},
 	})
-	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
-	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
-		t.Fatalf("node not trusted: %v", c)
-	}
+	c := awaitTrusted(t, v, vm, "")
 	t.Logf("boot → trusted in %s (UKI %.1f MiB): %s", time.Since(start).Round(100*time.Millisecond), float64(img.UKISize)/(1<<20), c.GetReason())
 	claims, err := attestation.VerifyToken(c.GetToken(), readTokenKey(t), time.Now())
 	if err != nil || claims.Class != attestation.ClassDev {
@@ -602,10 +610,7 @@ func TestSetupModeEnrolment(t *testing.T) {
 	enrolled := time.Since(start)
 	o.Reuse = true // the same variables, disk and TPM
 	vm = startVM(t, o)
-	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
-	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
-		t.Fatalf("node not trusted after the enrolment: %v\n%s", c, tail(vm.ConsoleText(), 30))
-	}
+	c := awaitTrusted(t, v, vm, "after the enrolment")
 	if strings.Contains(vm.ConsoleText(), "Setup Mode") {
 		t.Errorf("the second boot still saw Setup Mode:\n%s", tail(vm.ConsoleText(), 30))
 	}

@@ -137,11 +137,7 @@ func TestWorkloads(t *testing.T) {
 		Forward: []string{fmt.Sprintf("tcp:127.0.0.1:%d-:9090", fwdPort)}}
 	vm := startVM(t, o)
 	v := startVerifier(t, img.Manifest)
-	c := v.await(bootDeadline, vm, apiv1.NodeState_NODE_STATE_TRUSTED, apiv1.NodeState_NODE_STATE_UNTRUSTED)
-	if c == nil || c.GetTo() != apiv1.NodeState_NODE_STATE_TRUSTED {
-		t.Fatalf("node not trusted: %v", c)
-	}
-	node := c.GetNodeId()
+	node := awaitTrusted(t, v, vm, "").GetNodeId()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	// The supplier's ASK plan on the stick's ESP reached the verifier.
