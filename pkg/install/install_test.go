@@ -228,3 +228,44 @@ func TestDiskWithPartition(t *testing.T) {
 		t.Errorf("with a clone: %v, want ErrAmbiguous", err)
 	}
 }
+
+// Power lost halfway through the copy (simulated by stopping after the
+// second chunk): the GPT is written last, so the target holds no RigOS
+// partitions at all, nothing the firmware or init would take for a
+// RigOS disk; and its first and last MiB are still blank, so the
+// platform's second try installs without a wipe.
+func TestInstallCutShort(t *testing.T) {
+	src, _, _ := stick(t)
+	dst := blank(t, 160*mib)
+	cut := errors.New("power lost")
+	func() {
+		defer func() {
+			if r := recover(); r != cut {
+				t.Fatalf("install was not cut short: %v", r)
+			}
+		}()
+		Install(Options{Source: src, Target: dst, Slot: layout.SlotA, MinState: testMinState,
+			Progress: func(done, total int64) {
+				if done >= 2*chunk {
+					panic(cut)
+				}
+			}})
+	}()
+	f, err := os.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := readLayout(f); err == nil {
+		t.Fatal("a copy cut short left a RigOS partition table")
+	}
+	if _, err := disk.ReadUKI(dst); err == nil {
+		t.Error("a copy cut short has a readable UKI")
+	}
+	if _, err := Install(Options{Source: src, Target: dst, Slot: layout.SlotA, MinState: testMinState}); err != nil {
+		t.Fatalf("install again: %v", err)
+	}
+	if _, err := disk.ReadUKI(dst); err != nil {
+		t.Errorf("after the second try: %v", err)
+	}
+}
