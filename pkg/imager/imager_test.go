@@ -105,6 +105,7 @@ func TestBakedConfigsUnchanged(t *testing.T) {
 			"node_id": o.NodeID, "verifier": o.Verifier, "ca_cert": "/etc/rigos/verifier-ca.crt", "tpm": "device",
 			"state_dir": "/run/rigos/agent", "runtime_log": "/run/rigos/runtime.cel",
 			"containerd": "/run/containerd/containerd.sock", "scratch_dir": "/var/lib/rigos/scratch",
+			"install": true, // images let the platform install them onto a disk
 		}, "", "  ")
 		if err != nil {
 			t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
+	"github.com/rigos/rigos/pkg/blockdev"
 	"github.com/rigos/rigos/pkg/imager/disk"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/statedisk"
@@ -200,8 +201,8 @@ func TestDiskWithPartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	parts := []string{layout.ESPPartition}
-	disks := []Disk{{Name: "stick.raw", Partitions: parts}, {Name: "nvme0n1", Partitions: parts}, {Name: "sda"}}
-	d, err := DiskWithPartition(dev, disks, r.ESP.GUID)
+	disks := []blockdev.Disk{{Name: "stick.raw", Partitions: parts}, {Name: "nvme0n1", Partitions: parts}, {Name: "sda"}}
+	d, err := blockdev.DiskWithPartition(dev, disks, r.ESP.GUID)
 	if err != nil || d.Name != "nvme0n1" {
 		t.Fatalf("DiskWithPartition(the installed ESP) = %v, %v", d.Name, err)
 	}
@@ -209,10 +210,10 @@ func TestDiskWithPartition(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d, err := DiskWithPartition(dev, disks, stickESP); err != nil || d.Name != "stick.raw" {
+	if d, err := blockdev.DiskWithPartition(dev, disks, stickESP); err != nil || d.Name != "stick.raw" {
 		t.Errorf("DiskWithPartition(the stick's ESP) = %v, %v", d.Name, err)
 	}
-	if _, err := DiskWithPartition(dev, disks, uuid.New()); err == nil {
+	if _, err := blockdev.DiskWithPartition(dev, disks, uuid.New()); err == nil {
 		t.Error("an unknown GUID was found")
 	}
 	clone := filepath.Join(dev, "sdb")
@@ -223,8 +224,8 @@ func TestDiskWithPartition(t *testing.T) {
 	if err := os.WriteFile(clone, b, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	disks = append(disks, Disk{Name: "sdb", Partitions: parts})
-	if _, err := DiskWithPartition(dev, disks, r.ESP.GUID); !errors.Is(err, ErrAmbiguous) {
+	disks = append(disks, blockdev.Disk{Name: "sdb", Partitions: parts})
+	if _, err := blockdev.DiskWithPartition(dev, disks, r.ESP.GUID); !errors.Is(err, blockdev.ErrAmbiguous) {
 		t.Errorf("with a clone: %v, want ErrAmbiguous", err)
 	}
 }

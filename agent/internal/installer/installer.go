@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/blockdev"
 	"github.com/rigos/rigos/pkg/efiboot"
 	"github.com/rigos/rigos/pkg/install"
 	"github.com/rigos/rigos/pkg/layout"
@@ -98,7 +99,7 @@ func (i *Installer) run(m *apiv1.Install) bool {
 			return false
 		}
 	}
-	disks, err := install.ListDisks(sysRoot)
+	disks, err := blockdev.ListDisks(sysRoot)
 	if err != nil {
 		i.fail(m.GetDisk(), fmt.Errorf("listing disks: %w", err))
 		return false
@@ -148,11 +149,11 @@ func (i *Installer) run(m *apiv1.Install) bool {
 // bootDisk is the disk the firmware booted from: the one holding the
 // partition systemd-stub named in LoaderDevicePartUUID or, without that
 // variable, the one disk holding RigOS.
-func bootDisk(devRoot, efiVars string, disks []install.Disk) (install.Disk, error) {
+func bootDisk(devRoot, efiVars string, disks []blockdev.Disk) (blockdev.Disk, error) {
 	if id, err := efiboot.LoaderDevicePartUUID(efiVars); err == nil {
-		return install.DiskWithPartition(devRoot, disks, id)
+		return blockdev.DiskWithPartition(devRoot, disks, id)
 	}
-	return install.BootDisk(disks)
+	return blockdev.BootDisk(disks)
 }
 
 func or(s, def string) string {

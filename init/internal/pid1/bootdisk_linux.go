@@ -4,8 +4,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/rigos/rigos/pkg/blockdev"
 	"github.com/rigos/rigos/pkg/efiboot"
-	"github.com/rigos/rigos/pkg/install"
 )
 
 // findBootDisk restricts the partitions init opens to the disk the
@@ -25,15 +25,15 @@ func (b *boot) findBootDisk() error {
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		disks, err := install.ListDisks(b.sys.root)
+		disks, err := blockdev.ListDisks(b.sys.root)
 		if err == nil {
-			d, err := install.DiskWithPartition("/dev", disks, id)
+			d, err := blockdev.DiskWithPartition("/dev", disks, id)
 			if err == nil {
 				b.sys.disk = d.Name
 				say("boot disk %s (holds the partition the UKI was loaded from, %s)", d.Name, id)
 				return nil
 			}
-			if errors.Is(err, install.ErrAmbiguous) || time.Now().After(deadline) {
+			if errors.Is(err, blockdev.ErrAmbiguous) || time.Now().After(deadline) {
 				say("boot disk: %v; partitions are found by name on any disk", err)
 				return nil
 			}
