@@ -5,11 +5,14 @@ import (
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf16"
 
 	"github.com/google/go-attestation/attest"
 
@@ -209,7 +212,8 @@ func Appraise(req Request) *Result {
 // left out of the firmware pins (firmwarePin): what the firmware then
 // boots is measured in PCR 4 and appraised against the manifests, and
 // the system partition is checked by dm-verity against the root hash on
-// the measured command line, so a boot path gains an owner nothing.
+// the measured command line, so a boot path gains an owner nothing. An
+// event is left out only if it is what its type says (bootPathEvent).
 var BootPathEvents = map[int][]uint32{
 	1: {tcgevent.EvEFIVariableBoot, tcgevent.EvEFIVariableBoot2},
 	5: {tcgevent.EvEFIGPTEvent},
@@ -226,7 +230,7 @@ func firmwarePin(i int, v []byte, events []attest.Event) []byte {
 	}
 	pin := make([]byte, sha256.Size)
 	for _, e := range events {
-		if e.Index != i || slices.Contains(skip, uint32(e.Type)) {
+		if e.Index != i || (slices.Contains(skip, uint32(e.Type)) && bootPathEvent(e)) {
 			continue
 		}
 		h := sha256.New()
@@ -235,6 +239,44 @@ func firmwarePin(i int, v []byte, events []attest.Event) []byte {
 		pin = h.Sum(nil)
 	}
 	return pin
+}
+
+// efiGlobalVariable is EFI_GLOBAL_VARIABLE in EFI's byte order.
+var efiGlobalVariable = []byte{0x61, 0xdf, 0xe4, 0x8b, 0xca, 0x93, 0xd2, 0x11, 0xaa, 0x0d, 0x00, 0xe0, 0x98, 0x03, 0x2b, 0x8c}
+
+// bootVarName matches the boot variables left out of the pins.
+var bootVarName = regexp.MustCompile(`^(BootOrder|BootNext|Boot[0-9A-F]{4})$`)
+
+// bootPathEvent reports whether e, of a BootPathEvents type, is what
+// its type says: an event's type is not measured, so a log could label
+// any event a boot path to hide it from the pins. It must be bound to
+// what was measured: a GPT event's digest is its data's SHA-256; a boot
+// variable event's data is a UEFI_VARIABLE_DATA for an EFI global
+// BootOrder, BootNext or Boot#### variable, and its digest the SHA-256
+// of that structure or (as EDK2 measures EV_EFI_VARIABLE_BOOT) of the
+// variable's data alone. Anything else stays pinned.
+func bootPathEvent(e attest.Event) bool {
+	if uint32(e.Type) == tcgevent.EvEFIGPTEvent {
+		sum := sha256.Sum256(e.Data)
+		return bytes.Equal(e.Digest, sum[:])
+	}
+	d := e.Data
+	if len(d) < 32 || !bytes.Equal(d[:16], efiGlobalVariable) {
+		return false
+	}
+	nameLen, dataLen := binary.LittleEndian.Uint64(d[16:]), binary.LittleEndian.Uint64(d[24:])
+	if nameLen > 16 || dataLen > uint64(len(d)) || uint64(len(d)) != 32+2*nameLen+dataLen {
+		return false
+	}
+	name := make([]uint16, nameLen)
+	for k := range name {
+		name[k] = binary.LittleEndian.Uint16(d[32+2*k:])
+	}
+	if !bootVarName.MatchString(string(utf16.Decode(name))) {
+		return false
+	}
+	whole, value := sha256.Sum256(d), sha256.Sum256(d[32+2*nameLen:])
+	return bytes.Equal(e.Digest, whole[:]) || bytes.Equal(e.Digest, value[:])
 }
 
 // LoggedPCRs must be quoted and must have firmware log events: the

@@ -632,8 +632,8 @@ func TestBootPathsNotPinned(t *testing.T) {
 	withPaths := func(bootVars, gpt string, extra ...devboot.Extra) devboot.Config {
 		c := devboot.Default()
 		c.Extra = append([]devboot.Extra{
-			{PCR: 1, Type: tcgevent.EvEFIVariableBoot, Data: []byte(bootVars)},
-			{PCR: 1, Type: tcgevent.EvEFIVariableBoot2, Data: []byte(bootVars + " (BootNext)")},
+			{PCR: 1, Type: tcgevent.EvEFIVariableBoot, Data: devboot.GlobalVar("BootOrder", []byte(bootVars))},
+			{PCR: 1, Type: tcgevent.EvEFIVariableBoot2, Data: devboot.GlobalVar("Boot0001", []byte(bootVars+" (entry)"))},
 			{PCR: 5, Type: tcgevent.EvEFIGPTEvent, Data: []byte(gpt)},
 		}, extra...)
 		return c
@@ -675,6 +675,36 @@ func TestBootPathsNotPinned(t *testing.T) {
 		devboot.Extra{PCR: 1, Type: tcgevent.EvEFIGPTEvent, Data: []byte("not the firmware's")})
 	r, _ = appraise(misplaced, pins)
 	wantFail(t, r, CheckFirmwarePins)
+	// An event's type is not measured: a firmware setting relabelled as a
+	// boot variable, or boot-variable data that is not what was measured,
+	// is not a boot path, and stays pinned.
+	relabelled := func(data, digest []byte) devboot.Config {
+		return withPaths("BootOrder 0001; Boot0001 USB stick", "GPT of the stick",
+			devboot.Extra{PCR: 1, Type: tcgevent.EvEFIVariableBoot, Data: data, Digest: digest})
+	}
+	pinsWith := func(cfg devboot.Config) map[int][]byte {
+		r, _ := appraise(cfg, nil)
+		if err := r.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return r.FirmwarePCRs
+	}
+	for name, tc := range map[string]struct{ before, after devboot.Config }{
+		"not a boot variable": {
+			relabelled(devboot.GlobalVar("SetupMode", []byte{0}), nil),
+			relabelled(devboot.GlobalVar("SetupMode", []byte{1}), nil)},
+		"data not what was measured": {
+			relabelled(devboot.GlobalVar("Boot0002", []byte("entry")), bytes.Repeat([]byte{1}, 32)),
+			relabelled(devboot.GlobalVar("Boot0002", []byte("entry")), bytes.Repeat([]byte{2}, 32))},
+		"not a UEFI variable": {
+			relabelled([]byte("firmware setting A"), nil),
+			relabelled([]byte("firmware setting B"), nil)},
+	} {
+		r, _ := appraise(tc.after, pinsWith(tc.before))
+		if !slices.Contains(failed(r), CheckFirmwarePins) {
+			t.Errorf("%s: a change hidden as a boot variable passed the pins", name)
+		}
+	}
 
 	// Raw pins from before: the same boot passes and asks for re-pinning.
 	r, _ = appraise(withPaths("BootOrder 0001; Boot0001 USB stick", "GPT of the stick"), stickRaw)

@@ -8,15 +8,13 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
-	diskfs "github.com/diskfs/go-diskfs"
-	"github.com/diskfs/go-diskfs/backend/file"
-	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
 	"github.com/rigos/rigos/pkg/layout"
 )
@@ -148,26 +146,9 @@ func partitionGUIDs(path string) ([]uuid.UUID, error) {
 		return nil, err
 	}
 	defer f.Close()
-	d, err := diskfs.OpenBackend(file.New(f, true), diskfs.WithSectorSize(sector))
+	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return nil, err
 	}
-	pt, err := d.GetPartitionTable()
-	if err != nil {
-		return nil, err
-	}
-	t, ok := pt.(*gpt.Table)
-	if !ok {
-		return nil, errors.New("not GPT")
-	}
-	var out []uuid.UUID
-	for _, p := range t.Partitions {
-		if p == nil || p.Type == gpt.Unused {
-			continue
-		}
-		if id, err := uuid.Parse(p.GUID); err == nil {
-			out = append(out, id)
-		}
-	}
-	return out, nil
+	return PartitionGUIDs(f, size)
 }

@@ -34,7 +34,10 @@ const (
 )
 
 // Variable attributes: non-volatile, boot-service and runtime access.
-const varAttributes = 0x7
+const (
+	nonVolatile   = 0x1
+	varAttributes = 0x7
+)
 
 // Device path node types (UEFI 2.10 §10.3).
 const (
@@ -350,7 +353,9 @@ const LoaderGUID = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 
 // LoaderDevicePartUUID reads the unique GUID of the partition the UKI
 // was loaded from, which systemd-stub sets at boot, from the efivarfs
-// folder dir.
+// folder dir. The stub sets it only when it is not set already, and
+// volatile: a non-volatile one was left by someone else (an owner
+// steering the node to another disk) and is refused.
 func LoaderDevicePartUUID(dir string) (uuid.UUID, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderGUID))
 	if err != nil {
@@ -358,6 +363,9 @@ func LoaderDevicePartUUID(dir string) (uuid.UUID, error) {
 	}
 	if len(b) < 4 {
 		return uuid.UUID{}, fmt.Errorf("LoaderDevicePartUUID: %d bytes", len(b))
+	}
+	if binary.LittleEndian.Uint32(b)&nonVolatile != 0 {
+		return uuid.UUID{}, errors.New("LoaderDevicePartUUID is non-volatile: not the one systemd-stub sets at boot")
 	}
 	s, _, err := readUCS2(append(b[4:], 0, 0))
 	if err != nil {

@@ -185,7 +185,8 @@ func TestLoaderDevicePartUUID(t *testing.T) {
 	if err != nil || id.String() != "469f90e4-7473-4e45-b5ff-c2870845283b" {
 		t.Errorf("LoaderDevicePartUUID = %v, %v", id, err)
 	}
-	for name, data := range map[string][]byte{"short": {6, 0}, "not a GUID": append(binary.LittleEndian.AppendUint32(nil, 6), ucs2("disk")...)} {
+	for name, data := range map[string][]byte{"short": {6, 0}, "not a GUID": append(binary.LittleEndian.AppendUint32(nil, 6), ucs2("disk")...),
+		"non-volatile (left by someone else)": append(binary.LittleEndian.AppendUint32(nil, 7), ucs2("469F90E4-7473-4E45-B5FF-C2870845283B")...)} {
 		if err := os.WriteFile(filepath.Join(dir, "LoaderDevicePartUUID-"+LoaderGUID), data, 0o644); err != nil {
 			t.Fatal(err)
 		}

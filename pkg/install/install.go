@@ -26,6 +26,7 @@ import (
 	"github.com/diskfs/go-diskfs/partition/gpt"
 	"github.com/google/uuid"
 
+	"github.com/rigos/rigos/pkg/blockdev"
 	"github.com/rigos/rigos/pkg/efiboot"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/statedisk"
@@ -138,7 +139,13 @@ func Install(o Options) (Result, error) {
 		}
 	}
 
-	// The partitions are copied before the GPT is written.
+	// No partition table while the partitions are copied: a table left
+	// from before (a wiped disk, an earlier install) could point at
+	// half-written partitions if the copy is cut short. The table is
+	// written last, once everything else is on the disk.
+	if err := clearTables(dst, size); err != nil {
+		return Result{}, err
+	}
 	copies := []*gpt.Partition{esp, slot}
 	var total int64
 	for _, p := range copies {
@@ -162,8 +169,10 @@ func Install(o Options) (Result, error) {
 	if _, err := dst.WriteAt(make([]byte, statedisk.MetadataSize), stateStart); err != nil {
 		return res, fmt.Errorf("clearing the state header: %w", err)
 	}
-	table := targetTable(parts, size)
-	if err := writeTable(dst, table); err != nil {
+	if err := dst.Sync(); err != nil { // the data is on the disk before the table
+		return res, fmt.Errorf("flushing %s: %w", o.Target, err)
+	}
+	if err := writeTable(dst, targetTable(parts, size)); err != nil {
 		return res, err
 	}
 	if err := dst.Sync(); err != nil {
@@ -171,24 +180,17 @@ func Install(o Options) (Result, error) {
 	}
 	res.Write = time.Since(start)
 
+	// A disk that does not read back what was written is left without a
+	// partition table, so nothing boots it.
 	start = time.Now()
-	dropCache(dst)
-	for _, p := range copies {
-		if err := compareRange(dst, src, int64(p.Start)*sector, p.GetSize()); err != nil {
-			return res, fmt.Errorf("%s: %w", p.Name, err)
-		}
-	}
-	got, err := readLayout(dst)
-	if err != nil {
-		return res, fmt.Errorf("%w: its partition table: %w", ErrVerify, err)
-	}
-	for name, want := range parts {
-		g := got[name]
-		if name != layout.StatePartition && (g.Start != want.Start || g.End != want.End) {
-			return res, fmt.Errorf("%w: partition %s at sectors %d-%d, want %d-%d", ErrVerify, name, g.Start, g.End, want.Start, want.End)
-		}
+	if err := verify(dst, src, parts, copies); err != nil {
+		return res, errors.Join(err, clearTables(dst, size))
 	}
 	res.Verify = time.Since(start)
+	got, err := readLayout(dst)
+	if err != nil {
+		return res, err
+	}
 	g := got[layout.ESPPartition]
 	guid, err := uuid.Parse(g.GUID)
 	if err != nil {
@@ -198,9 +200,53 @@ func Install(o Options) (Result, error) {
 	return res, nil
 }
 
+// verify reads back the copied partitions and the partition table.
+func verify(dst, src *os.File, parts map[string]*gpt.Partition, copies []*gpt.Partition) error {
+	dropCache(dst)
+	for _, p := range copies {
+		if err := compareRange(dst, src, int64(p.Start)*sector, p.GetSize()); err != nil {
+			return fmt.Errorf("%s: %w", p.Name, err)
+		}
+	}
+	got, err := readLayout(dst)
+	if err != nil {
+		return fmt.Errorf("%w: its partition table: %w", ErrVerify, err)
+	}
+	for name, want := range parts {
+		g := got[name]
+		if name != layout.StatePartition && (g.Start != want.Start || g.End != want.End) {
+			return fmt.Errorf("%w: partition %s at sectors %d-%d, want %d-%d", ErrVerify, name, g.Start, g.End, want.Start, want.End)
+		}
+	}
+	return nil
+}
+
+// clearTables zeroes the first and last edge bytes of a disk of size
+// bytes, where its partition tables are, and flushes them.
+func clearTables(f *os.File, size int64) error {
+	zeros := make([]byte, edge)
+	for _, off := range []int64{0, max(0, size-edge)} {
+		if _, err := f.WriteAt(zeros, off); err != nil {
+			return fmt.Errorf("clearing the partition tables: %w", err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("clearing the partition tables: %w", err)
+	}
+	return nil
+}
+
 // readLayout reads the RigOS partitions from the GPT of f, by name; each
 // of the four must be there once.
 func readLayout(f *os.File) (map[string]*gpt.Partition, error) {
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return nil, err
+	}
+	// The table is checked before go-diskfs sizes buffers from it.
+	if err := blockdev.CheckGPT(f, size); err != nil {
+		return nil, fmt.Errorf("its partition table: %w", err)
+	}
 	d, err := diskfs.OpenBackend(file.New(f, true), diskfs.WithSectorSize(sector))
 	if err != nil {
 		return nil, err

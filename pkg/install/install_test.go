@@ -269,4 +269,23 @@ func TestInstallCutShort(t *testing.T) {
 	if _, err := disk.ReadUKI(dst); err != nil {
 		t.Errorf("after the second try: %v", err)
 	}
+
+	// Cut short again, now over that install with wipe: the old table
+	// is gone too, so nothing points into the half-overwritten copy.
+	func() {
+		defer func() {
+			if r := recover(); r != cut {
+				t.Fatalf("install was not cut short: %v", r)
+			}
+		}()
+		Install(Options{Source: src, Target: dst, Slot: layout.SlotA, MinState: testMinState, Wipe: true,
+			Progress: func(done, total int64) {
+				if done >= 2*chunk {
+					panic(cut)
+				}
+			}})
+	}()
+	if _, err := readLayout(f); err == nil {
+		t.Error("a wipe cut short left the earlier install's partition table")
+	}
 }

@@ -89,8 +89,14 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 	if err != nil {
 		return fmt.Errorf("opening session: %w", err)
 	}
-	defer stream.CloseSend()
+	// sendMu orders every use of the stream's sending side: messages
+	// from the Outbox's goroutines, End's close, and the close at return.
 	var sendMu sync.Mutex
+	defer func() {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		_ = stream.CloseSend()
+	}()
 	send := func(m *apiv1.AgentMessage) error {
 		sendMu.Lock()
 		defer sendMu.Unlock()

@@ -159,7 +159,7 @@ func newNode(ctx context.Context, cfg *config.Config, t nodeTPM, log *slog.Logge
 	}
 	if inst != nil {
 		if m, ok := node.Workloads.(*workload.Manager); ok {
-			inst.Busy = m.Running
+			inst.Busy, inst.Hold = m.Running, m.Hold
 		}
 		node.Install, node.End = inst.Handle, inst.Done()
 	}

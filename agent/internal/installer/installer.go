@@ -34,6 +34,9 @@ type Installer struct {
 	Slot layout.Slot
 	// Busy returns the workloads running; an install waits for none.
 	Busy func() []string
+	// Hold, if set, stops new workloads while the install runs (and,
+	// after a success, until the reboot); it fails when some run.
+	Hold func(why string) (release func(), ok bool)
 	// MinState is passed to install.Options (0: its default).
 	MinState int64
 	// Now is the clock (default time.Now).
@@ -91,13 +94,27 @@ func (i *Installer) Handle(m *apiv1.Install) {
 }
 
 // run installs and reports; it returns whether the node should reboot.
-func (i *Installer) run(m *apiv1.Install) bool {
+func (i *Installer) run(m *apiv1.Install) (rebooting bool) {
 	sysRoot, devRoot, efiVars := or(i.SysRoot, "/sys"), or(i.DevRoot, "/dev"), or(i.EFIVars, layout.EFIVarsDir)
+	if i.Hold != nil {
+		release, ok := i.Hold("an install is running on this node; it reboots when the install ends")
+		if ok {
+			defer func() {
+				if !rebooting {
+					release()
+				}
+			}()
+		}
+	}
 	if i.Busy != nil {
 		if busy := i.Busy(); len(busy) > 0 {
 			i.fail(m.GetDisk(), fmt.Errorf("workloads %s are running: stop them first (the install ends in a reboot)", strings.Join(busy, ", ")))
 			return false
 		}
+	}
+	if _, err := apiv1.CheckInstall(m.GetDisk(), m.GetWipe()); err != nil {
+		i.fail(m.GetDisk(), err)
+		return false
 	}
 	disks, err := blockdev.ListDisks(sysRoot)
 	if err != nil {
@@ -141,6 +158,11 @@ func (i *Installer) run(m *apiv1.Install) bool {
 		return false
 	}
 	i.Log.Info("installed", "disk", target.Name, "bytes", res.Bytes, "write", res.Write, "verify", res.Verify, "boot_entry", fmt.Sprintf("Boot%04X", entry))
+	if i.Busy != nil {
+		if busy := i.Busy(); len(busy) > 0 { // cannot happen while held; said, not hidden
+			i.Log.Warn("workloads started during the install are killed by the reboot", "workloads", busy)
+		}
+	}
 	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: target.Name, Bytes: res.Bytes, TotalBytes: res.Bytes,
 		WriteMs: res.Write.Milliseconds(), VerifyMs: res.Verify.Milliseconds(), BootEntry: uint32(entry)})
 	return true

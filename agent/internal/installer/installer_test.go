@@ -119,6 +119,7 @@ func TestInstallWritesDiskAndBootEntry(t *testing.T) {
 func TestInstallRefusals(t *testing.T) {
 	for name, tc := range map[string]struct {
 		disk string
+		wipe bool
 		busy []string
 		want string
 	}{
@@ -130,7 +131,7 @@ func TestInstallRefusals(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			r := newRig(t, tc.busy...)
-			r.inst.Handle(&apiv1.Install{Disk: tc.disk})
+			r.inst.Handle(&apiv1.Install{Disk: tc.disk, Wipe: tc.wipe})
 			e := r.next(t)
 			if tc.want == "WRITING" { // auto picks vdb, the one empty disk
 				if e.GetState() != apiv1.InstallState_INSTALL_STATE_WRITING || e.GetDisk() != "vdb" {

@@ -91,6 +91,26 @@ type Manager struct {
 	gpuOK     func(index int) bool
 	ready     chan struct{} // closed when Recover is done (nil: no recovery)
 	planErr   error         // the ASK plan is unusable: no workloads
+	held      string        // why no workload may start now ("": they may)
+}
+
+// Hold refuses every new workload, naming why, until release is called
+// (an install runs, and ends in a reboot). It returns false, and holds
+// nothing, when workloads are running.
+func (m *Manager) Hold(why string) (release func(), ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.running) > 0 {
+		return func() {}, false
+	}
+	m.held = why
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.held == why {
+			m.held = ""
+		}
+	}, true
 }
 
 // DisconnectGrace is how long trusted-tier workloads outlive the session
@@ -329,6 +349,9 @@ func (m *Manager) check(s *apiv1.WorkloadSpec) ([]int, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.held != "" {
+		errs = append(errs, errors.New(m.held))
+	}
 	if _, dup := m.running[s.GetId()]; dup {
 		errs = append(errs, fmt.Errorf("workload %s already exists on this node", s.GetId()))
 	}

@@ -449,3 +449,21 @@ func TestIDRanges(t *testing.T) {
 		t.Errorf("ranges end at %d, beyond 32-bit IDs", top)
 	}
 }
+
+// While an install holds the node, workloads are refused, naming why;
+// released, they run again. A node with a workload running cannot be
+// held.
+func TestHoldRefusesWorkloads(t *testing.T) {
+	h := newHarness(t)
+	release, ok := h.m.Hold("an install is running")
+	if !ok {
+		t.Fatal("Hold on an idle node failed")
+	}
+	start(h, &apiv1.WorkloadSpec{Id: "held", Image: "present"})
+	if e := h.wait(t, "held", apiv1.WorkloadState_WORKLOAD_STATE_FAILED); !strings.Contains(e.GetReason(), "an install is running") {
+		t.Errorf("held: reason %q", e.GetReason())
+	}
+	release()
+	start(h, &apiv1.WorkloadSpec{Id: "after", Image: "present"})
+	h.wait(t, "after", apiv1.WorkloadState_WORKLOAD_STATE_EXITED)
+}

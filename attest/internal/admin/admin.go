@@ -244,7 +244,7 @@ const InstallTimeout = 30 * time.Minute
 // connected; its trust state does not matter (a node on a supplier's
 // bench installs before it is ever trusted).
 func (s *Server) Install(ctx context.Context, r *apiv1.InstallRequest) (*apiv1.InstallEvent, error) {
-	if _, err := apiv1.InstallDisk(r.GetDisk()); err != nil {
+	if _, err := apiv1.CheckInstall(r.GetDisk(), r.GetWipe()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
 	if _, err := s.store.GetNode(ctx, r.GetNodeId()); err != nil {

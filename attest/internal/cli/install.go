@@ -25,7 +25,7 @@ func installNode(fs *flag.FlagSet, args []string) error {
 	if *node == "" {
 		return errors.New("install: -node is required (attest nodes lists them)")
 	}
-	if _, err := apiv1.InstallDisk(*disk); err != nil {
+	if _, err := apiv1.CheckInstall(*disk, *wipe); err != nil {
 		return fmt.Errorf("install: -disk: %w", err)
 	}
 	c, closeConn, err := adminClient(*sock)

@@ -3,11 +3,14 @@ package verifier
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/pkg/api/apiv1"
@@ -50,6 +53,7 @@ func TestInstallRelay(t *testing.T) {
 		{&apiv1.InstallRequest{NodeId: "rig-1", Disk: "../vda"}, codes.InvalidArgument},
 		{&apiv1.InstallRequest{NodeId: "rig-1", Disk: ""}, codes.InvalidArgument},
 		{&apiv1.InstallRequest{NodeId: "rig-9", Disk: "sdb"}, codes.NotFound},
+		{&apiv1.InstallRequest{NodeId: "rig-1", Disk: "auto", Wipe: true}, codes.InvalidArgument},
 	} {
 		if _, err := h.admin.Install(ctx, tc.req); status.Code(err) != tc.code {
 			t.Errorf("Install(%v) = %v, want %s", tc.req, err, tc.code)
@@ -82,5 +86,19 @@ func TestInstallRelay(t *testing.T) {
 	}
 	if _, err := h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "sdb"}); status.Code(err) != codes.Unavailable {
 		t.Errorf("install on a disconnected node: %v, want Unavailable", err)
+	}
+}
+
+// A node's text is cut on a character boundary and made valid UTF-8, so
+// it can always be sent to the operator.
+func TestTruncateKeepsUTF8(t *testing.T) {
+	for _, s := range []string{strings.Repeat("a", 1023) + "é and more", "bad \xff byte", strings.Repeat("€", 400)} {
+		got := truncate(s, 1024)
+		if !utf8.ValidString(got) || len(got) > 1024+len("…") {
+			t.Errorf("truncate(%q…) = %q…: valid %t, %d bytes", s[:8], got[:8], utf8.ValidString(got), len(got))
+		}
+		if _, err := proto.Marshal(&apiv1.InstallEvent{Reason: got}); err != nil {
+			t.Errorf("marshalling the truncated text: %v", err)
+		}
 	}
 }

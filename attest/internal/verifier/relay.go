@@ -2,6 +2,8 @@ package verifier
 
 import (
 	"context"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/rigos/rigos/attest/internal/admin"
 	"github.com/rigos/rigos/attest/internal/store"
@@ -84,9 +86,17 @@ func (v *Verifier) gpuReport(node string, r *apiv1.GPUReport) {
 	}
 }
 
+// truncate bounds a node's free text to n bytes, cut on a character
+// boundary, with invalid UTF-8 replaced: protobuf refuses to send
+// invalid UTF-8, and a node's text must not make its records
+// unreadable to the operator.
 func truncate(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

@@ -64,7 +64,14 @@ type Extra struct {
 	PCR  int
 	Type uint32
 	Data []byte
+	// Digest, if set, is extended instead of Data's SHA-256 (a log whose
+	// data does not match what was measured).
+	Digest []byte
 }
+
+// GlobalVar encodes a UEFI_VARIABLE_DATA event for an EFI global
+// variable (BootOrder, Boot####), as firmware logs boot variables.
+func GlobalVar(name string, data []byte) []byte { return efiVar(globalVar, name, data) }
 
 // Boot is the outcome of a simulated boot.
 type Boot struct {
@@ -141,6 +148,10 @@ func Simulate(cfg Config) Boot {
 	l.Append(4, tcgevent.EvEFIBootServicesApp, uki, []byte("\\EFI\\BOOT\\BOOTX64.EFI"))
 	measureSections(l, cfg.Sections)
 	for _, e := range cfg.Extra {
+		if e.Digest != nil {
+			l.Append(e.PCR, e.Type, e.Digest, e.Data)
+			continue
+		}
 		l.Measure(e.PCR, e.Type, e.Data)
 	}
 	l.Measure(5, tcgevent.EvEFIAction, []byte("Exit Boot Services Invocation"))

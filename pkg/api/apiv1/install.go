@@ -22,3 +22,18 @@ func InstallDisk(disk string) (string, error) {
 	}
 	return name, nil
 }
+
+// CheckInstall checks an install's disk (InstallDisk) and that wipe
+// names its disk: "auto" picks by size among disks without partitions,
+// which may still hold data (a whole-disk LUKS or file system), so it
+// never wipes.
+func CheckInstall(disk string, wipe bool) (string, error) {
+	name, err := InstallDisk(disk)
+	if err != nil {
+		return "", err
+	}
+	if wipe && name == InstallAuto {
+		return "", fmt.Errorf("wipe with disk %q: name the disk to wipe (everything on it is lost)", InstallAuto)
+	}
+	return name, nil
+}
