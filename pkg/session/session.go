@@ -76,7 +76,7 @@ var ErrRefused = errors.New("verifier refused the node")
 
 // Run holds one session on client until it ends. It returns nil when the
 // verifier closes the stream cleanly.
-func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
+func Run(ctx context.Context, client apiv1.AttestationClient, n Node) (err error) {
 	log := n.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -106,6 +106,11 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) error {
 		defer n.Outbox.Attach(nil)
 	}
 	var ended atomic.Bool
+	defer func() {
+		if ended.Load() && err != nil { // whatever failed after End closed the stream
+			err = ErrEnded
+		}
+	}()
 	if n.End != nil {
 		go func() {
 			select {

@@ -56,7 +56,8 @@ func (i *Installer) Done() <-chan struct{} {
 	return i.done
 }
 
-func (i *Installer) event(e *apiv1.InstallEvent) {
+func (i *Installer) event(req *apiv1.Install, e *apiv1.InstallEvent) {
+	e.RequestId = req.GetRequestId()
 	now := time.Now
 	if i.Now != nil {
 		now = i.Now
@@ -65,9 +66,9 @@ func (i *Installer) event(e *apiv1.InstallEvent) {
 	i.Out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: e}})
 }
 
-func (i *Installer) fail(disk string, err error) {
+func (i *Installer) fail(req *apiv1.Install, disk string, err error) {
 	i.Log.Error("install failed", "disk", disk, "err", err)
-	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: disk, Reason: err.Error()})
+	i.event(req, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: disk, Reason: err.Error()})
 }
 
 // Handle starts the install m asks for, unless one is running; it
@@ -77,7 +78,7 @@ func (i *Installer) Handle(m *apiv1.Install) {
 	i.mu.Lock()
 	if i.running {
 		i.mu.Unlock()
-		i.fail(m.GetDisk(), errors.New("an install is already running on this node"))
+		i.fail(m, m.GetDisk(), errors.New("an install is already running on this node"))
 		return
 	}
 	i.running = true
@@ -108,36 +109,36 @@ func (i *Installer) run(m *apiv1.Install) (rebooting bool) {
 	}
 	if i.Busy != nil {
 		if busy := i.Busy(); len(busy) > 0 {
-			i.fail(m.GetDisk(), fmt.Errorf("workloads %s are running: stop them first (the install ends in a reboot)", strings.Join(busy, ", ")))
+			i.fail(m, m.GetDisk(), fmt.Errorf("workloads %s are running: stop them first (the install ends in a reboot)", strings.Join(busy, ", ")))
 			return false
 		}
 	}
 	if _, err := apiv1.CheckInstall(m.GetDisk(), m.GetWipe()); err != nil {
-		i.fail(m.GetDisk(), err)
+		i.fail(m, m.GetDisk(), err)
 		return false
 	}
 	disks, err := blockdev.ListDisks(sysRoot)
 	if err != nil {
-		i.fail(m.GetDisk(), fmt.Errorf("listing disks: %w", err))
+		i.fail(m, m.GetDisk(), fmt.Errorf("listing disks: %w", err))
 		return false
 	}
 	boot, err := bootDisk(devRoot, efiVars, disks)
 	if err != nil {
-		i.fail(m.GetDisk(), err)
+		i.fail(m, m.GetDisk(), err)
 		return false
 	}
 	target, err := install.Target(disks, boot, m.GetDisk())
 	if err != nil {
-		i.fail(m.GetDisk(), err)
+		i.fail(m, m.GetDisk(), err)
 		return false
 	}
 	i.Log.Info("installing", "from", boot.Name, "to", target.Name, "wipe", m.GetWipe(), "slot", i.Slot)
-	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_WRITING, Disk: target.Name})
+	i.event(m, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_WRITING, Disk: target.Name})
 	res, err := install.Install(install.Options{
 		Source: devRoot + "/" + boot.Name, Target: devRoot + "/" + target.Name, Slot: i.Slot, Wipe: m.GetWipe(), MinState: i.MinState,
 	})
 	if err != nil {
-		i.fail(target.Name, err)
+		i.fail(m, target.Name, err)
 		return false
 	}
 	var entry uint16
@@ -154,7 +155,7 @@ func (i *Installer) run(m *apiv1.Install) (rebooting bool) {
 		err = addEntry()
 	}
 	if err != nil {
-		i.fail(target.Name, fmt.Errorf("the disk is written, but its boot entry is not: %w (the firmware may still boot it from its removable-media path)", err))
+		i.fail(m, target.Name, fmt.Errorf("the disk is written, but its boot entry is not: %w (the firmware may still boot it from its removable-media path)", err))
 		return false
 	}
 	i.Log.Info("installed", "disk", target.Name, "bytes", res.Bytes, "write", res.Write, "verify", res.Verify, "boot_entry", fmt.Sprintf("Boot%04X", entry))
@@ -163,7 +164,7 @@ func (i *Installer) run(m *apiv1.Install) (rebooting bool) {
 			i.Log.Warn("workloads started during the install are killed by the reboot", "workloads", busy)
 		}
 	}
-	i.event(&apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: target.Name, Bytes: res.Bytes, TotalBytes: res.Bytes,
+	i.event(m, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: target.Name, Bytes: res.Bytes, TotalBytes: res.Bytes,
 		WriteMs: res.Write.Milliseconds(), VerifyMs: res.Verify.Milliseconds(), BootEntry: uint32(entry)})
 	return true
 }

@@ -7,6 +7,7 @@ package admin
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"time"
 
@@ -252,8 +253,9 @@ func (s *Server) Install(ctx context.Context, r *apiv1.InstallRequest) (*apiv1.I
 	}
 	events, stop := s.hub.WatchInstall(r.GetNodeId())
 	defer stop()
+	id := rand.Text() // this call's answers, not another caller's
 	if err := s.hub.Send(ctx, r.GetNodeId(), &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Install{
-		Install: &apiv1.Install{Disk: r.GetDisk(), Wipe: r.GetWipe()},
+		Install: &apiv1.Install{Disk: r.GetDisk(), Wipe: r.GetWipe(), RequestId: id},
 	}}); err != nil {
 		return nil, err
 	}
@@ -262,6 +264,9 @@ func (s *Server) Install(ctx context.Context, r *apiv1.InstallRequest) (*apiv1.I
 	for {
 		select {
 		case e := <-events:
+			if e.GetRequestId() != id {
+				continue
+			}
 			if st := e.GetState(); st == apiv1.InstallState_INSTALL_STATE_REBOOTING || st == apiv1.InstallState_INSTALL_STATE_FAILED {
 				return e, nil
 			}

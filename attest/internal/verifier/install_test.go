@@ -27,18 +27,33 @@ func TestInstallRelay(t *testing.T) {
 	out := session.NewOutbox(nil)
 	end := make(chan struct{})
 	asked := make(chan *apiv1.Install, 4)
+	reply := func(m *apiv1.Install, e *apiv1.InstallEvent) {
+		e.RequestId = m.GetRequestId()
+		out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: e}})
+	}
+	var held *apiv1.Install // sdb's answer waits for sdc's request
+	heldSDB := make(chan struct{})
 	node := session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out, End: end,
 		Install: func(m *apiv1.Install) {
-			asked <- m
-			if m.GetDisk() == "vda" {
-				out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
-					State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: "vda", Reason: "vda is the disk RigOS booted from"}}})
+			switch m.GetDisk() {
+			case "sdb":
+				held = m
+				close(heldSDB)
+				return
+			case "sdc": // answered first, then sdb: each caller gets its own answer
+				reply(m, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: "sdc", Reason: "sdc is read-only"})
+				if held != nil {
+					reply(held, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: "sdb", Reason: "sdb is too small"})
+				}
 				return
 			}
-			out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
-				State: apiv1.InstallState_INSTALL_STATE_WRITING, Disk: m.GetDisk()}}})
-			out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_InstallEvent{InstallEvent: &apiv1.InstallEvent{
-				State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: m.GetDisk(), Bytes: 1 << 30, BootEntry: 3}}})
+			asked <- m
+			if m.GetDisk() == "vda" {
+				reply(m, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_FAILED, Disk: "vda", Reason: "vda is the disk RigOS booted from"})
+				return
+			}
+			reply(m, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_WRITING, Disk: m.GetDisk()})
+			reply(m, &apiv1.InstallEvent{State: apiv1.InstallState_INSTALL_STATE_REBOOTING, Disk: m.GetDisk(), Bytes: 1 << 30, BootEntry: 3})
 			close(end) // the agent's installer ends the session once its last event is out
 		}}
 	stop := h.session(node)
@@ -61,6 +76,19 @@ func TestInstallRelay(t *testing.T) {
 	}
 	if len(asked) != 0 {
 		t.Fatalf("refused requests reached the node: %v", <-asked)
+	}
+	// Two callers at once: each gets the answer to its own request.
+	answers := make(chan *apiv1.InstallEvent, 2)
+	go func() {
+		e, _ := h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "sdb"})
+		answers <- e
+	}()
+	<-heldSDB // the node has sdb's request; its answer waits for sdc's
+	if e, err := h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "sdc"}); err != nil || e.GetDisk() != "sdc" {
+		t.Fatalf("concurrent install to sdc answered %v, %v", e, err)
+	}
+	if e := <-answers; e.GetDisk() != "sdb" || e.GetReason() != "sdb is too small" {
+		t.Errorf("concurrent install to sdb answered %v", e)
 	}
 	e, err := h.admin.Install(ctx, &apiv1.InstallRequest{NodeId: "rig-1", Disk: "vda"})
 	if err != nil || e.GetState() != apiv1.InstallState_INSTALL_STATE_FAILED || e.GetReason() == "" {

@@ -426,8 +426,10 @@ type InstallEvent struct {
 	WriteMs  int64 `protobuf:"varint,6,opt,name=write_ms,json=writeMs,proto3" json:"write_ms,omitempty"`
 	VerifyMs int64 `protobuf:"varint,7,opt,name=verify_ms,json=verifyMs,proto3" json:"verify_ms,omitempty"`
 	// BootEntry is the Boot#### number of the new entry, first in BootOrder.
-	BootEntry     uint32 `protobuf:"varint,8,opt,name=boot_entry,json=bootEntry,proto3" json:"boot_entry,omitempty"`
-	UnixMs        int64  `protobuf:"varint,9,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	BootEntry uint32 `protobuf:"varint,8,opt,name=boot_entry,json=bootEntry,proto3" json:"boot_entry,omitempty"`
+	UnixMs    int64  `protobuf:"varint,9,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// RequestId is the Install's, so each caller gets its own answer.
+	RequestId     string `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -523,6 +525,13 @@ func (x *InstallEvent) GetUnixMs() int64 {
 		return x.UnixMs
 	}
 	return 0
+}
+
+func (x *InstallEvent) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // GPUReport is the node's GPU inventory and health, sent when the
@@ -1757,7 +1766,9 @@ type Install struct {
 	// or "auto", the largest writable disk without partitions.
 	Disk string `protobuf:"bytes,1,opt,name=disk,proto3" json:"disk,omitempty"`
 	// Wipe installs over a disk that is not empty; its contents are lost.
-	Wipe          bool `protobuf:"varint,2,opt,name=wipe,proto3" json:"wipe,omitempty"`
+	Wipe bool `protobuf:"varint,2,opt,name=wipe,proto3" json:"wipe,omitempty"`
+	// RequestId is echoed in the InstallEvents answering this request.
+	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1804,6 +1815,13 @@ func (x *Install) GetWipe() bool {
 		return x.Wipe
 	}
 	return false
+}
+
+func (x *Install) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 // ActivationChallenge is the output of TPM2_MakeCredential for the EK and AK.
@@ -3694,7 +3712,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\n" +
 	"gpu_report\x18\x06 \x01(\v2\x17.rigos.api.v1.GPUReportH\x00R\tgpuReport\x12A\n" +
 	"\rinstall_event\x18\a \x01(\v2\x1a.rigos.api.v1.InstallEventH\x00R\finstallEventB\x05\n" +
-	"\x03msg\"\x93\x02\n" +
+	"\x03msg\"\xb2\x02\n" +
 	"\fInstallEvent\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.rigos.api.v1.InstallStateR\x05state\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x16\n" +
@@ -3706,7 +3724,10 @@ const file_rigos_proto_rawDesc = "" +
 	"\tverify_ms\x18\a \x01(\x03R\bverifyMs\x12\x1d\n" +
 	"\n" +
 	"boot_entry\x18\b \x01(\rR\tbootEntry\x12\x17\n" +
-	"\aunix_ms\x18\t \x01(\x03R\x06unixMs\"\xf1\x01\n" +
+	"\aunix_ms\x18\t \x01(\x03R\x06unixMs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\n" +
+	" \x01(\tR\trequestId\"\xf1\x01\n" +
 	"\tGPUReport\x12%\n" +
 	"\x04gpus\x18\x01 \x03(\v2\x11.rigos.api.v1.GPUR\x04gpus\x12)\n" +
 	"\x10inventory_digest\x18\x02 \x01(\tR\x0finventoryDigest\x12\x14\n" +
@@ -3809,10 +3830,12 @@ const file_rigos_proto_rawDesc = "" +
 	"imageChunk\x12A\n" +
 	"\rstop_workload\x18\b \x01(\v2\x1a.rigos.api.v1.StopWorkloadH\x00R\fstopWorkload\x121\n" +
 	"\ainstall\x18\t \x01(\v2\x15.rigos.api.v1.InstallH\x00R\ainstallB\x05\n" +
-	"\x03msg\"1\n" +
+	"\x03msg\"P\n" +
 	"\aInstall\x12\x12\n" +
 	"\x04disk\x18\x01 \x01(\tR\x04disk\x12\x12\n" +
-	"\x04wipe\x18\x02 \x01(\bR\x04wipe\"M\n" +
+	"\x04wipe\x18\x02 \x01(\bR\x04wipe\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x03 \x01(\tR\trequestId\"M\n" +
 	"\x13ActivationChallenge\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\fR\n" +
