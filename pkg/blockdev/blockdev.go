@@ -32,6 +32,16 @@ type Disk struct {
 	Partitions []string
 }
 
+// PartitionName is the kernel's name of the disk's partition number n
+// (1-based): "vda2", "sdb1", and "nvme0n1p2" for a disk whose name ends
+// in a digit.
+func (d Disk) PartitionName(n int) string {
+	if last := d.Name[len(d.Name)-1]; last >= '0' && last <= '9' {
+		return fmt.Sprintf("%sp%d", d.Name, n)
+	}
+	return fmt.Sprintf("%s%d", d.Name, n)
+}
+
 // Path is the disk's device node.
 func (d Disk) Path() string { return "/dev/" + d.Name }
 

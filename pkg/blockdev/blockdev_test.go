@@ -71,3 +71,11 @@ func TestListDisksAndBootDisk(t *testing.T) {
 		t.Errorf("BootDisk(two RigOS disks) = %v", err)
 	}
 }
+
+func TestPartitionName(t *testing.T) {
+	for disk, want := range map[string]string{"vda": "vda2", "sdb": "sdb2", "nvme0n1": "nvme0n1p2", "mmcblk0": "mmcblk0p2"} {
+		if got := (Disk{Name: disk}).PartitionName(2); got != want {
+			t.Errorf("PartitionName(%s, 2) = %s, want %s", disk, got, want)
+		}
+	}
+}

@@ -311,11 +311,26 @@ func (v Vars) Entry(n uint16) (LoadOption, error) {
 	return ParseLoadOption(b)
 }
 
-// AddFirst writes o as a boot entry and puts it first in the boot order,
-// keeping the others after it. An entry already naming the same
-// partition GUID and path is rewritten in place; otherwise o gets the
-// lowest free number. It returns the entry's number.
+// AddFirst writes o as a boot entry (Add) and puts it first in the boot
+// order, keeping the others after it. It returns the entry's number.
 func (v Vars) AddFirst(o LoadOption) (uint16, error) {
+	num, err := v.Add(o)
+	if err != nil {
+		return 0, err
+	}
+	order, err := v.BootOrder()
+	if err != nil {
+		return 0, err
+	}
+	order = slices.DeleteFunc(order, func(n uint16) bool { return n == num })
+	return num, v.SetBootOrder(append([]uint16{num}, order...))
+}
+
+// Add writes o as a boot entry, leaving the boot order as it is. An
+// entry already naming the same partition GUID and path is rewritten in
+// place; otherwise o gets the lowest free number. It returns the entry's
+// number.
+func (v Vars) Add(o LoadOption) (uint16, error) {
 	nums, err := v.Entries()
 	if err != nil {
 		return 0, err
@@ -339,12 +354,7 @@ func (v Vars) AddFirst(o LoadOption) (uint16, error) {
 	if err := v.write(fmt.Sprintf("Boot%04X", num), o.Marshal()); err != nil {
 		return 0, err
 	}
-	order, err := v.BootOrder()
-	if err != nil {
-		return 0, err
-	}
-	order = slices.DeleteFunc(order, func(n uint16) bool { return n == num })
-	return num, v.SetBootOrder(append([]uint16{num}, order...))
+	return num, nil
 }
 
 // LoaderGUID is the vendor GUID of the variables systemd's boot stub

@@ -198,3 +198,28 @@ func TestLoaderDevicePartUUID(t *testing.T) {
 		t.Errorf("no variable: %v, want ErrNotExist", err)
 	}
 }
+
+// Add writes an entry (an update's slot, booted once through BootNext)
+// and leaves the boot order alone.
+func TestAddKeepsOrder(t *testing.T) {
+	dir := t.TempDir()
+	v := Vars{Dir: dir, Unlock: func(string) error { return nil }}
+	other := testOption()
+	other.Path = `\EFI\RIGOS\rigos-a.efi`
+	writeVar(t, dir, "Boot0000", other.Marshal())
+	writeVar(t, dir, "BootOrder", encodeOrder([]uint16{0}))
+	b := testOption()
+	b.Path = `\EFI\RIGOS\rigos-b.efi`
+	for range 2 { // the second time it is found, not added again
+		n, err := v.Add(b)
+		if err != nil || n != 1 {
+			t.Fatalf("Add = %d, %v; want 1", n, err)
+		}
+	}
+	if order, err := v.BootOrder(); err != nil || !slices.Equal(order, []uint16{0}) {
+		t.Errorf("BootOrder = %v, %v; want [0] unchanged", order, err)
+	}
+	if nums, _ := v.Entries(); !slices.Equal(nums, []uint16{0, 1}) {
+		t.Errorf("entries %v, want [0 1]", nums)
+	}
+}

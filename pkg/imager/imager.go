@@ -123,9 +123,12 @@ type Options struct {
 
 // Result describes what Build wrote.
 type Result struct {
-	Raw, QCOW2, UKI, Initrd, System, Manifest string
-	UKIDigest, PCR11                          []byte
-	UKISize, InitrdSize, SystemSize           int
+	// UKI is slot A's UKI, UKIB slot B's (the same build, its command
+	// line naming slot B).
+	Raw, QCOW2, UKI, UKIB, Initrd, System, Manifest string
+	// The UKIs' Authenticode digests and the PCR 11 values they leave.
+	UKIDigest, PCR11, UKIBDigest, PCR11B []byte
+	UKISize, InitrdSize, SystemSize      int
 	// SystemOffset is where slot A's system partition starts in the raw
 	// image.
 	SystemOffset int64
@@ -283,22 +286,32 @@ func Build(o Options) (*Result, error) {
 	}
 	step("system partition: %.1f MiB (EROFS and dm-verity tree, root %x…)", float64(len(system))/(1<<20), tree.Root[:6])
 
-	u, err := o.buildUKI(tmp, release, initrd, tree, keys.DB)
+	u, err := o.buildUKI(tmp, release, initrd, tree, keys.DB, layout.SlotA)
 	if err != nil {
 		return nil, err
 	}
-	step("UKI: %.1f MiB, signed with %s", float64(len(u.signed))/(1<<20), keys.DB.Cert.Subject.CommonName)
+	// Slot B's UKI differs only in the slot its measured command line
+	// names: an update to this build writes it when the node runs from
+	// slot A.
+	ub, err := o.buildUKI(tmp, release, initrd, tree, keys.DB, layout.SlotB)
+	if err != nil {
+		return nil, err
+	}
+	step("UKIs for slots A and B: %.1f MiB each, signed with %s", float64(len(u.signed))/(1<<20), keys.DB.Cert.Subject.CommonName)
 
 	sum := sha256.Sum256(u.signed)
 	r := &Result{
 		Raw: filepath.Join(o.Out, "rigos.raw"), QCOW2: filepath.Join(o.Out, "rigos.qcow2"),
-		UKI: filepath.Join(o.Out, "rigos.efi"), Initrd: filepath.Join(o.Out, "initrd.img"),
-		System: filepath.Join(o.Out, "system.img"), SystemSize: len(system),
-		Manifest:  filepath.Join(o.Out, "manifest.json"),
-		UKIDigest: u.digest, PCR11: u.pcr11,
+		UKI: filepath.Join(o.Out, layout.BuildUKI(layout.SlotA)), Initrd: filepath.Join(o.Out, "initrd.img"),
+		System: filepath.Join(o.Out, layout.BuildSystem), SystemSize: len(system),
+		Manifest: filepath.Join(o.Out, layout.BuildManifest),
+		UKIB:     filepath.Join(o.Out, layout.BuildUKI(layout.SlotB)), UKIDigest: u.digest, PCR11: u.pcr11, UKIBDigest: ub.digest, PCR11B: ub.pcr11,
 		UKISize: len(u.signed), InitrdSize: len(initrd), Build: hex.EncodeToString(sum[:6]),
 	}
 	if err := o.writeImages(r, u.signed, initrd, system, sum[:]); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(r.UKIB, ub.signed, 0o644); err != nil {
 		return nil, err
 	}
 	step("disk images: %s, %s", r.Raw, r.QCOW2)
@@ -384,14 +397,14 @@ type builtUKI struct {
 // buildUKI assembles systemd-stub, the kernel, the command line (with the
 // system partition's dm-verity root) and the initramfs, and signs the
 // result with the db key.
-func (o *Options) buildUKI(tmp, release string, initrd []byte, tree *verity.Tree, db sbkeys.Key) (*builtUKI, error) {
+func (o *Options) buildUKI(tmp, release string, initrd []byte, tree *verity.Tree, db sbkeys.Key, slot layout.Slot) (*builtUKI, error) {
 	vmlinuz, err := os.ReadFile(filepath.Join(o.KernelRoot, "boot", "vmlinuz-"+release))
 	if err != nil {
 		return nil, fmt.Errorf("reading kernel (run kernel/fetch.sh): %w", err)
 	}
 	sections := []uki.Section{
 		{Name: ".osrel", Data: osRelease(release)},
-		{Name: ".cmdline", Data: []byte(o.cmdline(tree.Param()))},
+		{Name: ".cmdline", Data: []byte(o.cmdline(tree.Param(), slot))},
 		{Name: ".linux", Data: vmlinuz},
 		{Name: ".initrd", Data: initrd},
 	}
@@ -452,8 +465,9 @@ func (o *Options) manifest(r *Result, keys *sbkeys.Set, extraDB []*x509.Certific
 		Version: attestation.ManifestVersion, Build: r.Build, Created: time.Unix(o.Epoch, 0).UTC(),
 		// systemd-stub starts the kernel itself: the firmware measures only
 		// the UKI into PCR 4.
-		BootApplications: []string{hex.EncodeToString(r.UKIDigest)},
-		PCR11:            []string{hex.EncodeToString(r.PCR11)},
+		// Slot A's UKI, then slot B's.
+		BootApplications: []string{hex.EncodeToString(r.UKIDigest), hex.EncodeToString(r.UKIBDigest)},
+		PCR11:            []string{hex.EncodeToString(r.PCR11), hex.EncodeToString(r.PCR11B)},
 		SecureBoot: attestation.SecureBootPolicy{Required: true, DBCerts: []string{sbkeys.Fingerprint(keys.DB.Cert)},
 			KEKCerts: []string{sbkeys.Fingerprint(keys.KEK.Cert)}, OtherDBCerts: otherDB},
 		Phases: measure.BootPhases,
@@ -497,13 +511,13 @@ func checkCARoots(path string) error {
 }
 
 // cmdline returns the UKI's measured kernel command line: the hardened
-// one, then the system partition's dm-verity parameter and its slot
-// (always A: nothing writes slot B yet), then ExtraCmdline and Console.
+// one, then the system partition's dm-verity parameter and the slot the
+// UKI boots, then ExtraCmdline and Console.
 // The root hash is measured with it, so changing one block of the
 // system partition changes PCR 11 and the UKI digest; init opens the
 // slot's partition.
-func (o *Options) cmdline(systemParam string) string {
-	extra := append([]string{layout.SystemParam + "=" + systemParam, layout.SlotParam + "=" + string(layout.SlotA)},
+func (o *Options) cmdline(systemParam string, slot layout.Slot) string {
+	extra := append([]string{layout.SystemParam + "=" + systemParam, layout.SlotParam + "=" + string(slot)},
 		o.ExtraCmdline...)
 	if o.Console != "" {
 		extra = append(extra, "console="+o.Console)

@@ -13,20 +13,22 @@ import (
 )
 
 // The measured command line names the system partition's dm-verity tree
-// and slot A, the slot the imager writes, the way init reads them.
+// and the UKI's slot, the way init reads them.
 func TestCmdlineNamesSystemAndSlot(t *testing.T) {
 	o := &Options{Console: "ttyS0", ExtraCmdline: []string{"quiet"}}
-	args, err := cmdline.Parse(o.cmdline("ab:cd:3"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, want := range map[string]string{layout.SystemParam: "ab:cd:3", layout.SlotParam: "a", "console": "ttyS0", "quiet": ""} {
-		if got, ok := args[k]; !ok || got != want {
-			t.Errorf("cmdline() sets %s = %q (%v), want %q", k, got, ok, want)
+	for _, slot := range layout.Slots() {
+		args, err := cmdline.Parse(o.cmdline("ab:cd:3", slot))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if slot, err := layout.ParseSlot(args[layout.SlotParam]); err != nil || slot != layout.SlotA {
-		t.Errorf("ParseSlot(%q) = %q, %v, want slot A", args[layout.SlotParam], slot, err)
+		for k, want := range map[string]string{layout.SystemParam: "ab:cd:3", layout.SlotParam: string(slot), "console": "ttyS0", "quiet": ""} {
+			if got, ok := args[k]; !ok || got != want {
+				t.Errorf("cmdline(%s) sets %s = %q (%v), want %q", slot, k, got, ok, want)
+			}
+		}
+		if got, err := layout.ParseSlot(args[layout.SlotParam]); err != nil || got != slot {
+			t.Errorf("ParseSlot(%q) = %q, %v, want slot %s", args[layout.SlotParam], got, err, slot)
+		}
 	}
 }
 

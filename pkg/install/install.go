@@ -191,13 +191,37 @@ func Install(o Options) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	g := got[layout.ESPPartition]
+	res.ESP, err = bootPartition(got[layout.ESPPartition])
+	return res, err
+}
+
+// Partitions reads the RigOS partitions of a disk (a block device, or an
+// image file), by name, as a boot entry names them.
+func Partitions(path string) (map[string]efiboot.Partition, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	parts, err := readLayout(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	out := map[string]efiboot.Partition{}
+	for name, p := range parts {
+		if out[name], err = bootPartition(p); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func bootPartition(g *gpt.Partition) (efiboot.Partition, error) {
 	guid, err := uuid.Parse(g.GUID)
 	if err != nil {
-		return res, fmt.Errorf("the ESP's GUID %q: %w", g.GUID, err)
+		return efiboot.Partition{}, fmt.Errorf("partition %s's GUID %q: %w", g.Name, g.GUID, err)
 	}
-	res.ESP = efiboot.Partition{Number: uint32(g.Index), StartLBA: g.Start, SizeLBA: g.End - g.Start + 1, GUID: guid}
-	return res, nil
+	return efiboot.Partition{Number: uint32(g.Index), StartLBA: g.Start, SizeLBA: g.End - g.Start + 1, GUID: guid}, nil
 }
 
 // verify reads back the copied partitions and the partition table.

@@ -85,6 +85,23 @@ const EFIVarsDir = "/sys/firmware/efi/efivars"
 // names.
 func SlotUKI(s Slot) string { return ESPUKIDir + "/rigos-" + string(s) + ".efi" }
 
+// Files of a build's output folder, as the imager writes them. The
+// folder is also the update bundle the verifier streams to nodes.
+const (
+	BuildManifest = "manifest.json"
+	BuildSystem   = "system.img"
+)
+
+// BuildUKI returns the file name of the slot's UKI in a build's output
+// folder: "rigos.efi" for slot A (the UKI the image boots), "rigos-b.efi"
+// for slot B.
+func BuildUKI(s Slot) string {
+	if s == SlotA {
+		return "rigos.efi"
+	}
+	return "rigos-" + string(s) + ".efi"
+}
+
 // Names init gives the partitions once it opened them.
 const (
 	// ESPLabel is the ESP's FAT volume label.

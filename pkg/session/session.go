@@ -53,6 +53,11 @@ type Node struct {
 	// Install, if set, receives the verifier's install requests and
 	// answers through the Outbox; without it an install is refused.
 	Install func(*apiv1.Install)
+	// Update and UpdateChunk, if set, receive the verifier's update
+	// requests and their data and answer through the Outbox; without
+	// them an update is refused.
+	Update      func(*apiv1.Update)
+	UpdateChunk func(*apiv1.UpdateChunk)
 	// End, when closed, ends the session cleanly: the stream is closed
 	// after everything sent so far (the node is about to reboot), and
 	// Run returns ErrEnded once the verifier has closed its side.
@@ -189,6 +194,21 @@ func Run(ctx context.Context, client apiv1.AttestationClient, n Node) (err error
 				continue
 			}
 			n.Install(msg.Install)
+		case *apiv1.VerifierMessage_Update:
+			if n.Update == nil {
+				if err := send(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: &apiv1.UpdateEvent{
+					State: apiv1.UpdateState_UPDATE_STATE_FAILED, Build: msg.Update.GetBuild(), RequestId: msg.Update.GetRequestId(),
+					Reason: "this agent does not update: it is not running from a RigOS disk",
+				}}}); err != nil {
+					return err
+				}
+				continue
+			}
+			n.Update(msg.Update)
+		case *apiv1.VerifierMessage_UpdateChunk:
+			if n.UpdateChunk != nil {
+				n.UpdateChunk(msg.UpdateChunk)
+			}
 		case *apiv1.VerifierMessage_StartWorkload, *apiv1.VerifierMessage_ImageChunk, *apiv1.VerifierMessage_StopWorkload:
 			if n.Workloads == nil {
 				id := m.GetStartWorkload().GetSpec().GetId()

@@ -162,6 +162,7 @@ func newNode(ctx context.Context, cfg *config.Config, t nodeTPM, log *slog.Logge
 			inst.Busy, inst.Hold = m.Running, m.Hold
 		}
 		node.Install, node.End = inst.Handle, inst.Done()
+		node.Update, node.UpdateChunk = inst.HandleUpdate, inst.HandleUpdateChunk
 	}
 	return node, stop, nil
 }

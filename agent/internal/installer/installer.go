@@ -1,8 +1,12 @@
-// Package installer carries out the verifier's install requests on a
-// node: it copies the disk RigOS booted from onto an internal disk
-// (pkg/install), puts a boot entry for it first in the firmware's boot
-// order (pkg/efiboot) and, once the verifier has the result, ends the
-// agent so init reboots into the disk.
+// Package installer carries out the verifier's install and update
+// requests on a node. An install copies the disk RigOS booted from onto
+// an internal disk (pkg/install) and puts a boot entry for it first in
+// the firmware's boot order (pkg/efiboot). An update writes a new build
+// into the slot the node did not boot from (pkg/update) and sets that
+// slot's boot entry in BootNext, so the firmware boots it once; the boot
+// after that is the old slot again unless the new one is committed. In
+// both cases, once the verifier has the result, the agent ends so init
+// reboots.
 package installer
 
 import (
@@ -21,7 +25,8 @@ import (
 	"github.com/rigos/rigos/pkg/session"
 )
 
-// Installer handles apiv1.Install messages, one at a time.
+// Installer handles apiv1.Install and apiv1.Update messages, one at a
+// time.
 type Installer struct {
 	// Out carries its events to the verifier.
 	Out *session.Outbox
@@ -41,9 +46,16 @@ type Installer struct {
 	MinState int64
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// ESP, set in tests, is a folder standing in for the mounted ESP
+	// (default: layout.ESPMount, remounted writable for an update).
+	ESP string
+	// Poll is how often an update waiting for workloads to end looks
+	// again (default 2 s).
+	Poll time.Duration
 
 	mu      sync.Mutex
-	running bool
+	running bool // an install or update
+	upd     *updating
 	done    chan struct{}
 	once    sync.Once
 }

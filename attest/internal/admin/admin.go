@@ -23,9 +23,10 @@ import (
 // Server implements apiv1.AdminServer.
 type Server struct {
 	apiv1.UnimplementedAdminServer
-	store store.Store
-	trust *trust.Keeper
-	hub   *hub.Hub
+	store   store.Store
+	trust   *trust.Keeper
+	hub     *hub.Hub
+	updates Updates
 }
 
 // New returns the Admin service.
@@ -89,6 +90,7 @@ func (s *Server) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1.N
 	}
 	out.Gpus = s.hub.GPUs(n.ID)
 	out.Install = s.hub.LastInstall(n.ID)
+	out.Update = s.hub.LastUpdate(n.ID)
 	plan := s.hub.Plan(n.ID)
 	out.AskPlan, out.AskPlanError, out.Hardware = plan.Plan, plan.Err, plan.Hardware
 	ws, err := s.store.WorkloadEvents(ctx, n.ID, limit)

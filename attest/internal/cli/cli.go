@@ -75,8 +75,10 @@ func Run(args []string) error {
 		return stopWorkload(fs, args)
 	case "install":
 		return installNode(fs, args)
+	case "update":
+		return updateNode(fs, args)
 	}
-	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop, install)", cmd)
+	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop, install, update)", cmd)
 }
 
 func serve(path string) error {
@@ -164,6 +166,9 @@ func admin(cmd, sock, id, reason string, n int) error {
 		}
 		if e := d.GetInstall(); e != nil {
 			fmt.Printf("%s  %s\n", when(e.GetUnixMs()), installLine(e))
+		}
+		if e := d.GetUpdate(); e != nil {
+			fmt.Printf("%s  %s\n", when(e.GetUnixMs()), updateLine(e))
 		}
 		if len(d.GetWorkloads()) > 0 {
 			fmt.Println("workload events:")

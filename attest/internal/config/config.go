@@ -59,6 +59,10 @@ type Config struct {
 	SigningKey string `json:"signing_key"`
 	// ManifestDir holds signed reference manifests (*.json). Required.
 	ManifestDir string `json:"manifest_dir"`
+	// UpdateDir holds builds to update nodes to (attest update): a folder
+	// per build, named for it, holding the imager's output. A build's
+	// manifest must also be in ManifestDir. Default is none (no updates).
+	UpdateDir string `json:"update_dir"`
 	// ManifestKeys are the Ed25519 public keys (PEM) trusted to sign
 	// manifests. Required.
 	ManifestKeys []string `json:"manifest_keys"`
@@ -122,7 +126,7 @@ func Load(path string) (*Config, error) {
 }
 
 func (c *Config) resolve(dir string) {
-	for _, p := range []*string{&c.TLSCert, &c.TLSKey, &c.Database, &c.SigningKey, &c.ManifestDir, &c.AdminSocket, &c.EvidenceDir} {
+	for _, p := range []*string{&c.TLSCert, &c.TLSKey, &c.Database, &c.SigningKey, &c.ManifestDir, &c.UpdateDir, &c.AdminSocket, &c.EvidenceDir} {
 		*p = config.Resolve(dir, *p)
 	}
 	for _, l := range [][]string{c.ManifestKeys, c.EKRoots, c.EKIntermediates} {

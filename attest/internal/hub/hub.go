@@ -80,7 +80,8 @@ type Hub struct {
 	workloads map[workloadKey][]chan *apiv1.WorkloadUpdate
 	gpus      map[string]*apiv1.GPUReport // latest per node
 	plans     map[string]Plan             // from each node's latest proven hello
-	installs  map[string]*installState
+	installs  nodeEvents[*apiv1.InstallEvent]
+	updates   nodeEvents[*apiv1.UpdateEvent]
 	// sent counts, per node and workload sent to it, the events the node
 	// reported: only those workloads' events are taken, and only so many.
 	sent map[string]map[string]int

@@ -2,24 +2,38 @@ package hub
 
 import "github.com/rigos/rigos/pkg/api/apiv1"
 
-// installState is a node's install: its latest event and the admin calls
-// waiting for the next.
-type installState struct {
-	last     *apiv1.InstallEvent
-	watchers []chan *apiv1.InstallEvent
+// nodeEvents are, per node, the latest event of one kind (installs,
+// updates) and the admin calls waiting for the next.
+type nodeEvents[T any] map[string]*eventState[T]
+
+type eventState[T any] struct {
+	last     T
+	watchers []chan T
 }
 
-// WatchInstall subscribes to a node's install events.
-func (h *Hub) WatchInstall(node string) (<-chan *apiv1.InstallEvent, func()) {
-	ch := make(chan *apiv1.InstallEvent, 16)
+// state returns node's state, made on first use; h.mu is held.
+func (m *nodeEvents[T]) state(node string) *eventState[T] {
+	if *m == nil {
+		*m = nodeEvents[T]{}
+	}
+	st := (*m)[node]
+	if st == nil {
+		st = &eventState[T]{}
+		(*m)[node] = st
+	}
+	return st
+}
+
+func watch[T any](h *Hub, m *nodeEvents[T], node string) (<-chan T, func()) {
+	ch := make(chan T, 16)
 	h.mu.Lock()
-	st := h.install(node)
+	st := m.state(node)
 	st.watchers = append(st.watchers, ch)
 	h.mu.Unlock()
 	return ch, func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
-		st := h.install(node)
+		st := m.state(node)
 		for i, c := range st.watchers {
 			if c == ch {
 				st.watchers = append(st.watchers[:i], st.watchers[i+1:]...)
@@ -29,26 +43,13 @@ func (h *Hub) WatchInstall(node string) (<-chan *apiv1.InstallEvent, func()) {
 	}
 }
 
-// install returns node's install state, made on first use; h.mu is held.
-func (h *Hub) install(node string) *installState {
-	if h.installs == nil {
-		h.installs = map[string]*installState{}
-	}
-	st := h.installs[node]
-	if st == nil {
-		st = &installState{}
-		h.installs[node] = st
-	}
-	return st
-}
-
-// InstallEvent keeps a node's latest install event and passes it to the
-// watchers that have room.
-func (h *Hub) InstallEvent(node string, e *apiv1.InstallEvent) {
+// publish keeps e as node's latest and passes it to the watchers that
+// have room.
+func publish[T any](h *Hub, m *nodeEvents[T], node string, e T) {
 	h.mu.Lock()
-	st := h.install(node)
+	st := m.state(node)
 	st.last = e
-	subs := append([]chan *apiv1.InstallEvent(nil), st.watchers...)
+	subs := append([]chan T(nil), st.watchers...)
 	h.mu.Unlock()
 	for _, ch := range subs {
 		select {
@@ -58,12 +59,36 @@ func (h *Hub) InstallEvent(node string, e *apiv1.InstallEvent) {
 	}
 }
 
-// LastInstall returns a node's latest install event, or nil.
-func (h *Hub) LastInstall(node string) *apiv1.InstallEvent {
+func last[T any](h *Hub, m *nodeEvents[T], node string) T {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if st := h.installs[node]; st != nil {
+	var zero T
+	if st := (*m)[node]; st != nil {
 		return st.last
 	}
-	return nil
+	return zero
 }
+
+// WatchInstall subscribes to a node's install events.
+func (h *Hub) WatchInstall(node string) (<-chan *apiv1.InstallEvent, func()) {
+	return watch(h, &h.installs, node)
+}
+
+// InstallEvent keeps a node's latest install event and passes it to the
+// watchers that have room.
+func (h *Hub) InstallEvent(node string, e *apiv1.InstallEvent) { publish(h, &h.installs, node, e) }
+
+// LastInstall returns a node's latest install event, or nil.
+func (h *Hub) LastInstall(node string) *apiv1.InstallEvent { return last(h, &h.installs, node) }
+
+// WatchUpdate subscribes to a node's update events.
+func (h *Hub) WatchUpdate(node string) (<-chan *apiv1.UpdateEvent, func()) {
+	return watch(h, &h.updates, node)
+}
+
+// UpdateEvent keeps a node's latest update event and passes it to the
+// watchers that have room.
+func (h *Hub) UpdateEvent(node string, e *apiv1.UpdateEvent) { publish(h, &h.updates, node, e) }
+
+// LastUpdate returns a node's latest update event, or nil.
+func (h *Hub) LastUpdate(node string) *apiv1.UpdateEvent { return last(h, &h.updates, node) }

@@ -68,6 +68,15 @@ func (v *Verifier) installEvent(node string, e *apiv1.InstallEvent) {
 		"bytes", e.GetBytes(), "write_ms", e.GetWriteMs(), "verify_ms", e.GetVerifyMs(), "boot_entry", e.GetBootEntry())
 }
 
+// updateEvent keeps a node's update event (its free text bounded) for
+// GetNode and the Update call waiting on it, and logs it.
+func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent) {
+	e.Reason, e.Build, e.Slot = truncate(e.GetReason(), maxEventText), truncate(e.GetBuild(), 64), truncate(e.GetSlot(), 8)
+	v.hub.UpdateEvent(node, e)
+	v.o.Logger.Info("update", "node", node, "state", e.GetState().String(), "build", e.GetBuild(), "slot", e.GetSlot(), "reason", e.GetReason(),
+		"bytes", e.GetBytes(), "total_bytes", e.GetTotalBytes(), "write_ms", e.GetWriteMs(), "verify_ms", e.GetVerifyMs(), "boot_entry", e.GetBootEntry())
+}
+
 // gpuReport keeps a node's latest GPU report and logs GPUs that turned
 // unhealthy.
 func (v *Verifier) gpuReport(node string, r *apiv1.GPUReport) {

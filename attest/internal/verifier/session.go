@@ -315,6 +315,10 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 				v.installEvent(id, e)
 				continue
 			}
+			if e := m.GetUpdateEvent(); e != nil {
+				v.updateEvent(id, e)
+				continue
+			}
 			if m.GetWorkloadEvent() != nil || m.GetWorkloadLog() != nil || m.GetGpuReport() != nil {
 				if err := v.workloadMessage(ctx, id, m); err != nil {
 					return err

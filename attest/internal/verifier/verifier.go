@@ -72,6 +72,9 @@ type Options struct {
 	Manifests func() []*attestation.Manifest
 	// Retired, if set, returns the retired manifests and why, by build.
 	Retired func() ([]*attestation.Manifest, map[string]string)
+	// UpdateDir, if set, holds the builds Update streams to nodes
+	// (admin.Updates).
+	UpdateDir string
 	// SigningKey signs attestation result tokens.
 	SigningKey ed25519.PrivateKey
 	// Roots (and Intermediates) certify hardware-class EKs.
@@ -148,6 +151,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		enrolments: rate.NewLimiter(rate.Limit(o.Policy.EnrolRate), o.Policy.EnrolBurst),
 		handshakes: make(chan struct{}, o.Policy.MaxHandshakes),
 	}
+	v.admin.SetUpdates(admin.Updates{Dir: o.UpdateDir, Manifests: o.Manifests})
 	v.nextID.Store(uint64(o.Now().UnixNano()))
 	return v, nil
 }

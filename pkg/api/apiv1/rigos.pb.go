@@ -28,6 +28,67 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type UpdateState int32
+
+const (
+	UpdateState_UPDATE_STATE_UNSPECIFIED UpdateState = 0
+	// RECEIVING: the node accepted the update and waits for the slot's
+	// files (UpdateChunk), in the order of UpdatePart.
+	UpdateState_UPDATE_STATE_RECEIVING UpdateState = 1
+	// WAITING: written, read back and set to boot once; the node reboots
+	// when no workload runs.
+	UpdateState_UPDATE_STATE_WAITING UpdateState = 2
+	// REBOOTING: the node reboots into the new slot, once.
+	UpdateState_UPDATE_STATE_REBOOTING UpdateState = 3
+	// FAILED: nothing was made bootable; reason says why.
+	UpdateState_UPDATE_STATE_FAILED UpdateState = 4
+)
+
+// Enum value maps for UpdateState.
+var (
+	UpdateState_name = map[int32]string{
+		0: "UPDATE_STATE_UNSPECIFIED",
+		1: "UPDATE_STATE_RECEIVING",
+		2: "UPDATE_STATE_WAITING",
+		3: "UPDATE_STATE_REBOOTING",
+		4: "UPDATE_STATE_FAILED",
+	}
+	UpdateState_value = map[string]int32{
+		"UPDATE_STATE_UNSPECIFIED": 0,
+		"UPDATE_STATE_RECEIVING":   1,
+		"UPDATE_STATE_WAITING":     2,
+		"UPDATE_STATE_REBOOTING":   3,
+		"UPDATE_STATE_FAILED":      4,
+	}
+)
+
+func (x UpdateState) Enum() *UpdateState {
+	p := new(UpdateState)
+	*p = x
+	return p
+}
+
+func (x UpdateState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UpdateState) Descriptor() protoreflect.EnumDescriptor {
+	return file_rigos_proto_enumTypes[0].Descriptor()
+}
+
+func (UpdateState) Type() protoreflect.EnumType {
+	return &file_rigos_proto_enumTypes[0]
+}
+
+func (x UpdateState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UpdateState.Descriptor instead.
+func (UpdateState) EnumDescriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{0}
+}
+
 type InstallState int32
 
 const (
@@ -68,11 +129,11 @@ func (x InstallState) String() string {
 }
 
 func (InstallState) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[0].Descriptor()
+	return file_rigos_proto_enumTypes[1].Descriptor()
 }
 
 func (InstallState) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[0]
+	return &file_rigos_proto_enumTypes[1]
 }
 
 func (x InstallState) Number() protoreflect.EnumNumber {
@@ -81,7 +142,56 @@ func (x InstallState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use InstallState.Descriptor instead.
 func (InstallState) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{0}
+	return file_rigos_proto_rawDescGZIP(), []int{1}
+}
+
+type UpdatePart int32
+
+const (
+	UpdatePart_UPDATE_PART_UNSPECIFIED UpdatePart = 0
+	UpdatePart_UPDATE_PART_SYSTEM      UpdatePart = 1 // sent first
+	UpdatePart_UPDATE_PART_UKI         UpdatePart = 2 // the slot's UKI, sent last
+)
+
+// Enum value maps for UpdatePart.
+var (
+	UpdatePart_name = map[int32]string{
+		0: "UPDATE_PART_UNSPECIFIED",
+		1: "UPDATE_PART_SYSTEM",
+		2: "UPDATE_PART_UKI",
+	}
+	UpdatePart_value = map[string]int32{
+		"UPDATE_PART_UNSPECIFIED": 0,
+		"UPDATE_PART_SYSTEM":      1,
+		"UPDATE_PART_UKI":         2,
+	}
+)
+
+func (x UpdatePart) Enum() *UpdatePart {
+	p := new(UpdatePart)
+	*p = x
+	return p
+}
+
+func (x UpdatePart) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UpdatePart) Descriptor() protoreflect.EnumDescriptor {
+	return file_rigos_proto_enumTypes[2].Descriptor()
+}
+
+func (UpdatePart) Type() protoreflect.EnumType {
+	return &file_rigos_proto_enumTypes[2]
+}
+
+func (x UpdatePart) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UpdatePart.Descriptor instead.
+func (UpdatePart) EnumDescriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{2}
 }
 
 type WorkloadState int32
@@ -126,11 +236,11 @@ func (x WorkloadState) String() string {
 }
 
 func (WorkloadState) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[1].Descriptor()
+	return file_rigos_proto_enumTypes[3].Descriptor()
 }
 
 func (WorkloadState) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[1]
+	return &file_rigos_proto_enumTypes[3]
 }
 
 func (x WorkloadState) Number() protoreflect.EnumNumber {
@@ -139,7 +249,7 @@ func (x WorkloadState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WorkloadState.Descriptor instead.
 func (WorkloadState) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{1}
+	return file_rigos_proto_rawDescGZIP(), []int{3}
 }
 
 type NodeState int32
@@ -181,11 +291,11 @@ func (x NodeState) String() string {
 }
 
 func (NodeState) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[2].Descriptor()
+	return file_rigos_proto_enumTypes[4].Descriptor()
 }
 
 func (NodeState) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[2]
+	return &file_rigos_proto_enumTypes[4]
 }
 
 func (x NodeState) Number() protoreflect.EnumNumber {
@@ -194,7 +304,7 @@ func (x NodeState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use NodeState.Descriptor instead.
 func (NodeState) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{2}
+	return file_rigos_proto_rawDescGZIP(), []int{4}
 }
 
 type TrustClass int32
@@ -232,11 +342,11 @@ func (x TrustClass) String() string {
 }
 
 func (TrustClass) Descriptor() protoreflect.EnumDescriptor {
-	return file_rigos_proto_enumTypes[3].Descriptor()
+	return file_rigos_proto_enumTypes[5].Descriptor()
 }
 
 func (TrustClass) Type() protoreflect.EnumType {
-	return &file_rigos_proto_enumTypes[3]
+	return &file_rigos_proto_enumTypes[5]
 }
 
 func (x TrustClass) Number() protoreflect.EnumNumber {
@@ -245,7 +355,7 @@ func (x TrustClass) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TrustClass.Descriptor instead.
 func (TrustClass) EnumDescriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{3}
+	return file_rigos_proto_rawDescGZIP(), []int{5}
 }
 
 type AgentMessage struct {
@@ -259,6 +369,7 @@ type AgentMessage struct {
 	//	*AgentMessage_WorkloadLog
 	//	*AgentMessage_GpuReport
 	//	*AgentMessage_InstallEvent
+	//	*AgentMessage_UpdateEvent
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -364,6 +475,15 @@ func (x *AgentMessage) GetInstallEvent() *InstallEvent {
 	return nil
 }
 
+func (x *AgentMessage) GetUpdateEvent() *UpdateEvent {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_UpdateEvent); ok {
+			return x.UpdateEvent
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -396,6 +516,10 @@ type AgentMessage_InstallEvent struct {
 	InstallEvent *InstallEvent `protobuf:"bytes,7,opt,name=install_event,json=installEvent,proto3,oneof"`
 }
 
+type AgentMessage_UpdateEvent struct {
+	UpdateEvent *UpdateEvent `protobuf:"bytes,8,opt,name=update_event,json=updateEvent,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Activation) isAgentMessage_Msg() {}
@@ -409,6 +533,143 @@ func (*AgentMessage_WorkloadLog) isAgentMessage_Msg() {}
 func (*AgentMessage_GpuReport) isAgentMessage_Msg() {}
 
 func (*AgentMessage_InstallEvent) isAgentMessage_Msg() {}
+
+func (*AgentMessage_UpdateEvent) isAgentMessage_Msg() {}
+
+// UpdateEvent reports an update the verifier asked for (Update).
+type UpdateEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	State UpdateState            `protobuf:"varint,1,opt,name=state,proto3,enum=rigos.api.v1.UpdateState" json:"state,omitempty"`
+	// Build is the build being installed.
+	Build string `protobuf:"bytes,2,opt,name=build,proto3" json:"build,omitempty"`
+	// Slot is the slot the update writes ("a" or "b"): the one the node
+	// did not boot from.
+	Slot string `protobuf:"bytes,3,opt,name=slot,proto3" json:"slot,omitempty"`
+	// Reason says why the update failed.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Bytes received and written so far, and in all.
+	Bytes      int64 `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	TotalBytes int64 `protobuf:"varint,6,opt,name=total_bytes,json=totalBytes,proto3" json:"total_bytes,omitempty"`
+	// WriteMs is how long receiving and writing took, VerifyMs reading
+	// back.
+	WriteMs  int64 `protobuf:"varint,7,opt,name=write_ms,json=writeMs,proto3" json:"write_ms,omitempty"`
+	VerifyMs int64 `protobuf:"varint,8,opt,name=verify_ms,json=verifyMs,proto3" json:"verify_ms,omitempty"`
+	// BootEntry is the Boot#### number of the slot's entry, set in
+	// BootNext for one boot.
+	BootEntry uint32 `protobuf:"varint,9,opt,name=boot_entry,json=bootEntry,proto3" json:"boot_entry,omitempty"`
+	UnixMs    int64  `protobuf:"varint,10,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// RequestId is the Update's.
+	RequestId     string `protobuf:"bytes,11,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateEvent) Reset() {
+	*x = UpdateEvent{}
+	mi := &file_rigos_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateEvent) ProtoMessage() {}
+
+func (x *UpdateEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateEvent.ProtoReflect.Descriptor instead.
+func (*UpdateEvent) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *UpdateEvent) GetState() UpdateState {
+	if x != nil {
+		return x.State
+	}
+	return UpdateState_UPDATE_STATE_UNSPECIFIED
+}
+
+func (x *UpdateEvent) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *UpdateEvent) GetSlot() string {
+	if x != nil {
+		return x.Slot
+	}
+	return ""
+}
+
+func (x *UpdateEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *UpdateEvent) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *UpdateEvent) GetTotalBytes() int64 {
+	if x != nil {
+		return x.TotalBytes
+	}
+	return 0
+}
+
+func (x *UpdateEvent) GetWriteMs() int64 {
+	if x != nil {
+		return x.WriteMs
+	}
+	return 0
+}
+
+func (x *UpdateEvent) GetVerifyMs() int64 {
+	if x != nil {
+		return x.VerifyMs
+	}
+	return 0
+}
+
+func (x *UpdateEvent) GetBootEntry() uint32 {
+	if x != nil {
+		return x.BootEntry
+	}
+	return 0
+}
+
+func (x *UpdateEvent) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
+func (x *UpdateEvent) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
 
 // InstallEvent reports an install the verifier asked for (Install).
 type InstallEvent struct {
@@ -436,7 +697,7 @@ type InstallEvent struct {
 
 func (x *InstallEvent) Reset() {
 	*x = InstallEvent{}
-	mi := &file_rigos_proto_msgTypes[1]
+	mi := &file_rigos_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +709,7 @@ func (x *InstallEvent) String() string {
 func (*InstallEvent) ProtoMessage() {}
 
 func (x *InstallEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[1]
+	mi := &file_rigos_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +722,7 @@ func (x *InstallEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallEvent.ProtoReflect.Descriptor instead.
 func (*InstallEvent) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{1}
+	return file_rigos_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InstallEvent) GetState() InstallState {
@@ -560,7 +821,7 @@ type GPUReport struct {
 
 func (x *GPUReport) Reset() {
 	*x = GPUReport{}
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +833,7 @@ func (x *GPUReport) String() string {
 func (*GPUReport) ProtoMessage() {}
 
 func (x *GPUReport) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[2]
+	mi := &file_rigos_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +846,7 @@ func (x *GPUReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUReport.ProtoReflect.Descriptor instead.
 func (*GPUReport) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{2}
+	return file_rigos_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GPUReport) GetGpus() []*GPU {
@@ -652,7 +913,7 @@ type GPUBenchmark struct {
 
 func (x *GPUBenchmark) Reset() {
 	*x = GPUBenchmark{}
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +925,7 @@ func (x *GPUBenchmark) String() string {
 func (*GPUBenchmark) ProtoMessage() {}
 
 func (x *GPUBenchmark) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[3]
+	mi := &file_rigos_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +938,7 @@ func (x *GPUBenchmark) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPUBenchmark.ProtoReflect.Descriptor instead.
 func (*GPUBenchmark) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{3}
+	return file_rigos_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GPUBenchmark) GetUuid() string {
@@ -747,7 +1008,7 @@ type GPU struct {
 
 func (x *GPU) Reset() {
 	*x = GPU{}
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1020,7 @@ func (x *GPU) String() string {
 func (*GPU) ProtoMessage() {}
 
 func (x *GPU) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[4]
+	mi := &file_rigos_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1033,7 @@ func (x *GPU) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GPU.ProtoReflect.Descriptor instead.
 func (*GPU) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{4}
+	return file_rigos_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GPU) GetIndex() uint32 {
@@ -922,7 +1183,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1195,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[5]
+	mi := &file_rigos_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1208,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{5}
+	return file_rigos_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -1032,7 +1293,7 @@ type HardwareInventory struct {
 
 func (x *HardwareInventory) Reset() {
 	*x = HardwareInventory{}
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1305,7 @@ func (x *HardwareInventory) String() string {
 func (*HardwareInventory) ProtoMessage() {}
 
 func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[6]
+	mi := &file_rigos_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1318,7 @@ func (x *HardwareInventory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareInventory.ProtoReflect.Descriptor instead.
 func (*HardwareInventory) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{6}
+	return file_rigos_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *HardwareInventory) GetSmbiosVersion() string {
@@ -1127,7 +1388,7 @@ type HardwareIdentity struct {
 
 func (x *HardwareIdentity) Reset() {
 	*x = HardwareIdentity{}
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1400,7 @@ func (x *HardwareIdentity) String() string {
 func (*HardwareIdentity) ProtoMessage() {}
 
 func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[7]
+	mi := &file_rigos_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1413,7 @@ func (x *HardwareIdentity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareIdentity.ProtoReflect.Descriptor instead.
 func (*HardwareIdentity) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{7}
+	return file_rigos_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *HardwareIdentity) GetManufacturer() string {
@@ -1187,7 +1448,7 @@ type HardwareBIOS struct {
 
 func (x *HardwareBIOS) Reset() {
 	*x = HardwareBIOS{}
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1460,7 @@ func (x *HardwareBIOS) String() string {
 func (*HardwareBIOS) ProtoMessage() {}
 
 func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[8]
+	mi := &file_rigos_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1473,7 @@ func (x *HardwareBIOS) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareBIOS.ProtoReflect.Descriptor instead.
 func (*HardwareBIOS) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{8}
+	return file_rigos_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HardwareBIOS) GetVendor() string {
@@ -1249,7 +1510,7 @@ type HardwareProcessor struct {
 
 func (x *HardwareProcessor) Reset() {
 	*x = HardwareProcessor{}
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1522,7 @@ func (x *HardwareProcessor) String() string {
 func (*HardwareProcessor) ProtoMessage() {}
 
 func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[9]
+	mi := &file_rigos_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1535,7 @@ func (x *HardwareProcessor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HardwareProcessor.ProtoReflect.Descriptor instead.
 func (*HardwareProcessor) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{9}
+	return file_rigos_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *HardwareProcessor) GetSocket() string {
@@ -1324,7 +1585,7 @@ type AKParameters struct {
 
 func (x *AKParameters) Reset() {
 	*x = AKParameters{}
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1597,7 @@ func (x *AKParameters) String() string {
 func (*AKParameters) ProtoMessage() {}
 
 func (x *AKParameters) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[10]
+	mi := &file_rigos_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1610,7 @@ func (x *AKParameters) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AKParameters.ProtoReflect.Descriptor instead.
 func (*AKParameters) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{10}
+	return file_rigos_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AKParameters) GetPublic() []byte {
@@ -1390,7 +1651,7 @@ type ActivationProof struct {
 
 func (x *ActivationProof) Reset() {
 	*x = ActivationProof{}
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1663,7 @@ func (x *ActivationProof) String() string {
 func (*ActivationProof) ProtoMessage() {}
 
 func (x *ActivationProof) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[11]
+	mi := &file_rigos_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1676,7 @@ func (x *ActivationProof) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationProof.ProtoReflect.Descriptor instead.
 func (*ActivationProof) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{11}
+	return file_rigos_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ActivationProof) GetSecret() []byte {
@@ -1442,7 +1703,7 @@ type Evidence struct {
 
 func (x *Evidence) Reset() {
 	*x = Evidence{}
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1715,7 @@ func (x *Evidence) String() string {
 func (*Evidence) ProtoMessage() {}
 
 func (x *Evidence) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[12]
+	mi := &file_rigos_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1728,7 @@ func (x *Evidence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evidence.ProtoReflect.Descriptor instead.
 func (*Evidence) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{12}
+	return file_rigos_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Evidence) GetChallengeId() uint64 {
@@ -1522,7 +1783,7 @@ type PCRValue struct {
 
 func (x *PCRValue) Reset() {
 	*x = PCRValue{}
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1795,7 @@ func (x *PCRValue) String() string {
 func (*PCRValue) ProtoMessage() {}
 
 func (x *PCRValue) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[13]
+	mi := &file_rigos_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1808,7 @@ func (x *PCRValue) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PCRValue.ProtoReflect.Descriptor instead.
 func (*PCRValue) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{13}
+	return file_rigos_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PCRValue) GetIndex() uint32 {
@@ -1577,6 +1838,8 @@ type VerifierMessage struct {
 	//	*VerifierMessage_ImageChunk
 	//	*VerifierMessage_StopWorkload
 	//	*VerifierMessage_Install
+	//	*VerifierMessage_Update
+	//	*VerifierMessage_UpdateChunk
 	Msg           isVerifierMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1584,7 +1847,7 @@ type VerifierMessage struct {
 
 func (x *VerifierMessage) Reset() {
 	*x = VerifierMessage{}
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1596,7 +1859,7 @@ func (x *VerifierMessage) String() string {
 func (*VerifierMessage) ProtoMessage() {}
 
 func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[14]
+	mi := &file_rigos_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1609,7 +1872,7 @@ func (x *VerifierMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifierMessage.ProtoReflect.Descriptor instead.
 func (*VerifierMessage) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{14}
+	return file_rigos_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VerifierMessage) GetMsg() isVerifierMessage_Msg {
@@ -1700,6 +1963,24 @@ func (x *VerifierMessage) GetInstall() *Install {
 	return nil
 }
 
+func (x *VerifierMessage) GetUpdate() *Update {
+	if x != nil {
+		if x, ok := x.Msg.(*VerifierMessage_Update); ok {
+			return x.Update
+		}
+	}
+	return nil
+}
+
+func (x *VerifierMessage) GetUpdateChunk() *UpdateChunk {
+	if x != nil {
+		if x, ok := x.Msg.(*VerifierMessage_UpdateChunk); ok {
+			return x.UpdateChunk
+		}
+	}
+	return nil
+}
+
 type isVerifierMessage_Msg interface {
 	isVerifierMessage_Msg()
 }
@@ -1740,6 +2021,14 @@ type VerifierMessage_Install struct {
 	Install *Install `protobuf:"bytes,9,opt,name=install,proto3,oneof"`
 }
 
+type VerifierMessage_Update struct {
+	Update *Update `protobuf:"bytes,10,opt,name=update,proto3,oneof"`
+}
+
+type VerifierMessage_UpdateChunk struct {
+	UpdateChunk *UpdateChunk `protobuf:"bytes,11,opt,name=update_chunk,json=updateChunk,proto3,oneof"`
+}
+
 func (*VerifierMessage_Activation) isVerifierMessage_Msg() {}
 
 func (*VerifierMessage_Enrolled) isVerifierMessage_Msg() {}
@@ -1758,6 +2047,197 @@ func (*VerifierMessage_StopWorkload) isVerifierMessage_Msg() {}
 
 func (*VerifierMessage_Install) isVerifierMessage_Msg() {}
 
+func (*VerifierMessage_Update) isVerifierMessage_Msg() {}
+
+func (*VerifierMessage_UpdateChunk) isVerifierMessage_Msg() {}
+
+// Update asks the node to write a new build into the slot it did not
+// boot from and boot it once (UEFI BootNext). The node answers
+// RECEIVING with the slot, then the verifier sends the slot's UKI and
+// the system image as UpdateChunks; each is checked against its size
+// and SHA-256 here before anything is made bootable.
+type Update struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// Build is the new build's name (its manifest's).
+	Build string `protobuf:"bytes,2,opt,name=build,proto3" json:"build,omitempty"`
+	// The UKIs of both slots and the system image: sizes and SHA-256s.
+	UkiASize     int64  `protobuf:"varint,3,opt,name=uki_a_size,json=ukiASize,proto3" json:"uki_a_size,omitempty"`
+	UkiASha256   []byte `protobuf:"bytes,4,opt,name=uki_a_sha256,json=ukiASha256,proto3" json:"uki_a_sha256,omitempty"`
+	UkiBSize     int64  `protobuf:"varint,5,opt,name=uki_b_size,json=ukiBSize,proto3" json:"uki_b_size,omitempty"`
+	UkiBSha256   []byte `protobuf:"bytes,6,opt,name=uki_b_sha256,json=ukiBSha256,proto3" json:"uki_b_sha256,omitempty"`
+	SystemSize   int64  `protobuf:"varint,7,opt,name=system_size,json=systemSize,proto3" json:"system_size,omitempty"`
+	SystemSha256 []byte `protobuf:"bytes,8,opt,name=system_sha256,json=systemSha256,proto3" json:"system_sha256,omitempty"`
+	// Force reboots even while workloads run (they are killed); without
+	// it the node waits until none runs.
+	Force         bool `protobuf:"varint,9,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Update) Reset() {
+	*x = Update{}
+	mi := &file_rigos_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Update) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Update) ProtoMessage() {}
+
+func (x *Update) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Update.ProtoReflect.Descriptor instead.
+func (*Update) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Update) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *Update) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *Update) GetUkiASize() int64 {
+	if x != nil {
+		return x.UkiASize
+	}
+	return 0
+}
+
+func (x *Update) GetUkiASha256() []byte {
+	if x != nil {
+		return x.UkiASha256
+	}
+	return nil
+}
+
+func (x *Update) GetUkiBSize() int64 {
+	if x != nil {
+		return x.UkiBSize
+	}
+	return 0
+}
+
+func (x *Update) GetUkiBSha256() []byte {
+	if x != nil {
+		return x.UkiBSha256
+	}
+	return nil
+}
+
+func (x *Update) GetSystemSize() int64 {
+	if x != nil {
+		return x.SystemSize
+	}
+	return 0
+}
+
+func (x *Update) GetSystemSha256() []byte {
+	if x != nil {
+		return x.SystemSha256
+	}
+	return nil
+}
+
+func (x *Update) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// UpdateChunk is part of an update's file, in order: offset is where data
+// starts in the part.
+type UpdateChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Part          UpdatePart             `protobuf:"varint,2,opt,name=part,proto3,enum=rigos.api.v1.UpdatePart" json:"part,omitempty"`
+	Offset        int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Data          []byte                 `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateChunk) Reset() {
+	*x = UpdateChunk{}
+	mi := &file_rigos_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateChunk) ProtoMessage() {}
+
+func (x *UpdateChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateChunk.ProtoReflect.Descriptor instead.
+func (*UpdateChunk) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UpdateChunk) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *UpdateChunk) GetPart() UpdatePart {
+	if x != nil {
+		return x.Part
+	}
+	return UpdatePart_UPDATE_PART_UNSPECIFIED
+}
+
+func (x *UpdateChunk) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *UpdateChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 // Install asks the node to install itself onto an internal disk and
 // reboot into it. The node answers with InstallEvents.
 type Install struct {
@@ -1775,7 +2255,7 @@ type Install struct {
 
 func (x *Install) Reset() {
 	*x = Install{}
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +2267,7 @@ func (x *Install) String() string {
 func (*Install) ProtoMessage() {}
 
 func (x *Install) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[15]
+	mi := &file_rigos_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +2280,7 @@ func (x *Install) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Install.ProtoReflect.Descriptor instead.
 func (*Install) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{15}
+	return file_rigos_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Install) GetDisk() string {
@@ -1835,7 +2315,7 @@ type ActivationChallenge struct {
 
 func (x *ActivationChallenge) Reset() {
 	*x = ActivationChallenge{}
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2327,7 @@ func (x *ActivationChallenge) String() string {
 func (*ActivationChallenge) ProtoMessage() {}
 
 func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[16]
+	mi := &file_rigos_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2340,7 @@ func (x *ActivationChallenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivationChallenge.ProtoReflect.Descriptor instead.
 func (*ActivationChallenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{16}
+	return file_rigos_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ActivationChallenge) GetCredential() []byte {
@@ -1887,7 +2367,7 @@ type Enrolled struct {
 
 func (x *Enrolled) Reset() {
 	*x = Enrolled{}
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2379,7 @@ func (x *Enrolled) String() string {
 func (*Enrolled) ProtoMessage() {}
 
 func (x *Enrolled) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[17]
+	mi := &file_rigos_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2392,7 @@ func (x *Enrolled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Enrolled.ProtoReflect.Descriptor instead.
 func (*Enrolled) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{17}
+	return file_rigos_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Enrolled) GetNodeId() string {
@@ -1942,7 +2422,7 @@ type Challenge struct {
 
 func (x *Challenge) Reset() {
 	*x = Challenge{}
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2434,7 @@ func (x *Challenge) String() string {
 func (*Challenge) ProtoMessage() {}
 
 func (x *Challenge) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[18]
+	mi := &file_rigos_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2447,7 @@ func (x *Challenge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Challenge.ProtoReflect.Descriptor instead.
 func (*Challenge) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{18}
+	return file_rigos_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Challenge) GetId() uint64 {
@@ -2017,7 +2497,7 @@ type Verdict struct {
 
 func (x *Verdict) Reset() {
 	*x = Verdict{}
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2509,7 @@ func (x *Verdict) String() string {
 func (*Verdict) ProtoMessage() {}
 
 func (x *Verdict) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[19]
+	mi := &file_rigos_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2522,7 @@ func (x *Verdict) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Verdict.ProtoReflect.Descriptor instead.
 func (*Verdict) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{19}
+	return file_rigos_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Verdict) GetChallengeId() uint64 {
@@ -2098,7 +2578,7 @@ type StartWorkload struct {
 
 func (x *StartWorkload) Reset() {
 	*x = StartWorkload{}
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2590,7 @@ func (x *StartWorkload) String() string {
 func (*StartWorkload) ProtoMessage() {}
 
 func (x *StartWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[20]
+	mi := &file_rigos_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2603,7 @@ func (x *StartWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartWorkload.ProtoReflect.Descriptor instead.
 func (*StartWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{20}
+	return file_rigos_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StartWorkload) GetSpec() *WorkloadSpec {
@@ -2166,7 +2646,7 @@ type WorkloadSpec struct {
 
 func (x *WorkloadSpec) Reset() {
 	*x = WorkloadSpec{}
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2178,7 +2658,7 @@ func (x *WorkloadSpec) String() string {
 func (*WorkloadSpec) ProtoMessage() {}
 
 func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[21]
+	mi := &file_rigos_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2191,7 +2671,7 @@ func (x *WorkloadSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadSpec.ProtoReflect.Descriptor instead.
 func (*WorkloadSpec) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{21}
+	return file_rigos_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *WorkloadSpec) GetId() string {
@@ -2283,7 +2763,7 @@ type RegistryAuth struct {
 
 func (x *RegistryAuth) Reset() {
 	*x = RegistryAuth{}
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2295,7 +2775,7 @@ func (x *RegistryAuth) String() string {
 func (*RegistryAuth) ProtoMessage() {}
 
 func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[22]
+	mi := &file_rigos_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2308,7 +2788,7 @@ func (x *RegistryAuth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegistryAuth.ProtoReflect.Descriptor instead.
 func (*RegistryAuth) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{22}
+	return file_rigos_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RegistryAuth) GetUsername() string {
@@ -2349,7 +2829,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2841,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[23]
+	mi := &file_rigos_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2854,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{23}
+	return file_rigos_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Resources) GetCpus() float64 {
@@ -2422,7 +2902,7 @@ type NetworkPolicy struct {
 
 func (x *NetworkPolicy) Reset() {
 	*x = NetworkPolicy{}
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2434,7 +2914,7 @@ func (x *NetworkPolicy) String() string {
 func (*NetworkPolicy) ProtoMessage() {}
 
 func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[24]
+	mi := &file_rigos_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2447,7 +2927,7 @@ func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
 func (*NetworkPolicy) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{24}
+	return file_rigos_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NetworkPolicy) GetOutbound() bool {
@@ -2476,7 +2956,7 @@ type ImageChunk struct {
 
 func (x *ImageChunk) Reset() {
 	*x = ImageChunk{}
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2488,7 +2968,7 @@ func (x *ImageChunk) String() string {
 func (*ImageChunk) ProtoMessage() {}
 
 func (x *ImageChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[25]
+	mi := &file_rigos_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2501,7 +2981,7 @@ func (x *ImageChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImageChunk.ProtoReflect.Descriptor instead.
 func (*ImageChunk) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{25}
+	return file_rigos_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ImageChunk) GetWorkloadId() string {
@@ -2535,7 +3015,7 @@ type StopWorkload struct {
 
 func (x *StopWorkload) Reset() {
 	*x = StopWorkload{}
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2547,7 +3027,7 @@ func (x *StopWorkload) String() string {
 func (*StopWorkload) ProtoMessage() {}
 
 func (x *StopWorkload) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[26]
+	mi := &file_rigos_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2560,7 +3040,7 @@ func (x *StopWorkload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkload.ProtoReflect.Descriptor instead.
 func (*StopWorkload) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{26}
+	return file_rigos_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *StopWorkload) GetId() string {
@@ -2594,7 +3074,7 @@ type WorkloadEvent struct {
 
 func (x *WorkloadEvent) Reset() {
 	*x = WorkloadEvent{}
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +3086,7 @@ func (x *WorkloadEvent) String() string {
 func (*WorkloadEvent) ProtoMessage() {}
 
 func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[27]
+	mi := &file_rigos_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +3099,7 @@ func (x *WorkloadEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadEvent.ProtoReflect.Descriptor instead.
 func (*WorkloadEvent) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{27}
+	return file_rigos_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WorkloadEvent) GetId() string {
@@ -2683,7 +3163,7 @@ type WorkloadLog struct {
 
 func (x *WorkloadLog) Reset() {
 	*x = WorkloadLog{}
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2695,7 +3175,7 @@ func (x *WorkloadLog) String() string {
 func (*WorkloadLog) ProtoMessage() {}
 
 func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[28]
+	mi := &file_rigos_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2708,7 +3188,7 @@ func (x *WorkloadLog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadLog.ProtoReflect.Descriptor instead.
 func (*WorkloadLog) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{28}
+	return file_rigos_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *WorkloadLog) GetId() string {
@@ -2742,7 +3222,7 @@ type Refusal struct {
 
 func (x *Refusal) Reset() {
 	*x = Refusal{}
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +3234,7 @@ func (x *Refusal) String() string {
 func (*Refusal) ProtoMessage() {}
 
 func (x *Refusal) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[29]
+	mi := &file_rigos_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +3247,7 @@ func (x *Refusal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Refusal.ProtoReflect.Descriptor instead.
 func (*Refusal) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{29}
+	return file_rigos_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Refusal) GetReason() string {
@@ -2775,6 +3255,69 @@ func (x *Refusal) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+type UpdateRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Build names the folder in the verifier's update_dir holding the
+	// build's output (manifest.json, rigos.efi, rigos-b.efi, system.img);
+	// its manifest must be one of the verifier's active manifests.
+	Build         string `protobuf:"bytes,2,opt,name=build,proto3" json:"build,omitempty"`
+	Force         bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRequest) Reset() {
+	*x = UpdateRequest{}
+	mi := &file_rigos_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRequest) ProtoMessage() {}
+
+func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UpdateRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *UpdateRequest) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *UpdateRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
 }
 
 type InstallRequest struct {
@@ -2789,7 +3332,7 @@ type InstallRequest struct {
 
 func (x *InstallRequest) Reset() {
 	*x = InstallRequest{}
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2801,7 +3344,7 @@ func (x *InstallRequest) String() string {
 func (*InstallRequest) ProtoMessage() {}
 
 func (x *InstallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[30]
+	mi := &file_rigos_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2814,7 +3357,7 @@ func (x *InstallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallRequest.ProtoReflect.Descriptor instead.
 func (*InstallRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{30}
+	return file_rigos_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *InstallRequest) GetNodeId() string {
@@ -2850,7 +3393,7 @@ type RunWorkloadRequest struct {
 
 func (x *RunWorkloadRequest) Reset() {
 	*x = RunWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2862,7 +3405,7 @@ func (x *RunWorkloadRequest) String() string {
 func (*RunWorkloadRequest) ProtoMessage() {}
 
 func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[31]
+	mi := &file_rigos_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2875,7 +3418,7 @@ func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*RunWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{31}
+	return file_rigos_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RunWorkloadRequest) GetNodeId() string {
@@ -2912,7 +3455,7 @@ type WorkloadUpdate struct {
 
 func (x *WorkloadUpdate) Reset() {
 	*x = WorkloadUpdate{}
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3467,7 @@ func (x *WorkloadUpdate) String() string {
 func (*WorkloadUpdate) ProtoMessage() {}
 
 func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[32]
+	mi := &file_rigos_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3480,7 @@ func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadUpdate.ProtoReflect.Descriptor instead.
 func (*WorkloadUpdate) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{32}
+	return file_rigos_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WorkloadUpdate) GetUpdate() isWorkloadUpdate_Update {
@@ -2992,7 +3535,7 @@ type StopWorkloadRequest struct {
 
 func (x *StopWorkloadRequest) Reset() {
 	*x = StopWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3004,7 +3547,7 @@ func (x *StopWorkloadRequest) String() string {
 func (*StopWorkloadRequest) ProtoMessage() {}
 
 func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3017,7 +3560,7 @@ func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*StopWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{33}
+	return file_rigos_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StopWorkloadRequest) GetNodeId() string {
@@ -3049,7 +3592,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3061,7 +3604,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3074,7 +3617,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{34}
+	return file_rigos_proto_rawDescGZIP(), []int{38}
 }
 
 type ListNodesResponse struct {
@@ -3086,7 +3629,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3098,7 +3641,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3111,7 +3654,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{35}
+	return file_rigos_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3131,7 +3674,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3143,7 +3686,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3156,7 +3699,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{36}
+	return file_rigos_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -3182,7 +3725,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3194,7 +3737,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3207,7 +3750,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{37}
+	return file_rigos_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *NodeRequest) GetNodeId() string {
@@ -3227,7 +3770,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3239,7 +3782,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3252,7 +3795,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{38}
+	return file_rigos_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RevokeRequest) GetNodeId() string {
@@ -3277,7 +3820,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3289,7 +3832,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3845,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{39}
+	return file_rigos_proto_rawDescGZIP(), []int{43}
 }
 
 type Node struct {
@@ -3324,7 +3867,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rigos_proto_msgTypes[40]
+	mi := &file_rigos_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3336,7 +3879,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[40]
+	mi := &file_rigos_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3349,7 +3892,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{40}
+	return file_rigos_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Node) GetNodeId() string {
@@ -3444,14 +3987,16 @@ type NodeDetail struct {
 	// reported by the node, not attested.
 	Hardware *HardwareInventory `protobuf:"bytes,7,opt,name=hardware,proto3" json:"hardware,omitempty"`
 	// Install is the node's latest install event (while the verifier runs).
-	Install       *InstallEvent `protobuf:"bytes,8,opt,name=install,proto3" json:"install,omitempty"`
+	Install *InstallEvent `protobuf:"bytes,8,opt,name=install,proto3" json:"install,omitempty"`
+	// Update is the node's latest update event (while the verifier runs).
+	Update        *UpdateEvent `protobuf:"bytes,9,opt,name=update,proto3" json:"update,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_rigos_proto_msgTypes[41]
+	mi := &file_rigos_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3463,7 +4008,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[41]
+	mi := &file_rigos_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3476,7 +4021,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{41}
+	return file_rigos_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeDetail) GetNode() *Node {
@@ -3535,6 +4080,13 @@ func (x *NodeDetail) GetInstall() *InstallEvent {
 	return nil
 }
 
+func (x *NodeDetail) GetUpdate() *UpdateEvent {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
 type VerdictRecord struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	UnixMs   int64                  `protobuf:"varint,1,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
@@ -3549,7 +4101,7 @@ type VerdictRecord struct {
 
 func (x *VerdictRecord) Reset() {
 	*x = VerdictRecord{}
-	mi := &file_rigos_proto_msgTypes[42]
+	mi := &file_rigos_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3561,7 +4113,7 @@ func (x *VerdictRecord) String() string {
 func (*VerdictRecord) ProtoMessage() {}
 
 func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[42]
+	mi := &file_rigos_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3574,7 +4126,7 @@ func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerdictRecord.ProtoReflect.Descriptor instead.
 func (*VerdictRecord) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{42}
+	return file_rigos_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *VerdictRecord) GetUnixMs() int64 {
@@ -3626,7 +4178,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_rigos_proto_msgTypes[43]
+	mi := &file_rigos_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3638,7 +4190,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[43]
+	mi := &file_rigos_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3651,7 +4203,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{43}
+	return file_rigos_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *StateChange) GetNodeId() string {
@@ -3700,7 +4252,7 @@ var File_rigos_proto protoreflect.FileDescriptor
 
 const file_rigos_proto_rawDesc = "" +
 	"\n" +
-	"\vrigos.proto\x12\frigos.api.v1\"\xbc\x03\n" +
+	"\vrigos.proto\x12\frigos.api.v1\"\xfc\x03\n" +
 	"\fAgentMessage\x12+\n" +
 	"\x05hello\x18\x01 \x01(\v2\x13.rigos.api.v1.HelloH\x00R\x05hello\x12?\n" +
 	"\n" +
@@ -3711,8 +4263,25 @@ const file_rigos_proto_rawDesc = "" +
 	"\fworkload_log\x18\x05 \x01(\v2\x19.rigos.api.v1.WorkloadLogH\x00R\vworkloadLog\x128\n" +
 	"\n" +
 	"gpu_report\x18\x06 \x01(\v2\x17.rigos.api.v1.GPUReportH\x00R\tgpuReport\x12A\n" +
-	"\rinstall_event\x18\a \x01(\v2\x1a.rigos.api.v1.InstallEventH\x00R\finstallEventB\x05\n" +
-	"\x03msg\"\xb2\x02\n" +
+	"\rinstall_event\x18\a \x01(\v2\x1a.rigos.api.v1.InstallEventH\x00R\finstallEvent\x12>\n" +
+	"\fupdate_event\x18\b \x01(\v2\x19.rigos.api.v1.UpdateEventH\x00R\vupdateEventB\x05\n" +
+	"\x03msg\"\xc6\x02\n" +
+	"\vUpdateEvent\x12/\n" +
+	"\x05state\x18\x01 \x01(\x0e2\x19.rigos.api.v1.UpdateStateR\x05state\x12\x14\n" +
+	"\x05build\x18\x02 \x01(\tR\x05build\x12\x12\n" +
+	"\x04slot\x18\x03 \x01(\tR\x04slot\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12\x1f\n" +
+	"\vtotal_bytes\x18\x06 \x01(\x03R\n" +
+	"totalBytes\x12\x19\n" +
+	"\bwrite_ms\x18\a \x01(\x03R\awriteMs\x12\x1b\n" +
+	"\tverify_ms\x18\b \x01(\x03R\bverifyMs\x12\x1d\n" +
+	"\n" +
+	"boot_entry\x18\t \x01(\rR\tbootEntry\x12\x17\n" +
+	"\aunix_ms\x18\n" +
+	" \x01(\x03R\x06unixMs\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\v \x01(\tR\trequestId\"\xb2\x02\n" +
 	"\fInstallEvent\x120\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x1a.rigos.api.v1.InstallStateR\x05state\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x16\n" +
@@ -3816,7 +4385,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x11runtime_event_log\x18\x06 \x01(\fR\x0fruntimeEventLog\"8\n" +
 	"\bPCRValue\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\fR\x06digest\"\xab\x04\n" +
+	"\x06digest\x18\x02 \x01(\fR\x06digest\"\x9b\x05\n" +
 	"\x0fVerifierMessage\x12C\n" +
 	"\n" +
 	"activation\x18\x01 \x01(\v2!.rigos.api.v1.ActivationChallengeH\x00R\n" +
@@ -3829,8 +4398,33 @@ const file_rigos_proto_rawDesc = "" +
 	"\vimage_chunk\x18\a \x01(\v2\x18.rigos.api.v1.ImageChunkH\x00R\n" +
 	"imageChunk\x12A\n" +
 	"\rstop_workload\x18\b \x01(\v2\x1a.rigos.api.v1.StopWorkloadH\x00R\fstopWorkload\x121\n" +
-	"\ainstall\x18\t \x01(\v2\x15.rigos.api.v1.InstallH\x00R\ainstallB\x05\n" +
-	"\x03msg\"P\n" +
+	"\ainstall\x18\t \x01(\v2\x15.rigos.api.v1.InstallH\x00R\ainstall\x12.\n" +
+	"\x06update\x18\n" +
+	" \x01(\v2\x14.rigos.api.v1.UpdateH\x00R\x06update\x12>\n" +
+	"\fupdate_chunk\x18\v \x01(\v2\x19.rigos.api.v1.UpdateChunkH\x00R\vupdateChunkB\x05\n" +
+	"\x03msg\"\x99\x02\n" +
+	"\x06Update\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
+	"\x05build\x18\x02 \x01(\tR\x05build\x12\x1c\n" +
+	"\n" +
+	"uki_a_size\x18\x03 \x01(\x03R\bukiASize\x12 \n" +
+	"\fuki_a_sha256\x18\x04 \x01(\fR\n" +
+	"ukiASha256\x12\x1c\n" +
+	"\n" +
+	"uki_b_size\x18\x05 \x01(\x03R\bukiBSize\x12 \n" +
+	"\fuki_b_sha256\x18\x06 \x01(\fR\n" +
+	"ukiBSha256\x12\x1f\n" +
+	"\vsystem_size\x18\a \x01(\x03R\n" +
+	"systemSize\x12#\n" +
+	"\rsystem_sha256\x18\b \x01(\fR\fsystemSha256\x12\x14\n" +
+	"\x05force\x18\t \x01(\bR\x05force\"\x86\x01\n" +
+	"\vUpdateChunk\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12,\n" +
+	"\x04part\x18\x02 \x01(\x0e2\x18.rigos.api.v1.UpdatePartR\x04part\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\"P\n" +
 	"\aInstall\x12\x12\n" +
 	"\x04disk\x18\x01 \x01(\tR\x04disk\x12\x12\n" +
 	"\x04wipe\x18\x02 \x01(\bR\x04wipe\x12\x1d\n" +
@@ -3909,7 +4503,11 @@ const file_rigos_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"!\n" +
 	"\aRefusal\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"Q\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"T\n" +
+	"\rUpdateRequest\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05build\x18\x02 \x01(\tR\x05build\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"Q\n" +
 	"\x0eInstallRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x12\n" +
@@ -3955,7 +4553,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\tconnected\x18\n" +
 	" \x01(\bR\tconnected\x12\x1f\n" +
 	"\vreset_count\x18\v \x01(\rR\n" +
-	"resetCount\"\x87\x03\n" +
+	"resetCount\"\xba\x03\n" +
 	"\n" +
 	"NodeDetail\x12&\n" +
 	"\x04node\x18\x01 \x01(\v2\x12.rigos.api.v1.NodeR\x04node\x125\n" +
@@ -3965,7 +4563,8 @@ const file_rigos_proto_rawDesc = "" +
 	"\bask_plan\x18\x05 \x01(\tR\aaskPlan\x12$\n" +
 	"\x0eask_plan_error\x18\x06 \x01(\tR\faskPlanError\x12;\n" +
 	"\bhardware\x18\a \x01(\v2\x1f.rigos.api.v1.HardwareInventoryR\bhardware\x124\n" +
-	"\ainstall\x18\b \x01(\v2\x1a.rigos.api.v1.InstallEventR\ainstall\"\xa9\x01\n" +
+	"\ainstall\x18\b \x01(\v2\x1a.rigos.api.v1.InstallEventR\ainstall\x121\n" +
+	"\x06update\x18\t \x01(\v2\x19.rigos.api.v1.UpdateEventR\x06update\"\xa9\x01\n" +
 	"\rVerdictRecord\x12\x17\n" +
 	"\aunix_ms\x18\x01 \x01(\x03R\x06unixMs\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x05state\x12\x16\n" +
@@ -3978,12 +4577,23 @@ const file_rigos_proto_rawDesc = "" +
 	"\x02to\x18\x03 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x02to\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
 	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\x12\x14\n" +
-	"\x05token\x18\x06 \x01(\tR\x05token*\x7f\n" +
+	"\x05token\x18\x06 \x01(\tR\x05token*\x96\x01\n" +
+	"\vUpdateState\x12\x1c\n" +
+	"\x18UPDATE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16UPDATE_STATE_RECEIVING\x10\x01\x12\x18\n" +
+	"\x14UPDATE_STATE_WAITING\x10\x02\x12\x1a\n" +
+	"\x16UPDATE_STATE_REBOOTING\x10\x03\x12\x17\n" +
+	"\x13UPDATE_STATE_FAILED\x10\x04*\x7f\n" +
 	"\fInstallState\x12\x1d\n" +
 	"\x19INSTALL_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15INSTALL_STATE_WRITING\x10\x01\x12\x1b\n" +
 	"\x17INSTALL_STATE_REBOOTING\x10\x02\x12\x18\n" +
-	"\x14INSTALL_STATE_FAILED\x10\x03*\xba\x01\n" +
+	"\x14INSTALL_STATE_FAILED\x10\x03*V\n" +
+	"\n" +
+	"UpdatePart\x12\x1b\n" +
+	"\x17UPDATE_PART_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12UPDATE_PART_SYSTEM\x10\x01\x12\x13\n" +
+	"\x0fUPDATE_PART_UKI\x10\x02*\xba\x01\n" +
 	"\rWorkloadState\x12\x1e\n" +
 	"\x1aWORKLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WORKLOAD_STATE_PREPARING\x10\x01\x12\x1a\n" +
@@ -4003,7 +4613,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0fTRUST_CLASS_DEV\x10\x01\x12\x18\n" +
 	"\x14TRUST_CLASS_HARDWARE\x10\x022W\n" +
 	"\vAttestation\x12H\n" +
-	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xbc\x04\n" +
+	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xfe\x04\n" +
 	"\x05Admin\x12L\n" +
 	"\tListNodes\x12\x1e.rigos.api.v1.ListNodesRequest\x1a\x1f.rigos.api.v1.ListNodesResponse\x12A\n" +
 	"\aGetNode\x12\x1c.rigos.api.v1.GetNodeRequest\x1a\x18.rigos.api.v1.NodeDetail\x12@\n" +
@@ -4012,7 +4622,8 @@ const file_rigos_proto_rawDesc = "" +
 	"\x06Revoke\x12\x1b.rigos.api.v1.RevokeRequest\x1a\x12.rigos.api.v1.Node\x12O\n" +
 	"\vRunWorkload\x12 .rigos.api.v1.RunWorkloadRequest\x1a\x1c.rigos.api.v1.WorkloadUpdate0\x01\x12N\n" +
 	"\fStopWorkload\x12!.rigos.api.v1.StopWorkloadRequest\x1a\x1b.rigos.api.v1.WorkloadEvent\x12C\n" +
-	"\aInstall\x12\x1c.rigos.api.v1.InstallRequest\x1a\x1a.rigos.api.v1.InstallEventB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
+	"\aInstall\x12\x1c.rigos.api.v1.InstallRequest\x1a\x1a.rigos.api.v1.InstallEvent\x12@\n" +
+	"\x06Update\x12\x1b.rigos.api.v1.UpdateRequest\x1a\x19.rigos.api.v1.UpdateEventB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
 
 var (
 	file_rigos_proto_rawDescOnce sync.Once
@@ -4026,130 +4637,144 @@ func file_rigos_proto_rawDescGZIP() []byte {
 	return file_rigos_proto_rawDescData
 }
 
-var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_rigos_proto_goTypes = []any{
-	(InstallState)(0),           // 0: rigos.api.v1.InstallState
-	(WorkloadState)(0),          // 1: rigos.api.v1.WorkloadState
-	(NodeState)(0),              // 2: rigos.api.v1.NodeState
-	(TrustClass)(0),             // 3: rigos.api.v1.TrustClass
-	(*AgentMessage)(nil),        // 4: rigos.api.v1.AgentMessage
-	(*InstallEvent)(nil),        // 5: rigos.api.v1.InstallEvent
-	(*GPUReport)(nil),           // 6: rigos.api.v1.GPUReport
-	(*GPUBenchmark)(nil),        // 7: rigos.api.v1.GPUBenchmark
-	(*GPU)(nil),                 // 8: rigos.api.v1.GPU
-	(*Hello)(nil),               // 9: rigos.api.v1.Hello
-	(*HardwareInventory)(nil),   // 10: rigos.api.v1.HardwareInventory
-	(*HardwareIdentity)(nil),    // 11: rigos.api.v1.HardwareIdentity
-	(*HardwareBIOS)(nil),        // 12: rigos.api.v1.HardwareBIOS
-	(*HardwareProcessor)(nil),   // 13: rigos.api.v1.HardwareProcessor
-	(*AKParameters)(nil),        // 14: rigos.api.v1.AKParameters
-	(*ActivationProof)(nil),     // 15: rigos.api.v1.ActivationProof
-	(*Evidence)(nil),            // 16: rigos.api.v1.Evidence
-	(*PCRValue)(nil),            // 17: rigos.api.v1.PCRValue
-	(*VerifierMessage)(nil),     // 18: rigos.api.v1.VerifierMessage
-	(*Install)(nil),             // 19: rigos.api.v1.Install
-	(*ActivationChallenge)(nil), // 20: rigos.api.v1.ActivationChallenge
-	(*Enrolled)(nil),            // 21: rigos.api.v1.Enrolled
-	(*Challenge)(nil),           // 22: rigos.api.v1.Challenge
-	(*Verdict)(nil),             // 23: rigos.api.v1.Verdict
-	(*StartWorkload)(nil),       // 24: rigos.api.v1.StartWorkload
-	(*WorkloadSpec)(nil),        // 25: rigos.api.v1.WorkloadSpec
-	(*RegistryAuth)(nil),        // 26: rigos.api.v1.RegistryAuth
-	(*Resources)(nil),           // 27: rigos.api.v1.Resources
-	(*NetworkPolicy)(nil),       // 28: rigos.api.v1.NetworkPolicy
-	(*ImageChunk)(nil),          // 29: rigos.api.v1.ImageChunk
-	(*StopWorkload)(nil),        // 30: rigos.api.v1.StopWorkload
-	(*WorkloadEvent)(nil),       // 31: rigos.api.v1.WorkloadEvent
-	(*WorkloadLog)(nil),         // 32: rigos.api.v1.WorkloadLog
-	(*Refusal)(nil),             // 33: rigos.api.v1.Refusal
-	(*InstallRequest)(nil),      // 34: rigos.api.v1.InstallRequest
-	(*RunWorkloadRequest)(nil),  // 35: rigos.api.v1.RunWorkloadRequest
-	(*WorkloadUpdate)(nil),      // 36: rigos.api.v1.WorkloadUpdate
-	(*StopWorkloadRequest)(nil), // 37: rigos.api.v1.StopWorkloadRequest
-	(*ListNodesRequest)(nil),    // 38: rigos.api.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 39: rigos.api.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),      // 40: rigos.api.v1.GetNodeRequest
-	(*NodeRequest)(nil),         // 41: rigos.api.v1.NodeRequest
-	(*RevokeRequest)(nil),       // 42: rigos.api.v1.RevokeRequest
-	(*WatchRequest)(nil),        // 43: rigos.api.v1.WatchRequest
-	(*Node)(nil),                // 44: rigos.api.v1.Node
-	(*NodeDetail)(nil),          // 45: rigos.api.v1.NodeDetail
-	(*VerdictRecord)(nil),       // 46: rigos.api.v1.VerdictRecord
-	(*StateChange)(nil),         // 47: rigos.api.v1.StateChange
+	(UpdateState)(0),            // 0: rigos.api.v1.UpdateState
+	(InstallState)(0),           // 1: rigos.api.v1.InstallState
+	(UpdatePart)(0),             // 2: rigos.api.v1.UpdatePart
+	(WorkloadState)(0),          // 3: rigos.api.v1.WorkloadState
+	(NodeState)(0),              // 4: rigos.api.v1.NodeState
+	(TrustClass)(0),             // 5: rigos.api.v1.TrustClass
+	(*AgentMessage)(nil),        // 6: rigos.api.v1.AgentMessage
+	(*UpdateEvent)(nil),         // 7: rigos.api.v1.UpdateEvent
+	(*InstallEvent)(nil),        // 8: rigos.api.v1.InstallEvent
+	(*GPUReport)(nil),           // 9: rigos.api.v1.GPUReport
+	(*GPUBenchmark)(nil),        // 10: rigos.api.v1.GPUBenchmark
+	(*GPU)(nil),                 // 11: rigos.api.v1.GPU
+	(*Hello)(nil),               // 12: rigos.api.v1.Hello
+	(*HardwareInventory)(nil),   // 13: rigos.api.v1.HardwareInventory
+	(*HardwareIdentity)(nil),    // 14: rigos.api.v1.HardwareIdentity
+	(*HardwareBIOS)(nil),        // 15: rigos.api.v1.HardwareBIOS
+	(*HardwareProcessor)(nil),   // 16: rigos.api.v1.HardwareProcessor
+	(*AKParameters)(nil),        // 17: rigos.api.v1.AKParameters
+	(*ActivationProof)(nil),     // 18: rigos.api.v1.ActivationProof
+	(*Evidence)(nil),            // 19: rigos.api.v1.Evidence
+	(*PCRValue)(nil),            // 20: rigos.api.v1.PCRValue
+	(*VerifierMessage)(nil),     // 21: rigos.api.v1.VerifierMessage
+	(*Update)(nil),              // 22: rigos.api.v1.Update
+	(*UpdateChunk)(nil),         // 23: rigos.api.v1.UpdateChunk
+	(*Install)(nil),             // 24: rigos.api.v1.Install
+	(*ActivationChallenge)(nil), // 25: rigos.api.v1.ActivationChallenge
+	(*Enrolled)(nil),            // 26: rigos.api.v1.Enrolled
+	(*Challenge)(nil),           // 27: rigos.api.v1.Challenge
+	(*Verdict)(nil),             // 28: rigos.api.v1.Verdict
+	(*StartWorkload)(nil),       // 29: rigos.api.v1.StartWorkload
+	(*WorkloadSpec)(nil),        // 30: rigos.api.v1.WorkloadSpec
+	(*RegistryAuth)(nil),        // 31: rigos.api.v1.RegistryAuth
+	(*Resources)(nil),           // 32: rigos.api.v1.Resources
+	(*NetworkPolicy)(nil),       // 33: rigos.api.v1.NetworkPolicy
+	(*ImageChunk)(nil),          // 34: rigos.api.v1.ImageChunk
+	(*StopWorkload)(nil),        // 35: rigos.api.v1.StopWorkload
+	(*WorkloadEvent)(nil),       // 36: rigos.api.v1.WorkloadEvent
+	(*WorkloadLog)(nil),         // 37: rigos.api.v1.WorkloadLog
+	(*Refusal)(nil),             // 38: rigos.api.v1.Refusal
+	(*UpdateRequest)(nil),       // 39: rigos.api.v1.UpdateRequest
+	(*InstallRequest)(nil),      // 40: rigos.api.v1.InstallRequest
+	(*RunWorkloadRequest)(nil),  // 41: rigos.api.v1.RunWorkloadRequest
+	(*WorkloadUpdate)(nil),      // 42: rigos.api.v1.WorkloadUpdate
+	(*StopWorkloadRequest)(nil), // 43: rigos.api.v1.StopWorkloadRequest
+	(*ListNodesRequest)(nil),    // 44: rigos.api.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),   // 45: rigos.api.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),      // 46: rigos.api.v1.GetNodeRequest
+	(*NodeRequest)(nil),         // 47: rigos.api.v1.NodeRequest
+	(*RevokeRequest)(nil),       // 48: rigos.api.v1.RevokeRequest
+	(*WatchRequest)(nil),        // 49: rigos.api.v1.WatchRequest
+	(*Node)(nil),                // 50: rigos.api.v1.Node
+	(*NodeDetail)(nil),          // 51: rigos.api.v1.NodeDetail
+	(*VerdictRecord)(nil),       // 52: rigos.api.v1.VerdictRecord
+	(*StateChange)(nil),         // 53: rigos.api.v1.StateChange
 }
 var file_rigos_proto_depIdxs = []int32{
-	9,  // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
-	15, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
-	16, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
-	31, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
-	32, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
-	6,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
-	5,  // 6: rigos.api.v1.AgentMessage.install_event:type_name -> rigos.api.v1.InstallEvent
-	0,  // 7: rigos.api.v1.InstallEvent.state:type_name -> rigos.api.v1.InstallState
-	8,  // 8: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
-	7,  // 9: rigos.api.v1.GPUReport.benchmarks:type_name -> rigos.api.v1.GPUBenchmark
-	14, // 10: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
-	10, // 11: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
-	11, // 12: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
-	11, // 13: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
-	12, // 14: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
-	13, // 15: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
-	17, // 16: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
-	20, // 17: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
-	21, // 18: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
-	22, // 19: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
-	23, // 20: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
-	33, // 21: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
-	24, // 22: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
-	29, // 23: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
-	30, // 24: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
-	19, // 25: rigos.api.v1.VerifierMessage.install:type_name -> rigos.api.v1.Install
-	3,  // 26: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
-	2,  // 27: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
-	25, // 28: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
-	26, // 29: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
-	27, // 30: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
-	28, // 31: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
-	1,  // 32: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
-	25, // 33: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
-	31, // 34: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
-	32, // 35: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
-	44, // 36: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
-	2,  // 37: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
-	3,  // 38: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
-	44, // 39: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
-	46, // 40: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
-	31, // 41: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
-	6,  // 42: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
-	10, // 43: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
-	5,  // 44: rigos.api.v1.NodeDetail.install:type_name -> rigos.api.v1.InstallEvent
-	2,  // 45: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
-	2,  // 46: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
-	2,  // 47: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
-	4,  // 48: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
-	38, // 49: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
-	40, // 50: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
-	43, // 51: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
-	41, // 52: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
-	42, // 53: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
-	35, // 54: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
-	37, // 55: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
-	34, // 56: rigos.api.v1.Admin.Install:input_type -> rigos.api.v1.InstallRequest
-	18, // 57: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
-	39, // 58: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
-	45, // 59: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
-	47, // 60: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
-	44, // 61: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
-	44, // 62: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
-	36, // 63: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
-	31, // 64: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
-	5,  // 65: rigos.api.v1.Admin.Install:output_type -> rigos.api.v1.InstallEvent
-	57, // [57:66] is the sub-list for method output_type
-	48, // [48:57] is the sub-list for method input_type
-	48, // [48:48] is the sub-list for extension type_name
-	48, // [48:48] is the sub-list for extension extendee
-	0,  // [0:48] is the sub-list for field type_name
+	12, // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
+	18, // 1: rigos.api.v1.AgentMessage.activation:type_name -> rigos.api.v1.ActivationProof
+	19, // 2: rigos.api.v1.AgentMessage.evidence:type_name -> rigos.api.v1.Evidence
+	36, // 3: rigos.api.v1.AgentMessage.workload_event:type_name -> rigos.api.v1.WorkloadEvent
+	37, // 4: rigos.api.v1.AgentMessage.workload_log:type_name -> rigos.api.v1.WorkloadLog
+	9,  // 5: rigos.api.v1.AgentMessage.gpu_report:type_name -> rigos.api.v1.GPUReport
+	8,  // 6: rigos.api.v1.AgentMessage.install_event:type_name -> rigos.api.v1.InstallEvent
+	7,  // 7: rigos.api.v1.AgentMessage.update_event:type_name -> rigos.api.v1.UpdateEvent
+	0,  // 8: rigos.api.v1.UpdateEvent.state:type_name -> rigos.api.v1.UpdateState
+	1,  // 9: rigos.api.v1.InstallEvent.state:type_name -> rigos.api.v1.InstallState
+	11, // 10: rigos.api.v1.GPUReport.gpus:type_name -> rigos.api.v1.GPU
+	10, // 11: rigos.api.v1.GPUReport.benchmarks:type_name -> rigos.api.v1.GPUBenchmark
+	17, // 12: rigos.api.v1.Hello.ak:type_name -> rigos.api.v1.AKParameters
+	13, // 13: rigos.api.v1.Hello.hardware:type_name -> rigos.api.v1.HardwareInventory
+	14, // 14: rigos.api.v1.HardwareInventory.system:type_name -> rigos.api.v1.HardwareIdentity
+	14, // 15: rigos.api.v1.HardwareInventory.board:type_name -> rigos.api.v1.HardwareIdentity
+	15, // 16: rigos.api.v1.HardwareInventory.bios:type_name -> rigos.api.v1.HardwareBIOS
+	16, // 17: rigos.api.v1.HardwareInventory.processors:type_name -> rigos.api.v1.HardwareProcessor
+	20, // 18: rigos.api.v1.Evidence.pcrs:type_name -> rigos.api.v1.PCRValue
+	25, // 19: rigos.api.v1.VerifierMessage.activation:type_name -> rigos.api.v1.ActivationChallenge
+	26, // 20: rigos.api.v1.VerifierMessage.enrolled:type_name -> rigos.api.v1.Enrolled
+	27, // 21: rigos.api.v1.VerifierMessage.challenge:type_name -> rigos.api.v1.Challenge
+	28, // 22: rigos.api.v1.VerifierMessage.verdict:type_name -> rigos.api.v1.Verdict
+	38, // 23: rigos.api.v1.VerifierMessage.refusal:type_name -> rigos.api.v1.Refusal
+	29, // 24: rigos.api.v1.VerifierMessage.start_workload:type_name -> rigos.api.v1.StartWorkload
+	34, // 25: rigos.api.v1.VerifierMessage.image_chunk:type_name -> rigos.api.v1.ImageChunk
+	35, // 26: rigos.api.v1.VerifierMessage.stop_workload:type_name -> rigos.api.v1.StopWorkload
+	24, // 27: rigos.api.v1.VerifierMessage.install:type_name -> rigos.api.v1.Install
+	22, // 28: rigos.api.v1.VerifierMessage.update:type_name -> rigos.api.v1.Update
+	23, // 29: rigos.api.v1.VerifierMessage.update_chunk:type_name -> rigos.api.v1.UpdateChunk
+	2,  // 30: rigos.api.v1.UpdateChunk.part:type_name -> rigos.api.v1.UpdatePart
+	5,  // 31: rigos.api.v1.Enrolled.trust_class:type_name -> rigos.api.v1.TrustClass
+	4,  // 32: rigos.api.v1.Verdict.state:type_name -> rigos.api.v1.NodeState
+	30, // 33: rigos.api.v1.StartWorkload.spec:type_name -> rigos.api.v1.WorkloadSpec
+	31, // 34: rigos.api.v1.WorkloadSpec.registry_auth:type_name -> rigos.api.v1.RegistryAuth
+	32, // 35: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
+	33, // 36: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
+	3,  // 37: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
+	30, // 38: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
+	36, // 39: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
+	37, // 40: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
+	50, // 41: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
+	4,  // 42: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
+	5,  // 43: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
+	50, // 44: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
+	52, // 45: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
+	36, // 46: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
+	9,  // 47: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
+	13, // 48: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
+	8,  // 49: rigos.api.v1.NodeDetail.install:type_name -> rigos.api.v1.InstallEvent
+	7,  // 50: rigos.api.v1.NodeDetail.update:type_name -> rigos.api.v1.UpdateEvent
+	4,  // 51: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
+	4,  // 52: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
+	4,  // 53: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
+	6,  // 54: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
+	44, // 55: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
+	46, // 56: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
+	49, // 57: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
+	47, // 58: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
+	48, // 59: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
+	41, // 60: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
+	43, // 61: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
+	40, // 62: rigos.api.v1.Admin.Install:input_type -> rigos.api.v1.InstallRequest
+	39, // 63: rigos.api.v1.Admin.Update:input_type -> rigos.api.v1.UpdateRequest
+	21, // 64: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
+	45, // 65: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
+	51, // 66: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
+	53, // 67: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
+	50, // 68: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
+	50, // 69: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
+	42, // 70: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
+	36, // 71: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
+	8,  // 72: rigos.api.v1.Admin.Install:output_type -> rigos.api.v1.InstallEvent
+	7,  // 73: rigos.api.v1.Admin.Update:output_type -> rigos.api.v1.UpdateEvent
+	64, // [64:74] is the sub-list for method output_type
+	54, // [54:64] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_rigos_proto_init() }
@@ -4165,8 +4790,9 @@ func file_rigos_proto_init() {
 		(*AgentMessage_WorkloadLog)(nil),
 		(*AgentMessage_GpuReport)(nil),
 		(*AgentMessage_InstallEvent)(nil),
+		(*AgentMessage_UpdateEvent)(nil),
 	}
-	file_rigos_proto_msgTypes[14].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[15].OneofWrappers = []any{
 		(*VerifierMessage_Activation)(nil),
 		(*VerifierMessage_Enrolled)(nil),
 		(*VerifierMessage_Challenge)(nil),
@@ -4176,8 +4802,10 @@ func file_rigos_proto_init() {
 		(*VerifierMessage_ImageChunk)(nil),
 		(*VerifierMessage_StopWorkload)(nil),
 		(*VerifierMessage_Install)(nil),
+		(*VerifierMessage_Update)(nil),
+		(*VerifierMessage_UpdateChunk)(nil),
 	}
-	file_rigos_proto_msgTypes[32].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[36].OneofWrappers = []any{
 		(*WorkloadUpdate_Event)(nil),
 		(*WorkloadUpdate_Log)(nil),
 	}
@@ -4186,8 +4814,8 @@ func file_rigos_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rigos_proto_rawDesc), len(file_rigos_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   44,
+			NumEnums:      6,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -134,6 +134,7 @@ const (
 	Admin_RunWorkload_FullMethodName    = "/rigos.api.v1.Admin/RunWorkload"
 	Admin_StopWorkload_FullMethodName   = "/rigos.api.v1.Admin/StopWorkload"
 	Admin_Install_FullMethodName        = "/rigos.api.v1.Admin/Install"
+	Admin_Update_FullMethodName         = "/rigos.api.v1.Admin/Update"
 )
 
 // AdminClient is the client API for Admin service.
@@ -159,6 +160,11 @@ type AdminClient interface {
 	// disk and reboot into it; it returns the node's last event: REBOOTING
 	// or FAILED.
 	Install(ctx context.Context, in *InstallRequest, opts ...grpc.CallOption) (*InstallEvent, error)
+	// Update streams a build from the verifier's update folder to a
+	// connected node, which writes it into its other slot and boots it
+	// once; it returns the node's last event: WAITING, REBOOTING or
+	// FAILED.
+	Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateEvent, error)
 }
 
 type adminClient struct {
@@ -267,6 +273,16 @@ func (c *adminClient) Install(ctx context.Context, in *InstallRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateEvent, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateEvent)
+	err := c.cc.Invoke(ctx, Admin_Update_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -290,6 +306,11 @@ type AdminServer interface {
 	// disk and reboot into it; it returns the node's last event: REBOOTING
 	// or FAILED.
 	Install(context.Context, *InstallRequest) (*InstallEvent, error)
+	// Update streams a build from the verifier's update folder to a
+	// connected node, which writes it into its other slot and boots it
+	// once; it returns the node's last event: WAITING, REBOOTING or
+	// FAILED.
+	Update(context.Context, *UpdateRequest) (*UpdateEvent, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -323,6 +344,9 @@ func (UnimplementedAdminServer) StopWorkload(context.Context, *StopWorkloadReque
 }
 func (UnimplementedAdminServer) Install(context.Context, *InstallRequest) (*InstallEvent, error) {
 	return nil, status.Error(codes.Unimplemented, "method Install not implemented")
+}
+func (UnimplementedAdminServer) Update(context.Context, *UpdateRequest) (*UpdateEvent, error) {
+	return nil, status.Error(codes.Unimplemented, "method Update not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -475,6 +499,24 @@ func _Admin_Install_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Update_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Update(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Update_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Update(ctx, req.(*UpdateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -505,6 +547,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Install",
 			Handler:    _Admin_Install_Handler,
+		},
+		{
+			MethodName: "Update",
+			Handler:    _Admin_Update_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

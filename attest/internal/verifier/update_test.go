@@ -1,0 +1,147 @@
+package verifier
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/rigos/rigos/attest/internal/admin"
+	"github.com/rigos/rigos/internal/sim/devboot"
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/attestation"
+	"github.com/rigos/rigos/pkg/imager/uki"
+	"github.com/rigos/rigos/pkg/layout"
+	"github.com/rigos/rigos/pkg/session"
+	"github.com/rigos/rigos/pkg/update/updatetest"
+)
+
+// writeBuild writes a build's output folder into dir/name and returns
+// the manifest naming its UKIs.
+func writeBuild(t *testing.T, dir, name string, system []byte) *attestation.Manifest {
+	t.Helper()
+	out := filepath.Join(dir, name)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := devboot.Manifest(devboot.Default(), name)
+	m.BootApplications = nil
+	for _, s := range layout.Slots() {
+		b := updatetest.FakeUKI("quiet "+layout.SlotParam+"="+string(s), 2<<20)
+		d, err := uki.AuthenticodeDigest(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.BootApplications = append(m.BootApplications, hex.EncodeToString(d))
+		if err := os.WriteFile(filepath.Join(out, layout.BuildUKI(s)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(out, layout.BuildSystem), system, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// Update checks the build against its active manifest, streams the
+// slot the node names, and returns the node's answer; a build without
+// an active manifest, a UKI of another build or a bad name never reaches
+// the node.
+func TestUpdateRelay(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	dir := t.TempDir()
+	system := make([]byte, 3*admin.UpdateChunkSize+5)
+	rand.Read(system)
+	next := writeBuild(t, dir, "next", system)
+	writeBuild(t, dir, "unlisted", system)
+	other := writeBuild(t, dir, "mixed", system)
+	// "mixed" has slot B's UKI of another build.
+	os.WriteFile(filepath.Join(dir, "mixed", layout.BuildUKI(layout.SlotB)), updatetest.FakeUKI(layout.SlotParam+"=b other", 10), 0o644)
+	// "swapped" names slot A's UKI as slot B's.
+	swapped := writeBuild(t, dir, "swapped", system)
+	a, _ := os.ReadFile(filepath.Join(dir, "swapped", layout.BuildUKI(layout.SlotA)))
+	os.WriteFile(filepath.Join(dir, "swapped", layout.BuildUKI(layout.SlotB)), a, 0o644)
+	active := []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev"), next, other, swapped}
+	h.v.admin.SetUpdates(admin.Updates{Dir: dir, Manifests: func() []*attestation.Manifest { return active }})
+
+	n := bootNode(t, 1, devboot.Default())
+	out := session.NewOutbox(nil)
+	asked := make(chan *apiv1.Update, 4)
+	got := map[apiv1.UpdatePart]*bytes.Buffer{apiv1.UpdatePart_UPDATE_PART_SYSTEM: {}, apiv1.UpdatePart_UPDATE_PART_UKI: {}}
+	var req *apiv1.Update
+	reply := func(e *apiv1.UpdateEvent) {
+		e.RequestId, e.Build, e.Slot = req.GetRequestId(), req.GetBuild(), "b"
+		out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: e}})
+	}
+	node := session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out,
+		Update: func(m *apiv1.Update) {
+			req = m
+			asked <- m
+			reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_RECEIVING})
+		},
+		UpdateChunk: func(c *apiv1.UpdateChunk) {
+			b := got[c.GetPart()]
+			if c.GetRequestId() != req.GetRequestId() || int64(b.Len()) != c.GetOffset() {
+				reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_FAILED, Reason: "out of order"})
+				return
+			}
+			b.Write(c.GetData())
+			if c.GetPart() == apiv1.UpdatePart_UPDATE_PART_UKI && int64(b.Len()) == req.GetUkiBSize() {
+				reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Bytes: int64(got[apiv1.UpdatePart_UPDATE_PART_SYSTEM].Len() + b.Len())})
+			}
+		}}
+	stop := h.session(node)
+	defer stop()
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	for _, tc := range []struct {
+		build string
+		code  codes.Code
+		want  string
+	}{
+		{"unlisted", codes.FailedPrecondition, "no active manifest"},
+		{"../next", codes.InvalidArgument, "want a build name"},
+		{"mixed", codes.FailedPrecondition, "not one of its manifest's boot applications"},
+		{"swapped", codes.FailedPrecondition, "boots slot \"a\""},
+		{"absent", codes.FailedPrecondition, "no active manifest"},
+	} {
+		_, err := h.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: "rig-1", Build: tc.build})
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Update(%s) = %v, want %s naming %q", tc.build, err, tc.code, tc.want)
+		}
+	}
+	if len(asked) != 0 {
+		t.Fatalf("a refused update reached the node: %v", <-asked)
+	}
+	if _, err := h.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: "rig-9", Build: "next"}); status.Code(err) != codes.NotFound {
+		t.Errorf("Update on an unknown node: %v, want NotFound", err)
+	}
+
+	e, err := h.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: "rig-1", Build: "next"})
+	if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING || e.GetBuild() != "next" {
+		t.Fatalf("Update(next) = %v, %v; want REBOOTING", e, err)
+	}
+	ukiB, _ := os.ReadFile(filepath.Join(dir, "next", layout.BuildUKI(layout.SlotB)))
+	sum := sha256.Sum256(system)
+	if m := <-asked; !bytes.Equal(m.GetSystemSha256(), sum[:]) || m.GetSystemSize() != int64(len(system)) || m.GetUkiBSize() != int64(len(ukiB)) {
+		t.Errorf("the node was asked %v", m)
+	}
+	if !bytes.Equal(got[apiv1.UpdatePart_UPDATE_PART_SYSTEM].Bytes(), system) || !bytes.Equal(got[apiv1.UpdatePart_UPDATE_PART_UKI].Bytes(), ukiB) {
+		t.Error("the node did not receive the system image and slot B's UKI")
+	}
+	d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1"})
+	if err != nil || d.GetUpdate().GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
+		t.Errorf("GetNode's update = %v, %v", d.GetUpdate(), err)
+	}
+}
