@@ -1,0 +1,166 @@
+package testvm
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/imager"
+	"github.com/rigos/rigos/pkg/layout"
+)
+
+// TestUpdate updates a node running build 1 from slot A to build 2: the
+// verifier streams build 2 down the node's connection, the node writes
+// it into slot B, sets slot B's boot entry in BootNext and reboots. The
+// firmware boots slot B once and the node is trusted as build 2. The
+// update is not committed, so after a power cut the firmware boots slot
+// A again, and the node is trusted as build 1 with the state it had.
+func TestUpdate(t *testing.T) {
+	setup(t)
+	one, err := buildImage("genuine", env.keys, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Build 2 differs in its build time, so in every file.
+	two, err := buildImage("next-build", env.keys, nil, nil, func(o *imager.Options) { o.Epoch = time.Date(2026, 2, 1, 0, 0, 0, 0, time.UTC).Unix() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.Build == two.Build {
+		t.Fatalf("both builds are %s", one.Build)
+	}
+	dir := t.TempDir()
+	manifests, updates := filepath.Join(dir, "manifests"), filepath.Join(dir, "updates")
+	for _, d := range []string{manifests, filepath.Join(updates, two.Build)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, r := range []*imager.Result{one, two} {
+		b, err := os.ReadFile(r.Manifest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(manifests, []string{"one", "two"}[i]+".json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{layout.BuildUKI(layout.SlotA), layout.BuildUKI(layout.SlotB), layout.BuildSystem} {
+		if err := os.Symlink(filepath.Join(filepath.Dir(two.Manifest), f), filepath.Join(updates, two.Build, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v := startVerifier(t, one.Manifest, map[string]any{"manifest_dir": manifests, "update_dir": updates})
+	o := Options{Image: one.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 15 * time.Minute, Reuse: true}
+	vm := startVM(t, o)
+	node := awaitTrusted(t, v, vm, "on build 1").GetNodeId()
+	if m := lastManifest(t, v, node); m != one.Build {
+		t.Fatalf("trusted as %q, want build 1 (%s)", m, one.Build)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+
+	// A build the verifier has no manifest for is refused before the
+	// node hears of it.
+	if _, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: "0123456789ab"}); err == nil || !strings.Contains(err.Error(), "no active manifest") {
+		t.Errorf("update to an unknown build: %v, want it refused", err)
+	}
+
+	start := time.Now()
+	e, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: two.Build})
+	if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING || e.GetSlot() != "b" {
+		t.Fatalf("update to build 2: %v, %v; want REBOOTING into slot b\n%s", e, err, tail(vm.ConsoleText(), 40))
+	}
+	t.Logf("update: %d MiB streamed and written in %.1fs, read back in %.1fs, Boot%04X in BootNext; %.1fs from the request",
+		e.GetBytes()>>20, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), time.Since(start).Seconds())
+	select {
+	case <-vm.Done(): // -no-reboot: the reboot ends QEMU
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the node did not reboot within 2 minutes of the update\n%s", tail(vm.ConsoleText(), 40))
+	}
+
+	// The firmware boots slot B once.
+	n := appraisals(t, v, node)
+	reboot := time.Now()
+	vm = startVM(t, o)
+	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`slot b\) verified by dm-verity`)); err != nil {
+		t.Fatalf("the node did not boot slot B: %v\n%s", err, grepLines(vm.ConsoleText(), "starting Boot", "slot", "BdsDxe"))
+	}
+	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
+		t.Fatalf("after the update trusted as %q, want build 2 (%s)", m, two.Build)
+	}
+	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
+
+	// Not committed: after a power cut the firmware boots slot A, build 1,
+	// which opens the state it sealed.
+	vm.Stop()
+	n = appraisals(t, v, node)
+	reboot = time.Now()
+	vm = startVM(t, o)
+	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`slot a\) verified by dm-verity`)); err != nil {
+		t.Fatalf("the node did not boot slot A again: %v\n%s", err, grepLines(vm.ConsoleText(), "starting Boot", "slot", "BdsDxe"))
+	}
+	if m := awaitAppraisal(t, v, vm, node, n); m != one.Build {
+		t.Fatalf("after the uncommitted update's boot trusted as %q, want build 1 (%s)", m, one.Build)
+	}
+	if !strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
+		t.Errorf("build 1 did not unlock its state again:\n%s", grepLines(vm.ConsoleText(), "state"))
+	}
+	t.Logf("fallback: power cut → trusted as build 1 in %.1fs", time.Since(reboot).Seconds())
+}
+
+// appraisals returns how many appraisals the verifier made of node.
+func appraisals(t *testing.T, v *verifier, node string) uint64 {
+	t.Helper()
+	d, err := v.admin.GetNode(context.Background(), &apiv1.GetNodeRequest{NodeId: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.GetNode().GetAppraisals()
+}
+
+// lastManifest returns the build of node's latest verdict.
+func lastManifest(t *testing.T, v *verifier, node string) string {
+	t.Helper()
+	d, err := v.admin.GetNode(context.Background(), &apiv1.GetNodeRequest{NodeId: node, History: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var last *apiv1.VerdictRecord
+	for _, r := range d.GetHistory() {
+		if last == nil || r.GetUnixMs() >= last.GetUnixMs() {
+			last = r
+		}
+	}
+	return last.GetManifest()
+}
+
+// awaitAppraisal waits for a trusted appraisal of node after its first n
+// and returns its build; untrusted fails the test.
+func awaitAppraisal(t *testing.T, v *verifier, vm *VM, node string, n uint64) string {
+	t.Helper()
+	for deadline := time.Now().Add(bootDeadline); ; {
+		d, err := v.admin.GetNode(context.Background(), &apiv1.GetNodeRequest{NodeId: node})
+		if err == nil && d.GetNode().GetConnected() && d.GetNode().GetAppraisals() > n {
+			switch d.GetNode().GetState() {
+			case apiv1.NodeState_NODE_STATE_TRUSTED:
+				return lastManifest(t, v, node)
+			case apiv1.NodeState_NODE_STATE_UNTRUSTED:
+				t.Fatalf("node untrusted: %s\n%s", d.GetNode().GetReason(), tail(vm.ConsoleText(), 40))
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new trusted appraisal: %v %v\n%s", d, err, tail(vm.ConsoleText(), 40))
+		}
+		select {
+		case <-vm.Done():
+			t.Fatalf("the VM stopped: %v\n%s", vm.err, tail(vm.ConsoleText(), 40))
+		case <-time.After(time.Second): // polling the verifier, bounded by the deadline
+		}
+	}
+}
