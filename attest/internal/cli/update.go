@@ -60,6 +60,8 @@ func updateLine(e *apiv1.UpdateEvent) string {
 			e.GetBuild(), e.GetBytes()>>20, slot, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), then)
 	case apiv1.UpdateState_UPDATE_STATE_FAILED:
 		return fmt.Sprintf("update to %s FAILED: %s", e.GetBuild(), e.GetReason())
+	case apiv1.UpdateState_UPDATE_STATE_BOOTED:
+		return fmt.Sprintf("update to %s BOOTED: %s", e.GetBuild(), e.GetReason())
 	}
 	return "update: " + e.GetState().String()
 }

@@ -19,6 +19,8 @@ type Outcome struct {
 	// Checkpoint is the runtime-log checkpoint a passing appraisal issues
 	// (nil otherwise): it goes to the node with the verdict.
 	Checkpoint []byte
+	// Build is the build whose manifest accepted the boot ("" if none).
+	Build string
 }
 
 // Appraise records the verdict for evidence ev answering the challenge
@@ -28,6 +30,7 @@ type Outcome struct {
 // proven too.
 func (k *Keeper) Appraise(ctx context.Context, id string, nonce []byte, ev *apiv1.Evidence, passed func(bool)) (Outcome, error) {
 	var checkpoint []byte
+	var build string
 	n, tok, err := k.updateVerdict(ctx, id, func(n *store.Node, vd *store.Verdict) error {
 		defer func() { passed(n.State == Trusted) }()
 		pinned := n.FirmwarePCRs
@@ -52,7 +55,7 @@ func (k *Keeper) Appraise(ctx context.Context, id string, nonce []byte, ev *apiv
 		req.Checkpoints = n.RuntimeCheckpoints
 		r := attestation.Appraise(req)
 		defer func() { k.dump(n, req) }()
-		vd.Manifest = r.Manifest
+		vd.Manifest, build = r.Manifest, r.Manifest
 		n.Appraisals++
 		clockOK := true
 		for _, f := range r.Failures {
@@ -120,7 +123,7 @@ func (k *Keeper) Appraise(ctx context.Context, id string, nonce []byte, ev *apiv
 		passed(false) // the verdict was not kept
 		return Outcome{}, err
 	}
-	return Outcome{Node: n, Token: tok, Checkpoint: checkpoint}, nil
+	return Outcome{Node: n, Token: tok, Checkpoint: checkpoint, Build: build}, nil
 }
 
 // gpuDigest is the GPU inventory digest the runtime log measured last,

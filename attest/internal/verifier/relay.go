@@ -2,11 +2,14 @@ package verifier
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"unicode/utf8"
 
 	"github.com/rigos/rigos/attest/internal/admin"
+	"github.com/rigos/rigos/attest/internal/hub"
 	"github.com/rigos/rigos/attest/internal/store"
+	"github.com/rigos/rigos/attest/internal/trust"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 )
 
@@ -69,9 +72,66 @@ func (v *Verifier) installEvent(node string, e *apiv1.InstallEvent) {
 }
 
 // updateEvent keeps a node's update event (its free text bounded) for
-// GetNode and the Update call waiting on it, and logs it.
-func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent) {
+// GetNode and the Update call waiting on it, and logs it. A node
+// rebooting into an update, on stream s, is remembered for
+// updateBooted.
+func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent, s *hub.Conn) {
 	e.Reason, e.Build, e.Slot = truncate(e.GetReason(), maxEventText), truncate(e.GetBuild(), 64), truncate(e.GetSlot(), 8)
+	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED {
+		e.State = apiv1.UpdateState_UPDATE_STATE_UNSPECIFIED // the verifier's to say
+	}
+	v.rebootingMu.Lock()
+	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_REBOOTING {
+		if v.rebooting == nil {
+			v.rebooting = map[string]rebootingInto{}
+		}
+		v.rebooting[node] = rebootingInto{event: e, stream: s}
+	} else {
+		delete(v.rebooting, node)
+	}
+	v.rebootingMu.Unlock()
+	v.publishUpdate(node, e)
+}
+
+// rebootingInto is an update a node said it reboots into, on stream.
+type rebootingInto struct {
+	event  *apiv1.UpdateEvent
+	stream *hub.Conn
+}
+
+// updateBooted checks the first appraisal of a node on a stream after
+// the one it rebooted into an update from: on the new build and trusted
+// the update BOOTED; on another build (the firmware fell back to the old
+// slot) or untrusted it FAILED, and the reason says which.
+func (v *Verifier) updateBooted(node string, s *hub.Conn, build string, n *store.Node) {
+	v.rebootingMu.Lock()
+	p, ok := v.rebooting[node]
+	if !ok || p.stream == s {
+		v.rebootingMu.Unlock()
+		return
+	}
+	delete(v.rebooting, node)
+	v.rebootingMu.Unlock()
+	e := &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_BOOTED, Build: p.event.GetBuild(), Slot: p.event.GetSlot(),
+		RequestId: p.event.GetRequestId(), UnixMs: v.trust.Now().UnixMilli()}
+	switch {
+	case build != p.event.GetBuild():
+		e.State = apiv1.UpdateState_UPDATE_STATE_FAILED
+		on := "no known build"
+		if build != "" {
+			on = "build " + build
+		}
+		e.Reason = fmt.Sprintf("the node came back on %s, not %s: slot %s did not boot, and the firmware booted the old slot", on, p.event.GetBuild(), p.event.GetSlot())
+	case n.State != trust.Trusted:
+		e.State = apiv1.UpdateState_UPDATE_STATE_FAILED
+		e.Reason = fmt.Sprintf("the node booted build %s from slot %s but is %s: %s", build, p.event.GetSlot(), store.StateText(n.State), n.Reason)
+	default:
+		e.Reason = fmt.Sprintf("the node booted build %s from slot %s and is trusted", build, p.event.GetSlot())
+	}
+	v.publishUpdate(node, e)
+}
+
+func (v *Verifier) publishUpdate(node string, e *apiv1.UpdateEvent) {
 	v.hub.UpdateEvent(node, e)
 	v.o.Logger.Info("update", "node", node, "state", e.GetState().String(), "build", e.GetBuild(), "slot", e.GetSlot(), "reason", e.GetReason(),
 		"bytes", e.GetBytes(), "total_bytes", e.GetTotalBytes(), "write_ms", e.GetWriteMs(), "verify_ms", e.GetVerifyMs(), "boot_entry", e.GetBootEntry())

@@ -316,7 +316,7 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 				continue
 			}
 			if e := m.GetUpdateEvent(); e != nil {
-				v.updateEvent(id, e)
+				v.updateEvent(id, e, s)
 				continue
 			}
 			if m.GetWorkloadEvent() != nil || m.GetWorkloadLog() != nil || m.GetGpuReport() != nil {
@@ -405,6 +405,7 @@ func (v *Verifier) answer(ctx context.Context, stream apiv1.Attestation_SessionS
 		return err
 	}
 	n := out.Node
+	v.updateBooted(id, s, out.Build, n)
 	return stream.Send(&apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Verdict{Verdict: &apiv1.Verdict{
 		ChallengeId: cid, State: n.State, Reason: n.Reason,
 		TrustedUntilUnixMs: unixMS(n.TrustedUntil), Token: out.Token, RuntimeCheckpoint: out.Checkpoint,

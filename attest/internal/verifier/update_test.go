@@ -16,6 +16,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rigos/rigos/attest/internal/admin"
+	"github.com/rigos/rigos/attest/internal/hub"
+	"github.com/rigos/rigos/attest/internal/store"
+	"github.com/rigos/rigos/attest/internal/trust"
 	"github.com/rigos/rigos/internal/sim/devboot"
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/attestation"
@@ -100,7 +103,6 @@ func TestUpdateRelay(t *testing.T) {
 			}
 		}}
 	stop := h.session(node)
-	defer stop()
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -143,5 +145,62 @@ func TestUpdateRelay(t *testing.T) {
 	d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1"})
 	if err != nil || d.GetUpdate().GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
 		t.Errorf("GetNode's update = %v, %v", d.GetUpdate(), err)
+	}
+
+	// The node comes back on its old build: the update failed, and the
+	// verifier says so.
+	stop()
+	h.session(node)
+	for deadline := time.Now().Add(time.Minute); ; {
+		d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1"})
+		if err == nil && d.GetUpdate().GetState() == apiv1.UpdateState_UPDATE_STATE_FAILED {
+			if want := "came back on build dev, not next"; !strings.Contains(d.GetUpdate().GetReason(), want) {
+				t.Errorf("failed update's reason %q, want it to say %q", d.GetUpdate().GetReason(), want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failed update recorded after the node came back on its old build: %v, %v", d.GetUpdate(), err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
+	}
+}
+
+// The first appraisal on a stream after the one a node rebooted from
+// decides the update: the new build trusted is BOOTED, the new build
+// untrusted FAILED; appraisals on the old stream decide nothing, and a
+// node cannot claim BOOTED itself.
+func TestUpdateBooted(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	old, fresh := &hub.Conn{}, &hub.Conn{}
+	trusted := &store.Node{State: trust.Trusted}
+	for name, tc := range map[string]struct {
+		build string
+		node  *store.Node
+		want  apiv1.UpdateState
+		why   string
+	}{
+		"booted":    {"next", trusted, apiv1.UpdateState_UPDATE_STATE_BOOTED, "booted build next from slot b and is trusted"},
+		"old build": {"dev", trusted, apiv1.UpdateState_UPDATE_STATE_FAILED, "came back on build dev, not next"},
+		"untrusted": {"next", &store.Node{State: trust.Untrusted, Reason: "pcr11"}, apiv1.UpdateState_UPDATE_STATE_FAILED, "is untrusted: pcr11"},
+	} {
+		h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_BOOTED, Build: "next"}, old)
+		if e := h.v.hub.LastUpdate("rig-1"); e.GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED {
+			t.Errorf("%s: a node claimed BOOTED itself", name)
+		}
+		h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: "next", Slot: "b"}, old)
+		h.v.updateBooted("rig-1", old, "dev", trusted)
+		if e := h.v.hub.LastUpdate("rig-1"); e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
+			t.Errorf("%s: an appraisal on the stream the node rebooted from decided the update: %v", name, e)
+		}
+		h.v.updateBooted("rig-1", fresh, tc.build, tc.node)
+		e := h.v.hub.LastUpdate("rig-1")
+		if e.GetState() != tc.want || !strings.Contains(e.GetReason(), tc.why) {
+			t.Errorf("%s: update %v, want %s naming %q", name, e, tc.want, tc.why)
+		}
+		h.v.updateBooted("rig-1", &hub.Conn{}, "dev", trusted) // decided once
+		if got := h.v.hub.LastUpdate("rig-1"); got != e {
+			t.Errorf("%s: a later appraisal changed the decided update to %v", name, got)
+		}
 	}
 }

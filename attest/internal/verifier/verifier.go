@@ -104,6 +104,10 @@ type Verifier struct {
 	// enrolments limits new EKs; handshakes counts unproven streams.
 	enrolments *rate.Limiter
 	handshakes chan struct{}
+	// rebooting are updates nodes rebooted into, by node: the first
+	// appraisal on a later stream tells whether the new build booted.
+	rebootingMu sync.Mutex
+	rebooting   map[string]rebootingInto
 }
 
 // New creates a Verifier. Nodes left trusted by a previous run are
