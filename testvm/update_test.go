@@ -94,6 +94,9 @@ func TestUpdate(t *testing.T) {
 	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
 		t.Fatalf("after the update trusted as %q, want build 2 (%s)", m, two.Build)
 	}
+	if d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node}); err != nil || d.GetUpdate().GetState() != apiv1.UpdateState_UPDATE_STATE_BOOTED {
+		t.Errorf("the verifier's update record: %v, %v; want BOOTED", d.GetUpdate(), err)
+	}
 	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
 
 	// Not committed: after a power cut the firmware boots slot A, build 1,
@@ -151,7 +154,14 @@ func awaitAppraisal(t *testing.T, v *verifier, vm *VM, node string, n uint64) st
 			case apiv1.NodeState_NODE_STATE_TRUSTED:
 				return lastManifest(t, v, node)
 			case apiv1.NodeState_NODE_STATE_UNTRUSTED:
-				t.Fatalf("node untrusted: %s\n%s", d.GetNode().GetReason(), tail(vm.ConsoleText(), 40))
+				// QEMU killed, swtpm still ends orderly and says its clock is
+				// safe although it went back to the last value it saved; a
+				// real TPM that loses power says it is not, and the verifier
+				// accepts that. Such a verdict passes once the clock is past
+				// the old value again, at the next spot check.
+				if !strings.HasPrefix(d.GetNode().GetReason(), "clock: clock went back") {
+					t.Fatalf("node untrusted: %s\n%s", d.GetNode().GetReason(), tail(vm.ConsoleText(), 40))
+				}
 			}
 		}
 		if time.Now().After(deadline) {

@@ -134,6 +134,12 @@ func Seal(rw io.ReadWriter, secret []byte, pcrs []int) (*Sealed, error) {
 // than by other code running at the same PCR values: the PCRs must be
 // chosen so that only RigOS runs with those values.
 func Unseal(rw io.ReadWriter, s *Sealed, pcrs []int) ([]byte, error) {
+	return unseal(rw, s, pcrs, func(current [][]byte) ([]byte, error) { return digestOf(current), nil })
+}
+
+// unseal is Unseal with the PCR digest the creation data must record
+// computed by atCreation from the current values of pcrs (in order).
+func unseal(rw io.ReadWriter, s *Sealed, pcrs []int, atCreation func(current [][]byte) ([]byte, error)) ([]byte, error) {
 	t := transport.FromReadWriter(rw)
 	sel, err := selection(pcrs)
 	if err != nil {
@@ -159,11 +165,11 @@ func Unseal(rw io.ReadWriter, s *Sealed, pcrs []int) ([]byte, error) {
 	}
 	// A policy for other PCR values than the current ones does not
 	// unseal here, whoever made the object.
-	current, err := pcrDigest(t, sel)
+	values, err := pcrValues(t, sel)
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: %w", err)
 	}
-	if !bytes.Equal(pub.AuthPolicy.Buffer, policyPCRDigest(sel, current)) {
+	if !bytes.Equal(pub.AuthPolicy.Buffer, policyPCRDigest(sel, digestOf(values))) {
 		return nil, fmt.Errorf("unsealing: %w", ErrPolicy)
 	}
 
@@ -175,7 +181,11 @@ func Unseal(rw io.ReadWriter, s *Sealed, pcrs []int) ([]byte, error) {
 	if got := tpm2.Marshal(srk.Name); !bytes.Equal(got, s.SRKName) {
 		return nil, errors.New("unsealing: this TPM's storage root key is not the one the secret was sealed under (another TPM, or the TPM was cleared)")
 	}
-	ticket, err := creation(s, sel, current, srk.Name)
+	created, err := atCreation(values)
+	if err != nil {
+		return nil, fmt.Errorf("unsealing: %w: %w", ErrForged, err)
+	}
+	ticket, err := creation(s, sel, created, srk.Name)
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: %w: %w", ErrForged, err)
 	}
@@ -287,10 +297,9 @@ func certified(rsp *tpm2.CertifyCreationResponse, name tpm2.TPM2BName, hash []by
 	return nil
 }
 
-// pcrDigest reads the PCRs in sel (one bank, at most 8 PCRs: one read)
-// and returns the hash of their values in order, as TPM2_PolicyPCR and
-// creation data compute it.
-func pcrDigest(t transport.TPM, sel tpm2.TPMLPCRSelection) ([]byte, error) {
+// pcrValues reads the PCRs in sel (one bank, at most 8 PCRs: one read)
+// and returns their values in order.
+func pcrValues(t transport.TPM, sel tpm2.TPMLPCRSelection) ([][]byte, error) {
 	rsp, err := tpm2.PCRRead{PCRSelectionIn: sel}.Execute(t)
 	if err != nil {
 		return nil, fmt.Errorf("reading PCRs: %w", err)
@@ -300,11 +309,21 @@ func pcrDigest(t transport.TPM, sel tpm2.TPMLPCRSelection) ([]byte, error) {
 	if err != nil || !slices.Equal(got, want) || len(rsp.PCRValues.Digests) != len(want) {
 		return nil, fmt.Errorf("reading PCRs: the TPM returned PCRs %v (%d values), want %v", got, len(rsp.PCRValues.Digests), want)
 	}
-	h := sha256.New()
-	for _, d := range rsp.PCRValues.Digests {
-		h.Write(d.Buffer)
+	out := make([][]byte, len(want))
+	for i, d := range rsp.PCRValues.Digests {
+		out[i] = d.Buffer
 	}
-	return h.Sum(nil), nil
+	return out, nil
+}
+
+// digestOf is the hash of PCR values in order, as TPM2_PolicyPCR and
+// creation data compute it.
+func digestOf(values [][]byte) []byte {
+	h := sha256.New()
+	for _, v := range values {
+		h.Write(v)
+	}
+	return h.Sum(nil)
 }
 
 // policyPCRDigest is the policy digest of a trial session that ran only

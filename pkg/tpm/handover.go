@@ -1,0 +1,123 @@
+package tpm
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// SealFor seals secret to PCR values that need not be the current ones
+// (PCR index → SHA-256 value): a running build seals the state
+// passphrase for the build it updates to, whose PCR 11 it predicts from
+// that build's UKI. As with Seal, the TPM records in the creation data
+// the values the same PCRs hold now, the creator's: UnsealFrom checks
+// them against what the secret's holder says they were.
+func SealFor(rw io.ReadWriter, secret []byte, values map[int][]byte) (*Sealed, error) {
+	if len(secret) == 0 || len(secret) > MaxSealedSecret {
+		return nil, fmt.Errorf("sealing: secret of %d bytes (want 1-%d)", len(secret), MaxSealedSecret)
+	}
+	pcrs := sortedSet(mapKeys(values))
+	sel, err := selection(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	ordered := make([][]byte, len(pcrs))
+	for i, p := range pcrs {
+		if len(values[p]) != sha256.Size {
+			return nil, fmt.Errorf("sealing: PCR %d value of %d bytes, want %d", p, len(values[p]), sha256.Size)
+		}
+		ordered[i] = values[p]
+	}
+	t := transport.FromReadWriter(rw)
+	srk, pub, flush, err := createSRK(t)
+	if err != nil {
+		return nil, err
+	}
+	defer flush()
+	policy := policyPCRDigest(sel, digestOf(ordered))
+	rsp, err := tpm2.Create{
+		ParentHandle: tpm2.AuthHandle{
+			Handle: srk.Handle, Name: srk.Name,
+			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.AESEncryption(128, tpm2.EncryptIn), tpm2.Salted(srk.Handle, pub)),
+		},
+		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
+			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
+		}},
+		InPublic: tpm2.New2B(tpm2.TPMTPublic{
+			Type:             tpm2.TPMAlgKeyedHash,
+			NameAlg:          tpm2.TPMAlgSHA256,
+			ObjectAttributes: sealedAttrs,
+			AuthPolicy:       tpm2.TPM2BDigest{Buffer: policy},
+			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash,
+				&tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
+		}),
+		CreationPCR: sel,
+	}.Execute(t)
+	if err != nil {
+		return nil, fmt.Errorf("sealing: %w", err)
+	}
+	return &Sealed{
+		PCRs: pcrs, Policy: policy,
+		Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate),
+		SRKName:        tpm2.Marshal(srk.Name),
+		CreationData:   rsp.CreationData.Bytes(),
+		CreationHash:   rsp.CreationHash.Buffer,
+		CreationTicket: tpm2.Marshal(rsp.CreationTicket),
+	}, nil
+}
+
+// ReadPCRs returns the current SHA-256 values of pcrs.
+func ReadPCRs(rw io.ReadWriter, pcrs []int) (map[int][]byte, error) {
+	pcrs = sortedSet(pcrs)
+	sel, err := selection(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	values, err := pcrValues(transport.FromReadWriter(rw), sel)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int][]byte{}
+	for i, p := range pcrs {
+		out[p] = values[i]
+	}
+	return out, nil
+}
+
+// UnsealFrom is Unseal for a secret another boot sealed for this one
+// with SealFor. Its creation data records the values pcrs held when it
+// was sealed, which the holder says were creator (every PCR of pcrs):
+// the TPM's creation ticket proves them, so a secret whose creator is
+// misstated is refused as forged. Each PCR in same must also have held
+// at creation what it holds now (PCR 7: the creator booted through the
+// same Secure Boot chain). The caller decides whether the proven creator
+// (its PCR 11: which build) is one it accepts.
+func UnsealFrom(rw io.ReadWriter, s *Sealed, pcrs []int, creator map[int][]byte, same []int) ([]byte, error) {
+	return unseal(rw, s, pcrs, func(current [][]byte) ([]byte, error) {
+		ordered := make([][]byte, 0, len(pcrs))
+		for i, p := range sortedSet(pcrs) {
+			v := creator[p]
+			if len(v) != sha256.Size {
+				return nil, fmt.Errorf("no creator value for PCR %d", p)
+			}
+			if slices.Contains(same, p) && !bytes.Equal(v, current[i]) {
+				return nil, fmt.Errorf("created while PCR %d held another value than now", p)
+			}
+			ordered = append(ordered, v)
+		}
+		return digestOf(ordered), nil
+	})
+}
+
+func mapKeys(m map[int][]byte) []int {
+	out := make([]int, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
