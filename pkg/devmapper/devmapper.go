@@ -7,8 +7,10 @@ package devmapper
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sizes from linux/dm-ioctl.h.
@@ -23,9 +25,12 @@ const (
 const (
 	cmdDevCreate  = 3
 	cmdDevSuspend = 6
-	cmdTableLoad  = 9
+	cmdTableLoad   = 9
+	cmdTableStatus = 12
 
-	flagReadOnly = 1 << 0
+	flagReadOnly    = 1 << 0
+	flagStatusTable = 1 << 4 // DM_STATUS_TABLE_FLAG: the table, not the status
+	flagBufferFull  = 1 << 8
 )
 
 // Target is one line of a device-mapper table.
@@ -70,6 +75,74 @@ func encode(name string, flags uint32, targets []Target) ([]byte, error) {
 	copy(buf[48:48+nameLen], name)
 	buf = append(buf, body.Bytes()...)
 	return append(buf, make([]byte, 256)...), nil // room for the kernel's answer
+}
+
+// statusBuffer is encode's buffer for a table query with room for size
+// bytes of answer.
+func statusBuffer(name string, size int) ([]byte, error) {
+	buf, err := encode(name, flagStatusTable, nil)
+	if err != nil {
+		return nil, err
+	}
+	buf = append(buf[:ioctlSize], make([]byte, size)...)
+	binary.LittleEndian.PutUint32(buf[12:], uint32(len(buf)))
+	return buf, nil
+}
+
+// decodeTable reads the targets of a DM_TABLE_STATUS answer.
+func decodeTable(buf []byte) ([]Target, error) {
+	if len(buf) < ioctlSize {
+		return nil, errors.New("short device-mapper answer")
+	}
+	if binary.LittleEndian.Uint32(buf[28:])&flagBufferFull != 0 {
+		return nil, errors.New("device-mapper table larger than the buffer")
+	}
+	size, start := binary.LittleEndian.Uint32(buf[12:]), binary.LittleEndian.Uint32(buf[16:])
+	count := binary.LittleEndian.Uint32(buf[20:])
+	if int(size) > len(buf) || start < ioctlSize || start > size {
+		return nil, fmt.Errorf("device-mapper answer of %d bytes with data at %d", size, start)
+	}
+	data := buf[start:size]
+	var out []Target
+	off := 0
+	for i := uint32(0); i < count; i++ {
+		if off < 0 || off+targetSize > len(data) {
+			return nil, fmt.Errorf("device-mapper target %d outside the answer", i)
+		}
+		spec := data[off : off+targetSize]
+		rest := data[off+targetSize:]
+		end := bytes.IndexByte(rest, 0)
+		if end < 0 {
+			return nil, fmt.Errorf("device-mapper target %d: unterminated parameters", i)
+		}
+		out = append(out, Target{
+			Start: binary.LittleEndian.Uint64(spec[0:]), Length: binary.LittleEndian.Uint64(spec[8:]),
+			Type: string(bytes.TrimRight(spec[24:40], "\x00")), Params: string(rest[:end]),
+		})
+		next := int(binary.LittleEndian.Uint32(spec[20:]))
+		if i+1 < count && next <= off {
+			return nil, fmt.Errorf("device-mapper target %d: next at %d", i, next)
+		}
+		off = next
+	}
+	return out, nil
+}
+
+// CryptKey returns the volume key of the dm-crypt target in targets
+// (the key in hex in its parameters: "cipher key iv_offset dev offset").
+func CryptKey(targets []Target) ([]byte, error) {
+	if len(targets) != 1 || targets[0].Type != "crypt" {
+		return nil, fmt.Errorf("want one crypt target, got %d targets", len(targets))
+	}
+	f := strings.Fields(targets[0].Params)
+	if len(f) < 2 || strings.HasPrefix(f[1], ":") {
+		return nil, errors.New("the crypt target's key is not in its table (kernel keyring?)")
+	}
+	key, err := hex.DecodeString(f[1])
+	if err != nil || len(key) == 0 {
+		return nil, errors.New("the crypt target's key is not hex")
+	}
+	return key, nil
 }
 
 // decodeDev reads the device number the kernel returned.

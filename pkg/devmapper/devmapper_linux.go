@@ -70,3 +70,22 @@ func create(name string, tableFlags uint32, targets []Target) (string, error) {
 	}
 	return "", fmt.Errorf("%s did not appear", path)
 }
+
+// Table returns the table of device name, crypt keys included (root
+// only): the agent reads the state volume's key to seal its passphrase
+// for the build it updates to.
+func Table(name string) ([]Target, error) {
+	f, err := os.OpenFile(ControlPath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening device-mapper control: %w", err)
+	}
+	defer f.Close()
+	buf, err := statusBuffer(name, 16<<10)
+	if err != nil {
+		return nil, err
+	}
+	if err := ioctl(f, cmdTableStatus, buf); err != nil {
+		return nil, fmt.Errorf("reading the %s table: %w", name, err)
+	}
+	return decodeTable(buf)
+}

@@ -13,3 +13,6 @@ func CreateReadOnly(name string, targets []Target) (string, error) {
 func Create(name string, targets []Target) (string, error) {
 	return "", errors.New("device-mapper needs Linux")
 }
+
+// Table needs Linux.
+func Table(string) ([]Target, error) { return nil, errors.New("device-mapper needs Linux") }

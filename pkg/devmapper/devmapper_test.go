@@ -1,6 +1,7 @@
 package devmapper
 
 import (
+	"bytes"
 	"encoding/binary"
 	"strings"
 	"testing"
@@ -38,4 +39,73 @@ func TestEncodeLayout(t *testing.T) {
 	if _, err := encode("", 0, nil); err == nil {
 		t.Error("encode(empty name) succeeded")
 	}
+}
+
+// response builds a DM_TABLE_STATUS answer as the kernel writes it:
+// each target's next is the offset of the following one from the start
+// of the data.
+func response(targets []Target) []byte {
+	var data []byte
+	for i, t := range targets {
+		spec := make([]byte, targetSize)
+		binary.LittleEndian.PutUint64(spec[0:], t.Start)
+		binary.LittleEndian.PutUint64(spec[8:], t.Length)
+		copy(spec[24:], t.Type)
+		body := append([]byte(t.Params), 0)
+		for (len(data)+targetSize+len(body))%8 != 0 {
+			body = append(body, 0)
+		}
+		if i < len(targets)-1 {
+			binary.LittleEndian.PutUint32(spec[20:], uint32(len(data)+targetSize+len(body)))
+		}
+		data = append(append(data, spec...), body...)
+	}
+	buf := make([]byte, ioctlSize, ioctlSize+len(data))
+	binary.LittleEndian.PutUint32(buf[12:], uint32(ioctlSize+len(data)))
+	binary.LittleEndian.PutUint32(buf[16:], ioctlSize)
+	binary.LittleEndian.PutUint32(buf[20:], uint32(len(targets)))
+	return append(buf, data...)
+}
+
+func TestDecodeTableAndCryptKey(t *testing.T) {
+	key := bytes.Repeat([]byte{0xab}, 64)
+	want := []Target{{Start: 0, Length: 2048, Type: "crypt", Params: CryptParams("aes-xts-plain64", key, "259:4", 2048)}}
+	got, err := decodeTable(response(want))
+	if err != nil || len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("decodeTable = %+v, %v", got, err)
+	}
+	if k, err := CryptKey(got); err != nil || !bytes.Equal(k, key) {
+		t.Errorf("CryptKey = %x, %v", k, err)
+	}
+	two := append(want, Target{Start: 2048, Length: 8, Type: "linear", Params: "8:1 0"})
+	if got, err := decodeTable(response(two)); err != nil || len(got) != 2 || got[1] != two[1] {
+		t.Errorf("two targets: %+v, %v", got, err)
+	}
+	if _, err := CryptKey(two); err == nil {
+		t.Error("CryptKey of two targets")
+	}
+	keyring := []Target{{Type: "crypt", Params: "aes-xts-plain64 :64:logon:cryptsetup:x 0 259:4 2048"}}
+	if _, err := CryptKey(keyring); err == nil || !strings.Contains(err.Error(), "keyring") {
+		t.Errorf("key in the keyring: %v", err)
+	}
+	full := response(want)
+	binary.LittleEndian.PutUint32(full[28:], flagBufferFull)
+	if _, err := decodeTable(full); err == nil {
+		t.Error("a full buffer decoded")
+	}
+	short := response(want)
+	binary.LittleEndian.PutUint32(short[20:], 3) // claims three targets
+	if _, err := decodeTable(short); err == nil {
+		t.Error("a target count past the data decoded")
+	}
+}
+
+func FuzzDecodeTable(f *testing.F) {
+	f.Add(response([]Target{{Type: "crypt", Params: "a b"}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > 1<<16 {
+			return
+		}
+		_, _ = decodeTable(b)
+	})
 }

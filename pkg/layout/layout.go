@@ -134,6 +134,12 @@ const (
 
 // Runtime paths: on the /run tmpfs, gone at the next boot.
 const (
+	// StateSeal is where init writes, as JSON, the values PCRs 7, 11 and
+	// 15 held when it unlocked the state with a passphrase derived from
+	// the volume key (statedisk.Passphrase): what an update seals the
+	// passphrase for, with the next build's PCR 11. Absent, the state
+	// cannot follow an update.
+	StateSeal = RunDir + "/state-seal.json"
 	// RunDir is RigOS's own folder under /run, and HOME of the services
 	// init starts.
 	RunDir = "/run/rigos"

@@ -159,7 +159,7 @@ func Format(key, passphrase []byte, token Token, uuid string) ([]byte, error) {
 	}
 	out := make([]byte, DataOffset)
 	for i, magic := range [][]byte{magicPrimary, magicSecondary} {
-		hdr, err := encodeHeader(magic, uint64(i*HeaderSize), uuid, &m)
+		hdr, err := encodeHeader(magic, uint64(i*HeaderSize), uuid, 1, &m)
 		if err != nil {
 			return nil, err
 		}
@@ -184,7 +184,7 @@ func Format(key, passphrase []byte, token Token, uuid string) ([]byte, error) {
 	return out, nil
 }
 
-func encodeHeader(magic []byte, offset uint64, uuid string, m *Metadata) ([]byte, error) {
+func encodeHeader(magic []byte, offset uint64, uuid string, seqid uint64, m *Metadata) ([]byte, error) {
 	j, err := json.Marshal(m)
 	if err != nil {
 		return nil, err
@@ -196,7 +196,7 @@ func encodeHeader(magic []byte, offset uint64, uuid string, m *Metadata) ([]byte
 	copy(h[0:], magic)
 	binary.BigEndian.PutUint16(h[6:], 2)
 	binary.BigEndian.PutUint64(h[8:], HeaderSize)
-	binary.BigEndian.PutUint64(h[16:], 1) // seqid
+	binary.BigEndian.PutUint64(h[16:], seqid)
 	copy(h[72:], "sha256")
 	_, _ = rand.Read(h[104:168]) // salt
 	copy(h[168:208], uuid)
@@ -205,6 +205,65 @@ func encodeHeader(magic []byte, offset uint64, uuid string, m *Metadata) ([]byte
 	sum := sha256.Sum256(h)
 	copy(h[448:], sum[:])
 	return h, nil
+}
+
+// WithTokens returns both header copies (2 × HeaderSize bytes) of the
+// volume whose metadata region starts with meta, with its tokens
+// replaced by tokens and its sequence ID one higher. Each token must
+// name existing keyslots. Written over the device's first 2 × HeaderSize
+// bytes it changes nothing else: keyslots and data stay. Write it
+// primary first: a write cut short leaves one intact copy, old or new.
+func WithTokens(meta []byte, tokens map[string]Token) ([]byte, error) {
+	h, err := Parse(meta)
+	if err != nil {
+		return nil, err
+	}
+	m := h.Metadata
+	m.Tokens = map[string]Token{}
+	for id, t := range tokens {
+		if _, err := strconv.ParseUint(id, 10, 8); err != nil {
+			return nil, fmt.Errorf("luks2: token ID %q", id)
+		}
+		slots, ok := TokenKeyslots(t)
+		if !ok || len(slots) == 0 {
+			return nil, fmt.Errorf("luks2: token %s names no keyslots", id)
+		}
+		for _, s := range slots {
+			if _, ok := m.Keyslots[s]; !ok {
+				return nil, fmt.Errorf("luks2: token %s names keyslot %s, which does not exist", id, s)
+			}
+		}
+		m.Tokens[id] = t
+	}
+	out := make([]byte, 2*HeaderSize)
+	for i, magic := range [][]byte{magicPrimary, magicSecondary} {
+		hdr, err := encodeHeader(magic, uint64(i*HeaderSize), h.UUID, h.Seqid+1, &m)
+		if err != nil {
+			return nil, err
+		}
+		copy(out[i*HeaderSize:], hdr)
+	}
+	return out, nil
+}
+
+// TokenKeyslots returns the keyslots a token names, whether it was made
+// here ([]string) or read from a header ([]any of strings).
+func TokenKeyslots(t Token) ([]string, bool) {
+	switch v := t["keyslots"].(type) {
+	case []string:
+		return v, true
+	case []any:
+		out := make([]string, 0, len(v))
+		for _, e := range v {
+			s, ok := e.(string)
+			if !ok {
+				return nil, false
+			}
+			out = append(out, s)
+		}
+		return out, true
+	}
+	return nil, false
 }
 
 // Parse reads the header from the start of a device (at least

@@ -182,3 +182,54 @@ func FuzzParse(f *testing.F) {
 		_, _, _ = h.Segment0()
 	})
 }
+
+// Tokens are replaced in both header copies, the sequence ID rises, and
+// the keyslot and data stay: the volume opens as before, here and with
+// cryptsetup. A token naming a keyslot that does not exist is refused.
+func TestWithTokens(t *testing.T) {
+	key, pass, meta := newVolume(t)
+	h0, _ := Parse(meta)
+	tokens := map[string]Token{}
+	for id, tok := range h0.Metadata.Tokens {
+		tokens[id] = tok // read back from JSON: keyslots is []any
+	}
+	tokens["1"] = Token{"type": "rigos-tpm2", "sealed": "for the next build", "keyslots": []string{"0"}}
+	hdrs, err := WithTokens(meta, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hdrs) != 2*HeaderSize {
+		t.Fatalf("WithTokens returned %d bytes, want both copies", len(hdrs))
+	}
+	next := append(bytes.Clone(hdrs), meta[2*HeaderSize:]...)
+	for i := range 2 { // each copy alone
+		only := bytes.Clone(next)
+		clear(only[(1-i)*HeaderSize : (2-i)*HeaderSize])
+		h, err := Parse(only)
+		if err != nil {
+			t.Fatalf("copy %d: %v", i, err)
+		}
+		if h.Seqid != h0.Seqid+1 || len(h.Metadata.Tokens) != 2 || h.Metadata.Tokens["1"]["sealed"] != "for the next build" || h.UUID != h0.UUID {
+			t.Errorf("copy %d: seqid %d, tokens %v", i, h.Seqid, h.Metadata.Tokens)
+		}
+		if got, err := h.Unlock(only, "0", pass); err != nil || !bytes.Equal(got, key) {
+			t.Errorf("copy %d: Unlock = %v", i, err)
+		}
+	}
+	if _, err := WithTokens(meta, map[string]Token{"0": {"type": "x", "keyslots": []string{"3"}}}); err == nil || !strings.Contains(err.Error(), "keyslot 3") {
+		t.Errorf("a token naming keyslot 3: %v", err)
+	}
+	if _, err := WithTokens(meta, map[string]Token{"x": {"type": "x", "keyslots": []string{"0"}}}); err == nil {
+		t.Error("token ID x accepted")
+	}
+	if cs, err := exec.LookPath("cryptsetup"); err == nil {
+		img := filepath.Join(t.TempDir(), "vol.img")
+		if err := os.WriteFile(img, append(next, make([]byte, 15<<20)...), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(cs, "luksDump", img).CombinedOutput()
+		if err != nil || strings.Count(string(out), "rigos-tpm2") != 2 {
+			t.Errorf("cryptsetup luksDump of the rewritten header: %v\n%s", err, out)
+		}
+	}
+}

@@ -18,9 +18,15 @@
 package statedisk
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 
 	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/tpm"
@@ -65,24 +71,140 @@ var ErrBlank = errors.New("state partition is blank")
 // New returns the metadata region (MetadataSize bytes) of a new volume
 // with volume key key, opened by passphrase, which s is the TPM-sealed
 // copy of.
-func New(key, passphrase []byte, s *tpm.Sealed, uuid string) ([]byte, error) {
-	b64 := base64.StdEncoding.EncodeToString
-	return luks2.Format(key, passphrase, luks2.Token{
-		"type": TokenType, "pcrs": s.PCRs, "policy": b64(s.Policy), "public": b64(s.Public),
-		"private": b64(s.Private), "srk_name": b64(s.SRKName),
-		"creation_data": b64(s.CreationData), "creation_hash": b64(s.CreationHash),
-		"creation_ticket": b64(s.CreationTicket),
-	}, uuid)
+func New(key, passphrase []byte, s *tpm.Sealed, uuid string, buildPCR11 []byte) ([]byte, error) {
+	return luks2.Format(key, passphrase, ownToken(s, buildPCR11), uuid)
 }
 
 // Volume is an opened (not yet unlocked) state volume.
 type Volume struct {
 	Header *luks2.Header
-	// Sealed is the TPM-sealed passphrase of Keyslot.
+	// Sealed is the TPM-sealed passphrase of Keyslot that a build sealed
+	// for itself (the first such token); nil if there is none.
 	Sealed  *tpm.Sealed
 	Keyslot string
+	// Own are all the keys builds sealed for themselves (Sealed is the
+	// first): the running build tries each.
+	Own []Key
+	// Handovers are copies of the passphrase a build sealed for the build
+	// it updated to (tpm.SealFor).
+	Handovers []Handover
 	// DataOffset is where the encrypted data starts, in bytes.
 	DataOffset int64
+}
+
+// Key is the passphrase sealed by a build for itself.
+type Key struct {
+	Sealed  *tpm.Sealed
+	Keyslot string
+}
+
+// Handover is the passphrase sealed by one build for the next.
+type Handover struct {
+	Sealed  *tpm.Sealed
+	Keyslot string
+	// Creator are the values the sealed PCRs held when it was sealed
+	// (tpm.UnsealFrom checks them): PCR 11 names the build that sealed it.
+	Creator map[int][]byte
+	// Build is the build it was sealed for (informational).
+	Build string
+}
+
+// Passphrase is the passphrase of a volume with volume key key. It is
+// derived from the key, so a running build, which has the key in the
+// kernel, can seal it for the build it updates to; whoever has the key
+// has the data anyway.
+func Passphrase(key []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("rigos state passphrase v1"))
+	return m.Sum(nil)
+}
+
+// ownToken and handoverToken are the LUKS2 tokens of a sealed
+// passphrase; buildPCR11 records the build an own token is for.
+func ownToken(s *tpm.Sealed, buildPCR11 []byte) luks2.Token {
+	b64 := base64.StdEncoding.EncodeToString
+	t := luks2.Token{
+		"type": TokenType, "pcrs": s.PCRs, "policy": b64(s.Policy), "public": b64(s.Public),
+		"private": b64(s.Private), "srk_name": b64(s.SRKName),
+		"creation_data": b64(s.CreationData), "creation_hash": b64(s.CreationHash),
+		"creation_ticket": b64(s.CreationTicket), "keyslots": []string{"0"},
+	}
+	if buildPCR11 != nil {
+		t["build_pcr11"] = hex.EncodeToString(buildPCR11)
+	}
+	return t
+}
+
+func handoverToken(h Handover) luks2.Token {
+	t := ownToken(h.Sealed, nil)
+	creator := map[string]string{}
+	for p, v := range h.Creator {
+		creator[strconv.Itoa(p)] = hex.EncodeToString(v)
+	}
+	t["creator_pcrs"], t["build"] = creator, h.Build
+	return t
+}
+
+// WithHandover returns both header copies of the volume whose metadata
+// region starts with meta, with h added and the keys its own builds
+// sealed kept; an earlier handover is dropped (one update at a time).
+func WithHandover(meta []byte, h Handover) ([]byte, error) {
+	v, err := Read(meta)
+	if err != nil {
+		return nil, err
+	}
+	tokens := ownTokens(v.Header)
+	tokens[strconv.Itoa(len(tokens))] = handoverToken(h)
+	return luks2.WithTokens(meta, tokens)
+}
+
+// WithOwn returns both header copies with s, the passphrase the running
+// build (whose PCR 11 is buildPCR11) sealed for itself, replacing any
+// earlier key of that build; other builds' own keys stay (the build it
+// updated from still opens the state if the update falls back), and
+// handovers are dropped: they have served.
+func WithOwn(meta []byte, s *tpm.Sealed, buildPCR11 []byte) ([]byte, error) {
+	v, err := Read(meta)
+	if err != nil {
+		return nil, err
+	}
+	tokens := map[string]luks2.Token{}
+	for _, t := range ownTokens(v.Header) {
+		if t["build_pcr11"] != hex.EncodeToString(buildPCR11) {
+			tokens[strconv.Itoa(len(tokens))] = t
+		}
+	}
+	if len(tokens) >= MaxOwnKeys {
+		return nil, fmt.Errorf("state volume already holds %d builds' keys", len(tokens))
+	}
+	tokens[strconv.Itoa(len(tokens))] = ownToken(s, buildPCR11)
+	return luks2.WithTokens(meta, tokens)
+}
+
+// MaxOwnKeys bounds the builds whose keys a volume holds.
+const MaxOwnKeys = 8
+
+// ownTokens returns the volume's own-key tokens, renumbered from 0 in
+// the order of their IDs.
+func ownTokens(h *luks2.Header) map[string]luks2.Token {
+	out := map[string]luks2.Token{}
+	for _, id := range tokenIDs(h) {
+		t := h.Metadata.Tokens[id]
+		if t["type"] == TokenType && t["creator_pcrs"] == nil {
+			out[strconv.Itoa(len(out))] = t
+		}
+	}
+	return out
+}
+
+func tokenIDs(h *luks2.Header) []string {
+	ids := slices.Collect(maps.Keys(h.Metadata.Tokens))
+	slices.SortFunc(ids, func(a, b string) int {
+		x, _ := strconv.Atoi(a)
+		y, _ := strconv.Atoi(b)
+		return x - y
+	})
+	return ids
 }
 
 // Read parses the metadata region (at least MetadataSize bytes). It
@@ -102,17 +224,55 @@ func Read(meta []byte) (*Volume, error) {
 	if cipher != luks2.Cipher {
 		return nil, fmt.Errorf("state volume cipher %q, want %s", cipher, luks2.Cipher)
 	}
-	for _, t := range h.Metadata.Tokens {
+	v := &Volume{Header: h, DataOffset: off}
+	for _, id := range tokenIDs(h) {
+		t := h.Metadata.Tokens[id]
 		if t["type"] != TokenType {
 			continue
 		}
 		s, slot, err := sealedFrom(t)
 		if err != nil {
-			return nil, fmt.Errorf("state volume token: %w", err)
+			return nil, fmt.Errorf("state volume token %s: %w", id, err)
 		}
-		return &Volume{Header: h, Sealed: s, Keyslot: slot, DataOffset: off}, nil
+		if t["creator_pcrs"] == nil {
+			if v.Sealed == nil {
+				v.Sealed, v.Keyslot = s, slot
+			}
+			v.Own = append(v.Own, Key{Sealed: s, Keyslot: slot})
+			continue
+		}
+		creator, err := creatorPCRs(t["creator_pcrs"])
+		if err != nil {
+			return nil, fmt.Errorf("state volume token %s: %w", id, err)
+		}
+		build, _ := t["build"].(string)
+		v.Handovers = append(v.Handovers, Handover{Sealed: s, Keyslot: slot, Creator: creator, Build: build})
 	}
-	return nil, fmt.Errorf("state volume has no %s token", TokenType)
+	if v.Sealed == nil && len(v.Handovers) == 0 {
+		return nil, fmt.Errorf("state volume has no %s token", TokenType)
+	}
+	return v, nil
+}
+
+func creatorPCRs(v any) (map[int][]byte, error) {
+	m, ok := v.(map[string]any)
+	if !ok || len(m) == 0 || len(m) > 24 {
+		return nil, errors.New("creator_pcrs: want an object of PCR values")
+	}
+	out := map[int][]byte{}
+	for k, x := range m {
+		p, err := strconv.Atoi(k)
+		s, ok := x.(string)
+		if err != nil || p < 0 || p > 23 || !ok {
+			return nil, fmt.Errorf("creator_pcrs: %q", k)
+		}
+		b, err := hex.DecodeString(s)
+		if err != nil || len(b) != sha256.Size {
+			return nil, fmt.Errorf("creator_pcrs: PCR %d: want a hex SHA-256 value", p)
+		}
+		out[p] = b
+	}
+	return out, nil
 }
 
 func sealedFrom(t luks2.Token) (*tpm.Sealed, string, error) {

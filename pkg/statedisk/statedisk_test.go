@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -26,7 +27,7 @@ func TestRoundTrip(t *testing.T) {
 	key, pass := make([]byte, luks2.KeySize), make([]byte, 64)
 	rand.Read(key)
 	rand.Read(pass)
-	meta, err := New(key, pass, sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	meta, err := New(key, pass, sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +103,7 @@ func TestReadRejects(t *testing.T) {
 		}
 	}
 	// Both header copies damaged: an error, not blank.
-	good, _ := New(key, []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	good, _ := New(key, []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", nil)
 	good[5000] ^= 1
 	good[luks2.HeaderSize+5000] ^= 1
 	if _, err := Read(good); err == nil || errors.Is(err, ErrBlank) {
@@ -111,11 +112,11 @@ func TestReadRejects(t *testing.T) {
 }
 
 func FuzzRead(f *testing.F) {
-	meta, _ := New(make([]byte, luks2.KeySize), []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	meta, _ := New(make([]byte, luks2.KeySize), []byte("p"), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", nil)
 	f.Add(meta[:luks2.HeaderSize])
 	old := sealed()
 	old.CreationData, old.CreationHash, old.CreationTicket = nil, nil, nil
-	meta, _ = New(make([]byte, luks2.KeySize), []byte("p"), old, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	meta, _ = New(make([]byte, luks2.KeySize), []byte("p"), old, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", nil)
 	f.Add(meta[:luks2.HeaderSize])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		buf := make([]byte, MetadataSize)
@@ -171,5 +172,59 @@ func TestSealPCRsBindBuild(t *testing.T) {
 	boot("rigos 2.0")
 	if got, err := tpm.Unseal(sim, s, SealPCRs); err != nil || !bytes.Equal(got, pass) {
 		t.Errorf("rigos 2.0 again: Unseal = %q, %v; want the passphrase", got, err)
+	}
+}
+
+// An update adds a handover beside the build's own key; the next build
+// adds its own and drops the handover; the first build's key stays (the
+// update may still fall back to it). The passphrase and data never
+// change.
+func TestHandoverAndOwnKeys(t *testing.T) {
+	key := make([]byte, luks2.KeySize)
+	rand.Read(key)
+	pcr11 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	meta, err := New(key, Passphrase(key), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", pcr11(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(hdrs []byte, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		meta = append(hdrs, meta[len(hdrs):]...)
+	}
+	h := Handover{Sealed: sealed(), Keyslot: "0", Creator: map[int][]byte{7: pcr11(7), 11: pcr11(1), 15: pcr11(15)}, Build: "two"}
+	h.Sealed.Policy = []byte("for build two")
+	apply(WithHandover(meta, h))
+	apply(WithHandover(meta, h)) // again: still one handover
+	v, err := Read(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Sealed == nil || len(v.Handovers) != 1 || v.Handovers[0].Build != "two" || !bytes.Equal(v.Handovers[0].Creator[11], pcr11(1)) ||
+		!bytes.Equal(v.Handovers[0].Sealed.Policy, []byte("for build two")) {
+		t.Fatalf("after the handover: %+v", v)
+	}
+	own2 := sealed()
+	own2.Policy = []byte("build two's own")
+	apply(WithOwn(meta, own2, pcr11(2)))
+	apply(WithOwn(meta, own2, pcr11(2))) // replaced, not added
+	v, err = Read(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Handovers) != 0 || len(ownTokens(v.Header)) != 2 || !bytes.Equal(v.Sealed.Policy, sealed().Policy) {
+		t.Fatalf("after build two sealed its own key: %d handovers, %d own keys", len(v.Handovers), len(ownTokens(v.Header)))
+	}
+	if got, err := v.Unlock(meta, Passphrase(key)); err != nil || !bytes.Equal(got, key) {
+		t.Errorf("Unlock = %v", err)
+	}
+	// A handover whose creator values are malformed is refused.
+	bad := handoverToken(h)
+	bad["creator_pcrs"] = map[string]string{"11": "zz"}
+	m, _ := luks2.Format(key, []byte("p"), bad, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
+	if _, err := Read(m); err == nil || !strings.Contains(err.Error(), "creator_pcrs") {
+		t.Errorf("malformed creator: %v", err)
 	}
 }

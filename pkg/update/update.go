@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/cmdline"
+	"github.com/rigos/rigos/pkg/imager/uki"
 	"github.com/rigos/rigos/pkg/layout"
 )
 
@@ -307,4 +308,32 @@ func UKISlot(r io.ReaderAt) (layout.Slot, error) {
 		return "", fmt.Errorf("the UKI's command line names no %s", layout.SlotParam)
 	}
 	return layout.ParseSlot(v)
+}
+
+// PredictPCR11 returns the PCR 11 value a UKI leaves when systemd-stub
+// boots it: its measured sections (uki.PredictPCR11), each as large as
+// its virtual size says.
+func PredictPCR11(r io.ReaderAt) ([]byte, error) {
+	f, err := pe.NewFile(r)
+	if err != nil {
+		return nil, fmt.Errorf("the UKI is not a PE image: %w", err)
+	}
+	var sections []uki.Section
+	for _, s := range f.Sections {
+		if !uki.Measured(s.Name) {
+			continue
+		}
+		b, err := s.Data()
+		if err != nil {
+			return nil, fmt.Errorf("reading the UKI's %s: %w", s.Name, err)
+		}
+		if uint32(len(b)) < s.VirtualSize {
+			return nil, fmt.Errorf("the UKI's %s is %d bytes in the file, %d in memory", s.Name, len(b), s.VirtualSize)
+		}
+		sections = append(sections, uki.Section{Name: s.Name, Data: b[:s.VirtualSize]})
+	}
+	if len(sections) == 0 {
+		return nil, errors.New("the UKI has no measured section")
+	}
+	return uki.PredictPCR11(sections), nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rigos/rigos/pkg/imager/uki"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/update/updatetest"
 )
@@ -262,4 +263,18 @@ func FuzzUKISlot(f *testing.F) {
 			}
 		}
 	})
+}
+
+// The PCR 11 a UKI leaves is predicted from its sections as the imager
+// predicts it from what it put in them.
+func TestPredictPCR11(t *testing.T) {
+	c := "quiet " + layout.SlotParam + "=b"
+	got, err := PredictPCR11(bytes.NewReader(fakeUKI(t, c, 100)))
+	want := uki.PredictPCR11([]uki.Section{{Name: ".cmdline", Data: append([]byte(c), 0)}})
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("PredictPCR11 = %x, %v; want %x", got, err, want)
+	}
+	if _, err := PredictPCR11(bytes.NewReader([]byte("MZ"))); err == nil {
+		t.Error("predicted PCR 11 of a non-PE")
+	}
 }

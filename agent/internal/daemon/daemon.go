@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -93,7 +94,12 @@ func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*i
 	if err != nil {
 		return nil, fmt.Errorf("kernel command line: %s: %w", layout.SlotParam, err)
 	}
-	return &installer.Installer{Out: out, Log: log, Slot: slot}, nil
+	inst := &installer.Installer{Out: out, Log: log, Slot: slot}
+	if cfg.TPM != "simulator" { // the state is sealed by the node's TPM
+		openTPM := func() (io.ReadWriteCloser, error) { return tpm.Open(cfg.TPMPaths...) }
+		inst.HandOver = func(uki io.ReaderAt, build string) error { return handOver(openTPM, uki, build) }
+	}
+	return inst, nil
 }
 
 // dial makes the TLS connection to the verifier (gRPC connects lazily).

@@ -12,6 +12,7 @@ package installer
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -49,6 +50,10 @@ type Installer struct {
 	// ESP, set in tests, is a folder standing in for the mounted ESP
 	// (default: layout.ESPMount, remounted writable for an update).
 	ESP string
+	// HandOver, if set, seals the state's passphrase for the build whose
+	// UKI an update wrote, before that build is set to boot; ErrNoState
+	// lets the update go on without.
+	HandOver func(uki io.ReaderAt, build string) error
 	// Poll is how often an update waiting for workloads to end looks
 	// again (default 2 s).
 	Poll time.Duration

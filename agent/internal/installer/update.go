@@ -3,6 +3,7 @@ package installer
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -179,6 +180,12 @@ func (i *Installer) finishUpdate(u *updating) bool {
 		i.updateFailed(u.req, u.slot, fmt.Errorf("%w; the node still boots the slot it runs", err))
 		return false
 	}
+	if i.HandOver != nil {
+		if err := i.handOver(u); err != nil {
+			i.updateFailed(u.req, u.slot, fmt.Errorf("slot %s is written, but the state could not be handed over to it: %w; the node still boots the slot it runs", u.slot, err))
+			return false
+		}
+	}
 	efiVars := or(i.EFIVars, layout.EFIVarsDir)
 	var entry uint16
 	setNext := func() error {
@@ -225,6 +232,26 @@ func (i *Installer) finishUpdate(u *updating) bool {
 	i.updateEvent(u.req, ev(apiv1.UpdateState_UPDATE_STATE_REBOOTING))
 	return true
 }
+
+// handOver passes the written slot's UKI to HandOver.
+func (i *Installer) handOver(u *updating) error {
+	esp := or(i.ESP, layout.ESPMount)
+	f, err := os.Open(filepath.Join(esp, layout.SlotUKI(u.slot)))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	err = i.HandOver(f, u.req.GetBuild())
+	if errors.Is(err, ErrNoState) {
+		i.Log.Warn("the state is not handed over: the new build will not open it", "err", err)
+		return nil
+	}
+	return err
+}
+
+// ErrNoState, from HandOver, means there is no state to hand over: the
+// update goes on without.
+var ErrNoState = errors.New("no state to hand over")
 
 func (i *Installer) waitPoll() time.Duration {
 	if i.Poll > 0 {

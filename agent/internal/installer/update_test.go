@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -184,5 +186,48 @@ func TestUpdateWaitsForWorkloads(t *testing.T) {
 		if e := r.next(t); e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
 			t.Fatalf("event %v, want REBOOTING once the workloads ended", e)
 		}
+	}
+}
+
+// The state is handed over to the written slot's UKI before it is set to
+// boot; a failed handover fails the update (no BootNext), and no state
+// to hand over lets it go on.
+func TestUpdateHandsOverState(t *testing.T) {
+	for name, tc := range map[string]struct {
+		err  error
+		want apiv1.UpdateState
+	}{
+		"handed over": {nil, apiv1.UpdateState_UPDATE_STATE_REBOOTING},
+		"no state":    {ErrNoState, apiv1.UpdateState_UPDATE_STATE_REBOOTING},
+		"failed":      {errors.New("TPM gone"), apiv1.UpdateState_UPDATE_STATE_FAILED},
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := newUpdateRig(t, nil)
+			var got []byte
+			r.inst.HandOver = func(uki io.ReaderAt, build string) error {
+				got, _ = io.ReadAll(io.NewSectionReader(uki, 0, 1<<30))
+				if build != "next" {
+					t.Errorf("handed over to build %q", build)
+				}
+				return tc.err
+			}
+			r.inst.HandleUpdate(r.request(false))
+			r.next(t)
+			r.send(layout.SlotB)
+			e := r.next(t)
+			if e.GetState() != tc.want {
+				t.Fatalf("event %v, want %s", e, tc.want)
+			}
+			if !bytes.Equal(got, r.ukis[layout.SlotB]) {
+				t.Error("HandOver did not get slot B's UKI")
+			}
+			_, err := os.Stat(filepath.Join(r.efi, "BootNext-"+efiboot.GlobalGUID))
+			if set := err == nil; set != (tc.want == apiv1.UpdateState_UPDATE_STATE_REBOOTING) {
+				t.Errorf("BootNext set: %v", set)
+			}
+			if tc.err != nil && tc.err != ErrNoState && !strings.Contains(e.GetReason(), "TPM gone") {
+				t.Errorf("reason %q", e.GetReason())
+			}
+		})
 	}
 }

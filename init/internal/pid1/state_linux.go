@@ -1,11 +1,16 @@
 package pid1
 
 import (
+	"bytes"
 	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
@@ -67,16 +72,12 @@ func unlockState(sys sysfs, rw io.ReadWriter) error {
 	case err != nil:
 		return fmt.Errorf("%w; leaving the partition untouched", err)
 	default:
-		pass, err := tpm.Unseal(rw, vol.Sealed, statedisk.SealPCRs)
-		if err != nil {
-			return fmt.Errorf("state key: %w", err)
-		}
-		key, err = vol.Unlock(meta, pass)
-		clear(pass)
-		if err != nil {
-			return fmt.Errorf("state key: %w", err)
+		var how string
+		if key, how, err = unlockVolume(rw, f, vol, meta); err != nil {
+			return err
 		}
 		dataOffset = vol.DataOffset
+		say("state key: %s", how)
 	}
 
 	dataSize := size - dataOffset
@@ -115,28 +116,125 @@ func unlockState(sys sysfs, rw io.ReadWriter) error {
 	return nil
 }
 
-// newStateVolume draws a volume key and a passphrase, seals the
-// passphrase in the TPM and returns the key and the LUKS2 metadata.
+// newStateVolume draws a volume key, seals the passphrase derived from
+// it in the TPM and returns the key and the LUKS2 metadata.
 func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
-	key, pass := make([]byte, luks2.KeySize), make([]byte, 64)
-	defer clear(pass)
+	key := make([]byte, luks2.KeySize)
 	uuid := make([]byte, 16)
-	for _, b := range [][]byte{key, pass, uuid} {
+	for _, b := range [][]byte{key, uuid} {
 		if _, err := rand.Read(b); err != nil {
 			return nil, nil, err
 		}
 	}
+	pass := statedisk.Passphrase(key)
+	defer clear(pass)
 	sealed, err := tpm.Seal(rw, pass, statedisk.SealPCRs)
+	if err != nil {
+		return nil, nil, err
+	}
+	pcrs, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
 	if err != nil {
 		return nil, nil, err
 	}
 	uuid[6], uuid[8] = uuid[6]&0x0f|0x40, uuid[8]&0x3f|0x80 // version 4
 	id := fmt.Sprintf("%x-%x-%x-%x-%x", uuid[0:4], uuid[4:6], uuid[6:8], uuid[8:10], uuid[10:16])
-	meta, err := statedisk.New(key, pass, sealed, id)
+	meta, err := statedisk.New(key, pass, sealed, id, pcrs[11])
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := writeStateSeal(pcrs); err != nil {
+		return nil, nil, err
+	}
 	return key, meta, nil
+}
+
+// unlockVolume unseals the volume's passphrase: with a key a build sealed
+// for itself, or else with one the build before it handed over on an
+// update (tpm.UnsealFrom: sealed by a boot with the same Secure Boot
+// state). After a handover it seals its own key, so the state no longer
+// depends on the handover, and writes the header (f) with it. It says
+// how the state was unlocked.
+func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte) ([]byte, string, error) {
+	pcrs, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
+	if err != nil {
+		return nil, "", err
+	}
+	var errs []error
+	try := func(pass []byte, slot string, err error) []byte {
+		defer clear(pass)
+		if err != nil {
+			errs = append(errs, err)
+			return nil
+		}
+		key, err := vol.Header.Unlock(meta, slot, pass)
+		if err != nil {
+			errs = append(errs, err)
+			return nil
+		}
+		if bytes.Equal(pass, statedisk.Passphrase(key)) {
+			if err := writeStateSeal(pcrs); err != nil {
+				errs = append(errs, err)
+				clear(key)
+				return nil
+			}
+		} else {
+			say("the state's passphrase is not derived from its key (a state made before updates): it will not follow an update")
+		}
+		return key
+	}
+	for _, k := range vol.Own {
+		pass, err := tpm.Unseal(rw, k.Sealed, statedisk.SealPCRs)
+		if key := try(pass, k.Keyslot, err); key != nil {
+			return key, "sealed by this build", nil
+		}
+	}
+	for _, h := range vol.Handovers {
+		pass, err := tpm.UnsealFrom(rw, h.Sealed, statedisk.SealPCRs, h.Creator, []int{7})
+		key := try(pass, h.Keyslot, err)
+		if key == nil {
+			continue
+		}
+		how := fmt.Sprintf("handed over by the build with PCR 11 %x… on an update to %s", h.Creator[11][:6], h.Build)
+		own, err := tpm.Seal(rw, statedisk.Passphrase(key), statedisk.SealPCRs)
+		if err == nil {
+			var hdrs []byte
+			if hdrs, err = statedisk.WithOwn(meta, own, pcrs[11]); err == nil {
+				err = writeHeaders(f, hdrs)
+			}
+		}
+		if err != nil {
+			say("sealing this build's own state key failed: %v (the handed-over key still opens the state)", err)
+		} else {
+			how += "; this build's own key sealed"
+		}
+		return key, how, nil
+	}
+	return nil, "", fmt.Errorf("state key: no key opens the state: %w", errors.Join(errs...))
+}
+
+// writeHeaders writes both LUKS2 header copies over the start of the
+// state partition, primary first.
+func writeHeaders(f *os.File, hdrs []byte) error {
+	if _, err := f.WriteAt(hdrs, 0); err != nil {
+		return fmt.Errorf("writing the state header: %w", err)
+	}
+	return f.Sync()
+}
+
+// writeStateSeal records the PCR values of the unlock (layout.StateSeal).
+func writeStateSeal(pcrs map[int][]byte) error {
+	out := map[string]string{}
+	for p, v := range pcrs {
+		out[strconv.Itoa(p)] = hex.EncodeToString(v)
+	}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(layout.StateSeal), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(layout.StateSeal, b, 0o600)
 }
 
 func formatState(dev string, size int64) error {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 
 	"github.com/foxboron/go-uefi/authenticode"
 	"github.com/foxboron/go-uefi/pkcs7"
@@ -33,6 +34,9 @@ type Section struct {
 // measureOrder is the order systemd-stub (252) measures sections into
 // PCR 11, whatever their order in the file.
 var measureOrder = []string{".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey"}
+
+// Measured reports whether systemd-stub measures a section of this name.
+func Measured(name string) bool { return slices.Contains(measureOrder, name) }
 
 // PredictPCR11 returns the SHA-256 PCR 11 value after systemd-stub
 // measured sections: for each present section in measureOrder, its name

@@ -1,0 +1,145 @@
+package daemon
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/rigos/rigos/agent/internal/installer"
+	"github.com/rigos/rigos/pkg/devmapper"
+	"github.com/rigos/rigos/pkg/layout"
+	"github.com/rigos/rigos/pkg/statedisk"
+	"github.com/rigos/rigos/pkg/tpm"
+	"github.com/rigos/rigos/pkg/update"
+)
+
+// handOver seals the state's passphrase for the build whose UKI (for
+// the slot being written) is uki, and adds it to the state header, so
+// that build opens the state when it boots (init's unlockVolume): its
+// PCR 11 is predicted from the UKI, PCRs 7 and 15 are what they held
+// when init unlocked the state (layout.StateSeal). openTPM opens a TPM
+// connection of its own (the kernel's resource manager keeps it apart
+// from the session's).
+func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, build string) error {
+	b, err := os.ReadFile(layout.StateSeal)
+	if errors.Is(err, os.ErrNotExist) {
+		return installer.ErrNoState
+	}
+	if err != nil {
+		return err
+	}
+	values, err := parseStateSeal(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", layout.StateSeal, err)
+	}
+	if values[11], err = update.PredictPCR11(ukiFile); err != nil {
+		return err
+	}
+	targets, err := devmapper.Table(layout.StateMapping)
+	if err != nil {
+		return err
+	}
+	key, err := devmapper.CryptKey(targets)
+	if err != nil {
+		return err
+	}
+	defer clear(key)
+	pass := statedisk.Passphrase(key)
+	defer clear(pass)
+
+	rw, err := openTPM()
+	if err != nil {
+		return err
+	}
+	defer rw.Close()
+	// The agent's own measurements extend PCR 15 at any time: the creator
+	// values are read on both sides of the seal, and it is sealed again
+	// if one came in between.
+	var sealed *tpm.Sealed
+	var creator map[int][]byte
+	for range 3 {
+		before, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
+		if err != nil {
+			return err
+		}
+		if sealed, err = tpm.SealFor(rw, pass, values); err != nil {
+			return err
+		}
+		after, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
+		if err != nil {
+			return err
+		}
+		if maps.EqualFunc(before, after, bytes.Equal) {
+			creator = before
+			break
+		}
+	}
+	if creator == nil {
+		return errors.New("PCRs kept changing while sealing the state key")
+	}
+
+	dev, err := underlyingDevice(targets[0].Params)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	meta := make([]byte, statedisk.MetadataSize)
+	if _, err := f.ReadAt(meta, 0); err != nil {
+		return fmt.Errorf("reading the state header: %w", err)
+	}
+	hdrs, err := statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build})
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(hdrs, 0); err != nil {
+		return fmt.Errorf("writing the state header: %w", err)
+	}
+	return f.Sync()
+}
+
+func parseStateSeal(b []byte) (map[int][]byte, error) {
+	var m map[string]string
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, err
+	}
+	out := map[int][]byte{}
+	for _, p := range statedisk.SealPCRs {
+		v, err := hex.DecodeString(m[strconv.Itoa(p)])
+		if err != nil || len(v) != 32 {
+			return nil, fmt.Errorf("PCR %d: want a hex SHA-256 value", p)
+		}
+		out[p] = v
+	}
+	return out, nil
+}
+
+// underlyingDevice returns the device node of a crypt target's device
+// ("MAJOR:MINOR" in its parameters), through sysfs.
+func underlyingDevice(params string) (string, error) {
+	f := strings.Fields(params)
+	if len(f) < 4 || !strings.Contains(f[3], ":") {
+		return "", fmt.Errorf("crypt target parameters %q name no device", params)
+	}
+	uevent, err := os.ReadFile(filepath.Join("/sys/dev/block", filepath.Base(f[3]), "uevent"))
+	if err != nil {
+		return "", err
+	}
+	for _, l := range strings.Split(string(uevent), "\n") {
+		if name, ok := strings.CutPrefix(l, "DEVNAME="); ok && name != "" && !strings.Contains(name, "..") {
+			return "/dev/" + name, nil
+		}
+	}
+	return "", fmt.Errorf("device %s has no name", f[3])
+}
