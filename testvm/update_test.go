@@ -16,10 +16,12 @@ import (
 
 // TestUpdate updates a node running build 1 from slot A to build 2: the
 // verifier streams build 2 down the node's connection, the node writes
-// it into slot B, sets slot B's boot entry in BootNext and reboots. The
-// firmware boots slot B once and the node is trusted as build 2. The
-// update is not committed, so after a power cut the firmware boots slot
-// A again, and the node is trusted as build 1 with the state it had.
+// it into slot B, seals its state's passphrase for build 2, sets slot
+// B's boot entry in BootNext and reboots. The firmware boots slot B
+// once; build 2 opens the state build 1 handed over, and is trusted as
+// build 2. The update is not committed, so after a power cut the
+// firmware boots slot A again, and the node is trusted as build 1, which
+// opens the state with its own key.
 func TestUpdate(t *testing.T) {
 	setup(t)
 	one, err := buildImage("genuine", env.keys, nil, nil)
@@ -97,6 +99,12 @@ func TestUpdate(t *testing.T) {
 	if d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node}); err != nil || d.GetUpdate().GetState() != apiv1.UpdateState_UPDATE_STATE_BOOTED {
 		t.Errorf("the verifier's update record: %v, %v; want BOOTED", d.GetUpdate(), err)
 	}
+	// Build 1 handed the state over: build 2 opens it, proving build 1
+	// sealed it, and seals its own key.
+	if !regexp.MustCompile(`state key: handed over by the build with PCR 11 [0-9a-f]{12}… on an update to ` + two.Build + `; this build's own key sealed`).MatchString(vm.ConsoleText()) ||
+		!strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
+		t.Errorf("build 2 did not open the state build 1 handed over:\n%s", grepLines(vm.ConsoleText(), "state"))
+	}
 	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
 
 	// Not committed: after a power cut the firmware boots slot A, build 1,
@@ -111,8 +119,8 @@ func TestUpdate(t *testing.T) {
 	if m := awaitAppraisal(t, v, vm, node, n); m != one.Build {
 		t.Fatalf("after the uncommitted update's boot trusted as %q, want build 1 (%s)", m, one.Build)
 	}
-	if !strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
-		t.Errorf("build 1 did not unlock its state again:\n%s", grepLines(vm.ConsoleText(), "state"))
+	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") || !strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
+		t.Errorf("build 1 did not unlock its state again with its own key:\n%s", grepLines(vm.ConsoleText(), "state"))
 	}
 	t.Logf("fallback: power cut → trusted as build 1 in %.1fs", time.Since(reboot).Seconds())
 }
