@@ -282,6 +282,18 @@ func encodeOrder(order []uint16) []byte {
 // SetBootOrder writes the boot order.
 func (v Vars) SetBootOrder(order []uint16) error { return v.write("BootOrder", encodeOrder(order)) }
 
+// BootCurrent returns the boot entry the firmware booted this time.
+func (v Vars) BootCurrent() (uint16, error) {
+	b, err := v.read("BootCurrent")
+	if err != nil {
+		return 0, err
+	}
+	if len(b) != 2 {
+		return 0, fmt.Errorf("BootCurrent of %d bytes", len(b))
+	}
+	return uint16(b[0]) | uint16(b[1])<<8, nil
+}
+
 // SetBootNext makes the next boot, once, boot entry n.
 func (v Vars) SetBootNext(n uint16) error { return v.write("BootNext", encodeOrder([]uint16{n})) }
 

@@ -181,6 +181,25 @@ func WithOwn(meta []byte, s *tpm.Sealed, buildPCR11 []byte) ([]byte, error) {
 	return luks2.WithTokens(meta, tokens)
 }
 
+// WithOnly returns both header copies with the key of the build whose
+// PCR 11 is buildPCR11 alone: once an update is committed, the build it
+// replaced (or any older one) no longer opens the state. Without a key
+// of that build nothing is dropped: an error, so the caller never locks
+// the running build out.
+func WithOnly(meta []byte, buildPCR11 []byte) ([]byte, error) {
+	v, err := Read(meta)
+	if err != nil {
+		return nil, err
+	}
+	want := hex.EncodeToString(buildPCR11)
+	for _, t := range ownTokens(v.Header) {
+		if t["build_pcr11"] == want {
+			return luks2.WithTokens(meta, map[string]luks2.Token{"0": t})
+		}
+	}
+	return nil, fmt.Errorf("the state holds no key of the build with PCR 11 %x…", buildPCR11[:min(6, len(buildPCR11))])
+}
+
 // MaxOwnKeys bounds the builds whose keys a volume holds.
 const MaxOwnKeys = 8
 

@@ -228,3 +228,33 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 		t.Errorf("malformed creator: %v", err)
 	}
 }
+
+// After a commit only the running build's key is left; a build without
+// a key of its own drops nothing.
+func TestWithOnly(t *testing.T) {
+	key := make([]byte, luks2.KeySize)
+	pcr11 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
+	meta, err := New(key, Passphrase(key), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", pcr11(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	two := sealed()
+	two.Policy = []byte("build two")
+	hdrs, err := WithOwn(meta, two, pcr11(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = append(hdrs, meta[len(hdrs):]...)
+	if _, err := WithOnly(meta, pcr11(3)); err == nil {
+		t.Error("WithOnly for a build without a key dropped the others")
+	}
+	hdrs, err = WithOnly(meta, pcr11(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = append(hdrs, meta[len(hdrs):]...)
+	v, err := Read(meta)
+	if err != nil || len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, []byte("build two")) {
+		t.Fatalf("after WithOnly: %+v, %v", v, err)
+	}
+}

@@ -98,6 +98,7 @@ func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*i
 	if cfg.TPM != "simulator" { // the state is sealed by the node's TPM
 		openTPM := func() (io.ReadWriteCloser, error) { return tpm.Open(cfg.TPMPaths...) }
 		inst.HandOver = func(uki io.ReaderAt, build string) error { return handOver(openTPM, uki, build) }
+		inst.Committed = dropOtherKeys
 	}
 	return inst, nil
 }
@@ -169,8 +170,33 @@ func newNode(ctx context.Context, cfg *config.Config, t nodeTPM, log *slog.Logge
 		}
 		node.Install, node.End = inst.Handle, inst.Done()
 		node.Update, node.UpdateChunk = inst.HandleUpdate, inst.HandleUpdateChunk
+		watchTrial(ctx, inst, &node, log)
 	}
 	return node, stop, nil
+}
+
+// watchTrial, on a trial boot of an update (installer.DetectTrial),
+// commits it on the node's first trusted verdict, and reboots into the
+// old slot if none comes within installer.TrialDeadline.
+func watchTrial(ctx context.Context, inst *installer.Installer, node *session.Node, log *slog.Logger) {
+	trial, err := installer.DetectTrial(layout.EFIVarsDir, inst.Slot)
+	if err != nil {
+		log.Error("reading the boot variables: an update booted now would not be committed", "err", err)
+		return
+	}
+	if trial == nil {
+		return
+	}
+	go inst.RunTrial(ctx, trial, installer.TrialDeadline)
+	prev := node.OnVerdict
+	node.OnVerdict = func(v *apiv1.Verdict) {
+		if prev != nil {
+			prev(v)
+		}
+		if v.GetState() == apiv1.NodeState_NODE_STATE_TRUSTED {
+			go inst.Commit(trial)
+		}
+	}
 }
 
 // startWorkloads starts the workload manager and hands it the node's

@@ -86,6 +86,36 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 		return errors.New("PCRs kept changing while sealing the state key")
 	}
 
+	return rewriteHeader(targets, func(meta []byte) ([]byte, error) {
+		return statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build})
+	})
+}
+
+// dropOtherKeys leaves the running build's state key alone in the
+// header, once an update to it is committed: the build it replaced no
+// longer opens the state.
+func dropOtherKeys() error {
+	b, err := os.ReadFile(layout.StateSeal)
+	if err != nil {
+		return err
+	}
+	values, err := parseStateSeal(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", layout.StateSeal, err)
+	}
+	targets, err := devmapper.Table(layout.StateMapping)
+	if err != nil {
+		return err
+	}
+	return rewriteHeader(targets, func(meta []byte) ([]byte, error) { return statedisk.WithOnly(meta, values[11]) })
+}
+
+// rewriteHeader rewrites the LUKS2 header copies of the state volume
+// under the crypt target with what change makes of its metadata.
+func rewriteHeader(targets []devmapper.Target, change func(meta []byte) ([]byte, error)) error {
+	if len(targets) != 1 {
+		return fmt.Errorf("the state mapping has %d targets", len(targets))
+	}
 	dev, err := underlyingDevice(targets[0].Params)
 	if err != nil {
 		return err
@@ -99,7 +129,7 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 	if _, err := f.ReadAt(meta, 0); err != nil {
 		return fmt.Errorf("reading the state header: %w", err)
 	}
-	hdrs, err := statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build})
+	hdrs, err := change(meta)
 	if err != nil {
 		return err
 	}

@@ -54,15 +54,25 @@ type Installer struct {
 	// UKI an update wrote, before that build is set to boot; ErrNoState
 	// lets the update go on without.
 	HandOver func(uki io.ReaderAt, build string) error
+	// Committed, if set, runs once a trial boot committed (Commit): it
+	// drops the other builds' state keys.
+	Committed func() error
 	// Poll is how often an update waiting for workloads to end looks
 	// again (default 2 s).
 	Poll time.Duration
 
-	mu      sync.Mutex
-	running bool // an install or update
-	upd     *updating
-	done    chan struct{}
-	once    sync.Once
+	mu         sync.Mutex
+	running    bool // an install or update
+	upd        *updating
+	done       chan struct{}
+	once       sync.Once
+	rebootOnce sync.Once
+}
+
+// reboot closes Done, once.
+func (i *Installer) reboot() {
+	i.Done()
+	i.rebootOnce.Do(func() { close(i.done) })
 }
 
 // Done is closed once an install has succeeded and its last event was
@@ -106,7 +116,7 @@ func (i *Installer) Handle(m *apiv1.Install) {
 		i.running = ok // after a success nothing more is installed: the node reboots
 		i.mu.Unlock()
 		if ok {
-			close(i.done)
+			i.reboot()
 		}
 	}()
 }

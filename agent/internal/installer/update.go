@@ -153,7 +153,7 @@ func (i *Installer) HandleUpdateChunk(c *apiv1.UpdateChunk) {
 	i.mu.Unlock()
 	go func() {
 		if i.finishUpdate(u) {
-			close(i.done)
+			i.reboot()
 			return
 		}
 		i.mu.Lock()

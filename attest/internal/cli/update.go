@@ -60,6 +60,8 @@ func updateLine(e *apiv1.UpdateEvent) string {
 			e.GetBuild(), e.GetBytes()>>20, slot, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), then)
 	case apiv1.UpdateState_UPDATE_STATE_FAILED:
 		return fmt.Sprintf("update to %s FAILED: %s", e.GetBuild(), e.GetReason())
+	case apiv1.UpdateState_UPDATE_STATE_COMMITTED:
+		return fmt.Sprintf("update COMMITTED: slot %s is the default (Boot%04X first); the other builds' state keys are dropped %s", slot, e.GetBootEntry(), e.GetReason())
 	case apiv1.UpdateState_UPDATE_STATE_BOOTED:
 		return fmt.Sprintf("update to %s BOOTED: %s", e.GetBuild(), e.GetReason())
 	}

@@ -46,6 +46,9 @@ const (
 	// BOOTED: the verifier's first appraisal after the reboot found the
 	// node on the new build, trusted (set by the verifier).
 	UpdateState_UPDATE_STATE_BOOTED UpdateState = 5
+	// COMMITTED: the node, trusted on the new slot, made it the default
+	// (first in BootOrder) and dropped other builds' state keys.
+	UpdateState_UPDATE_STATE_COMMITTED UpdateState = 6
 )
 
 // Enum value maps for UpdateState.
@@ -57,6 +60,7 @@ var (
 		3: "UPDATE_STATE_REBOOTING",
 		4: "UPDATE_STATE_FAILED",
 		5: "UPDATE_STATE_BOOTED",
+		6: "UPDATE_STATE_COMMITTED",
 	}
 	UpdateState_value = map[string]int32{
 		"UPDATE_STATE_UNSPECIFIED": 0,
@@ -65,6 +69,7 @@ var (
 		"UPDATE_STATE_REBOOTING":   3,
 		"UPDATE_STATE_FAILED":      4,
 		"UPDATE_STATE_BOOTED":      5,
+		"UPDATE_STATE_COMMITTED":   6,
 	}
 )
 
@@ -4583,14 +4588,15 @@ const file_rigos_proto_rawDesc = "" +
 	"\x02to\x18\x03 \x01(\x0e2\x17.rigos.api.v1.NodeStateR\x02to\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
 	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\x12\x14\n" +
-	"\x05token\x18\x06 \x01(\tR\x05token*\xaf\x01\n" +
+	"\x05token\x18\x06 \x01(\tR\x05token*\xcb\x01\n" +
 	"\vUpdateState\x12\x1c\n" +
 	"\x18UPDATE_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16UPDATE_STATE_RECEIVING\x10\x01\x12\x18\n" +
 	"\x14UPDATE_STATE_WAITING\x10\x02\x12\x1a\n" +
 	"\x16UPDATE_STATE_REBOOTING\x10\x03\x12\x17\n" +
 	"\x13UPDATE_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13UPDATE_STATE_BOOTED\x10\x05*\x7f\n" +
+	"\x13UPDATE_STATE_BOOTED\x10\x05\x12\x1a\n" +
+	"\x16UPDATE_STATE_COMMITTED\x10\x06*\x7f\n" +
 	"\fInstallState\x12\x1d\n" +
 	"\x19INSTALL_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15INSTALL_STATE_WRITING\x10\x01\x12\x1b\n" +
