@@ -15,13 +15,19 @@ import (
 )
 
 // TestUpdate updates a node running build 1 from slot A to build 2: the
-// verifier streams build 2 down the node's connection, the node writes
+// verifier streams build 2 down the node's connection; the node writes
 // it into slot B, seals its state's passphrase for build 2, sets slot
-// B's boot entry in BootNext and reboots. The firmware boots slot B
-// once; build 2 opens the state build 1 handed over, and is trusted as
-// build 2. The update is not committed, so after a power cut the
-// firmware boots slot A again, and the node is trusted as build 1, which
-// opens the state with its own key.
+// B's boot entry in BootNext and reboots.
+//
+// The first time, the power is cut while build 2 boots, before it is
+// trusted: the update is not committed, so the firmware boots slot A
+// again, build 1 opens the state with its own key and is trusted, and
+// the verifier records the update as failed.
+//
+// The second time build 2 boots, opens the state build 1 handed over
+// (or its own key from the first try), is trusted, and commits: slot B
+// becomes the default, so after a power cut the node boots build 2
+// again.
 func TestUpdate(t *testing.T) {
 	setup(t)
 	one, err := buildImage("genuine", env.keys, nil, nil)
@@ -58,13 +64,13 @@ func TestUpdate(t *testing.T) {
 		}
 	}
 	v := startVerifier(t, one.Manifest, map[string]any{"manifest_dir": manifests, "update_dir": updates})
-	o := Options{Image: one.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 15 * time.Minute, Reuse: true}
+	o := Options{Image: one.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 20 * time.Minute, Reuse: true}
 	vm := startVM(t, o)
 	node := awaitTrusted(t, v, vm, "on build 1").GetNodeId()
 	if m := lastManifest(t, v, node); m != one.Build {
 		t.Fatalf("trusted as %q, want build 1 (%s)", m, one.Build)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 18*time.Minute)
 	defer cancel()
 
 	// A build the verifier has no manifest for is refused before the
@@ -72,57 +78,89 @@ func TestUpdate(t *testing.T) {
 	if _, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: "0123456789ab"}); err == nil || !strings.Contains(err.Error(), "no active manifest") {
 		t.Errorf("update to an unknown build: %v, want it refused", err)
 	}
-
-	start := time.Now()
-	e, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: two.Build})
-	if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING || e.GetSlot() != "b" {
-		t.Fatalf("update to build 2: %v, %v; want REBOOTING into slot b\n%s", e, err, tail(vm.ConsoleText(), 40))
+	update := func(try string) time.Time {
+		t.Helper()
+		start := time.Now()
+		e, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: two.Build})
+		if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING || e.GetSlot() != "b" {
+			t.Fatalf("%s update to build 2: %v, %v; want REBOOTING into slot b\n%s", try, e, err, tail(vm.ConsoleText(), 40))
+		}
+		t.Logf("%s update: %d MiB streamed and written in %.1fs, read back in %.1fs, Boot%04X in BootNext; %.1fs from the request",
+			try, e.GetBytes()>>20, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), time.Since(start).Seconds())
+		select {
+		case <-vm.Done(): // -no-reboot: the reboot ends QEMU
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("the node did not reboot within 2 minutes of the update\n%s", tail(vm.ConsoleText(), 40))
+		}
+		return start
 	}
-	t.Logf("update: %d MiB streamed and written in %.1fs, read back in %.1fs, Boot%04X in BootNext; %.1fs from the request",
-		e.GetBytes()>>20, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), time.Since(start).Seconds())
-	select {
-	case <-vm.Done(): // -no-reboot: the reboot ends QEMU
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("the node did not reboot within 2 minutes of the update\n%s", tail(vm.ConsoleText(), 40))
+	slotBooted := func(slot string) {
+		t.Helper()
+		if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`slot `+slot+`\) verified by dm-verity`)); err != nil {
+			t.Fatalf("the node did not boot slot %s: %v\n%s", slot, err, grepLines(vm.ConsoleText(), "starting Boot", "slot", "BdsDxe"))
+		}
+	}
+	record := func(want apiv1.UpdateState, why string) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Minute); ; {
+			d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
+			if err == nil && d.GetUpdate().GetState() == want && strings.Contains(d.GetUpdate().GetReason(), why) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the verifier's update record: %v, %v; want %s naming %q", d.GetUpdate(), err, want, why)
+			}
+			time.Sleep(time.Second) // polling the verifier, bounded by the deadline
+		}
 	}
 
-	// The firmware boots slot B once.
+	// First try: the power goes while build 2 boots.
+	update("first")
+	vm = startVM(t, o)
+	slotBooted("b")
+	vm.Stop()
 	n := appraisals(t, v, node)
 	reboot := time.Now()
 	vm = startVM(t, o)
-	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`slot b\) verified by dm-verity`)); err != nil {
-		t.Fatalf("the node did not boot slot B: %v\n%s", err, grepLines(vm.ConsoleText(), "starting Boot", "slot", "BdsDxe"))
-	}
-	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
-		t.Fatalf("after the update trusted as %q, want build 2 (%s)", m, two.Build)
-	}
-	if d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node}); err != nil || d.GetUpdate().GetState() != apiv1.UpdateState_UPDATE_STATE_BOOTED {
-		t.Errorf("the verifier's update record: %v, %v; want BOOTED", d.GetUpdate(), err)
-	}
-	// Build 1 handed the state over: build 2 opens it, proving build 1
-	// sealed it, and seals its own key.
-	if !regexp.MustCompile(`state key: handed over by the build with PCR 11 [0-9a-f]{12}… on an update to ` + two.Build + `; this build's own key sealed`).MatchString(vm.ConsoleText()) ||
-		!strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
-		t.Errorf("build 2 did not open the state build 1 handed over:\n%s", grepLines(vm.ConsoleText(), "state"))
-	}
-	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
-
-	// Not committed: after a power cut the firmware boots slot A, build 1,
-	// which opens the state it sealed.
-	vm.Stop()
-	n = appraisals(t, v, node)
-	reboot = time.Now()
-	vm = startVM(t, o)
-	if _, err := vm.WaitFor(bootDeadline, regexp.MustCompile(`slot a\) verified by dm-verity`)); err != nil {
-		t.Fatalf("the node did not boot slot A again: %v\n%s", err, grepLines(vm.ConsoleText(), "starting Boot", "slot", "BdsDxe"))
-	}
+	slotBooted("a")
 	if m := awaitAppraisal(t, v, vm, node, n); m != one.Build {
-		t.Fatalf("after the uncommitted update's boot trusted as %q, want build 1 (%s)", m, one.Build)
+		t.Fatalf("after the interrupted update trusted as %q, want build 1 (%s)", m, one.Build)
 	}
+	t.Logf("rollback: power cut in the new slot's boot → trusted as build 1 in %.1fs", time.Since(reboot).Seconds())
 	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") || !strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
 		t.Errorf("build 1 did not unlock its state again with its own key:\n%s", grepLines(vm.ConsoleText(), "state"))
 	}
-	t.Logf("fallback: power cut → trusted as build 1 in %.1fs", time.Since(reboot).Seconds())
+	record(apiv1.UpdateState_UPDATE_STATE_FAILED, "came back on build "+one.Build+", not "+two.Build)
+
+	// Second try: build 2 boots, is trusted and commits.
+	start := update("second")
+	n = appraisals(t, v, node)
+	reboot = time.Now()
+	vm = startVM(t, o)
+	slotBooted("b")
+	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
+		t.Fatalf("after the update trusted as %q, want build 2 (%s)", m, two.Build)
+	}
+	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
+	if !regexp.MustCompile(`state key: (handed over by the build with PCR 11 [0-9a-f]{12}… on an update to ` + two.Build + `|sealed by this build)`).MatchString(vm.ConsoleText()) ||
+		!strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
+		t.Errorf("build 2 did not open the state:\n%s", grepLines(vm.ConsoleText(), "state"))
+	}
+	record(apiv1.UpdateState_UPDATE_STATE_COMMITTED, "")
+	t.Logf("update: committed %.1fs after the reboot", time.Since(reboot).Seconds())
+
+	// Committed: after a power cut the firmware boots slot B again, and
+	// build 2 opens the state with its own key.
+	vm.Stop()
+	n = appraisals(t, v, node)
+	vm = startVM(t, o)
+	slotBooted("b")
+	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
+		t.Fatalf("after the commit and a power cut trusted as %q, want build 2 (%s)", m, two.Build)
+	}
+	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") {
+		t.Errorf("build 2 did not open the state with its own key:\n%s", grepLines(vm.ConsoleText(), "state"))
+	}
 }
 
 // appraisals returns how many appraisals the verifier made of node.
