@@ -212,6 +212,9 @@ func Start(o Options) (*VM, error) {
 	args = append(args, diskArgs(overlay, o)...) // before the NIC, as the firmware's boot order expects
 	args = append(args, "-netdev", netdev(o.Forward), "-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
+		// A hardware watchdog, which init arms on an update's trial boot;
+		// it resets the VM (which -no-reboot turns into QEMU exiting).
+		"-device", "i6300esb",
 		"-serial", "file:"+v.Console)
 	v.qemu = exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	v.qemu.Stdout, _ = os.Create(filepath.Join(o.Dir, "qemu.log"))

@@ -72,6 +72,10 @@ const (
 	ESPUKIDir = "EFI/RIGOS"
 )
 
+// DefaultTrial is how long, in seconds, a trial boot of an update has to
+// be trusted and committed (TrialParam).
+const DefaultTrial = 15 * 60
+
 // ExitReboot is the agent's exit status asking init to reboot the node
 // (an install finished); init restarts an agent that exits otherwise.
 const ExitReboot = 75
@@ -236,6 +240,10 @@ const (
 	// against SystemParam. Every image sets it; init refuses to boot
 	// without it.
 	SlotParam = "rigos.slot"
+	// TrialParam is how many seconds a trial boot of an update has to be
+	// trusted and committed before init reboots into the old slot
+	// (default DefaultTrial).
+	TrialParam = "rigos.trial_timeout"
 )
 
 // ESPPlan is the supplier's ASK plan (pkg/askplan) on the ESP, relative

@@ -32,6 +32,7 @@ import (
 	"github.com/rigos/rigos/pkg/askplan"
 	"github.com/rigos/rigos/pkg/attestation"
 	"github.com/rigos/rigos/pkg/attestation/collect"
+	"github.com/rigos/rigos/pkg/bootslot"
 	"github.com/rigos/rigos/pkg/cmdline"
 	"github.com/rigos/rigos/pkg/gpu"
 	"github.com/rigos/rigos/pkg/gpu/gpupipe"
@@ -170,16 +171,16 @@ func newNode(ctx context.Context, cfg *config.Config, t nodeTPM, log *slog.Logge
 		}
 		node.Install, node.End = inst.Handle, inst.Done()
 		node.Update, node.UpdateChunk = inst.HandleUpdate, inst.HandleUpdateChunk
-		watchTrial(ctx, inst, &node, log)
+		watchTrial(inst, &node, log)
 	}
 	return node, stop, nil
 }
 
-// watchTrial, on a trial boot of an update (installer.DetectTrial),
-// commits it on the node's first trusted verdict, and reboots into the
-// old slot if none comes within installer.TrialDeadline.
-func watchTrial(ctx context.Context, inst *installer.Installer, node *session.Node, log *slog.Logger) {
-	trial, err := installer.DetectTrial(layout.EFIVarsDir, inst.Slot)
+// watchTrial, on a trial boot of an update (bootslot.Detect), commits
+// it on the node's first trusted verdict. Init reboots into the old slot
+// if that does not happen in time.
+func watchTrial(inst *installer.Installer, node *session.Node, log *slog.Logger) {
+	trial, err := bootslot.Detect(layout.EFIVarsDir, inst.Slot)
 	if err != nil {
 		log.Error("reading the boot variables: an update booted now would not be committed", "err", err)
 		return
@@ -187,7 +188,7 @@ func watchTrial(ctx context.Context, inst *installer.Installer, node *session.No
 	if trial == nil {
 		return
 	}
-	go inst.RunTrial(ctx, trial, installer.TrialDeadline)
+	log.Info("trial boot of an update: committed on the first trusted verdict", "slot", trial.Slot, "entry", fmt.Sprintf("Boot%04X", trial.Entry))
 	prev := node.OnVerdict
 	node.OnVerdict = func(v *apiv1.Verdict) {
 		if prev != nil {

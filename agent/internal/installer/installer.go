@@ -67,6 +67,7 @@ type Installer struct {
 	done       chan struct{}
 	once       sync.Once
 	rebootOnce sync.Once
+	commitOnce sync.Once
 }
 
 // reboot closes Done, once.

@@ -1,18 +1,17 @@
 package installer
 
 import (
-	"context"
 	"encoding/binary"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/bootslot"
 	"github.com/rigos/rigos/pkg/efiboot"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/session"
@@ -46,9 +45,9 @@ func trialVars(t *testing.T, current uint16) (string, efiboot.LoadOption) {
 
 func TestDetectTrial(t *testing.T) {
 	dir, optB := trialVars(t, 1)
-	tr, err := DetectTrial(dir, layout.SlotB)
+	tr, err := bootslot.Detect(dir, layout.SlotB)
 	if err != nil || tr == nil || tr.Entry != 1 || tr.Option != optB {
-		t.Fatalf("DetectTrial(slot b booted through BootNext) = %+v, %v", tr, err)
+		t.Fatalf("bootslot.Detect(slot b booted through BootNext) = %+v, %v", tr, err)
 	}
 	for name, tc := range map[string]struct {
 		current uint16
@@ -58,11 +57,11 @@ func TestDetectTrial(t *testing.T) {
 		"B's entry, slot A running": {1, layout.SlotA},
 	} {
 		dir, _ := trialVars(t, tc.current)
-		if tr, err := DetectTrial(dir, tc.slot); err != nil || tr != nil {
+		if tr, err := bootslot.Detect(dir, tc.slot); err != nil || tr != nil {
 			t.Errorf("%s: DetectTrial = %+v, %v; want no trial", name, tr, err)
 		}
 	}
-	if tr, err := DetectTrial(t.TempDir(), layout.SlotB); err != nil || tr != nil {
+	if tr, err := bootslot.Detect(t.TempDir(), layout.SlotB); err != nil || tr != nil {
 		t.Errorf("no boot variables: %+v, %v; want no trial", tr, err)
 	}
 }
@@ -75,23 +74,18 @@ func trialInstaller(t *testing.T, dir string) (*Installer, chan *apiv1.UpdateEve
 }
 
 // Commit puts the trial's entry first and drops the other builds' keys,
-// once; RunTrial then never reboots.
+// once.
 func TestCommit(t *testing.T) {
 	dir, _ := trialVars(t, 1)
 	inst, events := trialInstaller(t, dir)
 	dropped := 0
 	inst.Committed = func() error { dropped++; return nil }
-	tr, err := DetectTrial(dir, layout.SlotB)
+	tr, err := bootslot.Detect(dir, layout.SlotB)
 	if err != nil || tr == nil {
 		t.Fatal(tr, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan struct{})
-	go func() { inst.RunTrial(ctx, tr, time.Hour); close(ran) }()
 	inst.Commit(tr)
 	inst.Commit(tr)
-	<-ran // ended by the commit
-	cancel()
 	if order, _ := (efiboot.Vars{Dir: dir}).BootOrder(); !slices.Equal(order, []uint16{1, 0}) {
 		t.Errorf("BootOrder after the commit %v, want [1 0]", order)
 	}
@@ -106,26 +100,7 @@ func TestCommit(t *testing.T) {
 		t.Error("a committed trial rebooted")
 	default:
 	}
-	if tr, _ := DetectTrial(dir, layout.SlotB); tr != nil {
+	if tr, _ := bootslot.Detect(dir, layout.SlotB); tr != nil {
 		t.Error("still a trial after the commit")
-	}
-}
-
-// A trial not trusted within its deadline reboots, saying why.
-func TestTrialDeadline(t *testing.T) {
-	dir, _ := trialVars(t, 1)
-	inst, events := trialInstaller(t, dir)
-	tr, _ := DetectTrial(dir, layout.SlotB)
-	go inst.RunTrial(context.Background(), tr, 10*time.Millisecond)
-	select {
-	case <-inst.Done():
-	case <-time.After(time.Minute):
-		t.Fatal("no reboot after the trial's deadline")
-	}
-	if e := <-events; e.GetState() != apiv1.UpdateState_UPDATE_STATE_FAILED || e.GetReason() == "" {
-		t.Errorf("event %v, want FAILED with a reason", e)
-	}
-	if order, _ := (efiboot.Vars{Dir: dir}).BootOrder(); !slices.Equal(order, []uint16{0}) {
-		t.Errorf("BootOrder %v after a failed trial, want [0]", order)
 	}
 }

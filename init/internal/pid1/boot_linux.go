@@ -63,6 +63,9 @@ var bootSteps = []step{
 	// A firmware in Setup Mode gets RigOS's keys, then the rig reboots
 	// into Secure Boot.
 	{name: "Secure Boot keys", fn: (*boot).secureBootKeys},
+	// A trial boot of an update is watched from here: the hardware
+	// watchdog, and a deadline to be trusted and committed.
+	{name: "update trial", fn: (*boot).watchTrial},
 	// The partitions below are opened on the disk the firmware booted.
 	{name: "boot disk", fn: (*boot).findBootDisk},
 	{name: "sysctls", fn: func(*boot) error { applySysctls(); return nil }},
