@@ -2,6 +2,7 @@ package testvm
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,20 +15,20 @@ import (
 	"github.com/rigos/rigos/pkg/layout"
 )
 
-// TestUpdate updates a node running build 1 from slot A to build 2: the
-// verifier streams build 2 down the node's connection; the node writes
-// it into slot B, seals its state's passphrase for build 2, sets slot
-// B's boot entry in BootNext and reboots.
+// TestUpdate updates a node running build 1 from slot A. Each update
+// streams the new build down the node's connection; the node writes it
+// into slot B, seals its state's passphrase for it, sets slot B's boot
+// entry in BootNext and reboots.
 //
-// The first time, the power is cut while build 2 boots, before it is
-// trusted: the update is not committed, so the firmware boots slot A
-// again, build 1 opens the state with its own key and is trusted, and
-// the verifier records the update as failed.
-//
-// The second time build 2 boots, opens the state build 1 handed over
-// (or its own key from the first try), is trusted, and commits: slot B
-// becomes the default, so after a power cut the node boots build 2
-// again.
+//  1. The power is cut while the node writes build 2: it boots build 1
+//     from slot A again, with its state.
+//  2. Build 3 cannot reach the verifier, so it is never trusted: init
+//     reboots at the end of its trial (rigos.trial_timeout), the firmware
+//     boots slot A, build 1 opens its state, and the verifier records the
+//     update as failed.
+//  3. Build 2 boots from slot B, opens the state build 1 handed over, is
+//     trusted and commits: after a power cut the node boots build 2
+//     again, which opens the state with its own key.
 func TestUpdate(t *testing.T) {
 	setup(t)
 	one, err := buildImage("genuine", env.keys, nil, nil)
@@ -39,38 +40,41 @@ func TestUpdate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if one.Build == two.Build {
-		t.Fatalf("both builds are %s", one.Build)
+	// Build 3's agent dials a port nothing listens on; its trial is short.
+	unreachable, err := buildImage("unreachable", env.keys, []string{layout.TrialParam + "=90"}, nil, func(o *imager.Options) { o.Verifier = "10.0.2.2:9" })
+	if err != nil {
+		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	manifests, updates := filepath.Join(dir, "manifests"), filepath.Join(dir, "updates")
-	for _, d := range []string{manifests, filepath.Join(updates, two.Build)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
+	if err := os.MkdirAll(manifests, 0o755); err != nil {
+		t.Fatal(err)
 	}
-	for i, r := range []*imager.Result{one, two} {
+	for i, r := range []*imager.Result{one, two, unreachable} {
 		b, err := os.ReadFile(r.Manifest)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(manifests, []string{"one", "two"}[i]+".json"), b, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(manifests, fmt.Sprintf("build%d.json", i+1)), b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-	}
-	for _, f := range []string{layout.BuildUKI(layout.SlotA), layout.BuildUKI(layout.SlotB), layout.BuildSystem} {
-		if err := os.Symlink(filepath.Join(filepath.Dir(two.Manifest), f), filepath.Join(updates, two.Build, f)); err != nil {
+		if err := os.MkdirAll(filepath.Join(updates, r.Build), 0o755); err != nil {
 			t.Fatal(err)
+		}
+		for _, f := range []string{layout.BuildUKI(layout.SlotA), layout.BuildUKI(layout.SlotB), layout.BuildSystem} {
+			if err := os.Symlink(filepath.Join(filepath.Dir(r.Manifest), f), filepath.Join(updates, r.Build, f)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	v := startVerifier(t, one.Manifest, map[string]any{"manifest_dir": manifests, "update_dir": updates})
-	o := Options{Image: one.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 20 * time.Minute, Reuse: true}
+	o := Options{Image: one.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 25 * time.Minute, Reuse: true}
 	vm := startVM(t, o)
 	node := awaitTrusted(t, v, vm, "on build 1").GetNodeId()
 	if m := lastManifest(t, v, node); m != one.Build {
 		t.Fatalf("trusted as %q, want build 1 (%s)", m, one.Build)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 18*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 24*time.Minute)
 	defer cancel()
 
 	// A build the verifier has no manifest for is refused before the
@@ -78,15 +82,15 @@ func TestUpdate(t *testing.T) {
 	if _, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: "0123456789ab"}); err == nil || !strings.Contains(err.Error(), "no active manifest") {
 		t.Errorf("update to an unknown build: %v, want it refused", err)
 	}
-	update := func(try string) time.Time {
+	update := func(r *imager.Result, what string) time.Time {
 		t.Helper()
 		start := time.Now()
-		e, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: two.Build})
+		e, err := v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: r.Build})
 		if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING || e.GetSlot() != "b" {
-			t.Fatalf("%s update to build 2: %v, %v; want REBOOTING into slot b\n%s", try, e, err, tail(vm.ConsoleText(), 40))
+			t.Fatalf("update to %s: %v, %v; want REBOOTING into slot b\n%s", what, e, err, tail(vm.ConsoleText(), 40))
 		}
-		t.Logf("%s update: %d MiB streamed and written in %.1fs, read back in %.1fs, Boot%04X in BootNext; %.1fs from the request",
-			try, e.GetBytes()>>20, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), time.Since(start).Seconds())
+		t.Logf("update to %s: %d MiB streamed and written in %.1fs, read back in %.1fs, Boot%04X in BootNext; %.1fs from the request",
+			what, e.GetBytes()>>20, float64(e.GetWriteMs())/1000, float64(e.GetVerifyMs())/1000, e.GetBootEntry(), time.Since(start).Seconds())
 		select {
 		case <-vm.Done(): // -no-reboot: the reboot ends QEMU
 		case <-time.After(2 * time.Minute):
@@ -100,12 +104,12 @@ func TestUpdate(t *testing.T) {
 			t.Fatalf("the node did not boot slot %s: %v\n%s", slot, err, grepLines(vm.ConsoleText(), "starting Boot", "slot", "BdsDxe"))
 		}
 	}
-	record := func(want apiv1.UpdateState, why string) {
+	record := func(want apiv1.UpdateState, why string) *apiv1.UpdateEvent {
 		t.Helper()
 		for deadline := time.Now().Add(2 * time.Minute); ; {
 			d, err := v.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: node})
 			if err == nil && d.GetUpdate().GetState() == want && strings.Contains(d.GetUpdate().GetReason(), why) {
-				return
+				return d.GetUpdate()
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("the verifier's update record: %v, %v; want %s naming %q", d.GetUpdate(), err, want, why)
@@ -113,41 +117,69 @@ func TestUpdate(t *testing.T) {
 			time.Sleep(time.Second) // polling the verifier, bounded by the deadline
 		}
 	}
+	backOnOne := func(what string) {
+		t.Helper()
+		n := appraisals(t, v, node)
+		reboot := time.Now()
+		vm = startVM(t, o)
+		slotBooted("a")
+		if m := awaitAppraisal(t, v, vm, node, n); m != one.Build {
+			t.Fatalf("%s: trusted as %q, want build 1 (%s)", what, m, one.Build)
+		}
+		t.Logf("%s: trusted as build 1 again %.1fs after the reboot", what, time.Since(reboot).Seconds())
+		if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") || !strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
+			t.Errorf("%s: build 1 did not unlock its state with its own key:\n%s", what, grepLines(vm.ConsoleText(), "state"))
+		}
+	}
 
-	// First try: the power goes while build 2 boots.
-	update("first")
+	// 1. Power cut while slot B is written.
+	go func() { _, _ = v.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: two.Build}) }()
+	e := record(apiv1.UpdateState_UPDATE_STATE_RECEIVING, "")
+	for e.GetBytes() == 0 { // the first progress report comes 5 s into the stream
+		time.Sleep(time.Second)
+		e = record(apiv1.UpdateState_UPDATE_STATE_RECEIVING, "")
+	}
+	vm.Stop()
+	t.Logf("power cut with %d of %d MiB of the update received", e.GetBytes()>>20, e.GetTotalBytes()>>20)
+	backOnOne("power cut mid-write")
+
+	// 2. A build that is never trusted: init ends its trial.
+	update(unreachable, "build 3 (unreachable)")
 	vm = startVM(t, o)
 	slotBooted("b")
-	vm.Stop()
+	if _, err := vm.WaitFor(3*time.Minute, regexp.MustCompile(`update trial: not trusted and committed by`)); err != nil {
+		t.Fatalf("init did not end the trial of build 3: %v\n%s", err, grepLines(vm.ConsoleText(), "update trial", "watchdog"))
+	}
+	select {
+	case <-vm.Done():
+	case <-time.After(time.Minute):
+		t.Fatal("the node did not reboot at the end of the trial")
+	}
+	if !strings.Contains(vm.ConsoleText(), "hardware watchdogs armed") || strings.Contains(vm.ConsoleText(), "0 hardware watchdogs armed") {
+		t.Errorf("no hardware watchdog armed on the trial boot:\n%s", grepLines(vm.ConsoleText(), "update trial", "watchdog"))
+	}
+	backOnOne("after build 3's trial")
+	record(apiv1.UpdateState_UPDATE_STATE_FAILED, "came back on build "+one.Build+", not "+unreachable.Build)
+
+	// 3. Build 2 boots, is trusted and commits.
+	start := update(two, "build 2")
 	n := appraisals(t, v, node)
 	reboot := time.Now()
-	vm = startVM(t, o)
-	slotBooted("a")
-	if m := awaitAppraisal(t, v, vm, node, n); m != one.Build {
-		t.Fatalf("after the interrupted update trusted as %q, want build 1 (%s)", m, one.Build)
-	}
-	t.Logf("rollback: power cut in the new slot's boot → trusted as build 1 in %.1fs", time.Since(reboot).Seconds())
-	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") || !strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
-		t.Errorf("build 1 did not unlock its state again with its own key:\n%s", grepLines(vm.ConsoleText(), "state"))
-	}
-	record(apiv1.UpdateState_UPDATE_STATE_FAILED, "came back on build "+one.Build+", not "+two.Build)
-
-	// Second try: build 2 boots, is trusted and commits.
-	start := update("second")
-	n = appraisals(t, v, node)
-	reboot = time.Now()
 	vm = startVM(t, o)
 	slotBooted("b")
 	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
 		t.Fatalf("after the update trusted as %q, want build 2 (%s)", m, two.Build)
 	}
 	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
-	if !regexp.MustCompile(`state key: (handed over by the build with PCR 11 [0-9a-f]{12}… on an update to ` + two.Build + `|sealed by this build)`).MatchString(vm.ConsoleText()) ||
+	if !regexp.MustCompile(`state key: handed over by the build with PCR 11 [0-9a-f]{12}… on an update to ` + two.Build).MatchString(vm.ConsoleText()) ||
 		!strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
-		t.Errorf("build 2 did not open the state:\n%s", grepLines(vm.ConsoleText(), "state"))
+		t.Errorf("build 2 did not open the state build 1 handed over:\n%s", grepLines(vm.ConsoleText(), "state"))
 	}
 	record(apiv1.UpdateState_UPDATE_STATE_COMMITTED, "")
 	t.Logf("update: committed %.1fs after the reboot", time.Since(reboot).Seconds())
+	if _, err := vm.WaitFor(time.Minute, regexp.MustCompile(`update trial: committed`)); err != nil {
+		t.Errorf("init did not see the commit: %v", err)
+	}
 
 	// Committed: after a power cut the firmware boots slot B again, and
 	// build 2 opens the state with its own key.
@@ -158,8 +190,8 @@ func TestUpdate(t *testing.T) {
 	if m := awaitAppraisal(t, v, vm, node, n); m != two.Build {
 		t.Fatalf("after the commit and a power cut trusted as %q, want build 2 (%s)", m, two.Build)
 	}
-	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") {
-		t.Errorf("build 2 did not open the state with its own key:\n%s", grepLines(vm.ConsoleText(), "state"))
+	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") || strings.Contains(vm.ConsoleText(), "update trial:") {
+		t.Errorf("build 2 after its commit: not its own key, or still a trial:\n%s", grepLines(vm.ConsoleText(), "state", "update trial"))
 	}
 }
 
