@@ -171,7 +171,7 @@ func TestUpdate(t *testing.T) {
 		t.Fatalf("after the update trusted as %q, want build 2 (%s)", m, two.Build)
 	}
 	t.Logf("update: reboot → trusted as build 2 in %.1fs; %.1fs from the request", time.Since(reboot).Seconds(), time.Since(start).Seconds())
-	if !regexp.MustCompile(`state key: handed over by the build with PCR 11 [0-9a-f]{12}… on an update to ` + two.Build).MatchString(vm.ConsoleText()) ||
+	if !regexp.MustCompile(`state key: handed over by the build with PCR 11 [0-9a-f]{12}… on an update to `+two.Build).MatchString(vm.ConsoleText()) ||
 		!strings.Contains(vm.ConsoleText(), "unlocked with the TPM-sealed key") {
 		t.Errorf("build 2 did not open the state build 1 handed over:\n%s", grepLines(vm.ConsoleText(), "state"))
 	}

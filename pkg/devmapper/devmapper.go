@@ -23,8 +23,8 @@ const (
 
 // DM commands and flags.
 const (
-	cmdDevCreate  = 3
-	cmdDevSuspend = 6
+	cmdDevCreate   = 3
+	cmdDevSuspend  = 6
 	cmdTableLoad   = 9
 	cmdTableStatus = 12
 

@@ -1,7 +1,7 @@
 // Package statedisk describes RigOS's encrypted STATE partition: a LUKS2
 // volume (pkg/luks2: aes-xts-plain64, 512-bit volume key) whose only
-// keyslot is opened by a random passphrase that exists only sealed by the
-// node's TPM (see SealPCRs): to the Secure Boot state (PCR 7), the build
+// keyslot is opened by a passphrase that exists on disk only sealed by
+// the node's TPM (see SealPCRs): to the Secure Boot state (PCR 7), the build
 // (PCR 11) and the runtime PCR at the boot phase where init opens the
 // partition (PCR 15 after "modules-locked"). The sealed passphrase is
 // kept in a LUKS2 token of type TokenType, with the TPM's creation data
@@ -52,16 +52,16 @@ const MetadataSize = luks2.DataOffset
 //   - PCR 15 at "modules-locked": init's own phase, the same in every
 //     build, so that nothing started later can unseal.
 //
-// So a build opens only the state sealed to it: a retired build cannot
-// open the state of another build by construction. An update (not done
-// yet) has to re-seal the passphrase to the next build's PCR 11,
-// predicted from its UKI sections as systemd-measure does, before
-// rebooting into it; otherwise the next build finds the state sealed to
-// another build (tpm.ErrPolicy) and runs without workloads. The object
-// the running build re-seals records the running build's PCR 11 in its
-// creation data, which tpm.Unseal today compares with the current
-// values only: the update will also have to let the next build accept
-// creation at its predecessor's known PCR values.
+// So a build opens only the state sealed to it. An update carries the
+// state to the next build: the running build, which holds the volume
+// key in the kernel, seals the passphrase (Passphrase: derived from the
+// key) for the next build's PCR 11, predicted from its UKI, with PCRs 7
+// and 15 as init found them (tpm.SealFor; a Handover token). The next
+// build unseals it with tpm.UnsealFrom, which proves the creator's PCR
+// values, then seals a key of its own (WithOwn). A committed update
+// leaves the running build's key alone (WithOnly), so the build it
+// replaced no longer opens the state; until then it does, so a failed
+// update falls back with the state.
 var SealPCRs = []int{7, 11, 15}
 
 // ErrBlank means the partition has no LUKS2 header: it was never

@@ -278,3 +278,32 @@ func TestPredictPCR11(t *testing.T) {
 		t.Error("predicted PCR 11 of a non-PE")
 	}
 }
+
+// BenchmarkUpdate writes a 64 MiB system image and a UKI in 1 MiB parts,
+// as the verifier streams them, and reads the slot back.
+func BenchmarkUpdate(b *testing.B) {
+	sys := make([]byte, 64<<20)
+	rand.Read(sys)
+	u := bundle{system: sys, uki: fakeUKI(b, layout.SlotParam+"=b", 1<<20)}
+	b.SetBytes(int64(len(u.system) + len(u.uki)))
+	for b.Loop() {
+		b.StopTimer()
+		dir := b.TempDir()
+		part := filepath.Join(dir, "slot")
+		if err := os.WriteFile(part, make([]byte, 80<<20), 0o600); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		w, err := Start(Options{Slot: layout.SlotB, SystemPartition: part, ESP: filepath.Join(dir, "esp"), Spec: u.spec()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if done, err := send(w, u, 1<<20); err != nil || !done {
+			b.Fatal(done, err)
+		}
+		if _, err := w.Finish(); err != nil {
+			b.Fatal(err)
+		}
+		w.Close()
+	}
+}
