@@ -39,7 +39,7 @@ test-unit: deps ## unit and service tests only (-race), no fuzzing, no VMs
 
 test-vm: deps ## boot images in QEMU: trusted, tampered, hostile-owner checks, reproducibility, workloads
 	@log=$${TMPDIR:-/tmp}/rigos-test-vm.log; \
-	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 40m -run '$(VMRUN)' ./testvm/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |\s+(vm|workload|state|modules|gpu)_test|PASS|FAIL|ok|image )'; \
+	RIGOS_VM_TESTS=1 $(GO) test -count=1 -v -timeout 70m -run '$(VMRUN)' ./testvm/ 2>&1 | tee "$$log" | grep -E '^(=== RUN|--- |\s+(vm|workload|state|modules|gpu|install|update)_test|PASS|FAIL|ok|image )'; \
 	status=$${PIPESTATUS[0]}; \
 	if [ "$$status" != 0 ]; then echo "test-vm: failed; the last 200 lines of the full output ($$log: consoles, verifier logs):"; tail -200 "$$log"; fi; \
 	exit $$status
