@@ -100,6 +100,12 @@ func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*i
 		openTPM := func() (io.ReadWriteCloser, error) { return tpm.Open(cfg.TPMPaths...) }
 		inst.HandOver = func(uki io.ReaderAt, build string) error { return handOver(openTPM, uki, build) }
 		inst.Committed = dropOtherKeys
+		inst.CanCommit = func() string {
+			if _, err := os.Stat(layout.StateSeal); err != nil {
+				return "this build did not open the state"
+			}
+			return ""
+		}
 	}
 	return inst, nil
 }

@@ -51,12 +51,15 @@ type Installer struct {
 	// (default: layout.ESPMount, remounted writable for an update).
 	ESP string
 	// HandOver, if set, seals the state's passphrase for the build whose
-	// UKI an update wrote, before that build is set to boot; ErrNoState
-	// lets the update go on without.
+	// UKI an update wrote, before that build is set to boot; an error
+	// (ErrNoState included) fails the update.
 	HandOver func(uki io.ReaderAt, build string) error
 	// Committed, if set, runs once a trial boot committed (Commit): it
 	// drops the other builds' state keys.
 	Committed func() error
+	// CanCommit, if set, says why a trial boot must not be committed
+	// (this build did not open the state), or "".
+	CanCommit func() string
 	// Poll is how often an update waiting for workloads to end looks
 	// again (default 2 s).
 	Poll time.Duration

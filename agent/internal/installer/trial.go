@@ -15,6 +15,16 @@ import (
 // It runs once; later calls do nothing.
 func (i *Installer) Commit(t *bootslot.Trial) {
 	i.commitOnce.Do(func() {
+		if i.CanCommit != nil {
+			if why := i.CanCommit(); why != "" {
+				i.Log.Error("not committing the update: the old slot boots next", "slot", t.Slot, "why", why)
+				i.Out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: &apiv1.UpdateEvent{
+					State: apiv1.UpdateState_UPDATE_STATE_FAILED, Slot: string(t.Slot), UnixMs: i.now().UnixMilli(),
+					Reason: "not committed: " + why + "; the trial ends in a reboot into the old slot",
+				}}})
+				return
+			}
+		}
 		efiVars := or(i.EFIVars, layout.EFIVarsDir)
 		first := func() error {
 			_, err := efiboot.Vars{Dir: efiVars}.AddFirst(t.Option)

@@ -3,6 +3,7 @@ package installer
 import (
 	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
@@ -49,5 +50,21 @@ func TestCommit(t *testing.T) {
 	}
 	if tr, _ := bootslot.Detect(dir, layout.SlotB); tr != nil {
 		t.Error("still a trial after the commit")
+	}
+}
+
+// A build that did not open the state does not commit: the trial ends in
+// the old slot, which still has the state.
+func TestNoCommitWithoutState(t *testing.T) {
+	dir := bootslottest.Vars(t, 1)
+	inst, events := trialInstaller(t, dir)
+	inst.CanCommit = func() string { return "this build did not open the state" }
+	tr, _ := bootslot.Detect(dir, layout.SlotB)
+	inst.Commit(tr)
+	if order, _ := (efiboot.Vars{Dir: dir}).BootOrder(); !slices.Equal(order, []uint16{0}) {
+		t.Errorf("BootOrder %v, want [0] untouched", order)
+	}
+	if e := <-events; e.GetState() != apiv1.UpdateState_UPDATE_STATE_FAILED || !strings.Contains(e.GetReason(), "did not open the state") {
+		t.Errorf("event %v, want FAILED naming the state", e)
 	}
 }

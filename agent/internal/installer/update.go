@@ -10,6 +10,7 @@ import (
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
 	"github.com/rigos/rigos/pkg/blockdev"
+	"github.com/rigos/rigos/pkg/bootslot"
 	"github.com/rigos/rigos/pkg/efiboot"
 	"github.com/rigos/rigos/pkg/install"
 	"github.com/rigos/rigos/pkg/layout"
@@ -60,6 +61,16 @@ func (i *Installer) HandleUpdate(m *apiv1.Update) {
 	defer i.mu.Unlock()
 	if i.running {
 		i.updateFailed(m, slot, errors.New("an install or update is already running on this node"))
+		return
+	}
+	// On a trial boot the other slot is the one to fall back to: it is
+	// not overwritten until this one is committed.
+	if t, err := bootslot.Detect(or(i.EFIVars, layout.EFIVarsDir), i.Slot); err != nil || t != nil {
+		why := fmt.Errorf("this boot is an uncommitted trial of slot %s; slot %s is its fallback: update once it is committed", i.Slot, slot)
+		if err != nil {
+			why = fmt.Errorf("reading the boot variables: %w", err)
+		}
+		i.updateFailed(m, slot, why)
 		return
 	}
 	u, err := i.startUpdate(m, slot)
@@ -241,17 +252,14 @@ func (i *Installer) handOver(u *updating) error {
 		return err
 	}
 	defer f.Close()
-	err = i.HandOver(f, u.req.GetBuild())
-	if errors.Is(err, ErrNoState) {
-		i.Log.Warn("the state is not handed over: the new build will not open it", "err", err)
-		return nil
-	}
-	return err
+	return i.HandOver(f, u.req.GetBuild())
 }
 
-// ErrNoState, from HandOver, means there is no state to hand over: the
-// update goes on without.
-var ErrNoState = errors.New("no state to hand over")
+// ErrNoState, from HandOver, means this boot has no state it can hand
+// over: none opened, or one made before updates (its passphrase is not
+// derived from its key). The update fails: the new build would run
+// without the customers' data.
+var ErrNoState = errors.New("this boot has no state it can hand over (none opened, or one made before updates)")
 
 func (i *Installer) waitPoll() time.Duration {
 	if i.Poll > 0 {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"github.com/rigos/rigos/pkg/bootslot/bootslottest"
 	"github.com/rigos/rigos/pkg/efiboot"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/session"
@@ -198,7 +199,7 @@ func TestUpdateHandsOverState(t *testing.T) {
 		want apiv1.UpdateState
 	}{
 		"handed over": {nil, apiv1.UpdateState_UPDATE_STATE_REBOOTING},
-		"no state":    {ErrNoState, apiv1.UpdateState_UPDATE_STATE_REBOOTING},
+		"no state":    {ErrNoState, apiv1.UpdateState_UPDATE_STATE_FAILED},
 		"failed":      {errors.New("TPM gone"), apiv1.UpdateState_UPDATE_STATE_FAILED},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -225,9 +226,24 @@ func TestUpdateHandsOverState(t *testing.T) {
 			if set := err == nil; set != (tc.want == apiv1.UpdateState_UPDATE_STATE_REBOOTING) {
 				t.Errorf("BootNext set: %v", set)
 			}
-			if tc.err != nil && tc.err != ErrNoState && !strings.Contains(e.GetReason(), "TPM gone") {
+			if tc.err != nil && !strings.Contains(e.GetReason(), tc.err.Error()) {
 				t.Errorf("reason %q", e.GetReason())
 			}
 		})
+	}
+}
+
+// On an uncommitted trial boot the other slot is the fallback: an update
+// is refused, and nothing is written.
+func TestUpdateRefusedDuringTrial(t *testing.T) {
+	r := newUpdateRig(t, nil)
+	r.inst.Slot, r.inst.EFIVars = layout.SlotB, bootslottest.Vars(t, 1)
+	r.inst.HandleUpdate(r.request(false))
+	e := r.next(t)
+	if e.GetState() != apiv1.UpdateState_UPDATE_STATE_FAILED || !strings.Contains(e.GetReason(), "uncommitted trial of slot b") {
+		t.Fatalf("update during a trial: %v, want FAILED naming the trial", e)
+	}
+	if _, err := os.Stat(filepath.Join(r.inst.ESP, layout.SlotUKI(layout.SlotA))); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the ESP changed: %v", err)
 	}
 }

@@ -186,7 +186,10 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 		// A buffer per chunk: the message is marshalled after Send queues it.
 		buf := make([]byte, min(UpdateChunkSize, b.req.GetSystemSize()-off))
 		n, err := b.system.ReadAt(buf, off)
-		if err != nil && !errors.Is(err, io.EOF) {
+		if n < len(buf) && (err == nil || errors.Is(err, io.EOF)) {
+			err = fmt.Errorf("it is shorter than when it was hashed (%d bytes at %d, want %d)", n, off, len(buf))
+		}
+		if n < len(buf) {
 			return nil, status.Errorf(codes.Internal, "reading the system image: %v", err)
 		}
 		if err := send(apiv1.UpdatePart_UPDATE_PART_SYSTEM, off, buf[:n]); err != nil {
