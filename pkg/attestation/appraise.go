@@ -193,6 +193,9 @@ func Appraise(req Request) *Result {
 		}
 	}
 	r.Manifest = r.applyPolicy(req.Manifests, fwEvents, q.PCRs, r.RuntimeBase != nil)
+	if r.Manifest != "" {
+		r.checkStateKey(req.Manifests)
+	}
 	if r.Manifest == "" {
 		for _, m := range req.Retired {
 			if len(checkManifest(m, fwEvents, q.PCRs, r.RuntimeEvents, r.RuntimeBase != nil)) == 0 {
@@ -202,6 +205,24 @@ func Appraise(req Request) *Result {
 		}
 	}
 	return r
+}
+
+// checkStateKey fails a boot that opened its state with a key another
+// build sealed for it (an update's handover, measured by init) unless
+// that build is one of the active manifests': a retired build, or any
+// other code running under the same Secure Boot keys, could otherwise
+// hand the node a state its owner prepared.
+func (r *Result) checkStateKey(manifests []*Manifest) {
+	creators, err := measure.StateKeyCreators(r.RuntimeEvents)
+	if err != nil {
+		r.add(fail(CheckStateKey, "%v", err))
+		return
+	}
+	for _, c := range creators {
+		if !slices.ContainsFunc(manifests, func(m *Manifest) bool { return slices.Contains(m.PCR11, c) }) {
+			r.add(fail(CheckStateKey, "the state was handed over by a build with PCR 11 %s…, which is no active build", c[:12]))
+		}
+	}
 }
 
 // BootPathEvents are the events in the firmware PCRs that describe where

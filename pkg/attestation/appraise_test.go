@@ -712,3 +712,44 @@ func TestBootPathsNotPinned(t *testing.T) {
 		t.Errorf("raw pins, same boot: %v, legacy %t; want a pass marked for re-pinning", r.Err(), r.LegacyPins)
 	}
 }
+
+// A boot that opened its state with a key another build handed over
+// passes only if that build is active: a retired build, or anything
+// else that can run under the same Secure Boot keys, fails.
+func TestStateKeyHandover(t *testing.T) {
+	m := devboot.Manifest(devboot.Default(), "dev")
+	predecessor := devboot.Manifest(devboot.Default(), "predecessor")
+	predecessor.PCR11 = []string{strings.Repeat("ab", 32)}
+	for name, tc := range map[string]struct {
+		data    string
+		active  []*Manifest
+		wantErr bool
+	}{
+		"active predecessor":  {measure.StateKeyHandover + strings.Repeat("ab", 32), []*Manifest{m, predecessor}, false},
+		"retired predecessor": {measure.StateKeyHandover + strings.Repeat("ab", 32), []*Manifest{m}, true},
+		"this build":          {measure.StateKeyHandover + m.PCR11[0], []*Manifest{m}, false},
+		"malformed":           {"handover zz", []*Manifest{m, predecessor}, true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			n := boot(t, 1, devboot.Default())
+			rec, err := measure.NewRecorder(n.RuntimeLog, func(pcr int, d []byte) error { return tpm.Extend(n.Sim, pcr, d) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := rec.Record(measure.KindStateKey, []byte(tc.data)); err != nil {
+				t.Fatal(err)
+			}
+			ev, no := gather(t, n)
+			req := request(n, ev, no)
+			req.Manifests = tc.active
+			r := Appraise(req)
+			if !tc.wantErr {
+				if err := r.Err(); err != nil {
+					t.Fatalf("Appraise = %v, want a pass", err)
+				}
+				return
+			}
+			wantFail(t, r, CheckStateKey)
+		})
+	}
+}

@@ -42,6 +42,7 @@ const (
 	CheckFirmwarePins Check = "firmware-changed" // firmware PCRs differ from the pinned values
 	CheckGPUPins      Check = "gpu-changed"      // GPU inventory differs from the pinned one
 	CheckManifest     Check = "manifest"         // no active manifest
+	CheckStateKey     Check = "state-key"        // state key handed over by a build not active
 )
 
 // CheckError is a failed check with its cause.

@@ -13,9 +13,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // RuntimePCR is the PCR RigOS extends after the boot stub is done. PCR 15
@@ -27,7 +29,32 @@ const (
 	KindPhase    = "phase"    // a boot-phase marker, data is the phase name
 	KindWorkload = "workload" // a workload about to start
 	KindGPU      = "gpu"      // digest of the GPU inventory
+	// KindStateKey: init opened the state with a key another build
+	// sealed for this one on an update; data is StateKeyHandover and that
+	// build's PCR 11 in hex. The verifier accepts it only from an active
+	// build.
+	KindStateKey = "state-key"
 )
+
+// StateKeyHandover starts a KindStateKey event's data.
+const StateKeyHandover = "handover "
+
+// StateKeyCreators returns the PCR 11 values (hex) of the builds that
+// handed the state key over, from the state-key events among events.
+func StateKeyCreators(events []Event) ([]string, error) {
+	var out []string
+	for _, e := range events {
+		if e.Kind != KindStateKey {
+			continue
+		}
+		v, ok := strings.CutPrefix(string(e.Data), StateKeyHandover)
+		if b, err := hex.DecodeString(v); !ok || err != nil || len(b) != sha256.Size {
+			return nil, fmt.Errorf("state-key event %q: want %q and a hex PCR 11", e.Data, StateKeyHandover)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
 
 // Boot phases, in the order init reaches them.
 const (

@@ -232,7 +232,8 @@ func (b *boot) mountSystem() error {
 }
 
 func (b *boot) unlockState() error {
-	if b.stateErr = unlockState(b.sys, b.dev); b.stateErr != nil {
+	record := func(kind string, data []byte) error { _, err := b.rec.Record(kind, data); return err }
+	if b.stateErr = unlockState(b.sys, b.dev, record); b.stateErr != nil {
 		say("state partition unavailable: %v (no workloads on this boot)", b.stateErr)
 	}
 	return nil

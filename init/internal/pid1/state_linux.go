@@ -20,6 +20,7 @@ import (
 	"github.com/rigos/rigos/pkg/devmapper"
 	"github.com/rigos/rigos/pkg/layout"
 	"github.com/rigos/rigos/pkg/luks2"
+	"github.com/rigos/rigos/pkg/measure"
 	"github.com/rigos/rigos/pkg/statedisk"
 	"github.com/rigos/rigos/pkg/tpm"
 )
@@ -33,7 +34,7 @@ import (
 // create (tpm.ErrForged: a volume the owner wrote, or one from before
 // creation checks) leaves the partition untouched, and the node runs
 // without workloads.
-func unlockState(sys sysfs, rw io.ReadWriter) error {
+func unlockState(sys sysfs, rw io.ReadWriter, record func(kind string, data []byte) error) error {
 	part, err := sys.findPartition(layout.StatePartition, 20*time.Second)
 	if err != nil {
 		return err
@@ -73,7 +74,7 @@ func unlockState(sys sysfs, rw io.ReadWriter) error {
 		return fmt.Errorf("%w; leaving the partition untouched", err)
 	default:
 		var how string
-		if key, how, err = unlockVolume(rw, f, vol, meta); err != nil {
+		if key, how, err = unlockVolume(rw, f, vol, meta, record); err != nil {
 			return err
 		}
 		dataOffset = vol.DataOffset
@@ -153,8 +154,10 @@ func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
 // update (tpm.UnsealFrom: sealed by a boot with the same Secure Boot
 // state). After a handover it seals its own key, so the state no longer
 // depends on the handover, and writes the header (f) with it. It says
-// how the state was unlocked.
-func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte) ([]byte, string, error) {
+// how the state was unlocked. A handover is measured (record: which
+// build sealed the key), for the verifier to accept only from an active
+// build; its passphrase must be the one derived from the key.
+func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte, record func(kind string, data []byte) error) ([]byte, string, error) {
 	pcrs, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
 	if err != nil {
 		return nil, "", err
@@ -190,11 +193,29 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 	}
 	for _, h := range vol.Handovers {
 		pass, err := tpm.UnsealFrom(rw, h.Sealed, statedisk.SealPCRs, h.Creator, []int{7})
-		key := try(pass, h.Keyslot, err)
-		if key == nil {
+		if err != nil {
+			errs = append(errs, err)
 			continue
 		}
+		key, err := vol.Header.Unlock(meta, h.Keyslot, pass)
+		derived := err == nil && bytes.Equal(pass, statedisk.Passphrase(key))
+		clear(pass)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !derived { // RigOS seals only derived passphrases for another build
+			clear(key)
+			errs = append(errs, errors.New("a handed-over key whose passphrase is not derived from the volume key"))
+			continue
+		}
+		if err := writeStateSeal(pcrs); err != nil {
+			clear(key)
+			return nil, "", err
+		}
 		how := fmt.Sprintf("handed over by the build with PCR 11 %x… on an update to %s", h.Creator[11][:6], h.Build)
+		// This build's own key is sealed before the handover is measured:
+		// measuring moves PCR 15 on from the value the key is sealed to.
 		own, err := tpm.Seal(rw, statedisk.Passphrase(key), statedisk.SealPCRs)
 		if err == nil {
 			var hdrs []byte
@@ -206,6 +227,10 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 			say("sealing this build's own state key failed: %v (the handed-over key still opens the state)", err)
 		} else {
 			how += "; this build's own key sealed"
+		}
+		if err := record(measure.KindStateKey, []byte(measure.StateKeyHandover+hex.EncodeToString(h.Creator[11]))); err != nil {
+			clear(key)
+			return nil, "", fmt.Errorf("measuring the state key's handover: %w", err)
 		}
 		return key, how, nil
 	}
