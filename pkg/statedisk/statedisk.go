@@ -18,6 +18,7 @@
 package statedisk
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -159,8 +160,8 @@ func WithHandover(meta []byte, h Handover) ([]byte, error) {
 }
 
 // WithOwn returns both header copies with s, the passphrase the running
-// build (whose PCR 11 is buildPCR11) sealed for itself, replacing any
-// earlier key of that build; other builds' own keys stay (the build it
+// build (whose PCR 11 is buildPCR11, a label for readers) sealed for
+// itself, replacing any earlier key sealed to the same values; other builds' own keys stay (the build it
 // updated from still opens the state if the update falls back), and
 // handovers are dropped: they have served.
 func WithOwn(meta []byte, s *tpm.Sealed, buildPCR11 []byte) ([]byte, error) {
@@ -168,11 +169,18 @@ func WithOwn(meta []byte, s *tpm.Sealed, buildPCR11 []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	want, err := tpm.SealedPolicy(s)
+	if err != nil {
+		return nil, err
+	}
 	tokens := map[string]luks2.Token{}
 	for _, t := range ownTokens(v.Header) {
-		if t["build_pcr11"] != hex.EncodeToString(buildPCR11) {
-			tokens[strconv.Itoa(len(tokens))] = t
+		if old, _, err := sealedFrom(t); err == nil {
+			if p, err := tpm.SealedPolicy(old); err == nil && bytes.Equal(p, want) {
+				continue // this build's earlier key
+			}
 		}
+		tokens[strconv.Itoa(len(tokens))] = t
 	}
 	if len(tokens) >= MaxOwnKeys {
 		return nil, fmt.Errorf("state volume already holds %d builds' keys", len(tokens))
@@ -181,23 +189,32 @@ func WithOwn(meta []byte, s *tpm.Sealed, buildPCR11 []byte) ([]byte, error) {
 	return luks2.WithTokens(meta, tokens)
 }
 
-// WithOnly returns both header copies with the key of the build whose
-// PCR 11 is buildPCR11 alone: once an update is committed, the build it
-// replaced (or any older one) no longer opens the state. Without a key
-// of that build nothing is dropped: an error, so the caller never locks
-// the running build out.
-func WithOnly(meta []byte, buildPCR11 []byte) ([]byte, error) {
+// WithOnly returns both header copies with one key alone: the one whose
+// sealed object unseals under policy (tpm.PolicyFor the PCR values the
+// running build unlocked at), so the build an update replaced, or one
+// that never became the default, no longer opens the state. Keys are
+// told apart by their sealed objects, not by the labels beside them,
+// which the owner could edit. Without such a key nothing is dropped: an
+// error, so the running build is never locked out.
+func WithOnly(meta []byte, policy []byte) ([]byte, error) {
 	v, err := Read(meta)
 	if err != nil {
 		return nil, err
 	}
-	want := hex.EncodeToString(buildPCR11)
-	for _, t := range ownTokens(v.Header) {
-		if t["build_pcr11"] == want {
+	for _, id := range tokenIDs(v.Header) {
+		t := v.Header.Metadata.Tokens[id]
+		if t["type"] != TokenType || t["creator_pcrs"] != nil {
+			continue
+		}
+		s, _, err := sealedFrom(t)
+		if err != nil {
+			continue
+		}
+		if p, err := tpm.SealedPolicy(s); err == nil && bytes.Equal(p, policy) {
 			return luks2.WithTokens(meta, map[string]luks2.Token{"0": t})
 		}
 	}
-	return nil, fmt.Errorf("the state holds no key of the build with PCR 11 %x…", buildPCR11[:min(6, len(buildPCR11))])
+	return nil, errors.New("the state holds no key of the running build")
 }
 
 // MaxOwnKeys bounds the builds whose keys a volume holds.

@@ -5,20 +5,30 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-tpm/tpm2"
 
 	"github.com/rigos/rigos/internal/sim/tpmsim"
 	"github.com/rigos/rigos/pkg/luks2"
 	"github.com/rigos/rigos/pkg/tpm"
 )
 
-func sealed() *tpm.Sealed {
+func sealed() *tpm.Sealed { return sealedWith([]byte{1}) }
+
+// sealedWith is a sealed object (as a token holds it) whose public area
+// carries policy.
+func sealedWith(policy []byte) *tpm.Sealed {
+	pub := tpm2.Marshal(tpm2.New2B(tpm2.TPMTPublic{
+		Type: tpm2.TPMAlgKeyedHash, NameAlg: tpm2.TPMAlgSHA256, AuthPolicy: tpm2.TPM2BDigest{Buffer: policy},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash, &tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
+	}))
 	return &tpm.Sealed{
-		PCRs: []int{7, 11, 15}, Policy: []byte{1}, Public: []byte{2, 3}, Private: []byte{4, 5}, SRKName: []byte{6},
+		PCRs: []int{7, 11, 15}, Policy: policy, Public: pub, Private: []byte{4, 5}, SRKName: []byte{6},
 		CreationData: []byte{7, 8}, CreationHash: []byte{9}, CreationTicket: []byte{10, 11},
 	}
 }
@@ -194,8 +204,7 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 		}
 		meta = append(hdrs, meta[len(hdrs):]...)
 	}
-	h := Handover{Sealed: sealed(), Keyslot: "0", Creator: map[int][]byte{7: pcr11(7), 11: pcr11(1), 15: pcr11(15)}, Build: "two"}
-	h.Sealed.Policy = []byte("for build two")
+	h := Handover{Sealed: sealedWith([]byte("for build two")), Keyslot: "0", Creator: map[int][]byte{7: pcr11(7), 11: pcr11(1), 15: pcr11(15)}, Build: "two"}
 	apply(WithHandover(meta, h))
 	apply(WithHandover(meta, h)) // again: still one handover
 	v, err := Read(meta)
@@ -206,8 +215,7 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 		!bytes.Equal(v.Handovers[0].Sealed.Policy, []byte("for build two")) {
 		t.Fatalf("after the handover: %+v", v)
 	}
-	own2 := sealed()
-	own2.Policy = []byte("build two's own")
+	own2 := sealedWith([]byte("build two's own"))
 	apply(WithOwn(meta, own2, pcr11(2)))
 	apply(WithOwn(meta, own2, pcr11(2))) // replaced, not added
 	v, err = Read(meta)
@@ -238,17 +246,23 @@ func TestWithOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	two := sealed()
-	two.Policy = []byte("build two")
+	two := sealedWith([]byte("build two"))
 	hdrs, err := WithOwn(meta, two, pcr11(2))
 	if err != nil {
 		t.Fatal(err)
 	}
 	meta = append(hdrs, meta[len(hdrs):]...)
-	if _, err := WithOnly(meta, pcr11(3)); err == nil {
+	if _, err := WithOnly(meta, []byte("build three")); err == nil {
 		t.Error("WithOnly for a build without a key dropped the others")
 	}
-	hdrs, err = WithOnly(meta, pcr11(2))
+	// The label beside a key does not matter: its sealed object does.
+	relabelled := relabel(t, meta, pcr11(2))
+	if hdrs, err := WithOnly(relabelled, []byte("build two")); err != nil {
+		t.Fatal(err)
+	} else if v, _ := Read(append(hdrs, relabelled[len(hdrs):]...)); len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, []byte("build two")) {
+		t.Errorf("WithOnly kept the key labelled as build two, not the one sealed for it")
+	}
+	hdrs, err = WithOnly(meta, []byte("build two"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,4 +271,24 @@ func TestWithOnly(t *testing.T) {
 	if err != nil || len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, []byte("build two")) {
 		t.Fatalf("after WithOnly: %+v, %v", v, err)
 	}
+}
+
+// relabel marks every own key of the volume as the build with PCR 11
+// pcr11, as an owner editing the header offline could.
+func relabel(t *testing.T, meta, pcr11 []byte) []byte {
+	t.Helper()
+	h, err := luks2.Parse(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := map[string]luks2.Token{}
+	for id, tok := range h.Metadata.Tokens {
+		tok["build_pcr11"] = hex.EncodeToString(pcr11)
+		tokens[id] = tok
+	}
+	hdrs, err := luks2.WithTokens(meta, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return append(hdrs, meta[len(hdrs):]...)
 }

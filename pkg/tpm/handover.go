@@ -114,6 +114,36 @@ func UnsealFrom(rw io.ReadWriter, s *Sealed, pcrs []int, creator map[int][]byte,
 	})
 }
 
+// PolicyFor is the policy digest of a secret sealed to values (what Seal
+// and SealFor put in the sealed object's authPolicy).
+func PolicyFor(values map[int][]byte) ([]byte, error) {
+	pcrs := sortedSet(mapKeys(values))
+	sel, err := selection(pcrs)
+	if err != nil {
+		return nil, err
+	}
+	ordered := make([][]byte, len(pcrs))
+	for i, p := range pcrs {
+		ordered[i] = values[p]
+	}
+	return policyPCRDigest(sel, digestOf(ordered)), nil
+}
+
+// SealedPolicy returns the authPolicy of s's sealed object: the policy it
+// unseals under, bound to the object (unlike Sealed.Policy, a copy for
+// readers).
+func SealedPolicy(s *Sealed) ([]byte, error) {
+	pub2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](s.Public)
+	if err != nil {
+		return nil, fmt.Errorf("public part: %w", err)
+	}
+	pub, err := pub2b.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("public part: %w", err)
+	}
+	return pub.AuthPolicy.Buffer, nil
+}
+
 func mapKeys(m map[int][]byte) []int {
 	out := make([]int, 0, len(m))
 	for k := range m {

@@ -107,7 +107,11 @@ func dropOtherKeys() error {
 	if err != nil {
 		return err
 	}
-	return rewriteHeader(targets, func(meta []byte) ([]byte, error) { return statedisk.WithOnly(meta, values[11]) })
+	policy, err := tpm.PolicyFor(values)
+	if err != nil {
+		return err
+	}
+	return rewriteHeader(targets, func(meta []byte) ([]byte, error) { return statedisk.WithOnly(meta, policy) })
 }
 
 // rewriteHeader rewrites the LUKS2 header copies of the state volume

@@ -233,7 +233,7 @@ func (b *boot) mountSystem() error {
 
 func (b *boot) unlockState() error {
 	record := func(kind string, data []byte) error { _, err := b.rec.Record(kind, data); return err }
-	if b.stateErr = unlockState(b.sys, b.dev, record); b.stateErr != nil {
+	if b.stateErr = unlockState(b.sys, b.dev, record, !b.trial); b.stateErr != nil {
 		say("state partition unavailable: %v (no workloads on this boot)", b.stateErr)
 	}
 	return nil

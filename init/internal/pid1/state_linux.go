@@ -34,7 +34,7 @@ import (
 // create (tpm.ErrForged: a volume the owner wrote, or one from before
 // creation checks) leaves the partition untouched, and the node runs
 // without workloads.
-func unlockState(sys sysfs, rw io.ReadWriter, record func(kind string, data []byte) error) error {
+func unlockState(sys sysfs, rw io.ReadWriter, record func(kind string, data []byte) error, prune bool) error {
 	part, err := sys.findPartition(layout.StatePartition, 20*time.Second)
 	if err != nil {
 		return err
@@ -74,7 +74,7 @@ func unlockState(sys sysfs, rw io.ReadWriter, record func(kind string, data []by
 		return fmt.Errorf("%w; leaving the partition untouched", err)
 	default:
 		var how string
-		if key, how, err = unlockVolume(rw, f, vol, meta, record); err != nil {
+		if key, how, err = unlockVolume(rw, f, vol, meta, record, prune); err != nil {
 			return err
 		}
 		dataOffset = vol.DataOffset
@@ -156,8 +156,12 @@ func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
 // depends on the handover, and writes the header (f) with it. It says
 // how the state was unlocked. A handover is measured (record: which
 // build sealed the key), for the verifier to accept only from an active
-// build; its passphrase must be the one derived from the key.
-func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte, record func(kind string, data []byte) error) ([]byte, string, error) {
+// build; its passphrase must be the one derived from the key. With
+// prune (a boot that is not an update's trial), the keys of other builds
+// are dropped once this build's own key opened the state: a build that
+// is not the default (a failed trial's, a replaced one's) no longer
+// opens it.
+func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte, record func(kind string, data []byte) error, prune bool) ([]byte, string, error) {
 	pcrs, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
 	if err != nil {
 		return nil, "", err
@@ -187,9 +191,27 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 	}
 	for _, k := range vol.Own {
 		pass, err := tpm.Unseal(rw, k.Sealed, statedisk.SealPCRs)
-		if key := try(pass, k.Keyslot, err); key != nil {
-			return key, "sealed by this build", nil
+		key := try(pass, k.Keyslot, err)
+		if key == nil {
+			continue
 		}
+		how := "sealed by this build"
+		if prune && len(vol.Own)+len(vol.Handovers) > 1 {
+			policy, err := tpm.PolicyFor(pcrs)
+			var hdrs []byte
+			if err == nil {
+				hdrs, err = statedisk.WithOnly(meta, policy)
+			}
+			if err == nil {
+				err = writeHeaders(f, hdrs)
+			}
+			if err != nil {
+				say("dropping other builds' state keys failed: %v", err)
+			} else {
+				how += fmt.Sprintf("; the %d other builds' keys dropped", len(vol.Own)+len(vol.Handovers)-1)
+			}
+		}
+		return key, how, nil
 	}
 	for _, h := range vol.Handovers {
 		pass, err := tpm.UnsealFrom(rw, h.Sealed, statedisk.SealPCRs, h.Creator, []int{7})

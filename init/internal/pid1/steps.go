@@ -14,6 +14,7 @@ type boot struct {
 	dev      tpm.Device
 	netDone  chan struct{}
 	stateErr error // why the state partition is unavailable
+	trial    bool  // this boot is an update's uncommitted trial
 	gpu      gpuDriver
 }
 

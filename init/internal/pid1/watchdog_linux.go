@@ -84,6 +84,7 @@ func (b *boot) watchTrial() error {
 	if err != nil {
 		return err
 	}
+	b.trial = true
 	wd, err := armWatchdogs()
 	if err != nil {
 		say("watchdog: %v", err)
