@@ -18,57 +18,16 @@ import (
 // the values the same PCRs hold now, the creator's: UnsealFrom checks
 // them against what the secret's holder says they were.
 func SealFor(rw io.ReadWriter, secret []byte, values map[int][]byte) (*Sealed, error) {
-	if len(secret) == 0 || len(secret) > MaxSealedSecret {
-		return nil, fmt.Errorf("sealing: secret of %d bytes (want 1-%d)", len(secret), MaxSealedSecret)
-	}
-	pcrs := sortedSet(mapKeys(values))
-	sel, err := selection(pcrs)
-	if err != nil {
-		return nil, err
-	}
-	ordered := make([][]byte, len(pcrs))
-	for i, p := range pcrs {
-		if len(values[p]) != sha256.Size {
-			return nil, fmt.Errorf("sealing: PCR %d value of %d bytes, want %d", p, len(values[p]), sha256.Size)
+	for p, v := range values {
+		if len(v) != sha256.Size {
+			return nil, fmt.Errorf("sealing: PCR %d value of %d bytes, want %d", p, len(v), sha256.Size)
 		}
-		ordered[i] = values[p]
 	}
-	t := transport.FromReadWriter(rw)
-	srk, pub, flush, err := createSRK(t)
+	policy, err := PolicyFor(values)
 	if err != nil {
 		return nil, err
 	}
-	defer flush()
-	policy := policyPCRDigest(sel, digestOf(ordered))
-	rsp, err := tpm2.Create{
-		ParentHandle: tpm2.AuthHandle{
-			Handle: srk.Handle, Name: srk.Name,
-			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.AESEncryption(128, tpm2.EncryptIn), tpm2.Salted(srk.Handle, pub)),
-		},
-		InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
-			Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: secret}),
-		}},
-		InPublic: tpm2.New2B(tpm2.TPMTPublic{
-			Type:             tpm2.TPMAlgKeyedHash,
-			NameAlg:          tpm2.TPMAlgSHA256,
-			ObjectAttributes: sealedAttrs,
-			AuthPolicy:       tpm2.TPM2BDigest{Buffer: policy},
-			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash,
-				&tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
-		}),
-		CreationPCR: sel,
-	}.Execute(t)
-	if err != nil {
-		return nil, fmt.Errorf("sealing: %w", err)
-	}
-	return &Sealed{
-		PCRs: pcrs, Policy: policy,
-		Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate),
-		SRKName:        tpm2.Marshal(srk.Name),
-		CreationData:   rsp.CreationData.Bytes(),
-		CreationHash:   rsp.CreationHash.Buffer,
-		CreationTicket: tpm2.Marshal(rsp.CreationTicket),
-	}, nil
+	return seal(rw, secret, sortedSet(mapKeys(values)), func(transport.TPM, tpm2.TPMLPCRSelection) ([]byte, error) { return policy, nil })
 }
 
 // ReadPCRs returns the current SHA-256 values of pcrs.

@@ -70,6 +70,14 @@ var sealedAttrs = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true}
 // bus in the clear. The TPM also records the values of pcrs at creation
 // in the object's creation data, which Unseal checks.
 func Seal(rw io.ReadWriter, secret []byte, pcrs []int) (*Sealed, error) {
+	return seal(rw, secret, pcrs, func(t transport.TPM, sel tpm2.TPMLPCRSelection) ([]byte, error) {
+		return pcrPolicy(t, sel, tpm2.Trial())
+	})
+}
+
+// seal seals secret under the policy policy returns, recording the
+// current values of pcrs in the creation data.
+func seal(rw io.ReadWriter, secret []byte, pcrs []int, policy func(transport.TPM, tpm2.TPMLPCRSelection) ([]byte, error)) (*Sealed, error) {
 	if len(secret) == 0 || len(secret) > MaxSealedSecret {
 		return nil, fmt.Errorf("sealing: secret of %d bytes (want 1-%d)", len(secret), MaxSealedSecret)
 	}
@@ -84,7 +92,7 @@ func Seal(rw io.ReadWriter, secret []byte, pcrs []int) (*Sealed, error) {
 	}
 	defer flush()
 
-	policy, err := pcrPolicy(t, sel, tpm2.Trial())
+	digest, err := policy(t, sel)
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +108,7 @@ func Seal(rw io.ReadWriter, secret []byte, pcrs []int) (*Sealed, error) {
 			Type:             tpm2.TPMAlgKeyedHash,
 			NameAlg:          tpm2.TPMAlgSHA256,
 			ObjectAttributes: sealedAttrs,
-			AuthPolicy:       tpm2.TPM2BDigest{Buffer: policy},
+			AuthPolicy:       tpm2.TPM2BDigest{Buffer: digest},
 			Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgKeyedHash,
 				&tpm2.TPMSKeyedHashParms{Scheme: tpm2.TPMTKeyedHashScheme{Scheme: tpm2.TPMAlgNull}}),
 		}),
@@ -110,7 +118,7 @@ func Seal(rw io.ReadWriter, secret []byte, pcrs []int) (*Sealed, error) {
 		return nil, fmt.Errorf("sealing: %w", err)
 	}
 	return &Sealed{
-		PCRs: slices.Clone(pcrs), Policy: policy,
+		PCRs: slices.Clone(pcrs), Policy: digest,
 		Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate),
 		SRKName:        tpm2.Marshal(srk.Name),
 		CreationData:   rsp.CreationData.Bytes(),

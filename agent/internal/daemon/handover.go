@@ -29,16 +29,9 @@ import (
 // connection of its own (the kernel's resource manager keeps it apart
 // from the session's).
 func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, build string) error {
-	b, err := os.ReadFile(layout.StateSeal)
-	if errors.Is(err, os.ErrNotExist) {
-		return installer.ErrNoState
-	}
+	values, err := readStateSeal()
 	if err != nil {
 		return err
-	}
-	values, err := parseStateSeal(b)
-	if err != nil {
-		return fmt.Errorf("%s: %w", layout.StateSeal, err)
 	}
 	if values[11], err = update.PredictPCR11(ukiFile); err != nil {
 		return err
@@ -95,13 +88,9 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 // header, once an update to it is committed: the build it replaced no
 // longer opens the state.
 func dropOtherKeys() error {
-	b, err := os.ReadFile(layout.StateSeal)
+	values, err := readStateSeal()
 	if err != nil {
 		return err
-	}
-	values, err := parseStateSeal(b)
-	if err != nil {
-		return fmt.Errorf("%s: %w", layout.StateSeal, err)
 	}
 	targets, err := devmapper.Table(layout.StateMapping)
 	if err != nil {
@@ -141,6 +130,23 @@ func rewriteHeader(targets []devmapper.Target, change func(meta []byte) ([]byte,
 		return fmt.Errorf("writing the state header: %w", err)
 	}
 	return f.Sync()
+}
+
+// readStateSeal reads the PCR values init unlocked the state at
+// (layout.StateSeal); without them there is no state to hand over.
+func readStateSeal() (map[int][]byte, error) {
+	b, err := os.ReadFile(layout.StateSeal)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, installer.ErrNoState
+	}
+	if err != nil {
+		return nil, err
+	}
+	values, err := parseStateSeal(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", layout.StateSeal, err)
+	}
+	return values, nil
 }
 
 func parseStateSeal(b []byte) (map[int][]byte, error) {
