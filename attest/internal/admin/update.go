@@ -142,6 +142,7 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 	events, stop := s.hub.WatchUpdate(r.GetNodeId())
 	defer stop()
 	b.req.RequestId, b.req.Force = rand.Text(), r.GetForce()
+	s.hub.IssueUpdate(r.GetNodeId(), b.req.GetRequestId())
 	if err := c.Send(ctx, r.GetNodeId(), &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Update{Update: b.req}}); err != nil {
 		return nil, err
 	}

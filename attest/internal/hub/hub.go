@@ -82,6 +82,7 @@ type Hub struct {
 	plans     map[string]Plan             // from each node's latest proven hello
 	installs  nodeEvents[*apiv1.InstallEvent]
 	updates   nodeEvents[*apiv1.UpdateEvent]
+	issued    map[string]string // node → its latest update's request ID
 	// sent counts, per node and workload sent to it, the events the node
 	// reported: only those workloads' events are taken, and only so many.
 	sent map[string]map[string]int

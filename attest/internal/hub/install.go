@@ -92,3 +92,22 @@ func (h *Hub) UpdateEvent(node string, e *apiv1.UpdateEvent) { publish(h, &h.upd
 
 // LastUpdate returns a node's latest update event, or nil.
 func (h *Hub) LastUpdate(node string) *apiv1.UpdateEvent { return last(h, &h.updates, node) }
+
+// IssueUpdate records that this verifier asked node for the update with
+// request ID id (admin Update); IssuedUpdate tells.
+func (h *Hub) IssueUpdate(node, id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.issued == nil {
+		h.issued = map[string]string{}
+	}
+	h.issued[node] = id
+}
+
+// IssuedUpdate reports whether id is the latest update request this
+// verifier sent node.
+func (h *Hub) IssuedUpdate(node, id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return id != "" && h.issued[node] == id
+}

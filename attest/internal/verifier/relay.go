@@ -81,7 +81,8 @@ func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent, s *hub.Conn) {
 		e.State = apiv1.UpdateState_UPDATE_STATE_UNSPECIFIED // the verifier's to say
 	}
 	v.rebootingMu.Lock()
-	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_REBOOTING {
+	// Only an update this verifier sent decides anything after the reboot.
+	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_REBOOTING && v.hub.IssuedUpdate(node, e.GetRequestId()) {
 		if v.rebooting == nil {
 			v.rebooting = map[string]rebootingInto{}
 		}

@@ -168,8 +168,9 @@ func TestUpdateRelay(t *testing.T) {
 
 // The first appraisal on a stream after the one a node rebooted from
 // decides the update: the new build trusted is BOOTED, the new build
-// untrusted FAILED; appraisals on the old stream decide nothing, and a
-// node cannot claim BOOTED itself.
+// untrusted FAILED; appraisals on the old stream decide nothing, a node
+// cannot claim BOOTED itself, and a REBOOTING for a request this
+// verifier did not send is not an update.
 func TestUpdateBooted(t *testing.T) {
 	h := newHarness(t, testPolicy(), "")
 	old, fresh := &hub.Conn{}, &hub.Conn{}
@@ -188,7 +189,14 @@ func TestUpdateBooted(t *testing.T) {
 		if e := h.v.hub.LastUpdate("rig-1"); e.GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED {
 			t.Errorf("%s: a node claimed BOOTED itself", name)
 		}
-		h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: "next", Slot: "b"}, old)
+		// A REBOOTING for a request this verifier never sent decides nothing.
+		h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: "next", Slot: "b", RequestId: "forged"}, old)
+		h.v.updateBooted("rig-1", fresh, tc.build, tc.node)
+		if e := h.v.hub.LastUpdate("rig-1"); e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
+			t.Errorf("%s: a REBOOTING the verifier did not ask for decided the update: %v", name, e)
+		}
+		h.v.hub.IssueUpdate("rig-1", "u1")
+		h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: "next", Slot: "b", RequestId: "u1"}, old)
 		h.v.updateBooted("rig-1", old, "dev", trusted)
 		if e := h.v.hub.LastUpdate("rig-1"); e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
 			t.Errorf("%s: an appraisal on the stream the node rebooted from decided the update: %v", name, e)
