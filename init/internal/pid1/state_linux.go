@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/diskfs/go-diskfs/backend/file"
@@ -256,7 +257,12 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 		}
 		return key, how, nil
 	}
-	return nil, "", fmt.Errorf("state key: no key opens the state: %w", errors.Join(errs...))
+	// One line on the console: the errors joined with "; ".
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return nil, "", fmt.Errorf("state key: no key opens the state: %s", strings.Join(msgs, "; "))
 }
 
 // writeHeaders writes both LUKS2 header copies over the start of the
