@@ -149,10 +149,18 @@ func handoverToken(h Handover) luks2.Token {
 // WithHandover returns both header copies of the volume whose metadata
 // region starts with meta, with h added and the keys its own builds
 // sealed kept; an earlier handover is dropped (one update at a time).
-func WithHandover(meta []byte, h Handover) ([]byte, error) {
+// The running build must hold a key of its own (one sealed under
+// runningPolicy, tpm.PolicyFor its unlock values): if it opened the
+// state with a handover and could not seal its own key, dropping that
+// handover would leave it, should the update fall back, without a way
+// in.
+func WithHandover(meta []byte, h Handover, runningPolicy []byte) ([]byte, error) {
 	v, err := Read(meta)
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := tokenWithPolicy(v.Header, runningPolicy); !ok {
+		return nil, errors.New("the running build holds no key of its own in the state (its own key could not be sealed when it opened a handed-over one): an update that fell back could not open the state")
 	}
 	tokens := ownTokens(v.Header)
 	tokens[strconv.Itoa(len(tokens))] = handoverToken(h)
@@ -201,8 +209,17 @@ func WithOnly(meta []byte, policy []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, id := range tokenIDs(v.Header) {
-		t := v.Header.Metadata.Tokens[id]
+	if t, ok := tokenWithPolicy(v.Header, policy); ok {
+		return luks2.WithTokens(meta, map[string]luks2.Token{"0": t})
+	}
+	return nil, errors.New("the state holds no key of the running build")
+}
+
+// tokenWithPolicy returns the own-key token whose sealed object unseals
+// under policy.
+func tokenWithPolicy(h *luks2.Header, policy []byte) (luks2.Token, bool) {
+	for _, id := range tokenIDs(h) {
+		t := h.Metadata.Tokens[id]
 		if t["type"] != TokenType || t["creator_pcrs"] != nil {
 			continue
 		}
@@ -211,10 +228,10 @@ func WithOnly(meta []byte, policy []byte) ([]byte, error) {
 			continue
 		}
 		if p, err := tpm.SealedPolicy(s); err == nil && bytes.Equal(p, policy) {
-			return luks2.WithTokens(meta, map[string]luks2.Token{"0": t})
+			return t, true
 		}
 	}
-	return nil, errors.New("the state holds no key of the running build")
+	return nil, false
 }
 
 // MaxOwnKeys bounds the builds whose keys a volume holds.

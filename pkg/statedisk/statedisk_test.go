@@ -205,8 +205,11 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 		meta = append(hdrs, meta[len(hdrs):]...)
 	}
 	h := Handover{Sealed: sealedWith([]byte("for build two")), Keyslot: "0", Creator: map[int][]byte{7: pcr11(7), 11: pcr11(1), 15: pcr11(15)}, Build: "two"}
-	apply(WithHandover(meta, h))
-	apply(WithHandover(meta, h)) // again: still one handover
+	if _, err := WithHandover(meta, h, []byte("another build")); err == nil {
+		t.Error("a handover was added for a running build without a key of its own")
+	}
+	apply(WithHandover(meta, h, sealed().Policy))
+	apply(WithHandover(meta, h, sealed().Policy)) // again: still one handover
 	v, err := Read(meta)
 	if err != nil {
 		t.Fatal(err)

@@ -33,6 +33,10 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 	if err != nil {
 		return err
 	}
+	running, err := tpm.PolicyFor(values) // this build's own key, before values[11] becomes the next build's
+	if err != nil {
+		return err
+	}
 	if values[11], err = update.PredictPCR11(ukiFile); err != nil {
 		return err
 	}
@@ -80,7 +84,7 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 	}
 
 	return rewriteHeader(targets, func(meta []byte) ([]byte, error) {
-		return statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build})
+		return statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build}, running)
 	})
 }
 
