@@ -161,8 +161,18 @@ func TestUpdate(t *testing.T) {
 	backOnOne("after build 3's trial")
 	record(apiv1.UpdateState_UPDATE_STATE_FAILED, "came back on build "+one.Build+", not "+unreachable.Build)
 
-	// 3. Build 2 boots, is trusted and commits.
-	start := update(two, "build 2")
+	// 3. Build 2 is rolled out to the fleet (this node): it boots, is
+	// trusted and commits, and the rollout is done.
+	start := time.Now()
+	if _, err := v.admin.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: two.Build, Percent: 100}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.Done(): // -no-reboot: the reboot ends QEMU
+	case <-time.After(4 * time.Minute):
+		t.Fatalf("the rollout did not reboot the node within 4 minutes\n%s", tail(vm.ConsoleText(), 40))
+	}
+	t.Logf("rollout of build 2: the node rebooted into it %.1fs after the rollout started", time.Since(start).Seconds())
 	n := appraisals(t, v, node)
 	reboot := time.Now()
 	vm = startVM(t, o)
@@ -179,6 +189,20 @@ func TestUpdate(t *testing.T) {
 	t.Logf("update: committed %.1fs after the reboot", time.Since(reboot).Seconds())
 	if _, err := vm.WaitFor(time.Minute, regexp.MustCompile(`update trial: committed`)); err != nil {
 		t.Errorf("init did not see the commit: %v", err)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		ro, err := v.admin.GetRollout(ctx, &apiv1.GetRolloutRequest{Build: two.Build})
+		if err == nil && ro.GetState() == "done" {
+			if nd := ro.GetNodes(); len(nd) != 1 || nd[0].GetNodeId() != node || nd[0].GetState() != "done" {
+				t.Errorf("the rollout is done with %v", nd)
+			}
+			t.Logf("rollout of build 2: done %.1fs after it started", time.Since(start).Seconds())
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollout of build 2: %v, %v; want done", ro, err)
+		}
+		time.Sleep(time.Second) // polling the verifier, bounded by the deadline
 	}
 
 	// Committed: after a power cut the firmware boots slot B again, and

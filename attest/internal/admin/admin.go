@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/rigos/rigos/attest/internal/hub"
+	"github.com/rigos/rigos/attest/internal/rollout"
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/attest/internal/trust"
 	"github.com/rigos/rigos/pkg/api/apiv1"
@@ -23,10 +24,11 @@ import (
 // Server implements apiv1.AdminServer.
 type Server struct {
 	apiv1.UnimplementedAdminServer
-	store   store.Store
-	trust   *trust.Keeper
-	hub     *hub.Hub
-	updates Updates
+	store    store.Store
+	trust    *trust.Keeper
+	hub      *hub.Hub
+	updates  Updates
+	rollouts *rollout.Runner
 }
 
 // New returns the Admin service.

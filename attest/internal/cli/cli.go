@@ -77,8 +77,12 @@ func Run(args []string) error {
 		return installNode(fs, args)
 	case "update":
 		return updateNode(fs, args)
+	case "rollout":
+		return rolloutCmd(fs, args)
+	case "rollouts":
+		return listRollouts(fs, args)
 	}
-	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop, install, update)", cmd)
+	return fmt.Errorf("unknown command %q (serve, devinit, nodes, watch, node, revoke, accept-firmware, run, stop, install, update, rollout, rollouts)", cmd)
 }
 
 func serve(path string) error {

@@ -84,6 +84,27 @@ var migrations = []migration{
 		name:  "runtime checkpoints",
 		stmts: []string{`ALTER TABLE nodes ADD COLUMN runtime_checkpoints TEXT NOT NULL DEFAULT '[]'`},
 	},
+	{
+		name: "rollouts",
+		stmts: []string{`CREATE TABLE rollouts (
+	build TEXT PRIMARY KEY,
+	created INTEGER NOT NULL,
+	updated INTEGER NOT NULL,
+	state TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	parallel INTEGER NOT NULL,
+	max_failed_percent INTEGER NOT NULL,
+	force INTEGER NOT NULL
+)`, `CREATE TABLE rollout_nodes (
+	build TEXT NOT NULL REFERENCES rollouts(build),
+	node TEXT NOT NULL REFERENCES nodes(id),
+	position INTEGER NOT NULL,
+	state TEXT NOT NULL,
+	reason TEXT NOT NULL,
+	updated INTEGER NOT NULL,
+	PRIMARY KEY (build, node)
+)`},
+	},
 }
 
 // unversioned is the number of migrations the releases before schema

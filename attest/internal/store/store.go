@@ -112,5 +112,38 @@ type Store interface {
 	WorkloadEventCount(ctx context.Context, node, workload string) (int, error)
 	// WorkloadEvents returns a node's latest workload events, newest first.
 	WorkloadEvents(ctx context.Context, node string, limit int) ([]WorkloadEvent, error)
+	// SaveRollout creates or updates a rollout and the nodes given in
+	// it (not the ones left out) atomically.
+	SaveRollout(ctx context.Context, r *Rollout) error
+	// SaveRolloutNode updates one node of a rollout.
+	SaveRolloutNode(ctx context.Context, build string, n RolloutNode) error
+	// Rollouts returns every rollout with its nodes, newest first, nodes
+	// in their order.
+	Rollouts(ctx context.Context) ([]*Rollout, error)
 	Close() error
+}
+
+// Rollout is a build being installed on a set of nodes, a few at a
+// time (package rollout runs it). A build has one rollout.
+type Rollout struct {
+	Build            string
+	Created, Updated time.Time
+	State            string // "running", "paused", "halted", "done"
+	Reason           string
+	// Parallel is how many nodes update at once; MaxFailedPercent the
+	// share of its nodes that may fail before the rollout halts.
+	Parallel         int
+	MaxFailedPercent int
+	// Force reboots nodes while workloads run.
+	Force bool
+	Nodes []RolloutNode
+}
+
+// RolloutNode is one node of a rollout.
+type RolloutNode struct {
+	Node     string
+	Position int
+	State    string // "pending", "updating", "waiting", "rebooting", "booted", "done", "failed"
+	Reason   string
+	Updated  time.Time
 }

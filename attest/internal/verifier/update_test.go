@@ -55,6 +55,38 @@ func writeBuild(t *testing.T, dir, name string, system []byte) *attestation.Mani
 	return m
 }
 
+// updatingNode is a simulated node on build dev that takes an update
+// into slot B and says REBOOTING once it has all of it (asked gets each
+// Update, got the parts received); it does not reboot by itself.
+func updatingNode(t *testing.T, id string, seed int64) (session.Node, chan *apiv1.Update, map[apiv1.UpdatePart]*bytes.Buffer) {
+	n := bootNode(t, seed, devboot.Default())
+	out := session.NewOutbox(nil)
+	asked := make(chan *apiv1.Update, 4)
+	got := map[apiv1.UpdatePart]*bytes.Buffer{apiv1.UpdatePart_UPDATE_PART_SYSTEM: {}, apiv1.UpdatePart_UPDATE_PART_UKI: {}}
+	var req *apiv1.Update
+	reply := func(e *apiv1.UpdateEvent) {
+		e.RequestId, e.Build, e.Slot = req.GetRequestId(), req.GetBuild(), "b"
+		out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: e}})
+	}
+	return session.Node{ID: id, TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out,
+		Update: func(m *apiv1.Update) {
+			req = m
+			asked <- m
+			reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_RECEIVING})
+		},
+		UpdateChunk: func(c *apiv1.UpdateChunk) {
+			b := got[c.GetPart()]
+			if c.GetRequestId() != req.GetRequestId() || int64(b.Len()) != c.GetOffset() {
+				reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_FAILED, Reason: "out of order"})
+				return
+			}
+			b.Write(c.GetData())
+			if c.GetPart() == apiv1.UpdatePart_UPDATE_PART_UKI && int64(b.Len()) == req.GetUkiBSize() {
+				reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Bytes: int64(got[apiv1.UpdatePart_UPDATE_PART_SYSTEM].Len() + b.Len())})
+			}
+		}}, asked, got
+}
+
 // Update checks the build against its active manifest, streams the
 // slot the node names, and returns the node's answer; a build without
 // an active manifest, a UKI of another build or a bad name never reaches
@@ -76,32 +108,7 @@ func TestUpdateRelay(t *testing.T) {
 	active := []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev"), next, other, swapped}
 	h.v.admin.SetUpdates(admin.Updates{Dir: dir, Manifests: func() []*attestation.Manifest { return active }})
 
-	n := bootNode(t, 1, devboot.Default())
-	out := session.NewOutbox(nil)
-	asked := make(chan *apiv1.Update, 4)
-	got := map[apiv1.UpdatePart]*bytes.Buffer{apiv1.UpdatePart_UPDATE_PART_SYSTEM: {}, apiv1.UpdatePart_UPDATE_PART_UKI: {}}
-	var req *apiv1.Update
-	reply := func(e *apiv1.UpdateEvent) {
-		e.RequestId, e.Build, e.Slot = req.GetRequestId(), req.GetBuild(), "b"
-		out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: e}})
-	}
-	node := session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out,
-		Update: func(m *apiv1.Update) {
-			req = m
-			asked <- m
-			reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_RECEIVING})
-		},
-		UpdateChunk: func(c *apiv1.UpdateChunk) {
-			b := got[c.GetPart()]
-			if c.GetRequestId() != req.GetRequestId() || int64(b.Len()) != c.GetOffset() {
-				reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_FAILED, Reason: "out of order"})
-				return
-			}
-			b.Write(c.GetData())
-			if c.GetPart() == apiv1.UpdatePart_UPDATE_PART_UKI && int64(b.Len()) == req.GetUkiBSize() {
-				reply(&apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Bytes: int64(got[apiv1.UpdatePart_UPDATE_PART_SYSTEM].Len() + b.Len())})
-			}
-		}}
+	node, asked, got := updatingNode(t, "rig-1", 1)
 	stop := h.session(node)
 	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -210,5 +217,79 @@ func TestUpdateBooted(t *testing.T) {
 		if got := h.v.hub.LastUpdate("rig-1"); got != e {
 			t.Errorf("%s: a later appraisal changed the decided update to %v", name, got)
 		}
+	}
+}
+
+// A rollout over the admin API runs the real Update: the build is
+// checked before any node is picked, the node gets it, and when the node
+// comes back on its old build the verifier's FAILED halts the rollout,
+// which says so to the operator.
+func TestRolloutOverAdmin(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	dir := t.TempDir()
+	system := make([]byte, admin.UpdateChunkSize+7)
+	rand.Read(system)
+	active := []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev"), writeBuild(t, dir, "next", system)}
+	writeBuild(t, dir, "unlisted", system)
+	h.v.admin.SetUpdates(admin.Updates{Dir: dir, Manifests: func() []*attestation.Manifest { return active }})
+	node, asked, _ := updatingNode(t, "rig-1", 1)
+	stop := h.session(node)
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	if _, err := h.admin.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: "unlisted", Percent: 100}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("rollout of a build without a manifest: %v, want FailedPrecondition", err)
+	}
+	if _, err := h.admin.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: "next", NodeIds: []string{"rig-1"}, Percent: 100}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("rollout to a list and a share: %v, want InvalidArgument", err)
+	}
+	if _, err := h.admin.GetRollout(ctx, &apiv1.GetRolloutRequest{Build: "unlisted"}); status.Code(err) != codes.NotFound {
+		t.Errorf("a refused rollout exists: %v", err)
+	}
+	ro, err := h.admin.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: "next", Percent: 100})
+	if err != nil || len(ro.GetNodes()) != 1 || ro.GetState() != "running" {
+		t.Fatalf("StartRollout = %v, %v", ro, err)
+	}
+	select {
+	case m := <-asked:
+		if m.GetBuild() != "next" {
+			t.Fatalf("the node was asked for %v", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("the rollout never sent the node the update")
+	}
+	for deadline := time.Now().Add(time.Minute); ; {
+		ro, err = h.admin.GetRollout(ctx, &apiv1.GetRolloutRequest{Build: "next"})
+		if err == nil && ro.GetNodes()[0].GetState() == "rebooting" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollout did not see the node reboot: %v, %v", ro, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
+	}
+	// The node "reboots" onto its old build.
+	stop()
+	h.session(node)
+	for deadline := time.Now().Add(time.Minute); ; {
+		ro, err = h.admin.GetRollout(ctx, &apiv1.GetRolloutRequest{Build: "next"})
+		if err == nil && ro.GetState() == "halted" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the rollout did not halt after the node came back on its old build: %v, %v", ro, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling, bounded by the deadline
+	}
+	if n := ro.GetNodes()[0]; n.GetState() != "failed" || !strings.Contains(n.GetReason(), "came back on build dev, not next") {
+		t.Errorf("the node's part in the rollout: %v", n)
+	}
+	l, err := h.admin.ListRollouts(ctx, &apiv1.ListRolloutsRequest{})
+	if err != nil || len(l.GetRollouts()) != 1 || l.GetRollouts()[0].GetState() != "halted" {
+		t.Errorf("ListRollouts = %v, %v", l, err)
+	}
+	if _, err := h.admin.SetRollout(ctx, &apiv1.SetRolloutRequest{Build: "next", Resume: true}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("resuming past the failure share: %v, want FailedPrecondition", err)
 	}
 }

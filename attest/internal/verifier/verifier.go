@@ -24,6 +24,7 @@ import (
 
 	"github.com/rigos/rigos/attest/internal/admin"
 	"github.com/rigos/rigos/attest/internal/hub"
+	"github.com/rigos/rigos/attest/internal/rollout"
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/attest/internal/trust"
 	"github.com/rigos/rigos/pkg/api/apiv1"
@@ -87,6 +88,9 @@ type Options struct {
 	Nonces io.Reader
 	// EvidenceDir, if set, receives a full dump of every appraisal.
 	EvidenceDir string
+	// RolloutBootTimeout and RolloutTick tune rollouts (rollout.Options;
+	// defaults if 0).
+	RolloutBootTimeout, RolloutTick time.Duration
 }
 
 // Verifier implements the Attestation service and holds the verifier's
@@ -108,6 +112,7 @@ type Verifier struct {
 	// appraisal on a later stream tells whether the new build booted.
 	rebootingMu sync.Mutex
 	rebooting   map[string]rebootingInto
+	rollouts    *rollout.Runner
 }
 
 // New creates a Verifier. Nodes left trusted by a previous run are
@@ -156,6 +161,14 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		handshakes: make(chan struct{}, o.Policy.MaxHandshakes),
 	}
 	v.admin.SetUpdates(admin.Updates{Dir: o.UpdateDir, Manifests: o.Manifests})
+	v.rollouts, err = rollout.New(ctx, rollout.Options{
+		Store: o.Store, Update: v.admin.Update, Watch: h.WatchUpdate, Last: h.LastUpdate, Connected: h.Connected,
+		OnBuild: v.onBuild, BootTimeout: o.RolloutBootTimeout, Tick: o.RolloutTick, Now: o.Now, Logger: o.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	v.admin.SetRollouts(v.rollouts)
 	v.nextID.Store(uint64(o.Now().UnixNano()))
 	return v, nil
 }
@@ -170,9 +183,29 @@ func (v *Verifier) Subscribe() (<-chan *apiv1.StateChange, func()) { return v.hu
 // Sweep demotes trusted nodes whose trust has expired.
 func (v *Verifier) Sweep(ctx context.Context) error { return v.trust.Sweep(ctx) }
 
-// Run sweeps expired trust until ctx ends.
+// Run sweeps expired trust and runs the rollouts until ctx ends.
 func (v *Verifier) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		v.rollouts.Run(ctx)
+	}()
 	v.trust.Run(ctx, max(v.o.Policy.Deadline, 100*time.Millisecond))
+	<-done
+}
+
+// onBuild returns the build a node runs if it is trusted now: its latest
+// verdict's.
+func (v *Verifier) onBuild(ctx context.Context, node string) (string, error) {
+	n, err := v.o.Store.GetNode(ctx, node)
+	if err != nil || n.State != trust.Trusted {
+		return "", err
+	}
+	h, err := v.o.Store.History(ctx, node, 1)
+	if err != nil || len(h) == 0 {
+		return "", err
+	}
+	return h[0].Manifest, nil
 }
 
 // NextInterval draws the time to the next spot check.

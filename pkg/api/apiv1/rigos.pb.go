@@ -3268,6 +3268,477 @@ func (x *Refusal) GetReason() string {
 	return ""
 }
 
+type StartRolloutRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Build: as in UpdateRequest.
+	Build string `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	// NodeIds lists the nodes; percent instead picks that share of the
+	// fleet (the same nodes every time for a build: raising it adds nodes).
+	NodeIds []string `protobuf:"bytes,2,rep,name=node_ids,json=nodeIds,proto3" json:"node_ids,omitempty"`
+	Percent uint32   `protobuf:"varint,3,opt,name=percent,proto3" json:"percent,omitempty"`
+	// Parallel: how many nodes update at once (default 1).
+	Parallel uint32 `protobuf:"varint,4,opt,name=parallel,proto3" json:"parallel,omitempty"`
+	// MaxFailedPercent: the share of the rollout's nodes that may fail
+	// before it halts (default 0: the first failure halts it).
+	MaxFailedPercent *uint32 `protobuf:"varint,5,opt,name=max_failed_percent,json=maxFailedPercent,proto3,oneof" json:"max_failed_percent,omitempty"`
+	Force            bool    `protobuf:"varint,6,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *StartRolloutRequest) Reset() {
+	*x = StartRolloutRequest{}
+	mi := &file_rigos_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartRolloutRequest) ProtoMessage() {}
+
+func (x *StartRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartRolloutRequest.ProtoReflect.Descriptor instead.
+func (*StartRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *StartRolloutRequest) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *StartRolloutRequest) GetNodeIds() []string {
+	if x != nil {
+		return x.NodeIds
+	}
+	return nil
+}
+
+func (x *StartRolloutRequest) GetPercent() uint32 {
+	if x != nil {
+		return x.Percent
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetParallel() uint32 {
+	if x != nil {
+		return x.Parallel
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetMaxFailedPercent() uint32 {
+	if x != nil && x.MaxFailedPercent != nil {
+		return *x.MaxFailedPercent
+	}
+	return 0
+}
+
+func (x *StartRolloutRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type SetRolloutRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Build  string                 `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	Pause  bool                   `protobuf:"varint,2,opt,name=pause,proto3" json:"pause,omitempty"`
+	Resume bool                   `protobuf:"varint,3,opt,name=resume,proto3" json:"resume,omitempty"`
+	// RetryFailed, with resume: the failed nodes are tried again.
+	RetryFailed      bool    `protobuf:"varint,4,opt,name=retry_failed,json=retryFailed,proto3" json:"retry_failed,omitempty"`
+	MaxFailedPercent *uint32 `protobuf:"varint,5,opt,name=max_failed_percent,json=maxFailedPercent,proto3,oneof" json:"max_failed_percent,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SetRolloutRequest) Reset() {
+	*x = SetRolloutRequest{}
+	mi := &file_rigos_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRolloutRequest) ProtoMessage() {}
+
+func (x *SetRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRolloutRequest.ProtoReflect.Descriptor instead.
+func (*SetRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *SetRolloutRequest) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *SetRolloutRequest) GetPause() bool {
+	if x != nil {
+		return x.Pause
+	}
+	return false
+}
+
+func (x *SetRolloutRequest) GetResume() bool {
+	if x != nil {
+		return x.Resume
+	}
+	return false
+}
+
+func (x *SetRolloutRequest) GetRetryFailed() bool {
+	if x != nil {
+		return x.RetryFailed
+	}
+	return false
+}
+
+func (x *SetRolloutRequest) GetMaxFailedPercent() uint32 {
+	if x != nil && x.MaxFailedPercent != nil {
+		return *x.MaxFailedPercent
+	}
+	return 0
+}
+
+type GetRolloutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Build         string                 `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRolloutRequest) Reset() {
+	*x = GetRolloutRequest{}
+	mi := &file_rigos_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRolloutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRolloutRequest) ProtoMessage() {}
+
+func (x *GetRolloutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRolloutRequest.ProtoReflect.Descriptor instead.
+func (*GetRolloutRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *GetRolloutRequest) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+type ListRolloutsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsRequest) Reset() {
+	*x = ListRolloutsRequest{}
+	mi := &file_rigos_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsRequest) ProtoMessage() {}
+
+func (x *ListRolloutsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsRequest.ProtoReflect.Descriptor instead.
+func (*ListRolloutsRequest) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{36}
+}
+
+type ListRolloutsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rollouts      []*Rollout             `protobuf:"bytes,1,rep,name=rollouts,proto3" json:"rollouts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolloutsResponse) Reset() {
+	*x = ListRolloutsResponse{}
+	mi := &file_rigos_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolloutsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolloutsResponse) ProtoMessage() {}
+
+func (x *ListRolloutsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolloutsResponse.ProtoReflect.Descriptor instead.
+func (*ListRolloutsResponse) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ListRolloutsResponse) GetRollouts() []*Rollout {
+	if x != nil {
+		return x.Rollouts
+	}
+	return nil
+}
+
+// Rollout is a build's rollout and each node's progress in it.
+type Rollout struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Build string                 `protobuf:"bytes,1,opt,name=build,proto3" json:"build,omitempty"`
+	// State: running, paused, halted or done; reason says why.
+	State            string         `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Reason           string         `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Parallel         uint32         `protobuf:"varint,4,opt,name=parallel,proto3" json:"parallel,omitempty"`
+	MaxFailedPercent uint32         `protobuf:"varint,5,opt,name=max_failed_percent,json=maxFailedPercent,proto3" json:"max_failed_percent,omitempty"`
+	Force            bool           `protobuf:"varint,6,opt,name=force,proto3" json:"force,omitempty"`
+	CreatedUnixMs    int64          `protobuf:"varint,7,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
+	UpdatedUnixMs    int64          `protobuf:"varint,8,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
+	Nodes            []*RolloutNode `protobuf:"bytes,9,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_rigos_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *Rollout) GetBuild() string {
+	if x != nil {
+		return x.Build
+	}
+	return ""
+}
+
+func (x *Rollout) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Rollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rollout) GetParallel() uint32 {
+	if x != nil {
+		return x.Parallel
+	}
+	return 0
+}
+
+func (x *Rollout) GetMaxFailedPercent() uint32 {
+	if x != nil {
+		return x.MaxFailedPercent
+	}
+	return 0
+}
+
+func (x *Rollout) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *Rollout) GetCreatedUnixMs() int64 {
+	if x != nil {
+		return x.CreatedUnixMs
+	}
+	return 0
+}
+
+func (x *Rollout) GetUpdatedUnixMs() int64 {
+	if x != nil {
+		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
+func (x *Rollout) GetNodes() []*RolloutNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type RolloutNode struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// State: pending, updating, waiting (for workloads to end), rebooting,
+	// booted (trusted on the build, not yet committed), done or failed.
+	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	UpdatedUnixMs int64  `protobuf:"varint,4,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutNode) Reset() {
+	*x = RolloutNode{}
+	mi := &file_rigos_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutNode) ProtoMessage() {}
+
+func (x *RolloutNode) ProtoReflect() protoreflect.Message {
+	mi := &file_rigos_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutNode.ProtoReflect.Descriptor instead.
+func (*RolloutNode) Descriptor() ([]byte, []int) {
+	return file_rigos_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *RolloutNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RolloutNode) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *RolloutNode) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RolloutNode) GetUpdatedUnixMs() int64 {
+	if x != nil {
+		return x.UpdatedUnixMs
+	}
+	return 0
+}
+
 type UpdateRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -3282,7 +3753,7 @@ type UpdateRequest struct {
 
 func (x *UpdateRequest) Reset() {
 	*x = UpdateRequest{}
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3294,7 +3765,7 @@ func (x *UpdateRequest) String() string {
 func (*UpdateRequest) ProtoMessage() {}
 
 func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[33]
+	mi := &file_rigos_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3307,7 +3778,7 @@ func (x *UpdateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateRequest.ProtoReflect.Descriptor instead.
 func (*UpdateRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{33}
+	return file_rigos_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *UpdateRequest) GetNodeId() string {
@@ -3343,7 +3814,7 @@ type InstallRequest struct {
 
 func (x *InstallRequest) Reset() {
 	*x = InstallRequest{}
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3355,7 +3826,7 @@ func (x *InstallRequest) String() string {
 func (*InstallRequest) ProtoMessage() {}
 
 func (x *InstallRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[34]
+	mi := &file_rigos_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3368,7 +3839,7 @@ func (x *InstallRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InstallRequest.ProtoReflect.Descriptor instead.
 func (*InstallRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{34}
+	return file_rigos_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *InstallRequest) GetNodeId() string {
@@ -3404,7 +3875,7 @@ type RunWorkloadRequest struct {
 
 func (x *RunWorkloadRequest) Reset() {
 	*x = RunWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3416,7 +3887,7 @@ func (x *RunWorkloadRequest) String() string {
 func (*RunWorkloadRequest) ProtoMessage() {}
 
 func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[35]
+	mi := &file_rigos_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3429,7 +3900,7 @@ func (x *RunWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*RunWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{35}
+	return file_rigos_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RunWorkloadRequest) GetNodeId() string {
@@ -3466,7 +3937,7 @@ type WorkloadUpdate struct {
 
 func (x *WorkloadUpdate) Reset() {
 	*x = WorkloadUpdate{}
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3478,7 +3949,7 @@ func (x *WorkloadUpdate) String() string {
 func (*WorkloadUpdate) ProtoMessage() {}
 
 func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[36]
+	mi := &file_rigos_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3491,7 +3962,7 @@ func (x *WorkloadUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadUpdate.ProtoReflect.Descriptor instead.
 func (*WorkloadUpdate) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{36}
+	return file_rigos_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WorkloadUpdate) GetUpdate() isWorkloadUpdate_Update {
@@ -3546,7 +4017,7 @@ type StopWorkloadRequest struct {
 
 func (x *StopWorkloadRequest) Reset() {
 	*x = StopWorkloadRequest{}
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3558,7 +4029,7 @@ func (x *StopWorkloadRequest) String() string {
 func (*StopWorkloadRequest) ProtoMessage() {}
 
 func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[37]
+	mi := &file_rigos_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3571,7 +4042,7 @@ func (x *StopWorkloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopWorkloadRequest.ProtoReflect.Descriptor instead.
 func (*StopWorkloadRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{37}
+	return file_rigos_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StopWorkloadRequest) GetNodeId() string {
@@ -3603,7 +4074,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3615,7 +4086,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[38]
+	mi := &file_rigos_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3628,7 +4099,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{38}
+	return file_rigos_proto_rawDescGZIP(), []int{45}
 }
 
 type ListNodesResponse struct {
@@ -3640,7 +4111,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3652,7 +4123,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[39]
+	mi := &file_rigos_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3665,7 +4136,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{39}
+	return file_rigos_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -3685,7 +4156,7 @@ type GetNodeRequest struct {
 
 func (x *GetNodeRequest) Reset() {
 	*x = GetNodeRequest{}
-	mi := &file_rigos_proto_msgTypes[40]
+	mi := &file_rigos_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3697,7 +4168,7 @@ func (x *GetNodeRequest) String() string {
 func (*GetNodeRequest) ProtoMessage() {}
 
 func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[40]
+	mi := &file_rigos_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3710,7 +4181,7 @@ func (x *GetNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetNodeRequest.ProtoReflect.Descriptor instead.
 func (*GetNodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{40}
+	return file_rigos_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetNodeRequest) GetNodeId() string {
@@ -3736,7 +4207,7 @@ type NodeRequest struct {
 
 func (x *NodeRequest) Reset() {
 	*x = NodeRequest{}
-	mi := &file_rigos_proto_msgTypes[41]
+	mi := &file_rigos_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3748,7 +4219,7 @@ func (x *NodeRequest) String() string {
 func (*NodeRequest) ProtoMessage() {}
 
 func (x *NodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[41]
+	mi := &file_rigos_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3761,7 +4232,7 @@ func (x *NodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRequest.ProtoReflect.Descriptor instead.
 func (*NodeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{41}
+	return file_rigos_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *NodeRequest) GetNodeId() string {
@@ -3781,7 +4252,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_rigos_proto_msgTypes[42]
+	mi := &file_rigos_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3793,7 +4264,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[42]
+	mi := &file_rigos_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3806,7 +4277,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{42}
+	return file_rigos_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RevokeRequest) GetNodeId() string {
@@ -3831,7 +4302,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_rigos_proto_msgTypes[43]
+	mi := &file_rigos_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3843,7 +4314,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[43]
+	mi := &file_rigos_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3856,7 +4327,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{43}
+	return file_rigos_proto_rawDescGZIP(), []int{50}
 }
 
 type Node struct {
@@ -3878,7 +4349,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_rigos_proto_msgTypes[44]
+	mi := &file_rigos_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3890,7 +4361,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[44]
+	mi := &file_rigos_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3903,7 +4374,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{44}
+	return file_rigos_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *Node) GetNodeId() string {
@@ -4007,7 +4478,7 @@ type NodeDetail struct {
 
 func (x *NodeDetail) Reset() {
 	*x = NodeDetail{}
-	mi := &file_rigos_proto_msgTypes[45]
+	mi := &file_rigos_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4019,7 +4490,7 @@ func (x *NodeDetail) String() string {
 func (*NodeDetail) ProtoMessage() {}
 
 func (x *NodeDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[45]
+	mi := &file_rigos_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4032,7 +4503,7 @@ func (x *NodeDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeDetail.ProtoReflect.Descriptor instead.
 func (*NodeDetail) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{45}
+	return file_rigos_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *NodeDetail) GetNode() *Node {
@@ -4112,7 +4583,7 @@ type VerdictRecord struct {
 
 func (x *VerdictRecord) Reset() {
 	*x = VerdictRecord{}
-	mi := &file_rigos_proto_msgTypes[46]
+	mi := &file_rigos_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4124,7 +4595,7 @@ func (x *VerdictRecord) String() string {
 func (*VerdictRecord) ProtoMessage() {}
 
 func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[46]
+	mi := &file_rigos_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4137,7 +4608,7 @@ func (x *VerdictRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerdictRecord.ProtoReflect.Descriptor instead.
 func (*VerdictRecord) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{46}
+	return file_rigos_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *VerdictRecord) GetUnixMs() int64 {
@@ -4189,7 +4660,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_rigos_proto_msgTypes[47]
+	mi := &file_rigos_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4201,7 +4672,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_rigos_proto_msgTypes[47]
+	mi := &file_rigos_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4214,7 +4685,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_rigos_proto_rawDescGZIP(), []int{47}
+	return file_rigos_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *StateChange) GetNodeId() string {
@@ -4514,7 +4985,42 @@ const file_rigos_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"!\n" +
 	"\aRefusal\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"T\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xdc\x01\n" +
+	"\x13StartRolloutRequest\x12\x14\n" +
+	"\x05build\x18\x01 \x01(\tR\x05build\x12\x19\n" +
+	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\x12\x18\n" +
+	"\apercent\x18\x03 \x01(\rR\apercent\x12\x1a\n" +
+	"\bparallel\x18\x04 \x01(\rR\bparallel\x121\n" +
+	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01\x12\x14\n" +
+	"\x05force\x18\x06 \x01(\bR\x05forceB\x15\n" +
+	"\x13_max_failed_percent\"\xc4\x01\n" +
+	"\x11SetRolloutRequest\x12\x14\n" +
+	"\x05build\x18\x01 \x01(\tR\x05build\x12\x14\n" +
+	"\x05pause\x18\x02 \x01(\bR\x05pause\x12\x16\n" +
+	"\x06resume\x18\x03 \x01(\bR\x06resume\x12!\n" +
+	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed\x121\n" +
+	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01B\x15\n" +
+	"\x13_max_failed_percent\")\n" +
+	"\x11GetRolloutRequest\x12\x14\n" +
+	"\x05build\x18\x01 \x01(\tR\x05build\"\x15\n" +
+	"\x13ListRolloutsRequest\"I\n" +
+	"\x14ListRolloutsResponse\x121\n" +
+	"\brollouts\x18\x01 \x03(\v2\x15.rigos.api.v1.RolloutR\brollouts\"\xae\x02\n" +
+	"\aRollout\x12\x14\n" +
+	"\x05build\x18\x01 \x01(\tR\x05build\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1a\n" +
+	"\bparallel\x18\x04 \x01(\rR\bparallel\x12,\n" +
+	"\x12max_failed_percent\x18\x05 \x01(\rR\x10maxFailedPercent\x12\x14\n" +
+	"\x05force\x18\x06 \x01(\bR\x05force\x12&\n" +
+	"\x0fcreated_unix_ms\x18\a \x01(\x03R\rcreatedUnixMs\x12&\n" +
+	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\x12/\n" +
+	"\x05nodes\x18\t \x03(\v2\x19.rigos.api.v1.RolloutNodeR\x05nodes\"|\n" +
+	"\vRolloutNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12&\n" +
+	"\x0fupdated_unix_ms\x18\x04 \x01(\x03R\rupdatedUnixMs\"T\n" +
 	"\rUpdateRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05build\x18\x02 \x01(\tR\x05build\x12\x14\n" +
@@ -4626,7 +5132,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x0fTRUST_CLASS_DEV\x10\x01\x12\x18\n" +
 	"\x14TRUST_CLASS_HARDWARE\x10\x022W\n" +
 	"\vAttestation\x12H\n" +
-	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xfe\x04\n" +
+	"\aSession\x12\x1a.rigos.api.v1.AgentMessage\x1a\x1d.rigos.api.v1.VerifierMessage(\x010\x012\xab\a\n" +
 	"\x05Admin\x12L\n" +
 	"\tListNodes\x12\x1e.rigos.api.v1.ListNodesRequest\x1a\x1f.rigos.api.v1.ListNodesResponse\x12A\n" +
 	"\aGetNode\x12\x1c.rigos.api.v1.GetNodeRequest\x1a\x18.rigos.api.v1.NodeDetail\x12@\n" +
@@ -4636,7 +5142,13 @@ const file_rigos_proto_rawDesc = "" +
 	"\vRunWorkload\x12 .rigos.api.v1.RunWorkloadRequest\x1a\x1c.rigos.api.v1.WorkloadUpdate0\x01\x12N\n" +
 	"\fStopWorkload\x12!.rigos.api.v1.StopWorkloadRequest\x1a\x1b.rigos.api.v1.WorkloadEvent\x12C\n" +
 	"\aInstall\x12\x1c.rigos.api.v1.InstallRequest\x1a\x1a.rigos.api.v1.InstallEvent\x12@\n" +
-	"\x06Update\x12\x1b.rigos.api.v1.UpdateRequest\x1a\x19.rigos.api.v1.UpdateEventB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
+	"\x06Update\x12\x1b.rigos.api.v1.UpdateRequest\x1a\x19.rigos.api.v1.UpdateEvent\x12H\n" +
+	"\fStartRollout\x12!.rigos.api.v1.StartRolloutRequest\x1a\x15.rigos.api.v1.Rollout\x12D\n" +
+	"\n" +
+	"SetRollout\x12\x1f.rigos.api.v1.SetRolloutRequest\x1a\x15.rigos.api.v1.Rollout\x12D\n" +
+	"\n" +
+	"GetRollout\x12\x1f.rigos.api.v1.GetRolloutRequest\x1a\x15.rigos.api.v1.Rollout\x12U\n" +
+	"\fListRollouts\x12!.rigos.api.v1.ListRolloutsRequest\x1a\".rigos.api.v1.ListRolloutsResponseB,Z*github.com/rigos/rigos/pkg/api/apiv1;apiv1b\x06proto3"
 
 var (
 	file_rigos_proto_rawDescOnce sync.Once
@@ -4651,62 +5163,69 @@ func file_rigos_proto_rawDescGZIP() []byte {
 }
 
 var file_rigos_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_rigos_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_rigos_proto_goTypes = []any{
-	(UpdateState)(0),            // 0: rigos.api.v1.UpdateState
-	(InstallState)(0),           // 1: rigos.api.v1.InstallState
-	(UpdatePart)(0),             // 2: rigos.api.v1.UpdatePart
-	(WorkloadState)(0),          // 3: rigos.api.v1.WorkloadState
-	(NodeState)(0),              // 4: rigos.api.v1.NodeState
-	(TrustClass)(0),             // 5: rigos.api.v1.TrustClass
-	(*AgentMessage)(nil),        // 6: rigos.api.v1.AgentMessage
-	(*UpdateEvent)(nil),         // 7: rigos.api.v1.UpdateEvent
-	(*InstallEvent)(nil),        // 8: rigos.api.v1.InstallEvent
-	(*GPUReport)(nil),           // 9: rigos.api.v1.GPUReport
-	(*GPUBenchmark)(nil),        // 10: rigos.api.v1.GPUBenchmark
-	(*GPU)(nil),                 // 11: rigos.api.v1.GPU
-	(*Hello)(nil),               // 12: rigos.api.v1.Hello
-	(*HardwareInventory)(nil),   // 13: rigos.api.v1.HardwareInventory
-	(*HardwareIdentity)(nil),    // 14: rigos.api.v1.HardwareIdentity
-	(*HardwareBIOS)(nil),        // 15: rigos.api.v1.HardwareBIOS
-	(*HardwareProcessor)(nil),   // 16: rigos.api.v1.HardwareProcessor
-	(*AKParameters)(nil),        // 17: rigos.api.v1.AKParameters
-	(*ActivationProof)(nil),     // 18: rigos.api.v1.ActivationProof
-	(*Evidence)(nil),            // 19: rigos.api.v1.Evidence
-	(*PCRValue)(nil),            // 20: rigos.api.v1.PCRValue
-	(*VerifierMessage)(nil),     // 21: rigos.api.v1.VerifierMessage
-	(*Update)(nil),              // 22: rigos.api.v1.Update
-	(*UpdateChunk)(nil),         // 23: rigos.api.v1.UpdateChunk
-	(*Install)(nil),             // 24: rigos.api.v1.Install
-	(*ActivationChallenge)(nil), // 25: rigos.api.v1.ActivationChallenge
-	(*Enrolled)(nil),            // 26: rigos.api.v1.Enrolled
-	(*Challenge)(nil),           // 27: rigos.api.v1.Challenge
-	(*Verdict)(nil),             // 28: rigos.api.v1.Verdict
-	(*StartWorkload)(nil),       // 29: rigos.api.v1.StartWorkload
-	(*WorkloadSpec)(nil),        // 30: rigos.api.v1.WorkloadSpec
-	(*RegistryAuth)(nil),        // 31: rigos.api.v1.RegistryAuth
-	(*Resources)(nil),           // 32: rigos.api.v1.Resources
-	(*NetworkPolicy)(nil),       // 33: rigos.api.v1.NetworkPolicy
-	(*ImageChunk)(nil),          // 34: rigos.api.v1.ImageChunk
-	(*StopWorkload)(nil),        // 35: rigos.api.v1.StopWorkload
-	(*WorkloadEvent)(nil),       // 36: rigos.api.v1.WorkloadEvent
-	(*WorkloadLog)(nil),         // 37: rigos.api.v1.WorkloadLog
-	(*Refusal)(nil),             // 38: rigos.api.v1.Refusal
-	(*UpdateRequest)(nil),       // 39: rigos.api.v1.UpdateRequest
-	(*InstallRequest)(nil),      // 40: rigos.api.v1.InstallRequest
-	(*RunWorkloadRequest)(nil),  // 41: rigos.api.v1.RunWorkloadRequest
-	(*WorkloadUpdate)(nil),      // 42: rigos.api.v1.WorkloadUpdate
-	(*StopWorkloadRequest)(nil), // 43: rigos.api.v1.StopWorkloadRequest
-	(*ListNodesRequest)(nil),    // 44: rigos.api.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),   // 45: rigos.api.v1.ListNodesResponse
-	(*GetNodeRequest)(nil),      // 46: rigos.api.v1.GetNodeRequest
-	(*NodeRequest)(nil),         // 47: rigos.api.v1.NodeRequest
-	(*RevokeRequest)(nil),       // 48: rigos.api.v1.RevokeRequest
-	(*WatchRequest)(nil),        // 49: rigos.api.v1.WatchRequest
-	(*Node)(nil),                // 50: rigos.api.v1.Node
-	(*NodeDetail)(nil),          // 51: rigos.api.v1.NodeDetail
-	(*VerdictRecord)(nil),       // 52: rigos.api.v1.VerdictRecord
-	(*StateChange)(nil),         // 53: rigos.api.v1.StateChange
+	(UpdateState)(0),             // 0: rigos.api.v1.UpdateState
+	(InstallState)(0),            // 1: rigos.api.v1.InstallState
+	(UpdatePart)(0),              // 2: rigos.api.v1.UpdatePart
+	(WorkloadState)(0),           // 3: rigos.api.v1.WorkloadState
+	(NodeState)(0),               // 4: rigos.api.v1.NodeState
+	(TrustClass)(0),              // 5: rigos.api.v1.TrustClass
+	(*AgentMessage)(nil),         // 6: rigos.api.v1.AgentMessage
+	(*UpdateEvent)(nil),          // 7: rigos.api.v1.UpdateEvent
+	(*InstallEvent)(nil),         // 8: rigos.api.v1.InstallEvent
+	(*GPUReport)(nil),            // 9: rigos.api.v1.GPUReport
+	(*GPUBenchmark)(nil),         // 10: rigos.api.v1.GPUBenchmark
+	(*GPU)(nil),                  // 11: rigos.api.v1.GPU
+	(*Hello)(nil),                // 12: rigos.api.v1.Hello
+	(*HardwareInventory)(nil),    // 13: rigos.api.v1.HardwareInventory
+	(*HardwareIdentity)(nil),     // 14: rigos.api.v1.HardwareIdentity
+	(*HardwareBIOS)(nil),         // 15: rigos.api.v1.HardwareBIOS
+	(*HardwareProcessor)(nil),    // 16: rigos.api.v1.HardwareProcessor
+	(*AKParameters)(nil),         // 17: rigos.api.v1.AKParameters
+	(*ActivationProof)(nil),      // 18: rigos.api.v1.ActivationProof
+	(*Evidence)(nil),             // 19: rigos.api.v1.Evidence
+	(*PCRValue)(nil),             // 20: rigos.api.v1.PCRValue
+	(*VerifierMessage)(nil),      // 21: rigos.api.v1.VerifierMessage
+	(*Update)(nil),               // 22: rigos.api.v1.Update
+	(*UpdateChunk)(nil),          // 23: rigos.api.v1.UpdateChunk
+	(*Install)(nil),              // 24: rigos.api.v1.Install
+	(*ActivationChallenge)(nil),  // 25: rigos.api.v1.ActivationChallenge
+	(*Enrolled)(nil),             // 26: rigos.api.v1.Enrolled
+	(*Challenge)(nil),            // 27: rigos.api.v1.Challenge
+	(*Verdict)(nil),              // 28: rigos.api.v1.Verdict
+	(*StartWorkload)(nil),        // 29: rigos.api.v1.StartWorkload
+	(*WorkloadSpec)(nil),         // 30: rigos.api.v1.WorkloadSpec
+	(*RegistryAuth)(nil),         // 31: rigos.api.v1.RegistryAuth
+	(*Resources)(nil),            // 32: rigos.api.v1.Resources
+	(*NetworkPolicy)(nil),        // 33: rigos.api.v1.NetworkPolicy
+	(*ImageChunk)(nil),           // 34: rigos.api.v1.ImageChunk
+	(*StopWorkload)(nil),         // 35: rigos.api.v1.StopWorkload
+	(*WorkloadEvent)(nil),        // 36: rigos.api.v1.WorkloadEvent
+	(*WorkloadLog)(nil),          // 37: rigos.api.v1.WorkloadLog
+	(*Refusal)(nil),              // 38: rigos.api.v1.Refusal
+	(*StartRolloutRequest)(nil),  // 39: rigos.api.v1.StartRolloutRequest
+	(*SetRolloutRequest)(nil),    // 40: rigos.api.v1.SetRolloutRequest
+	(*GetRolloutRequest)(nil),    // 41: rigos.api.v1.GetRolloutRequest
+	(*ListRolloutsRequest)(nil),  // 42: rigos.api.v1.ListRolloutsRequest
+	(*ListRolloutsResponse)(nil), // 43: rigos.api.v1.ListRolloutsResponse
+	(*Rollout)(nil),              // 44: rigos.api.v1.Rollout
+	(*RolloutNode)(nil),          // 45: rigos.api.v1.RolloutNode
+	(*UpdateRequest)(nil),        // 46: rigos.api.v1.UpdateRequest
+	(*InstallRequest)(nil),       // 47: rigos.api.v1.InstallRequest
+	(*RunWorkloadRequest)(nil),   // 48: rigos.api.v1.RunWorkloadRequest
+	(*WorkloadUpdate)(nil),       // 49: rigos.api.v1.WorkloadUpdate
+	(*StopWorkloadRequest)(nil),  // 50: rigos.api.v1.StopWorkloadRequest
+	(*ListNodesRequest)(nil),     // 51: rigos.api.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),    // 52: rigos.api.v1.ListNodesResponse
+	(*GetNodeRequest)(nil),       // 53: rigos.api.v1.GetNodeRequest
+	(*NodeRequest)(nil),          // 54: rigos.api.v1.NodeRequest
+	(*RevokeRequest)(nil),        // 55: rigos.api.v1.RevokeRequest
+	(*WatchRequest)(nil),         // 56: rigos.api.v1.WatchRequest
+	(*Node)(nil),                 // 57: rigos.api.v1.Node
+	(*NodeDetail)(nil),           // 58: rigos.api.v1.NodeDetail
+	(*VerdictRecord)(nil),        // 59: rigos.api.v1.VerdictRecord
+	(*StateChange)(nil),          // 60: rigos.api.v1.StateChange
 }
 var file_rigos_proto_depIdxs = []int32{
 	12, // 0: rigos.api.v1.AgentMessage.hello:type_name -> rigos.api.v1.Hello
@@ -4747,47 +5266,57 @@ var file_rigos_proto_depIdxs = []int32{
 	32, // 35: rigos.api.v1.WorkloadSpec.resources:type_name -> rigos.api.v1.Resources
 	33, // 36: rigos.api.v1.WorkloadSpec.network:type_name -> rigos.api.v1.NetworkPolicy
 	3,  // 37: rigos.api.v1.WorkloadEvent.state:type_name -> rigos.api.v1.WorkloadState
-	30, // 38: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
-	36, // 39: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
-	37, // 40: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
-	50, // 41: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
-	4,  // 42: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
-	5,  // 43: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
-	50, // 44: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
-	52, // 45: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
-	36, // 46: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
-	9,  // 47: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
-	13, // 48: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
-	8,  // 49: rigos.api.v1.NodeDetail.install:type_name -> rigos.api.v1.InstallEvent
-	7,  // 50: rigos.api.v1.NodeDetail.update:type_name -> rigos.api.v1.UpdateEvent
-	4,  // 51: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
-	4,  // 52: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
-	4,  // 53: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
-	6,  // 54: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
-	44, // 55: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
-	46, // 56: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
-	49, // 57: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
-	47, // 58: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
-	48, // 59: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
-	41, // 60: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
-	43, // 61: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
-	40, // 62: rigos.api.v1.Admin.Install:input_type -> rigos.api.v1.InstallRequest
-	39, // 63: rigos.api.v1.Admin.Update:input_type -> rigos.api.v1.UpdateRequest
-	21, // 64: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
-	45, // 65: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
-	51, // 66: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
-	53, // 67: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
-	50, // 68: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
-	50, // 69: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
-	42, // 70: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
-	36, // 71: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
-	8,  // 72: rigos.api.v1.Admin.Install:output_type -> rigos.api.v1.InstallEvent
-	7,  // 73: rigos.api.v1.Admin.Update:output_type -> rigos.api.v1.UpdateEvent
-	64, // [64:74] is the sub-list for method output_type
-	54, // [54:64] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	44, // 38: rigos.api.v1.ListRolloutsResponse.rollouts:type_name -> rigos.api.v1.Rollout
+	45, // 39: rigos.api.v1.Rollout.nodes:type_name -> rigos.api.v1.RolloutNode
+	30, // 40: rigos.api.v1.RunWorkloadRequest.spec:type_name -> rigos.api.v1.WorkloadSpec
+	36, // 41: rigos.api.v1.WorkloadUpdate.event:type_name -> rigos.api.v1.WorkloadEvent
+	37, // 42: rigos.api.v1.WorkloadUpdate.log:type_name -> rigos.api.v1.WorkloadLog
+	57, // 43: rigos.api.v1.ListNodesResponse.nodes:type_name -> rigos.api.v1.Node
+	4,  // 44: rigos.api.v1.Node.state:type_name -> rigos.api.v1.NodeState
+	5,  // 45: rigos.api.v1.Node.trust_class:type_name -> rigos.api.v1.TrustClass
+	57, // 46: rigos.api.v1.NodeDetail.node:type_name -> rigos.api.v1.Node
+	59, // 47: rigos.api.v1.NodeDetail.history:type_name -> rigos.api.v1.VerdictRecord
+	36, // 48: rigos.api.v1.NodeDetail.workloads:type_name -> rigos.api.v1.WorkloadEvent
+	9,  // 49: rigos.api.v1.NodeDetail.gpus:type_name -> rigos.api.v1.GPUReport
+	13, // 50: rigos.api.v1.NodeDetail.hardware:type_name -> rigos.api.v1.HardwareInventory
+	8,  // 51: rigos.api.v1.NodeDetail.install:type_name -> rigos.api.v1.InstallEvent
+	7,  // 52: rigos.api.v1.NodeDetail.update:type_name -> rigos.api.v1.UpdateEvent
+	4,  // 53: rigos.api.v1.VerdictRecord.state:type_name -> rigos.api.v1.NodeState
+	4,  // 54: rigos.api.v1.StateChange.from:type_name -> rigos.api.v1.NodeState
+	4,  // 55: rigos.api.v1.StateChange.to:type_name -> rigos.api.v1.NodeState
+	6,  // 56: rigos.api.v1.Attestation.Session:input_type -> rigos.api.v1.AgentMessage
+	51, // 57: rigos.api.v1.Admin.ListNodes:input_type -> rigos.api.v1.ListNodesRequest
+	53, // 58: rigos.api.v1.Admin.GetNode:input_type -> rigos.api.v1.GetNodeRequest
+	56, // 59: rigos.api.v1.Admin.Watch:input_type -> rigos.api.v1.WatchRequest
+	54, // 60: rigos.api.v1.Admin.AcceptFirmware:input_type -> rigos.api.v1.NodeRequest
+	55, // 61: rigos.api.v1.Admin.Revoke:input_type -> rigos.api.v1.RevokeRequest
+	48, // 62: rigos.api.v1.Admin.RunWorkload:input_type -> rigos.api.v1.RunWorkloadRequest
+	50, // 63: rigos.api.v1.Admin.StopWorkload:input_type -> rigos.api.v1.StopWorkloadRequest
+	47, // 64: rigos.api.v1.Admin.Install:input_type -> rigos.api.v1.InstallRequest
+	46, // 65: rigos.api.v1.Admin.Update:input_type -> rigos.api.v1.UpdateRequest
+	39, // 66: rigos.api.v1.Admin.StartRollout:input_type -> rigos.api.v1.StartRolloutRequest
+	40, // 67: rigos.api.v1.Admin.SetRollout:input_type -> rigos.api.v1.SetRolloutRequest
+	41, // 68: rigos.api.v1.Admin.GetRollout:input_type -> rigos.api.v1.GetRolloutRequest
+	42, // 69: rigos.api.v1.Admin.ListRollouts:input_type -> rigos.api.v1.ListRolloutsRequest
+	21, // 70: rigos.api.v1.Attestation.Session:output_type -> rigos.api.v1.VerifierMessage
+	52, // 71: rigos.api.v1.Admin.ListNodes:output_type -> rigos.api.v1.ListNodesResponse
+	58, // 72: rigos.api.v1.Admin.GetNode:output_type -> rigos.api.v1.NodeDetail
+	60, // 73: rigos.api.v1.Admin.Watch:output_type -> rigos.api.v1.StateChange
+	57, // 74: rigos.api.v1.Admin.AcceptFirmware:output_type -> rigos.api.v1.Node
+	57, // 75: rigos.api.v1.Admin.Revoke:output_type -> rigos.api.v1.Node
+	49, // 76: rigos.api.v1.Admin.RunWorkload:output_type -> rigos.api.v1.WorkloadUpdate
+	36, // 77: rigos.api.v1.Admin.StopWorkload:output_type -> rigos.api.v1.WorkloadEvent
+	8,  // 78: rigos.api.v1.Admin.Install:output_type -> rigos.api.v1.InstallEvent
+	7,  // 79: rigos.api.v1.Admin.Update:output_type -> rigos.api.v1.UpdateEvent
+	44, // 80: rigos.api.v1.Admin.StartRollout:output_type -> rigos.api.v1.Rollout
+	44, // 81: rigos.api.v1.Admin.SetRollout:output_type -> rigos.api.v1.Rollout
+	44, // 82: rigos.api.v1.Admin.GetRollout:output_type -> rigos.api.v1.Rollout
+	43, // 83: rigos.api.v1.Admin.ListRollouts:output_type -> rigos.api.v1.ListRolloutsResponse
+	70, // [70:84] is the sub-list for method output_type
+	56, // [56:70] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_rigos_proto_init() }
@@ -4818,7 +5347,9 @@ func file_rigos_proto_init() {
 		(*VerifierMessage_Update)(nil),
 		(*VerifierMessage_UpdateChunk)(nil),
 	}
-	file_rigos_proto_msgTypes[36].OneofWrappers = []any{
+	file_rigos_proto_msgTypes[33].OneofWrappers = []any{}
+	file_rigos_proto_msgTypes[34].OneofWrappers = []any{}
+	file_rigos_proto_msgTypes[43].OneofWrappers = []any{
 		(*WorkloadUpdate_Event)(nil),
 		(*WorkloadUpdate_Log)(nil),
 	}
@@ -4828,7 +5359,7 @@ func file_rigos_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_rigos_proto_rawDesc), len(file_rigos_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   48,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -135,6 +135,10 @@ const (
 	Admin_StopWorkload_FullMethodName   = "/rigos.api.v1.Admin/StopWorkload"
 	Admin_Install_FullMethodName        = "/rigos.api.v1.Admin/Install"
 	Admin_Update_FullMethodName         = "/rigos.api.v1.Admin/Update"
+	Admin_StartRollout_FullMethodName   = "/rigos.api.v1.Admin/StartRollout"
+	Admin_SetRollout_FullMethodName     = "/rigos.api.v1.Admin/SetRollout"
+	Admin_GetRollout_FullMethodName     = "/rigos.api.v1.Admin/GetRollout"
+	Admin_ListRollouts_FullMethodName   = "/rigos.api.v1.Admin/ListRollouts"
 )
 
 // AdminClient is the client API for Admin service.
@@ -165,6 +169,15 @@ type AdminClient interface {
 	// once; it returns the node's last event: WAITING, REBOOTING or
 	// FAILED.
 	Update(ctx context.Context, in *UpdateRequest, opts ...grpc.CallOption) (*UpdateEvent, error)
+	// StartRollout begins a build's rollout to a list or a share of the
+	// nodes, or adds nodes to it; the verifier runs it in the background,
+	// Parallel nodes at a time, and halts it once more nodes fail than it
+	// allows.
+	StartRollout(ctx context.Context, in *StartRolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
+	// SetRollout pauses or resumes a rollout.
+	SetRollout(ctx context.Context, in *SetRolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
+	GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*Rollout, error)
+	ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error)
 }
 
 type adminClient struct {
@@ -283,6 +296,46 @@ func (c *adminClient) Update(ctx context.Context, in *UpdateRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) StartRollout(ctx context.Context, in *StartRolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, Admin_StartRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) SetRollout(ctx context.Context, in *SetRolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, Admin_SetRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) GetRollout(ctx context.Context, in *GetRolloutRequest, opts ...grpc.CallOption) (*Rollout, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Rollout)
+	err := c.cc.Invoke(ctx, Admin_GetRollout_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListRollouts(ctx context.Context, in *ListRolloutsRequest, opts ...grpc.CallOption) (*ListRolloutsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListRolloutsResponse)
+	err := c.cc.Invoke(ctx, Admin_ListRollouts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -311,6 +364,15 @@ type AdminServer interface {
 	// once; it returns the node's last event: WAITING, REBOOTING or
 	// FAILED.
 	Update(context.Context, *UpdateRequest) (*UpdateEvent, error)
+	// StartRollout begins a build's rollout to a list or a share of the
+	// nodes, or adds nodes to it; the verifier runs it in the background,
+	// Parallel nodes at a time, and halts it once more nodes fail than it
+	// allows.
+	StartRollout(context.Context, *StartRolloutRequest) (*Rollout, error)
+	// SetRollout pauses or resumes a rollout.
+	SetRollout(context.Context, *SetRolloutRequest) (*Rollout, error)
+	GetRollout(context.Context, *GetRolloutRequest) (*Rollout, error)
+	ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -347,6 +409,18 @@ func (UnimplementedAdminServer) Install(context.Context, *InstallRequest) (*Inst
 }
 func (UnimplementedAdminServer) Update(context.Context, *UpdateRequest) (*UpdateEvent, error) {
 	return nil, status.Error(codes.Unimplemented, "method Update not implemented")
+}
+func (UnimplementedAdminServer) StartRollout(context.Context, *StartRolloutRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartRollout not implemented")
+}
+func (UnimplementedAdminServer) SetRollout(context.Context, *SetRolloutRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetRollout not implemented")
+}
+func (UnimplementedAdminServer) GetRollout(context.Context, *GetRolloutRequest) (*Rollout, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRollout not implemented")
+}
+func (UnimplementedAdminServer) ListRollouts(context.Context, *ListRolloutsRequest) (*ListRolloutsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListRollouts not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -517,6 +591,78 @@ func _Admin_Update_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_StartRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).StartRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_StartRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).StartRollout(ctx, req.(*StartRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_SetRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SetRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SetRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SetRollout(ctx, req.(*SetRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_GetRollout_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRolloutRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).GetRollout(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_GetRollout_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).GetRollout(ctx, req.(*GetRolloutRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListRollouts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListRolloutsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListRollouts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListRollouts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListRollouts(ctx, req.(*ListRolloutsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -551,6 +697,22 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Update",
 			Handler:    _Admin_Update_Handler,
+		},
+		{
+			MethodName: "StartRollout",
+			Handler:    _Admin_StartRollout_Handler,
+		},
+		{
+			MethodName: "SetRollout",
+			Handler:    _Admin_SetRollout_Handler,
+		},
+		{
+			MethodName: "GetRollout",
+			Handler:    _Admin_GetRollout_Handler,
+		},
+		{
+			MethodName: "ListRollouts",
+			Handler:    _Admin_ListRollouts_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
