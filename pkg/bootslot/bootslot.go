@@ -9,6 +9,7 @@ package bootslot
 import (
 	"errors"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/rigos/rigos/pkg/efiboot"
@@ -23,7 +24,11 @@ type Trial struct {
 }
 
 // Detect reports whether this boot is a trial of slot: BootCurrent is
-// RigOS's entry for slot's UKI, and BootOrder does not start with it.
+// RigOS's entry for slot's UKI, and it is not the first of RigOS's slot
+// entries in BootOrder. Entries that are not RigOS's slot entries are
+// passed over: firmware may put its own (a network boot, a vendor's
+// recovery, the stick) ahead of them at any time, and that does not make
+// a committed slot a trial again.
 // nil means a committed boot, one from an entry RigOS did not write (the
 // stick's removable-media path, a firmware default), or a firmware
 // without boot variables.
@@ -43,7 +48,7 @@ func Detect(efiVars string, slot layout.Slot) (*Trial, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !strings.EqualFold(opt.Path, `\`+strings.ReplaceAll(layout.SlotUKI(slot), "/", `\`)) {
+	if !isSlotUKI(opt.Path, slot) {
 		return nil, nil
 	}
 	committed, err := firstInOrder(v, cur)
@@ -58,10 +63,27 @@ func (t *Trial) Committed(efiVars string) (bool, error) {
 	return firstInOrder(efiboot.Vars{Dir: efiVars}, t.Entry)
 }
 
+// firstInOrder reports whether entry n is the first of RigOS's slot
+// entries in BootOrder; entries that are not (or cannot be read) are
+// passed over.
 func firstInOrder(v efiboot.Vars, n uint16) (bool, error) {
 	order, err := v.BootOrder()
 	if err != nil {
 		return false, err
 	}
-	return len(order) > 0 && order[0] == n, nil
+	for _, e := range order {
+		opt, err := v.Entry(e)
+		if err != nil {
+			continue
+		}
+		if slices.ContainsFunc(layout.Slots(), func(s layout.Slot) bool { return isSlotUKI(opt.Path, s) }) {
+			return e == n, nil
+		}
+	}
+	return false, nil
+}
+
+// isSlotUKI reports whether a load option's file path is slot's UKI.
+func isSlotUKI(path string, slot layout.Slot) bool {
+	return strings.EqualFold(path, `\`+strings.ReplaceAll(layout.SlotUKI(slot), "/", `\`))
 }

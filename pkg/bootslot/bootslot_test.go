@@ -26,6 +26,27 @@ func TestDetect(t *testing.T) {
 	if tr, err := Detect(dir, layout.SlotB); err != nil || tr != nil {
 		t.Errorf("Detect after the commit = %+v, %v; want no trial", tr, err)
 	}
+	// The firmware puts an entry of its own first: the committed slot is
+	// still committed, and a trial still a trial.
+	v := efiboot.Vars{Dir: dir, Unlock: func(string) error { return nil }}
+	other := bootslottest.Option(layout.SlotB)
+	other.Description, other.Path = "Windows Boot Manager", `\EFI\Microsoft\Boot\bootmgfw.efi`
+	n, err := v.Add(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.SetBootOrder([]uint16{n, 9, 1, 0}); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err := Detect(dir, layout.SlotB); err != nil || tr != nil {
+		t.Errorf("Detect after the commit, a firmware entry first = %+v, %v; want no trial", tr, err)
+	}
+	if err := v.SetBootOrder([]uint16{n, 0, 1}); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err := Detect(dir, layout.SlotB); err != nil || tr == nil {
+		t.Errorf("Detect of a trial, a firmware entry first = %+v, %v; want the trial", tr, err)
+	}
 	for name, tc := range map[string]struct {
 		current uint16
 		slot    layout.Slot
