@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -268,6 +269,15 @@ func (v *Verifier) admit(ctx context.Context, id string, c claimed) (*store.Node
 	return v.trust.NewAK(ctx, id, c.ak.Public)
 }
 
+// NodeEventRate and NodeEventBurst bound the install and update events
+// one node's stream may send: far above what an agent sends (progress
+// every 5 seconds, a few state changes), far below what would flood the
+// verifier's log.
+const (
+	NodeEventRate  = 2
+	NodeEventBurst = 20
+)
+
 // rounds challenges the node: at once, then at random intervals. Each
 // challenge has a single-use nonce and a deadline.
 func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionServer, in *inbox, id string, s *hub.Conn) error {
@@ -275,6 +285,11 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 		cs       challenges
 		next     = time.NewTimer(0)
 		deadline = time.NewTimer(time.Hour)
+		// events bounds the install and update events the node sends,
+		// each of which is logged; dropped counts those over the bound
+		// since the last one let through.
+		events  = rate.NewLimiter(NodeEventRate, NodeEventBurst)
+		dropped int
 	)
 	deadline.Stop()
 	defer next.Stop()
@@ -311,6 +326,16 @@ func (v *Verifier) rounds(ctx context.Context, stream apiv1.Attestation_SessionS
 				return err
 			}
 		case m := <-in.recv:
+			if m.GetInstallEvent() != nil || m.GetUpdateEvent() != nil {
+				if !events.Allow() {
+					if dropped++; dropped == 1 {
+						v.o.Logger.Warn("install and update events dropped: the node sends more than the verifier takes", "node", id,
+							"per_second", NodeEventRate, "burst", NodeEventBurst)
+					}
+					continue
+				}
+				dropped = 0
+			}
 			if e := m.GetInstallEvent(); e != nil {
 				v.installEvent(id, e)
 				continue

@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -292,4 +294,60 @@ func TestRolloutOverAdmin(t *testing.T) {
 	if _, err := h.admin.SetRollout(ctx, &apiv1.SetRolloutRequest{Build: "next", Resume: true}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("resuming past the failure share: %v, want FailedPrecondition", err)
 	}
+}
+
+// countLogs counts the records a logger writes, by message.
+type countLogs struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *countLogs) Enabled(context.Context, slog.Level) bool { return true }
+func (c *countLogs) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[r.Message]++
+	return nil
+}
+func (c *countLogs) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *countLogs) WithGroup(string) slog.Handler      { return c }
+
+func (c *countLogs) count(msg string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[msg]
+}
+
+// A node that floods the verifier with update events gets a few through
+// (each is logged); the rest are dropped with one warning, and the
+// stream stays up.
+func TestUpdateEventsBounded(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	logs := &countLogs{n: map[string]int{}}
+	h.v.o.Logger = slog.New(logs) // before the node's session reads it
+	n := bootNode(t, 1, devboot.Default())
+	out := session.NewOutbox(nil)
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out})
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	const flood, marker = 500, 1 << 40
+	send := func(b int64) {
+		out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_RECEIVING, Bytes: b}}})
+	}
+	for i := range flood {
+		send(int64(i))
+	}
+	// The marker is taken once the bucket refills; everything before it
+	// has been handled then.
+	for deadline := time.Now().Add(time.Minute); h.v.hub.LastUpdate("rig-1").GetBytes() != marker; {
+		if time.Now().After(deadline) {
+			t.Fatal("the verifier took no update event after the flood")
+		}
+		send(marker)
+		time.Sleep(200 * time.Millisecond) // the bucket's refill, bounded by the deadline
+	}
+	taken := logs.count("update") - 1
+	if taken > 100 || logs.count("install and update events dropped: the node sends more than the verifier takes") < 1 {
+		t.Errorf("%d of %d flooded update events were taken and logged, want at most about %d, and a warning", taken, flood, NodeEventBurst)
+	}
+	t.Logf("%d of %d flooded update events taken", taken, flood)
 }
