@@ -50,8 +50,11 @@ func (s *Server) StartRollout(ctx context.Context, r *apiv1.StartRolloutRequest)
 	if r.MaxFailedPercent != nil {
 		maxFailed = int(min(r.GetMaxFailedPercent(), 101))
 	}
+	if len(r.GetNodeIds()) > rollout.MaxNodes {
+		return nil, status.Errorf(codes.InvalidArgument, "%d nodes listed, at most %d", len(r.GetNodeIds()), rollout.MaxNodes)
+	}
 	ro, err := run.Start(ctx, rollout.Plan{Build: r.GetBuild(), Nodes: r.GetNodeIds(), Percent: int(min(r.GetPercent(), 101)),
-		Parallel: int(min(r.GetParallel(), 1<<16)), MaxFailedPercent: maxFailed, Force: r.GetForce()})
+		Parallel: int(min(r.GetParallel(), 1<<16)), MaxFailedPercent: maxFailed, Force: r.Force})
 	if err != nil {
 		return nil, rolloutErr(err)
 	}

@@ -171,8 +171,11 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 		}
 	}
 	e, err := next(true)
-	if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_RECEIVING {
+	if err != nil || e.GetState() == apiv1.UpdateState_UPDATE_STATE_FAILED {
 		return e, err
+	}
+	if e.GetState() != apiv1.UpdateState_UPDATE_STATE_RECEIVING {
+		return nil, status.Errorf(codes.Internal, "node %s answered the update with %s, not RECEIVING or FAILED", r.GetNodeId(), e.GetState())
 	}
 	slot, err := layout.ParseSlot(e.GetSlot())
 	if err != nil {

@@ -56,10 +56,21 @@ func rolloutCmd(fs *flag.FlagSet, args []string) error {
 	case *nodes != "" || *percent > 0:
 		var ids []string
 		if *nodes != "" {
-			ids = strings.Split(*nodes, ",")
+			for _, id := range strings.Split(*nodes, ",") {
+				if id = strings.TrimSpace(id); id == "" {
+					return fmt.Errorf("rollout: -nodes %q has an empty entry: give node IDs separated by commas", *nodes)
+				}
+				ids = append(ids, id)
+			}
 		}
+		var forceP *bool
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "force" {
+				forceP = force
+			}
+		})
 		ro, err = c.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: *build, NodeIds: ids, Percent: uint32(min(*percent, 101)),
-			Parallel: uint32(min(*parallel, 1<<16)), MaxFailedPercent: maxP, Force: *force})
+			Parallel: uint32(min(*parallel, 1<<16)), MaxFailedPercent: maxP, Force: forceP})
 	default:
 		ro, err = c.GetRollout(ctx, &apiv1.GetRolloutRequest{Build: *build})
 	}

@@ -83,6 +83,7 @@ type Hub struct {
 	installs  nodeEvents[*apiv1.InstallEvent]
 	updates   nodeEvents[*apiv1.UpdateEvent]
 	issued    map[string]string // node → its latest update's request ID
+	booted    map[string]string // node → the request ID of its latest update the verifier found BOOTED
 	// sent counts, per node and workload sent to it, the events the node
 	// reported: only those workloads' events are taken, and only so many.
 	sent map[string]map[string]int

@@ -111,3 +111,24 @@ func (h *Hub) IssuedUpdate(node, id string) bool {
 	defer h.mu.Unlock()
 	return id != "" && h.issued[node] == id
 }
+
+// MarkBooted records that the verifier found node trusted on the build
+// of its update with request ID id (BOOTED); Booted returns the latest
+// such ID. Only the verifier's own appraisal calls it, never a node's
+// message.
+func (h *Hub) MarkBooted(node, id string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.booted == nil {
+		h.booted = map[string]string{}
+	}
+	h.booted[node] = id
+}
+
+// Booted returns the request ID of node's latest update the verifier
+// found BOOTED, or "".
+func (h *Hub) Booted(node string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.booted[node]
+}

@@ -54,7 +54,10 @@ var (
 // Defaults.
 const (
 	DefaultBootTimeout = 30 * time.Minute
+	DefaultWaitTimeout = 24 * time.Hour
 	DefaultTick        = 10 * time.Second
+	// MaxNodes bounds a rollout's list of nodes.
+	MaxNodes = 100000
 )
 
 // Options are a Runner's parts.
@@ -67,6 +70,9 @@ type Options struct {
 	// latest one (or nil).
 	Watch func(node string) (<-chan *apiv1.UpdateEvent, func())
 	Last  func(node string) *apiv1.UpdateEvent
+	// Booted returns the request ID of the node's latest update the
+	// verifier itself found trusted on its build (BOOTED), or "".
+	Booted func(node string) string
 	// Connected reports whether a node has a stream now.
 	Connected func(node string) bool
 	// OnBuild returns the build a node runs, trusted ("" if it is not
@@ -76,6 +82,9 @@ type Options struct {
 	// its commit (DefaultBootTimeout if 0). It must exceed the nodes'
 	// trial timeout, after which they fall back by themselves.
 	BootTimeout time.Duration
+	// WaitTimeout bounds how long a node may wait for its workloads to
+	// end before it reboots (DefaultWaitTimeout if 0).
+	WaitTimeout time.Duration
 	// Tick is how often pending nodes are looked at again when nothing
 	// else happens (DefaultTick if 0).
 	Tick   time.Duration
@@ -90,18 +99,26 @@ type Runner struct {
 
 	mu       sync.Mutex
 	rollouts map[string]*store.Rollout
-	wg       sync.WaitGroup
+	// recheck are the nodes New found with their update and no one
+	// following it, by build and node.
+	recheck map[[2]string]bool
+	wg      sync.WaitGroup
 }
 
-// New loads the rollouts from the store. A node that was in flight when
-// the verifier stopped is pending again: its update is tried anew, and a
-// node that meanwhile runs the build trusted counts as done.
+// New loads the rollouts from the store. A node that was being sent its
+// update when the verifier stopped is pending again: its update is tried
+// anew (a node that meanwhile runs the build trusted counts as done). A
+// node that had its update (waiting for workloads, rebooting, booted) is
+// followed (recheck).
 func New(ctx context.Context, o Options) (*Runner, error) {
-	if o.Store == nil || o.Update == nil || o.Watch == nil || o.Last == nil || o.Connected == nil || o.OnBuild == nil {
-		return nil, errors.New("rollout: Options needs Store, Update, Watch, Last, Connected and OnBuild")
+	if o.Store == nil || o.Update == nil || o.Watch == nil || o.Last == nil || o.Booted == nil || o.Connected == nil || o.OnBuild == nil {
+		return nil, errors.New("rollout: Options needs Store, Update, Watch, Last, Booted, Connected and OnBuild")
 	}
 	if o.BootTimeout == 0 {
 		o.BootTimeout = DefaultBootTimeout
+	}
+	if o.WaitTimeout == 0 {
+		o.WaitTimeout = DefaultWaitTimeout
 	}
 	if o.Tick == 0 {
 		o.Tick = DefaultTick
@@ -116,16 +133,23 @@ func New(ctx context.Context, o Options) (*Runner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading rollouts: %w", err)
 	}
-	r := &Runner{o: o, kick: make(chan struct{}, 1), rollouts: map[string]*store.Rollout{}}
+	r := &Runner{o: o, kick: make(chan struct{}, 1), rollouts: map[string]*store.Rollout{}, recheck: map[[2]string]bool{}}
 	for _, ro := range all {
 		r.rollouts[ro.Build] = ro
 		var reset []store.RolloutNode
 		for i := range ro.Nodes {
-			if inFlight(ro.Nodes[i].State) {
-				ro.Nodes[i].State, ro.Nodes[i].Reason = Pending, "the verifier restarted during its update; it is tried again"
-				ro.Nodes[i].Updated = o.Now()
-				reset = append(reset, ro.Nodes[i])
+			n := &ro.Nodes[i]
+			switch n.State {
+			case Updating:
+				n.State, n.Reason = Pending, "the verifier restarted while sending it the build; it is tried again"
+			case Waiting, Rebooting, Booted:
+				n.State, n.Reason = Rebooting, "the verifier restarted; waiting for the node to be trusted on the build and commit"
+				r.recheck[[2]string{ro.Build, n.Node}] = true
+			default:
+				continue
 			}
+			n.Updated = o.Now()
+			reset = append(reset, *n)
 		}
 		if len(reset) > 0 {
 			if err := o.Store.SaveRollout(ctx, &store.Rollout{Build: ro.Build, Created: ro.Created, Updated: ro.Updated, State: ro.State,
@@ -159,11 +183,14 @@ type Plan struct {
 	// MaxFailedPercent is the share of the rollout's nodes that may fail
 	// before it halts (-1: 0 for a new rollout, kept for one that exists).
 	MaxFailedPercent int
-	Force            bool
+	// Force reboots nodes while workloads run (nil: false for a new
+	// rollout, kept for one that exists).
+	Force *bool
 }
 
-// Start begins the build's rollout or adds nodes to it, and runs it. A
-// halted rollout must be resumed first.
+// Start begins the build's rollout, or adds nodes to it (a paused one
+// stays paused; a halted one must be resumed first). A node pending or
+// updating in another build's rollout is refused.
 func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 	if p.Build == "" {
 		return nil, fmt.Errorf("%w: no build", ErrInvalid)
@@ -173,6 +200,9 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 	}
 	if p.Percent < 0 || p.Percent > 100 {
 		return nil, fmt.Errorf("%w: percentage %d: want 1 to 100", ErrInvalid, p.Percent)
+	}
+	if len(p.Nodes) > MaxNodes {
+		return nil, fmt.Errorf("%w: %d nodes listed, at most %d", ErrInvalid, len(p.Nodes), MaxNodes)
 	}
 	if p.Parallel < 0 || p.MaxFailedPercent < -1 || p.MaxFailedPercent > 100 {
 		return nil, fmt.Errorf("%w: parallel %d, max failed %d%%: want parallel ≥ 1 and max failed 0 to 100", ErrInvalid, p.Parallel, p.MaxFailedPercent)
@@ -187,11 +217,13 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 		seen := map[string]bool{}
 		for _, n := range p.Nodes {
 			if seen[n] {
-				return nil, fmt.Errorf("%w: node %s is listed twice", ErrInvalid, n)
+				return nil, fmt.Errorf("%w: node %q is listed twice", ErrInvalid, n)
 			}
 			seen[n] = true
-			if _, err := r.o.Store.GetNode(ctx, n); err != nil {
-				return nil, fmt.Errorf("%w: node %s: %w (attest nodes lists the nodes)", ErrInvalid, n, err)
+			if _, err := r.o.Store.GetNode(ctx, n); errors.Is(err, store.ErrNotFound) {
+				return nil, fmt.Errorf("%w: node %q is not enrolled (attest nodes lists the nodes)", ErrInvalid, n)
+			} else if err != nil {
+				return nil, err
 			}
 		}
 	}
@@ -204,9 +236,27 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 	} else if ro.State == Halted {
 		return nil, fmt.Errorf("%w: the rollout of %s is halted (%s): see attest rollout -build %s, then resume it", ErrState, p.Build, ro.Reason, p.Build)
 	}
+	// A node is in one unfinished rollout at a time: two updates to it
+	// at once would undo each other.
+	for _, other := range r.rollouts {
+		if other.Build == p.Build || other.State == Done {
+			continue
+		}
+		for _, n := range other.Nodes {
+			if (n.State == Pending || inFlight(n.State)) && slices.Contains(targets, n.Node) {
+				return nil, fmt.Errorf("%w: node %s is %s in the rollout of %s: pause that rollout and wait for it, or leave the node out", ErrState, n.Node, n.State, other.Build)
+			}
+		}
+	}
 	next := *ro
 	next.Nodes = nil
-	next.Updated, next.State, next.Reason, next.Force = now, Running, "", p.Force
+	next.Updated = now
+	if ro.State != Paused {
+		next.State, next.Reason = Running, ""
+	}
+	if p.Force != nil {
+		next.Force = *p.Force
+	}
 	if p.Parallel > 0 {
 		next.Parallel = p.Parallel
 	}
@@ -214,8 +264,12 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 		next.MaxFailedPercent = p.MaxFailedPercent
 	}
 	pos := len(ro.Nodes)
+	have := map[string]bool{}
+	for _, n := range ro.Nodes {
+		have[n.Node] = true
+	}
 	for _, n := range targets {
-		if slices.ContainsFunc(ro.Nodes, func(rn store.RolloutNode) bool { return rn.Node == n }) {
+		if have[n] {
 			continue
 		}
 		next.Nodes = append(next.Nodes, store.RolloutNode{Node: n, Position: pos, State: Pending, Updated: now})
@@ -296,8 +350,8 @@ func (r *Runner) Set(ctx context.Context, build string, c Change) (*store.Rollou
 		}
 		next.State, next.Reason = Paused, "paused by the operator; nodes in flight finish"
 	case c.Resume:
-		if ro.State != Paused && ro.State != Halted {
-			return nil, fmt.Errorf("%w: the rollout of %s is %s, not paused or halted", ErrState, build, ro.State)
+		if ro.State != Paused && ro.State != Halted && (ro.State != Done || !c.RetryFailed) {
+			return nil, fmt.Errorf("%w: the rollout of %s is %s: only a paused or halted rollout resumes (a done one with -retry-failed)", ErrState, build, ro.State)
 		}
 		if c.MaxFailedPercent >= 0 {
 			next.MaxFailedPercent = c.MaxFailedPercent
@@ -410,6 +464,14 @@ func (r *Runner) step(ctx context.Context) {
 	if ctx.Err() != nil {
 		return
 	}
+	for k := range r.recheck {
+		delete(r.recheck, k)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.followRestarted(ctx, k[0], k[1])
+		}()
+	}
 	for _, ro := range r.rollouts {
 		if ro.State != Running {
 			continue
@@ -498,13 +560,18 @@ func (r *Runner) report(ctx context.Context, build, node, state, reason string) 
 }
 
 // updateNode updates one node and follows it until it commits the build,
-// fails, or misses the boot deadline. If ctx ends first (the verifier
-// stops), the node stays in flight in the store, to be tried again.
+// fails, or misses a deadline. If ctx ends first (the verifier stops),
+// the node stays in flight in the store, and New picks it up.
 func (r *Runner) updateNode(ctx context.Context, build, node string, force bool) {
 	if on, err := r.o.OnBuild(ctx, node); err == nil && on == build {
 		r.report(ctx, build, node, Succeeded, "it already runs build "+build+", trusted")
 		return
 	}
+	// Events only wake the loop below; what it decides it reads from the
+	// verifier's records, so an event dropped from a full channel loses
+	// nothing.
+	events, stop := r.o.Watch(node)
+	defer stop()
 	e, err := r.o.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: build, Force: force})
 	if ctx.Err() != nil {
 		return
@@ -513,65 +580,90 @@ func (r *Runner) updateNode(ctx context.Context, build, node string, force bool)
 		r.report(ctx, build, node, Failed, err.Error())
 		return
 	}
+	switch e.GetState() {
+	case apiv1.UpdateState_UPDATE_STATE_FAILED:
+		r.report(ctx, build, node, Failed, e.GetReason())
+		return
+	case apiv1.UpdateState_UPDATE_STATE_WAITING, apiv1.UpdateState_UPDATE_STATE_REBOOTING:
+	default:
+		r.report(ctx, build, node, Failed, "the node answered the update with "+e.GetState().String())
+		return
+	}
 	id := e.GetRequestId()
-	events, stop := r.o.Watch(node)
-	defer stop()
-	var deadline <-chan time.Time
+	tick := time.NewTicker(r.o.Tick)
+	defer tick.Stop()
+	waitUntil := time.After(r.o.WaitTimeout)
+	var bootUntil <-chan time.Time
 	for {
-		switch e.GetState() {
-		case apiv1.UpdateState_UPDATE_STATE_FAILED:
-			r.report(ctx, build, node, Failed, e.GetReason())
+		// Booted before Last: the verifier marks BOOTED after publishing
+		// it, so a COMMITTED read now came after this update's BOOTED.
+		booted := r.o.Booted(node) == id
+		l := r.o.Last(node)
+		mine := l.GetRequestId() == id
+		switch {
+		case booted && l.GetState() == apiv1.UpdateState_UPDATE_STATE_COMMITTED:
+			if on, err := r.o.OnBuild(ctx, node); err == nil && on == build {
+				r.report(ctx, build, node, Succeeded, "trusted on build "+build+" and committed")
+				return
+			}
+		case mine && l.GetState() == apiv1.UpdateState_UPDATE_STATE_FAILED:
+			r.report(ctx, build, node, Failed, l.GetReason())
 			return
-		case apiv1.UpdateState_UPDATE_STATE_WAITING:
-			r.report(ctx, build, node, Waiting, "written; it reboots once no workload runs")
-		case apiv1.UpdateState_UPDATE_STATE_REBOOTING:
+		case booted:
+			r.report(ctx, build, node, Booted, "trusted on build "+build+"; waiting for the node to commit")
+		case mine && l.GetState() == apiv1.UpdateState_UPDATE_STATE_REBOOTING:
 			r.report(ctx, build, node, Rebooting, "rebooting into it once")
-			if deadline == nil {
-				deadline = time.After(r.o.BootTimeout)
-			}
-		case apiv1.UpdateState_UPDATE_STATE_BOOTED:
-			r.report(ctx, build, node, Booted, e.GetReason()+"; waiting for the node to commit")
-			if deadline == nil {
-				deadline = time.After(r.o.BootTimeout)
-			}
-		case apiv1.UpdateState_UPDATE_STATE_COMMITTED:
-			r.report(ctx, build, node, Succeeded, "trusted on build "+build+" and committed")
+		case mine && l.GetState() == apiv1.UpdateState_UPDATE_STATE_WAITING:
+			r.report(ctx, build, node, Waiting, "written; it reboots once no workload runs (a rollout with -force reboots at once)")
+		}
+		if bootUntil == nil && (booted || (mine && l.GetState() == apiv1.UpdateState_UPDATE_STATE_REBOOTING)) {
+			bootUntil, waitUntil = time.After(r.o.BootTimeout), nil
+		}
+		select {
+		case <-ctx.Done():
 			return
-		}
-		// The event that moved it on may have come before Watch did.
-		if l := r.o.Last(node); l != nil && l != e && r.belongs(l, id, build, node) {
-			e = l
-			continue
-		}
-		for next := false; !next; {
-			select {
-			case <-ctx.Done():
-				return
-			case <-deadline:
-				r.report(ctx, build, node, Failed, fmt.Sprintf("not trusted on build %s and committed within %s of its reboot", build, r.o.BootTimeout))
-				return
-			case l := <-events:
-				if l != e && r.belongs(l, id, build, node) {
-					e, next = l, true
-				}
-			}
+		case <-waitUntil:
+			r.report(ctx, build, node, Failed, fmt.Sprintf("still waiting for its workloads to end after %s (a rollout with -force reboots at once)", r.o.WaitTimeout))
+			return
+		case <-bootUntil:
+			r.report(ctx, build, node, Failed, fmt.Sprintf("not trusted on build %s and committed within %s of its reboot", build, r.o.BootTimeout))
+			return
+		case <-events:
+		case <-tick.C:
 		}
 	}
 }
 
-// belongs reports whether e moves on the node's update with request ID
-// id: an event for that request, or a COMMITTED once the verifier found
-// the node trusted on the build (the node's commit names no request).
-func (r *Runner) belongs(e *apiv1.UpdateEvent, id, build, node string) bool {
-	if e.GetRequestId() == id {
-		return true
+// followRestarted follows a node that was waiting for its workloads,
+// rebooting or booted when the verifier stopped: this verifier did not
+// send the update, so the update's own events decide nothing. The node
+// is done once it is trusted on the build and commits, or is still
+// trusted on it when a trial would have ended; failed otherwise.
+func (r *Runner) followRestarted(ctx context.Context, build, node string) {
+	events, stop := r.o.Watch(node)
+	defer stop()
+	tick := time.NewTicker(r.o.Tick)
+	defer tick.Stop()
+	until := time.After(r.o.BootTimeout)
+	for {
+		on, err := r.o.OnBuild(ctx, node)
+		onBuild := err == nil && on == build
+		if onBuild && r.o.Last(node).GetState() == apiv1.UpdateState_UPDATE_STATE_COMMITTED {
+			r.report(ctx, build, node, Succeeded, "trusted on build "+build+" and committed (seen after the verifier restarted)")
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-until:
+			if onBuild {
+				r.report(ctx, build, node, Succeeded, fmt.Sprintf("trusted on build %s %s after the verifier restarted, longer than a trial lasts", build, r.o.BootTimeout))
+			} else {
+				r.report(ctx, build, node, Failed, fmt.Sprintf("not trusted on build %s within %s of the verifier's restart (attest node shows its update)", build, r.o.BootTimeout))
+			}
+			return
+		case <-events:
+		case <-tick.C:
+		}
 	}
-	if e.GetState() != apiv1.UpdateState_UPDATE_STATE_COMMITTED {
-		return false
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ro := r.rollouts[build]
-	i := slices.IndexFunc(ro.Nodes, func(n store.RolloutNode) bool { return n.Node == node })
-	return i >= 0 && ro.Nodes[i].State == Booted
 }

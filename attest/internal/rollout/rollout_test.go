@@ -31,8 +31,10 @@ type fleet struct {
 	// is the largest it was.
 	flying, most int
 	// outcome is what each node does after REBOOTING: "commit", "fail",
-	// "hang" (never boots), "forge" (claims COMMITTED without booting);
-	// "refuse" fails Update itself. Nodes not named commit.
+	// "hang" (never boots), "forge" (claims COMMITTED without booting),
+	// "forge-id" (the same, naming the update's request ID), "fast"
+	// (booted and committed before Update returns); "refuse" fails
+	// Update itself. Nodes not named commit.
 	outcome  map[string]string
 	offline  map[string]bool
 	onBuild  map[string]string
@@ -87,6 +89,20 @@ func (f *fleet) update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upda
 	}
 	e := &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: r.GetBuild(), RequestId: id}
 	f.hub.UpdateEvent(node, e)
+	commit := func() {
+		f.mu.Lock()
+		f.onBuild[node] = r.GetBuild()
+		f.flying--
+		f.mu.Unlock()
+		f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_BOOTED, RequestId: id, Build: r.GetBuild(), Reason: "trusted"})
+		f.hub.MarkBooted(node, id)
+		f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_COMMITTED, Slot: "b"})
+	}
+	if out == "fast" {
+		commit()
+		f.released <- node
+		return e, nil
+	}
 	// The node reboots; the verifier's decision and the node's commit
 	// come later, on another goroutine, as they do from streams.
 	go func() {
@@ -95,13 +111,13 @@ func (f *fleet) update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upda
 		case "hang":
 		case "forge":
 			f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_COMMITTED, Slot: "b"})
+		case "forge-id":
+			f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_COMMITTED, Slot: "b", RequestId: id, Build: r.GetBuild()})
 		case "fail":
 			finish()
 			f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_FAILED, RequestId: id, Build: r.GetBuild(), Reason: "the node came back on build old"})
 		default:
-			finish()
-			f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_BOOTED, RequestId: id, Build: r.GetBuild(), Reason: "trusted"})
-			f.hub.UpdateEvent(node, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_COMMITTED, Slot: "b"})
+			commit()
 		}
 		f.released <- node
 	}()
@@ -111,7 +127,7 @@ func (f *fleet) update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upda
 func (f *fleet) runner(ctx context.Context, bootTimeout time.Duration) *Runner {
 	f.t.Helper()
 	r, err := New(ctx, Options{
-		Store: f.db, Update: f.update, Watch: f.hub.WatchUpdate, Last: f.hub.LastUpdate,
+		Store: f.db, Update: f.update, Watch: f.hub.WatchUpdate, Last: f.hub.LastUpdate, Booted: f.hub.Booted,
 		Connected: func(node string) bool {
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -271,11 +287,11 @@ func TestRolloutHaltsAtFailureShare(t *testing.T) {
 // build: a COMMITTED the node sends by itself, and a node that never
 // comes back, fail at the boot deadline.
 func TestRolloutNodeCannotCompleteItself(t *testing.T) {
-	f := newFleet(t, "", 2)
-	f.outcome["rig-00"], f.outcome["rig-01"] = "forge", "hang"
+	f := newFleet(t, "", 3)
+	f.outcome["rig-00"], f.outcome["rig-01"], f.outcome["rig-02"] = "forge", "hang", "forge-id"
 	r := f.runner(context.Background(), 300*time.Millisecond)
 	run(t, r)
-	if _, err := r.Start(context.Background(), Plan{Build: "b2", Nodes: []string{"rig-00", "rig-01"}, Parallel: 2, MaxFailedPercent: 100}); err != nil {
+	if _, err := r.Start(context.Background(), Plan{Build: "b2", Nodes: []string{"rig-00", "rig-01", "rig-02"}, Parallel: 3, MaxFailedPercent: 100}); err != nil {
 		t.Fatal(err)
 	}
 	ro := until(t, r, "b2", inState(Done))
@@ -283,6 +299,71 @@ func TestRolloutNodeCannotCompleteItself(t *testing.T) {
 		if n.State != Failed {
 			t.Errorf("node %s: %s (%s), want failed at the boot deadline", n.Node, n.State, n.Reason)
 		}
+	}
+}
+
+// A node whose BOOTED and COMMITTED both came before the rollout looked
+// is done: what counts is the verifier's record, not which events the
+// rollout happened to receive.
+func TestRolloutEventsBeforeWatch(t *testing.T) {
+	f := newFleet(t, "", 1)
+	f.outcome["rig-00"] = "fast"
+	r := f.runner(context.Background(), time.Minute)
+	run(t, r)
+	if _, err := r.Start(context.Background(), Plan{Build: "b2", Nodes: []string{"rig-00"}, MaxFailedPercent: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if ro := until(t, r, "b2", inState(Done)); ro.Nodes[0].State != Succeeded {
+		t.Errorf("node booted and committed at once: %+v", ro.Nodes[0])
+	}
+}
+
+// A node is in one unfinished rollout at a time.
+func TestRolloutNodeInOneRollout(t *testing.T) {
+	f := newFleet(t, "", 2)
+	f.block = make(chan struct{})
+	r := f.runner(context.Background(), time.Minute)
+	run(t, r)
+	if _, err := r.Start(context.Background(), Plan{Build: "b2", Nodes: []string{"rig-00"}, MaxFailedPercent: -1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Start(context.Background(), Plan{Build: "b3", Percent: 100, MaxFailedPercent: -1}); !errors.Is(err, ErrState) {
+		t.Errorf("a second rollout taking rig-00: %v, want ErrState", err)
+	}
+	if _, err := r.Start(context.Background(), Plan{Build: "b3", Nodes: []string{"rig-01"}, MaxFailedPercent: -1}); err != nil {
+		t.Errorf("a second rollout of another node: %v", err)
+	}
+	close(f.block)
+}
+
+// A verifier that restarts while a node reboots into its update follows
+// the node without sending the update again: trusted on the build and
+// committed, it is done; never trusted on it, it fails at the deadline.
+func TestRolloutFollowsRebootAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "attest.db")
+	f := newFleet(t, path, 2)
+	f.outcome["rig-00"], f.outcome["rig-01"] = "hang", "hang"
+	r := f.runner(context.Background(), time.Hour)
+	stop := run(t, r)
+	if _, err := r.Start(context.Background(), Plan{Build: "b2", Nodes: []string{"rig-00", "rig-01"}, Parallel: 2, MaxFailedPercent: 100}); err != nil {
+		t.Fatal(err)
+	}
+	until(t, r, "b2", func(ro *store.Rollout) bool { s := states(ro); return s["rig-00"] == Rebooting && s["rig-01"] == Rebooting })
+	stop()
+	f.db.Close()
+
+	g := newFleet(t, path, 2)
+	r2 := g.runner(context.Background(), 500*time.Millisecond)
+	run(t, r2)
+	g.mu.Lock()
+	g.onBuild["rig-00"] = "b2"
+	g.mu.Unlock()
+	g.hub.UpdateEvent("rig-00", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_COMMITTED, Slot: "b"})
+	ro := until(t, r2, "b2", inState(Done))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if s := states(ro); s["rig-00"] != Succeeded || s["rig-01"] != Failed || len(g.calls) != 0 {
+		t.Errorf("after a restart during the reboots: %v, updates sent again %v; want rig-00 done, rig-01 failed, none sent", s, g.calls)
 	}
 }
 
@@ -328,10 +409,10 @@ func TestRolloutOfflinePauseAndBadInput(t *testing.T) {
 		t.Errorf("pausing a paused rollout: %v", err)
 	}
 	close(f.block)
-	<-f.released
+	until(t, r, "b2", func(ro *store.Rollout) bool { return states(ro)["rig-01"] == Succeeded })
 	time.Sleep(100 * time.Millisecond) // ticks in which a paused rollout must start nothing
-	if ro, _ := r.Get("b2"); states(ro)["rig-02"] != Pending || states(ro)["rig-01"] != Succeeded {
-		t.Errorf("paused rollout: %v", states(ro))
+	if ro, _ := r.Get("b2"); states(ro)["rig-02"] != Pending {
+		t.Errorf("paused rollout started a node: %v", states(ro))
 	}
 	f.mu.Lock()
 	f.offline["rig-00"] = false

@@ -130,6 +130,11 @@ func (v *Verifier) updateBooted(node string, s *hub.Conn, build string, n *store
 		e.Reason = fmt.Sprintf("the node booted build %s from slot %s and is trusted", build, p.event.GetSlot())
 	}
 	v.publishUpdate(node, e)
+	// Marked after it is published: a reader that sees the mark sees
+	// this event, or a later one, as the latest (rollout).
+	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED {
+		v.hub.MarkBooted(node, e.GetRequestId())
+	}
 }
 
 func (v *Verifier) publishUpdate(node string, e *apiv1.UpdateEvent) {

@@ -162,7 +162,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 	}
 	v.admin.SetUpdates(admin.Updates{Dir: o.UpdateDir, Manifests: o.Manifests})
 	v.rollouts, err = rollout.New(ctx, rollout.Options{
-		Store: o.Store, Update: v.admin.Update, Watch: h.WatchUpdate, Last: h.LastUpdate, Connected: h.Connected,
+		Store: o.Store, Update: v.admin.Update, Watch: h.WatchUpdate, Last: h.LastUpdate, Booted: h.Booted, Connected: h.Connected,
 		OnBuild: v.onBuild, BootTimeout: o.RolloutBootTimeout, Tick: o.RolloutTick, Now: o.Now, Logger: o.Logger,
 	})
 	if err != nil {
@@ -194,18 +194,23 @@ func (v *Verifier) Run(ctx context.Context) {
 	<-done
 }
 
-// onBuild returns the build a node runs if it is trusted now: its latest
-// verdict's.
+// onBuild returns the build a node runs if it is trusted now: the
+// build of its latest verdict that names one.
 func (v *Verifier) onBuild(ctx context.Context, node string) (string, error) {
 	n, err := v.o.Store.GetNode(ctx, node)
 	if err != nil || n.State != trust.Trusted {
 		return "", err
 	}
-	h, err := v.o.Store.History(ctx, node, 1)
-	if err != nil || len(h) == 0 {
+	h, err := v.o.Store.History(ctx, node, 8)
+	if err != nil {
 		return "", err
 	}
-	return h[0].Manifest, nil
+	for _, vd := range h {
+		if vd.Manifest != "" {
+			return vd.Manifest, nil
+		}
+	}
+	return "", nil
 }
 
 // NextInterval draws the time to the next spot check.

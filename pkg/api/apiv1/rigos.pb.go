@@ -3281,9 +3281,11 @@ type StartRolloutRequest struct {
 	// MaxFailedPercent: the share of the rollout's nodes that may fail
 	// before it halts (default 0: the first failure halts it).
 	MaxFailedPercent *uint32 `protobuf:"varint,5,opt,name=max_failed_percent,json=maxFailedPercent,proto3,oneof" json:"max_failed_percent,omitempty"`
-	Force            bool    `protobuf:"varint,6,opt,name=force,proto3" json:"force,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Force: reboot nodes while workloads run (default false; kept when a
+	// rollout is extended without it).
+	Force         *bool `protobuf:"varint,6,opt,name=force,proto3,oneof" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRolloutRequest) Reset() {
@@ -3352,8 +3354,8 @@ func (x *StartRolloutRequest) GetMaxFailedPercent() uint32 {
 }
 
 func (x *StartRolloutRequest) GetForce() bool {
-	if x != nil {
-		return x.Force
+	if x != nil && x.Force != nil {
+		return *x.Force
 	}
 	return false
 }
@@ -4985,15 +4987,16 @@ const file_rigos_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"!\n" +
 	"\aRefusal\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xdc\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xeb\x01\n" +
 	"\x13StartRolloutRequest\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\x12\x19\n" +
 	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\x12\x18\n" +
 	"\apercent\x18\x03 \x01(\rR\apercent\x12\x1a\n" +
 	"\bparallel\x18\x04 \x01(\rR\bparallel\x121\n" +
-	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01\x12\x14\n" +
-	"\x05force\x18\x06 \x01(\bR\x05forceB\x15\n" +
-	"\x13_max_failed_percent\"\xc4\x01\n" +
+	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01\x12\x19\n" +
+	"\x05force\x18\x06 \x01(\bH\x01R\x05force\x88\x01\x01B\x15\n" +
+	"\x13_max_failed_percentB\b\n" +
+	"\x06_force\"\xc4\x01\n" +
 	"\x11SetRolloutRequest\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\x12\x14\n" +
 	"\x05pause\x18\x02 \x01(\bR\x05pause\x12\x16\n" +
