@@ -173,6 +173,11 @@ func TestUpdate(t *testing.T) {
 		t.Fatalf("the rollout did not reboot the node within 4 minutes\n%s", tail(vm.ConsoleText(), 40))
 	}
 	t.Logf("rollout of build 2: the node rebooted into it %.1fs after the rollout started", time.Since(start).Seconds())
+	// The owner copies the disk now, while build 1's key and its
+	// handover are in the state's header (step 4 writes it back).
+	work := t.TempDir()
+	beforeCommit := filepath.Join(work, "before-commit.raw")
+	qemuImg(t, "convert", "-O", "raw", Disk(o.Dir), beforeCommit)
 	n := appraisals(t, v, node)
 	reboot := time.Now()
 	vm = startVM(t, o)
@@ -216,6 +221,37 @@ func TestUpdate(t *testing.T) {
 	}
 	if !strings.Contains(vm.ConsoleText(), "state key: sealed by this build") || strings.Contains(vm.ConsoleText(), "update trial:") {
 		t.Errorf("build 2 after its commit: not its own key, or still a trial:\n%s", grepLines(vm.ConsoleText(), "state", "update trial"))
+	}
+
+	// 4. The owner rolls the node back by hand: they write build 1's
+	// original ESP onto the disk, so slot B's UKI is gone and the
+	// firmware boots slot A, still build 1, signed and active; and the
+	// state partition as it was before the commit, with build 1's key in
+	// its header. The commit raised the TPM's state counter past that
+	// key's bound: build 1 cannot open build 2's state, and leaves it as
+	// it was.
+	vm.Stop()
+	raw, orig := filepath.Join(work, "node.raw"), filepath.Join(work, "build1.raw")
+	qemuImg(t, "convert", "-O", "raw", Disk(o.Dir), raw)
+	qemuImg(t, "convert", "-O", "raw", one.QCOW2, orig)
+	copyPartition(t, orig, raw, layout.ESPPartition)
+	copyPartition(t, beforeCommit, raw, layout.StatePartition)
+	sum := partitionSum(t, raw, layout.StatePartition)
+	bootOn(t, &o, raw)
+	vm = startVM(t, o)
+	slotBooted("a")
+	if i, err := vm.WaitFor(bootDeadline, stateUnavailable, stateUnlocked); err != nil || i != 0 {
+		t.Fatalf("build 1 with the state header from before build 2's commit: want the state unavailable (match %d, %v)\n%s", i, err, grepLines(vm.ConsoleText(), "state"))
+	}
+	why := stateUnavailable.FindStringSubmatch(vm.ConsoleText())[1]
+	if !strings.Contains(why, "state counter has moved past") {
+		t.Errorf("build 1 with the old state header: state unavailable because %q, want the state counter", why)
+	}
+	t.Logf("rolled back by hand to build 1 with the old state header: state unavailable: %s", why)
+	vm.Stop()
+	qemuImg(t, "convert", "-O", "raw", Disk(o.Dir), raw)
+	if partitionSum(t, raw, layout.StatePartition) != sum {
+		t.Error("build 1 changed the state partition")
 	}
 }
 

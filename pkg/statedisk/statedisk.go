@@ -133,6 +133,9 @@ func ownToken(s *tpm.Sealed, buildPCR11 []byte) luks2.Token {
 	if buildPCR11 != nil {
 		t["build_pcr11"] = hex.EncodeToString(buildPCR11)
 	}
+	if s.CounterBound != nil {
+		t["counter_bound"] = strconv.FormatUint(*s.CounterBound, 10)
+	}
 	return t
 }
 
@@ -149,17 +152,16 @@ func handoverToken(h Handover) luks2.Token {
 // WithHandover returns both header copies of the volume whose metadata
 // region starts with meta, with h added and the keys its own builds
 // sealed kept; an earlier handover is dropped (one update at a time).
-// The running build must hold a key of its own (one sealed under
-// runningPolicy, tpm.PolicyFor its unlock values): if it opened the
-// state with a handover and could not seal its own key, dropping that
-// handover would leave it, should the update fall back, without a way
-// in.
-func WithHandover(meta []byte, h Handover, runningPolicy []byte) ([]byte, error) {
+// The running build must hold a key of its own (one sealed to running,
+// its unlock values): if it opened the state with a handover and could
+// not seal its own key, dropping that handover would leave it, should
+// the update fall back, without a way in.
+func WithHandover(meta []byte, h Handover, running map[int][]byte) ([]byte, error) {
 	v, err := Read(meta)
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := tokenWithPolicy(v.Header, runningPolicy); !ok {
+	if _, _, ok := ownKeyFor(v.Header, running); !ok {
 		return nil, errors.New("the running build holds no key of its own in the state (its own key could not be sealed when it opened a handed-over one): an update that fell back could not open the state")
 	}
 	tokens := ownTokens(v.Header)
@@ -168,70 +170,81 @@ func WithHandover(meta []byte, h Handover, runningPolicy []byte) ([]byte, error)
 }
 
 // WithOwn returns both header copies with s, the passphrase the running
-// build (whose PCR 11 is buildPCR11, a label for readers) sealed for
-// itself, replacing any earlier key sealed to the same values; other builds' own keys stay (the build it
-// updated from still opens the state if the update falls back), and
-// handovers are dropped: they have served.
-func WithOwn(meta []byte, s *tpm.Sealed, buildPCR11 []byte) ([]byte, error) {
+// build sealed for itself to values (its unlock values; PCR 11 is
+// labelled for readers), replacing any earlier key sealed to the same
+// values, whatever its counter bound; other builds' own keys stay (the
+// build it updated from still opens the state if the update falls
+// back), and handovers are dropped: they have served.
+func WithOwn(meta []byte, s *tpm.Sealed, values map[int][]byte) ([]byte, error) {
 	v, err := Read(meta)
 	if err != nil {
 		return nil, err
 	}
-	want, err := tpm.SealedPolicy(s)
-	if err != nil {
-		return nil, err
+	if p, err := tpm.PolicyFor(values, s.CounterBound); err != nil || !bytes.Equal(p, s.Policy) {
+		return nil, errors.New("the key to add is not sealed to the running build's values")
 	}
 	tokens := map[string]luks2.Token{}
 	for _, t := range ownTokens(v.Header) {
-		if old, _, err := sealedFrom(t); err == nil {
-			if p, err := tpm.SealedPolicy(old); err == nil && bytes.Equal(p, want) {
-				continue // this build's earlier key
-			}
+		if old, _, err := sealedFrom(t); err == nil && sealedTo(old, values) {
+			continue // this build's earlier key
 		}
 		tokens[strconv.Itoa(len(tokens))] = t
 	}
 	if len(tokens) >= MaxOwnKeys {
 		return nil, fmt.Errorf("state volume already holds %d builds' keys", len(tokens))
 	}
-	tokens[strconv.Itoa(len(tokens))] = ownToken(s, buildPCR11)
+	tokens[strconv.Itoa(len(tokens))] = ownToken(s, values[11])
 	return luks2.WithTokens(meta, tokens)
 }
 
-// WithOnly returns both header copies with one key alone: the one whose
-// sealed object unseals under policy (tpm.PolicyFor the PCR values the
-// running build unlocked at), so the build an update replaced, or one
-// that never became the default, no longer opens the state. Keys are
-// told apart by their sealed objects, not by the labels beside them,
-// which the owner could edit. Without such a key nothing is dropped: an
-// error, so the running build is never locked out.
-func WithOnly(meta []byte, policy []byte) ([]byte, error) {
-	v, err := Read(meta)
+// sealedTo reports whether s's sealed object unseals under values (with
+// the counter bound s states, which the policy commits to).
+func sealedTo(s *tpm.Sealed, values map[int][]byte) bool {
+	want, err := tpm.PolicyFor(values, s.CounterBound)
 	if err != nil {
-		return nil, err
+		return false
 	}
-	if t, ok := tokenWithPolicy(v.Header, policy); ok {
-		return luks2.WithTokens(meta, map[string]luks2.Token{"0": t})
-	}
-	return nil, errors.New("the state holds no key of the running build")
+	p, err := tpm.SealedPolicy(s)
+	return err == nil && bytes.Equal(p, want)
 }
 
-// tokenWithPolicy returns the own-key token whose sealed object unseals
-// under policy.
-func tokenWithPolicy(h *luks2.Header, policy []byte) (luks2.Token, bool) {
+// WithOnly returns both header copies with one key alone: the running
+// build's, the one whose sealed object unseals under values (the PCR
+// values the running build unlocked at), so the build an update
+// replaced, or one that never became the default, no longer opens the
+// state; and that key, whose counter bound the caller raises the state
+// counter to (tpm.RaiseCounter), so a header copied before the drop
+// does not open it either. Keys are told apart by their sealed objects,
+// not by the labels beside them, which the owner could edit. Without
+// such a key nothing is dropped: an error, so the running build is
+// never locked out.
+func WithOnly(meta []byte, values map[int][]byte) ([]byte, *tpm.Sealed, error) {
+	v, err := Read(meta)
+	if err != nil {
+		return nil, nil, err
+	}
+	t, s, ok := ownKeyFor(v.Header, values)
+	if !ok {
+		return nil, nil, errors.New("the state holds no key of the running build")
+	}
+	hdrs, err := luks2.WithTokens(meta, map[string]luks2.Token{"0": t})
+	return hdrs, s, err
+}
+
+// ownKeyFor returns the own-key token whose sealed object unseals under
+// values, and the key in it.
+func ownKeyFor(h *luks2.Header, values map[int][]byte) (luks2.Token, *tpm.Sealed, bool) {
 	for _, id := range tokenIDs(h) {
 		t := h.Metadata.Tokens[id]
 		if t["type"] != TokenType || t["creator_pcrs"] != nil {
 			continue
 		}
 		s, _, err := sealedFrom(t)
-		if err != nil {
-			continue
-		}
-		if p, err := tpm.SealedPolicy(s); err == nil && bytes.Equal(p, policy) {
-			return t, true
+		if err == nil && sealedTo(s, values) {
+			return t, s, true
 		}
 	}
-	return nil, false
+	return nil, nil, false
 }
 
 // MaxOwnKeys bounds the builds whose keys a volume holds.
@@ -366,6 +379,14 @@ func sealedFrom(t luks2.Token) (*tpm.Sealed, string, error) {
 	}
 	if len(s.PCRs) == 0 {
 		errs = append(errs, errors.New("no PCRs"))
+	}
+	if b, ok := t["counter_bound"]; ok {
+		str, _ := b.(string)
+		n, err := strconv.ParseUint(str, 10, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("counter_bound %v: want a decimal count", b))
+		}
+		s.CounterBound = &n
 	}
 	slots, _ := t["keyslots"].([]any)
 	slot, _ := func() (string, bool) {

@@ -20,6 +20,25 @@ import (
 
 func sealed() *tpm.Sealed { return sealedWith([]byte{1}) }
 
+// vals are the unlock values (SealPCRs) of build b.
+func vals(b byte) map[int][]byte {
+	return map[int][]byte{7: bytes.Repeat([]byte{7}, 32), 11: bytes.Repeat([]byte{b}, 32), 15: bytes.Repeat([]byte{15}, 32)}
+}
+
+// sealedFor is a key sealed to values and, if set, a counter bound.
+func sealedFor(t *testing.T, values map[int][]byte, bound *uint64) *tpm.Sealed {
+	t.Helper()
+	p, err := tpm.PolicyFor(values, bound)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := sealedWith(p)
+	s.CounterBound = bound
+	return s
+}
+
+func count(n uint64) *uint64 { return &n }
+
 // sealedWith is a sealed object (as a token holds it) whose public area
 // carries policy.
 func sealedWith(policy []byte) *tpm.Sealed {
@@ -103,6 +122,8 @@ func TestReadRejects(t *testing.T) {
 		{"creation_data": "not base64!"},
 		{"creation_hash": ""},
 		{"creation_ticket": 12},
+		{"counter_bound": 12},
+		{"counter_bound": "-1"},
 	} {
 		m, err := luks2.Format(key, []byte("p"), tok(old, set), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11")
 		if err != nil {
@@ -169,7 +190,7 @@ func TestSealPCRsBindBuild(t *testing.T) {
 	}
 	boot("rigos 2.0")
 	pass := []byte("state passphrase")
-	s, err := tpm.Seal(sim, pass, SealPCRs)
+	s, err := tpm.Seal(sim, pass, SealPCRs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,10 +213,13 @@ func TestSealPCRsBindBuild(t *testing.T) {
 func TestHandoverAndOwnKeys(t *testing.T) {
 	key := make([]byte, luks2.KeySize)
 	rand.Read(key)
-	pcr11 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
-	meta, err := New(key, Passphrase(key), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", pcr11(1))
+	one := sealedFor(t, vals(1), count(1))
+	meta, err := New(key, Passphrase(key), one, "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", vals(1)[11])
 	if err != nil {
 		t.Fatal(err)
+	}
+	if v, err := Read(meta); err != nil || v.Sealed.CounterBound == nil || *v.Sealed.CounterBound != 1 {
+		t.Fatalf("the counter bound did not round-trip: %+v, %v", v, err)
 	}
 	apply := func(hdrs []byte, err error) {
 		t.Helper()
@@ -204,29 +228,31 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 		}
 		meta = append(hdrs, meta[len(hdrs):]...)
 	}
-	h := Handover{Sealed: sealedWith([]byte("for build two")), Keyslot: "0", Creator: map[int][]byte{7: pcr11(7), 11: pcr11(1), 15: pcr11(15)}, Build: "two"}
-	if _, err := WithHandover(meta, h, []byte("another build")); err == nil {
+	h := Handover{Sealed: sealedFor(t, vals(2), count(2)), Keyslot: "0", Creator: vals(1), Build: "two"}
+	if _, err := WithHandover(meta, h, vals(3)); err == nil {
 		t.Error("a handover was added for a running build without a key of its own")
 	}
-	apply(WithHandover(meta, h, sealed().Policy))
-	apply(WithHandover(meta, h, sealed().Policy)) // again: still one handover
+	apply(WithHandover(meta, h, vals(1)))
+	apply(WithHandover(meta, h, vals(1))) // again: still one handover
 	v, err := Read(meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Sealed == nil || len(v.Handovers) != 1 || v.Handovers[0].Build != "two" || !bytes.Equal(v.Handovers[0].Creator[11], pcr11(1)) ||
-		!bytes.Equal(v.Handovers[0].Sealed.Policy, []byte("for build two")) {
+	if v.Sealed == nil || len(v.Handovers) != 1 || v.Handovers[0].Build != "two" || !bytes.Equal(v.Handovers[0].Creator[11], vals(1)[11]) ||
+		!bytes.Equal(v.Handovers[0].Sealed.Policy, h.Sealed.Policy) {
 		t.Fatalf("after the handover: %+v", v)
 	}
-	own2 := sealedWith([]byte("build two's own"))
-	apply(WithOwn(meta, own2, pcr11(2)))
-	apply(WithOwn(meta, own2, pcr11(2))) // replaced, not added
+	if _, err := WithOwn(meta, sealedFor(t, vals(2), count(2)), vals(3)); err == nil {
+		t.Error("WithOwn added a key not sealed to the running build's values")
+	}
+	apply(WithOwn(meta, sealedFor(t, vals(2), nil), vals(2)))
+	apply(WithOwn(meta, sealedFor(t, vals(2), count(2)), vals(2))) // replaced, not added, whatever the bound
 	v, err = Read(meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(v.Handovers) != 0 || len(ownTokens(v.Header)) != 2 || !bytes.Equal(v.Sealed.Policy, sealed().Policy) {
-		t.Fatalf("after build two sealed its own key: %d handovers, %d own keys", len(v.Handovers), len(ownTokens(v.Header)))
+	if len(v.Handovers) != 0 || len(v.Own) != 2 || !bytes.Equal(v.Sealed.Policy, one.Policy) || v.Own[1].Sealed.CounterBound == nil {
+		t.Fatalf("after build two sealed its own key: %d handovers, own keys %+v", len(v.Handovers), v.Own)
 	}
 	if got, err := v.Unlock(meta, Passphrase(key)); err != nil || !bytes.Equal(got, key) {
 		t.Errorf("Unlock = %v", err)
@@ -240,45 +266,51 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 	}
 }
 
-// After a commit only the running build's key is left; a build without
-// a key of its own drops nothing.
+// After a commit only the running build's key is left, and WithOnly
+// returns it with its counter bound; a build without a key of its own
+// drops nothing. Labels beside a key (its build, its counter bound) do
+// not fool it.
 func TestWithOnly(t *testing.T) {
 	key := make([]byte, luks2.KeySize)
-	pcr11 := func(b byte) []byte { return bytes.Repeat([]byte{b}, 32) }
-	meta, err := New(key, Passphrase(key), sealed(), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", pcr11(1))
+	meta, err := New(key, Passphrase(key), sealedFor(t, vals(1), count(4)), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", vals(1)[11])
 	if err != nil {
 		t.Fatal(err)
 	}
-	two := sealedWith([]byte("build two"))
-	hdrs, err := WithOwn(meta, two, pcr11(2))
+	two := sealedFor(t, vals(2), count(5))
+	hdrs, err := WithOwn(meta, two, vals(2))
 	if err != nil {
 		t.Fatal(err)
 	}
 	meta = append(hdrs, meta[len(hdrs):]...)
-	if _, err := WithOnly(meta, []byte("build three")); err == nil {
+	if _, _, err := WithOnly(meta, vals(3)); err == nil {
 		t.Error("WithOnly for a build without a key dropped the others")
 	}
-	// The label beside a key does not matter: its sealed object does.
-	relabelled := relabel(t, meta, pcr11(2))
-	if hdrs, err := WithOnly(relabelled, []byte("build two")); err != nil {
+	// The build label beside a key does not matter: its sealed object does.
+	relabelled := relabel(t, meta, "build_pcr11", hex.EncodeToString(vals(2)[11]))
+	if hdrs, kept, err := WithOnly(relabelled, vals(2)); err != nil {
 		t.Fatal(err)
-	} else if v, _ := Read(append(hdrs, relabelled[len(hdrs):]...)); len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, []byte("build two")) {
+	} else if v, _ := Read(append(hdrs, relabelled[len(hdrs):]...)); len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, two.Policy) || *kept.CounterBound != 5 {
 		t.Errorf("WithOnly kept the key labelled as build two, not the one sealed for it")
 	}
-	hdrs, err = WithOnly(meta, []byte("build two"))
+	// Nor does a counter bound edited beside it: a key stating another
+	// bound than its policy's is no key of the running build.
+	if _, _, err := WithOnly(relabel(t, meta, "counter_bound", "9"), vals(2)); err == nil {
+		t.Error("WithOnly kept a key whose counter bound was edited")
+	}
+	hdrs, kept, err := WithOnly(meta, vals(2))
 	if err != nil {
 		t.Fatal(err)
 	}
 	meta = append(hdrs, meta[len(hdrs):]...)
 	v, err := Read(meta)
-	if err != nil || len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, []byte("build two")) {
-		t.Fatalf("after WithOnly: %+v, %v", v, err)
+	if err != nil || len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, two.Policy) || kept.CounterBound == nil || *kept.CounterBound != 5 {
+		t.Fatalf("after WithOnly: %+v, %+v, %v", v, kept, err)
 	}
 }
 
-// relabel marks every own key of the volume as the build with PCR 11
-// pcr11, as an owner editing the header offline could.
-func relabel(t *testing.T, meta, pcr11 []byte) []byte {
+// relabel sets field to value in every token of the volume, as an owner
+// editing the header offline could.
+func relabel(t *testing.T, meta []byte, field, value string) []byte {
 	t.Helper()
 	h, err := luks2.Parse(meta)
 	if err != nil {
@@ -286,7 +318,7 @@ func relabel(t *testing.T, meta, pcr11 []byte) []byte {
 	}
 	tokens := map[string]luks2.Token{}
 	for id, tok := range h.Metadata.Tokens {
-		tok["build_pcr11"] = hex.EncodeToString(pcr11)
+		tok[field] = value
 		tokens[id] = tok
 	}
 	hdrs, err := luks2.WithTokens(meta, tokens)

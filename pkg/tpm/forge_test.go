@@ -142,7 +142,7 @@ func TestUnsealRefusesForged(t *testing.T) {
 	defer sim.Close()
 
 	boot(t, sim, "build A")
-	genuine, err := Seal(sim, bytes.Repeat([]byte{0x5a}, 64), statePCRs)
+	genuine, err := Seal(sim, bytes.Repeat([]byte{0x5a}, 64), statePCRs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestUnsealOtherBuild(t *testing.T) {
 	defer sim.Close()
 	boot(t, sim, "build A")
 	secret := []byte("state passphrase")
-	s, err := Seal(sim, secret, statePCRs)
+	s, err := Seal(sim, secret, statePCRs, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func BenchmarkUnseal(b *testing.B) {
 	sim := openSim(b)
 	defer sim.Close()
 	boot(b, sim, "build A")
-	s, err := Seal(sim, []byte("state passphrase"), statePCRs)
+	s, err := Seal(sim, []byte("state passphrase"), statePCRs, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -17,17 +17,17 @@ import (
 // that build's UKI. As with Seal, the TPM records in the creation data
 // the values the same PCRs hold now, the creator's: UnsealFrom checks
 // them against what the secret's holder says they were.
-func SealFor(rw io.ReadWriter, secret []byte, values map[int][]byte) (*Sealed, error) {
+func SealFor(rw io.ReadWriter, secret []byte, values map[int][]byte, bound *uint64) (*Sealed, error) {
 	for p, v := range values {
 		if len(v) != sha256.Size {
 			return nil, fmt.Errorf("sealing: PCR %d value of %d bytes, want %d", p, len(v), sha256.Size)
 		}
 	}
-	policy, err := PolicyFor(values)
+	policy, err := PolicyFor(values, bound)
 	if err != nil {
 		return nil, err
 	}
-	return seal(rw, secret, sortedSet(mapKeys(values)), func(transport.TPM, tpm2.TPMLPCRSelection) ([]byte, error) { return policy, nil })
+	return seal(rw, secret, sortedSet(mapKeys(values)), bound, func(transport.TPM, tpm2.TPMLPCRSelection) ([]byte, error) { return policy, nil })
 }
 
 // ReadPCRs returns the current SHA-256 values of pcrs.
@@ -73,9 +73,10 @@ func UnsealFrom(rw io.ReadWriter, s *Sealed, pcrs []int, creator map[int][]byte,
 	})
 }
 
-// PolicyFor is the policy digest of a secret sealed to values (what Seal
-// and SealFor put in the sealed object's authPolicy).
-func PolicyFor(values map[int][]byte) ([]byte, error) {
+// PolicyFor is the policy digest of a secret sealed to values and, if
+// bound is set, the state counter at most *bound (what Seal and SealFor
+// put in the sealed object's authPolicy).
+func PolicyFor(values map[int][]byte, bound *uint64) ([]byte, error) {
 	pcrs := sortedSet(mapKeys(values))
 	sel, err := selection(pcrs)
 	if err != nil {
@@ -85,7 +86,11 @@ func PolicyFor(values map[int][]byte) ([]byte, error) {
 	for i, p := range pcrs {
 		ordered[i] = values[p]
 	}
-	return policyPCRDigest(sel, digestOf(ordered)), nil
+	d := policyPCRDigest(sel, digestOf(ordered))
+	if bound != nil {
+		d = policyCounterDigest(d, *bound)
+	}
+	return d, nil
 }
 
 // SealedPolicy returns the authPolicy of s's sealed object: the policy it

@@ -60,7 +60,7 @@ func TestSealForNextBuild(t *testing.T) {
 	h.Write(d[:])
 	next[build] = h.Sum(nil)
 	secret := bytes.Repeat([]byte{7}, 32)
-	s, err := SealFor(sim, secret, next)
+	s, err := SealFor(sim, secret, next, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,10 +111,10 @@ func TestSealForNextBuild(t *testing.T) {
 }
 
 func TestSealForRejects(t *testing.T) {
-	if _, err := SealFor(nil, []byte("x"), map[int][]byte{11: make([]byte, 20)}); err == nil {
+	if _, err := SealFor(nil, []byte("x"), map[int][]byte{11: make([]byte, 20)}, nil); err == nil {
 		t.Error("a SHA-1 sized value was accepted")
 	}
-	if _, err := SealFor(nil, nil, map[int][]byte{11: make([]byte, 32)}); err == nil {
+	if _, err := SealFor(nil, nil, map[int][]byte{11: make([]byte, 32)}, nil); err == nil {
 		t.Error("an empty secret was accepted")
 	}
 }

@@ -36,6 +36,11 @@ type Sealed struct {
 	CreationData   []byte `json:"creation_data"`
 	CreationHash   []byte `json:"creation_hash"`
 	CreationTicket []byte `json:"creation_ticket"`
+	// CounterBound, if set, binds the secret to the state counter too
+	// (CounterIndex): it unseals only while the counter is at most this.
+	// The policy commits to it: a token stating another bound, or none,
+	// does not unseal.
+	CounterBound *uint64 `json:"counter_bound,omitempty"`
 }
 
 // ErrPolicy means the PCRs no longer hold the values the secret was
@@ -68,16 +73,22 @@ var sealedAttrs = tpm2.TPMAObject{FixedTPM: true, FixedParent: true, NoDA: true}
 // secret travels to the TPM encrypted (an AES-CFB parameter-encryption
 // session salted with the storage root key), so it is never on the TPM
 // bus in the clear. The TPM also records the values of pcrs at creation
-// in the object's creation data, which Unseal checks.
-func Seal(rw io.ReadWriter, secret []byte, pcrs []int) (*Sealed, error) {
-	return seal(rw, secret, pcrs, func(t transport.TPM, sel tpm2.TPMLPCRSelection) ([]byte, error) {
-		return pcrPolicy(t, sel, tpm2.Trial())
+// in the object's creation data, which Unseal checks. With bound, the
+// secret also unseals only while the state counter (Counter) is at most
+// *bound.
+func Seal(rw io.ReadWriter, secret []byte, pcrs []int, bound *uint64) (*Sealed, error) {
+	return seal(rw, secret, pcrs, bound, func(t transport.TPM, sel tpm2.TPMLPCRSelection) ([]byte, error) {
+		d, err := pcrPolicy(t, sel, tpm2.Trial())
+		if err != nil || bound == nil {
+			return d, err
+		}
+		return policyCounterDigest(d, *bound), nil
 	})
 }
 
 // seal seals secret under the policy policy returns, recording the
 // current values of pcrs in the creation data.
-func seal(rw io.ReadWriter, secret []byte, pcrs []int, policy func(transport.TPM, tpm2.TPMLPCRSelection) ([]byte, error)) (*Sealed, error) {
+func seal(rw io.ReadWriter, secret []byte, pcrs []int, bound *uint64, policy func(transport.TPM, tpm2.TPMLPCRSelection) ([]byte, error)) (*Sealed, error) {
 	if len(secret) == 0 || len(secret) > MaxSealedSecret {
 		return nil, fmt.Errorf("sealing: secret of %d bytes (want 1-%d)", len(secret), MaxSealedSecret)
 	}
@@ -117,8 +128,12 @@ func seal(rw io.ReadWriter, secret []byte, pcrs []int, policy func(transport.TPM
 	if err != nil {
 		return nil, fmt.Errorf("sealing: %w", err)
 	}
+	if bound != nil {
+		b := *bound
+		bound = &b
+	}
 	return &Sealed{
-		PCRs: slices.Clone(pcrs), Policy: digest,
+		PCRs: slices.Clone(pcrs), Policy: digest, CounterBound: bound,
 		Public: tpm2.Marshal(rsp.OutPublic), Private: tpm2.Marshal(rsp.OutPrivate),
 		SRKName:        tpm2.Marshal(srk.Name),
 		CreationData:   rsp.CreationData.Bytes(),
@@ -177,7 +192,11 @@ func unseal(rw io.ReadWriter, s *Sealed, pcrs []int, atCreation func(current [][
 	if err != nil {
 		return nil, fmt.Errorf("unsealing: %w", err)
 	}
-	if !bytes.Equal(pub.AuthPolicy.Buffer, policyPCRDigest(sel, digestOf(values))) {
+	want := policyPCRDigest(sel, digestOf(values))
+	if s.CounterBound != nil {
+		want = policyCounterDigest(want, *s.CounterBound)
+	}
+	if !bytes.Equal(pub.AuthPolicy.Buffer, want) {
 		return nil, fmt.Errorf("unsealing: %w", ErrPolicy)
 	}
 
@@ -236,6 +255,11 @@ func unseal(rw io.ReadWriter, s *Sealed, pcrs []int, atCreation func(current [][
 	defer func() { _ = closeSess() }()
 	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: sel}).Execute(t); err != nil {
 		return nil, fmt.Errorf("unsealing: PolicyPCR: %w", err)
+	}
+	if s.CounterBound != nil {
+		if err := policyCounter(t, sess.Handle(), *s.CounterBound); err != nil {
+			return nil, fmt.Errorf("unsealing: %w", err)
+		}
 	}
 	out, err := tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: obj.ObjectHandle, Name: obj.Name, Auth: sess}}.Execute(t)
 	if err != nil {

@@ -25,7 +25,7 @@ func TestSealUnseal(t *testing.T) {
 	}
 	secret := bytes.Repeat([]byte{0x5a}, 64)
 	bus := &recorder{rw: sim}
-	s, err := Seal(bus, secret, []int{7, 15})
+	s, err := Seal(bus, secret, []int{7, 15}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ func TestSealUnseal(t *testing.T) {
 }
 
 func TestSealRejects(t *testing.T) {
-	if _, err := Seal(nil, nil, []int{7}); err == nil {
+	if _, err := Seal(nil, nil, []int{7}, nil); err == nil {
 		t.Error("sealed an empty secret")
 	}
 	if _, err := selection([]int{24}); err == nil {

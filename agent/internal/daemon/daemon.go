@@ -99,7 +99,7 @@ func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*i
 	if cfg.TPM != "simulator" { // the state is sealed by the node's TPM
 		openTPM := func() (io.ReadWriteCloser, error) { return tpm.Open(cfg.TPMPaths...) }
 		inst.HandOver = func(uki io.ReaderAt, build string) error { return handOver(openTPM, uki, build) }
-		inst.Committed = dropOtherKeys
+		inst.Committed = func() error { return dropOtherKeys(openTPM) }
 		inst.CanCommit = func() string {
 			if _, err := os.Stat(layout.StateSeal); err != nil {
 				return "this build did not open the state"

@@ -25,18 +25,17 @@ import (
 // the slot being written) is uki, and adds it to the state header, so
 // that build opens the state when it boots (init's unlockVolume): its
 // PCR 11 is predicted from the UKI, PCRs 7 and 15 are what they held
-// when init unlocked the state (layout.StateSeal). openTPM opens a TPM
-// connection of its own (the kernel's resource manager keeps it apart
-// from the session's).
+// when init unlocked the state (layout.StateSeal). It is bound to the
+// state counter at one more than it is now: the next build opens it
+// before and after its commit raises the counter, and no build
+// committed later does. openTPM opens a TPM connection of its own (the
+// kernel's resource manager keeps it apart from the session's).
 func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, build string) error {
 	values, err := readStateSeal()
 	if err != nil {
 		return err
 	}
-	running, err := tpm.PolicyFor(values) // this build's own key, before values[11] becomes the next build's
-	if err != nil {
-		return err
-	}
+	running := maps.Clone(values) // this build's unlock values, before values[11] becomes the next build's
 	if values[11], err = update.PredictPCR11(ukiFile); err != nil {
 		return err
 	}
@@ -57,6 +56,11 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 		return err
 	}
 	defer rw.Close()
+	c, err := tpm.Counter(rw)
+	if err != nil {
+		return err
+	}
+	bound := c + 1
 	// The agent's own measurements extend PCR 15 at any time: the creator
 	// values are read on both sides of the seal, and it is sealed again
 	// if one came in between.
@@ -67,7 +71,7 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 		if err != nil {
 			return err
 		}
-		if sealed, err = tpm.SealFor(rw, pass, values); err != nil {
+		if sealed, err = tpm.SealFor(rw, pass, values, &bound); err != nil {
 			return err
 		}
 		after, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
@@ -89,9 +93,10 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 }
 
 // dropOtherKeys leaves the running build's state key alone in the
-// header, once an update to it is committed: the build it replaced no
-// longer opens the state.
-func dropOtherKeys() error {
+// header, once an update to it is committed, and raises the state
+// counter to that key's bound: the build it replaced no longer opens the
+// state, not even from a copy of the header made before.
+func dropOtherKeys(openTPM func() (io.ReadWriteCloser, error)) error {
 	values, err := readStateSeal()
 	if err != nil {
 		return err
@@ -100,11 +105,24 @@ func dropOtherKeys() error {
 	if err != nil {
 		return err
 	}
-	policy, err := tpm.PolicyFor(values)
+	var kept *tpm.Sealed
+	if err := rewriteHeader(targets, func(meta []byte) ([]byte, error) {
+		hdrs, s, err := statedisk.WithOnly(meta, values)
+		kept = s
+		return hdrs, err
+	}); err != nil {
+		return err
+	}
+	if kept.CounterBound == nil {
+		return nil // a key from before the counter: init binds the next one
+	}
+	rw, err := openTPM()
 	if err != nil {
 		return err
 	}
-	return rewriteHeader(targets, func(meta []byte) ([]byte, error) { return statedisk.WithOnly(meta, policy) })
+	defer rw.Close()
+	_, err = tpm.RaiseCounter(rw, *kept.CounterBound)
+	return err
 }
 
 // rewriteHeader rewrites the LUKS2 header copies of the state volume

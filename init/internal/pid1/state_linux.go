@@ -119,7 +119,8 @@ func unlockState(sys sysfs, rw io.ReadWriter, record func(kind string, data []by
 }
 
 // newStateVolume draws a volume key, seals the passphrase derived from
-// it in the TPM and returns the key and the LUKS2 metadata.
+// it in the TPM, bound to the state counter as it is, and returns the
+// key and the LUKS2 metadata.
 func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
 	key := make([]byte, luks2.KeySize)
 	uuid := make([]byte, 16)
@@ -130,7 +131,11 @@ func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
 	}
 	pass := statedisk.Passphrase(key)
 	defer clear(pass)
-	sealed, err := tpm.Seal(rw, pass, statedisk.SealPCRs)
+	c, err := tpm.Counter(rw)
+	if err != nil {
+		return nil, nil, err
+	}
+	sealed, err := tpm.Seal(rw, pass, statedisk.SealPCRs, &c)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -159,9 +164,10 @@ func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
 // build sealed the key), for the verifier to accept only from an active
 // build; its passphrase must be the one derived from the key. With
 // prune (a boot that is not an update's trial), the keys of other builds
-// are dropped once this build's own key opened the state: a build that
-// is not the default (a failed trial's, a replaced one's) no longer
-// opens it.
+// are dropped once this build's own key opened the state, and the state
+// counter is raised to its bound (a commit cut short before it did): a
+// build that is not the default (a failed trial's, a replaced one's) no
+// longer opens it.
 func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte, record func(kind string, data []byte) error, prune bool) ([]byte, string, error) {
 	pcrs, err := tpm.ReadPCRs(rw, statedisk.SealPCRs)
 	if err != nil {
@@ -197,20 +203,8 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 			continue
 		}
 		how := "sealed by this build"
-		if prune && len(vol.Own)+len(vol.Handovers) > 1 {
-			policy, err := tpm.PolicyFor(pcrs)
-			var hdrs []byte
-			if err == nil {
-				hdrs, err = statedisk.WithOnly(meta, policy)
-			}
-			if err == nil {
-				err = writeHeaders(f, hdrs)
-			}
-			if err != nil {
-				say("dropping other builds' state keys failed: %v", err)
-			} else {
-				how += fmt.Sprintf("; the %d other builds' keys dropped", len(vol.Own)+len(vol.Handovers)-1)
-			}
+		if prune {
+			how += pruneKeys(rw, f, vol, meta, k, pcrs)
 		}
 		return key, how, nil
 	}
@@ -239,10 +233,20 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 		how := fmt.Sprintf("handed over by the build with PCR 11 %x… on an update to %s", h.Creator[11][:6], h.Build)
 		// This build's own key is sealed before the handover is measured:
 		// measuring moves PCR 15 on from the value the key is sealed to.
-		own, err := tpm.Seal(rw, statedisk.Passphrase(key), statedisk.SealPCRs)
+		// Its bound is the handover's: the counter as the commit leaves it.
+		bound := h.Sealed.CounterBound
+		if bound == nil {
+			c, err := tpm.Counter(rw)
+			if err != nil {
+				say("reading the state counter failed: %v (this build's own key is not bound to it)", err)
+			} else {
+				bound = &c
+			}
+		}
+		own, err := tpm.Seal(rw, statedisk.Passphrase(key), statedisk.SealPCRs, bound)
 		if err == nil {
 			var hdrs []byte
-			if hdrs, err = statedisk.WithOwn(meta, own, pcrs[11]); err == nil {
+			if hdrs, err = statedisk.WithOwn(meta, own, pcrs); err == nil {
 				err = writeHeaders(f, hdrs)
 			}
 		}
@@ -263,6 +267,34 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 		msgs[i] = e.Error()
 	}
 	return nil, "", fmt.Errorf("state key: no key opens the state: %s", strings.Join(msgs, "; "))
+}
+
+// pruneKeys, on a boot that is not a trial, once this build's own key k
+// opened the state: drops the other builds' keys and raises the state
+// counter to k's bound. Failures are said, not fatal: the state is open.
+// It returns what it did, for the console.
+func pruneKeys(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte, k statedisk.Key, pcrs map[int][]byte) string {
+	var how string
+	if others := len(vol.Own) + len(vol.Handovers) - 1; others > 0 {
+		hdrs, _, err := statedisk.WithOnly(meta, pcrs)
+		if err == nil {
+			err = writeHeaders(f, hdrs)
+		}
+		if err != nil {
+			say("dropping other builds' state keys failed: %v", err)
+		} else {
+			how += fmt.Sprintf("; the %d other builds' keys dropped", others)
+		}
+	}
+	if k.Sealed.CounterBound == nil {
+		return how // a key from before the counter: the next update's is bound
+	}
+	v, err := tpm.RaiseCounter(rw, *k.Sealed.CounterBound)
+	if err != nil {
+		say("raising the state counter failed: %v", err)
+		return how
+	}
+	return how + fmt.Sprintf("; state counter %d", v)
 }
 
 // writeHeaders writes both LUKS2 header copies over the start of the
