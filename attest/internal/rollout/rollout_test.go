@@ -348,7 +348,10 @@ func TestRolloutFollowsRebootAcrossRestart(t *testing.T) {
 	if _, err := r.Start(context.Background(), Plan{Build: "b2", Nodes: []string{"rig-00", "rig-01"}, Parallel: 2, MaxFailedPercent: 100}); err != nil {
 		t.Fatal(err)
 	}
-	until(t, r, "b2", func(ro *store.Rollout) bool { s := states(ro); return s["rig-00"] == Rebooting && s["rig-01"] == Rebooting })
+	until(t, r, "b2", func(ro *store.Rollout) bool {
+		s := states(ro)
+		return s["rig-00"] == Rebooting && s["rig-01"] == Rebooting
+	})
 	stop()
 	f.db.Close()
 
