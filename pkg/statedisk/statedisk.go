@@ -62,7 +62,11 @@ const MetadataSize = luks2.DataOffset
 // values, then seals a key of its own (WithOwn). A committed update
 // leaves the running build's key alone (WithOnly), so the build it
 // replaced no longer opens the state; until then it does, so a failed
-// update falls back with the state.
+// update falls back with the state. Every key is also bound to the TPM's
+// state counter (tpm.CounterIndex, Sealed.CounterBound, the token's
+// "counter_bound"): a handover and the next build's own key one above
+// the counter, which the commit raises to that, so the replaced build's
+// key stays locked out even from a header copied before the commit.
 var SealPCRs = []int{7, 11, 15}
 
 // ErrBlank means the partition has no LUKS2 header: it was never
