@@ -96,6 +96,13 @@ func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*i
 		return nil, fmt.Errorf("kernel command line: %s: %w", layout.SlotParam, err)
 	}
 	inst := &installer.Installer{Out: out, Log: log, Slot: slot}
+	// Updates fetched over HTTPS are verified against the measured CA
+	// bundle only, as registries are.
+	if c, err := installer.HTTPSClient(layout.InSystem(layout.CARoots)); err == nil {
+		inst.Client = c
+	} else {
+		log.Info("no CA roots: updates are streamed, not fetched over HTTPS", "err", err)
+	}
 	if cfg.TPM != "simulator" { // the state is sealed by the node's TPM
 		openTPM := func() (io.ReadWriteCloser, error) { return tpm.Open(cfg.TPMPaths...) }
 		inst.HandOver = func(uki io.ReaderAt, build string) error { return handOver(openTPM, uki, build) }

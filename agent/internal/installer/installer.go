@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +64,9 @@ type Installer struct {
 	// Poll is how often an update waiting for workloads to end looks
 	// again (default 2 s).
 	Poll time.Duration
+	// Client fetches updates whose Update names a URL (HTTPSClient);
+	// nil: such updates fail.
+	Client *http.Client
 
 	mu         sync.Mutex
 	running    bool // an install or update

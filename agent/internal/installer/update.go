@@ -82,6 +82,9 @@ func (i *Installer) HandleUpdate(m *apiv1.Update) {
 	done, total := u.w.Received()
 	i.Log.Info("receiving an update", "build", m.GetBuild(), "slot", slot, "bytes", total)
 	i.updateEvent(m, &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_RECEIVING, Slot: string(slot), Bytes: done, TotalBytes: total})
+	if m.GetUrl() != "" {
+		go i.fetch(u)
+	}
 }
 
 func (i *Installer) startUpdate(m *apiv1.Update, slot layout.Slot) (*updating, error) {

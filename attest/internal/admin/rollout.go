@@ -54,7 +54,7 @@ func (s *Server) StartRollout(ctx context.Context, r *apiv1.StartRolloutRequest)
 		return nil, status.Errorf(codes.InvalidArgument, "%d nodes listed, at most %d", len(r.GetNodeIds()), rollout.MaxNodes)
 	}
 	ro, err := run.Start(ctx, rollout.Plan{Build: r.GetBuild(), Nodes: r.GetNodeIds(), Percent: int(min(r.GetPercent(), 101)),
-		Parallel: int(min(r.GetParallel(), 1<<16)), MaxFailedPercent: maxFailed, Force: r.Force})
+		Parallel: int(min(r.GetParallel(), 1<<16)), MaxFailedPercent: maxFailed, Force: r.Force, Fetch: r.Fetch})
 	if err != nil {
 		return nil, rolloutErr(err)
 	}
@@ -106,7 +106,7 @@ func (s *Server) ListRollouts(context.Context, *apiv1.ListRolloutsRequest) (*api
 
 func rolloutProto(ro *store.Rollout) *apiv1.Rollout {
 	p := &apiv1.Rollout{Build: ro.Build, State: ro.State, Reason: ro.Reason, Parallel: uint32(ro.Parallel),
-		MaxFailedPercent: uint32(ro.MaxFailedPercent), Force: ro.Force, CreatedUnixMs: unixMS(ro.Created), UpdatedUnixMs: unixMS(ro.Updated)}
+		MaxFailedPercent: uint32(ro.MaxFailedPercent), Force: ro.Force, Fetch: ro.Fetch, CreatedUnixMs: unixMS(ro.Created), UpdatedUnixMs: unixMS(ro.Updated)}
 	for _, n := range ro.Nodes {
 		p.Nodes = append(p.Nodes, &apiv1.RolloutNode{NodeId: n.Node, State: n.State, Reason: n.Reason, UpdatedUnixMs: unixMS(n.Updated)})
 	}

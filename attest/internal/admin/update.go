@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -30,7 +32,10 @@ import (
 // slots, layout.BuildSystem), and the verifier's active manifests, one
 // of which must name the build.
 type Updates struct {
-	Dir       string
+	Dir string
+	// URL, if set, is where an HTTPS server serves Dir's folders: an
+	// Update with fetch tells the node to fetch the build from there.
+	URL       string
 	Manifests func() []*attestation.Manifest
 }
 
@@ -128,11 +133,17 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 	if _, err := s.store.GetNode(ctx, r.GetNodeId()); err != nil {
 		return nil, grpcErr(err)
 	}
+	if r.GetFetch() && s.updates.URL == "" {
+		return nil, status.Error(codes.FailedPrecondition, "this verifier has no update_url: set it in its configuration for nodes to fetch updates over HTTPS, or stream the update (no -fetch)")
+	}
 	b, err := s.updates.openBundle(r.GetBuild())
 	if err != nil {
 		return nil, err
 	}
 	defer b.system.Close()
+	if r.GetFetch() {
+		b.req.Url = strings.TrimSuffix(s.updates.URL, "/") + "/" + url.PathEscape(r.GetBuild())
+	}
 	c := s.hub.Conn(r.GetNodeId())
 	if c == nil {
 		return nil, status.Errorf(codes.Unavailable, "node %s is not connected", r.GetNodeId())
@@ -181,6 +192,9 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "node %s: %v", r.GetNodeId(), err)
 	}
+	if b.req.GetUrl() != "" {
+		return waitFinal(next) // the node fetches the files itself
+	}
 	send := func(part apiv1.UpdatePart, off int64, data []byte) error {
 		return c.Send(ctx, r.GetNodeId(), &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_UpdateChunk{UpdateChunk: &apiv1.UpdateChunk{
 			RequestId: b.req.GetRequestId(), Part: part, Offset: off, Data: data,
@@ -211,6 +225,11 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 			return nil, err
 		}
 	}
+	return waitFinal(next)
+}
+
+// waitFinal returns the update's next WAITING, REBOOTING or FAILED.
+func waitFinal(next func(block bool) (*apiv1.UpdateEvent, error)) (*apiv1.UpdateEvent, error) {
 	for {
 		e, err := next(true)
 		if err != nil {

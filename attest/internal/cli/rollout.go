@@ -28,6 +28,7 @@ func rolloutCmd(fs *flag.FlagSet, args []string) error {
 	parallel := fs.Uint("parallel", 0, "nodes updating at once (default 1; kept when extending)")
 	maxFailed := fs.Int("max-failed", -1, "share of the rollout's nodes (percent) that may fail before it halts (default 0)")
 	force := fs.Bool("force", false, "reboot nodes at once even while workloads run (they are killed)")
+	fetch := fs.Bool("fetch", false, "nodes fetch the build over HTTPS from the verifier's update_url instead of receiving it on their stream")
 	pause := fs.Bool("pause", false, "start no more nodes (the ones updating finish)")
 	resume := fs.Bool("resume", false, "go on with a paused or halted rollout")
 	retry := fs.Bool("retry-failed", false, "with -resume: try the failed nodes again")
@@ -63,14 +64,17 @@ func rolloutCmd(fs *flag.FlagSet, args []string) error {
 				ids = append(ids, id)
 			}
 		}
-		var forceP *bool
+		var forceP, fetchP *bool
 		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "force" {
+			switch f.Name {
+			case "force":
 				forceP = force
+			case "fetch":
+				fetchP = fetch
 			}
 		})
 		ro, err = c.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: *build, NodeIds: ids, Percent: uint32(min(*percent, 101)),
-			Parallel: uint32(min(*parallel, 1<<16)), MaxFailedPercent: maxP, Force: forceP})
+			Parallel: uint32(min(*parallel, 1<<16)), MaxFailedPercent: maxP, Force: forceP, Fetch: fetchP})
 	default:
 		ro, err = c.GetRollout(ctx, &apiv1.GetRolloutRequest{Build: *build})
 	}

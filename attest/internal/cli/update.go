@@ -21,6 +21,7 @@ func updateNode(fs *flag.FlagSet, args []string) error {
 	node := fs.String("node", "", "node ID (required)")
 	build := fs.String("build", "", "the build to install: a folder in the verifier's update_dir, with its manifest in manifest_dir (required)")
 	force := fs.Bool("force", false, "reboot at once even while workloads run (they are killed)")
+	fetch := fs.Bool("fetch", false, "the node fetches the build over HTTPS from the verifier's update_url instead of receiving it on its stream")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -34,7 +35,7 @@ func updateNode(fs *flag.FlagSet, args []string) error {
 	defer closeConn()
 	ctx, cancel := context.WithTimeout(context.Background(), adminsrv.UpdateTimeout+time.Minute)
 	defer cancel()
-	e, err := c.Update(ctx, &apiv1.UpdateRequest{NodeId: *node, Build: *build, Force: *force})
+	e, err := c.Update(ctx, &apiv1.UpdateRequest{NodeId: *node, Build: *build, Force: *force, Fetch: *fetch})
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"slices"
 	"time"
@@ -63,6 +64,12 @@ type Config struct {
 	// per build, named for it, holding the imager's output. A build's
 	// manifest must also be in ManifestDir. Default is none (no updates).
 	UpdateDir string `json:"update_dir"`
+	// UpdateURL is where an HTTPS server serves UpdateDir's folders
+	// ("https://updates.example.com/builds": <url>/<build>/system.img):
+	// an update or rollout with -fetch tells nodes to fetch the build
+	// from there rather than receive it on their stream. Nodes verify the
+	// server against the CA roots in their image. Default is none.
+	UpdateURL string `json:"update_url"`
 	// ManifestKeys are the Ed25519 public keys (PEM) trusted to sign
 	// manifests. Required.
 	ManifestKeys []string `json:"manifest_keys"`
@@ -193,6 +200,14 @@ func (c *Config) Validate() error {
 	req("tls_key", c.TLSKey)
 	req("signing_key", c.SigningKey)
 	req("manifest_dir", c.ManifestDir)
+	if c.UpdateURL != "" {
+		if u, err := url.Parse(c.UpdateURL); err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+			errs = append(errs, fmt.Errorf("update_url %q: want https://host/path (nodes fetch <update_url>/<build>/system.img)", c.UpdateURL))
+		}
+		if c.UpdateDir == "" {
+			errs = append(errs, errors.New("update_url needs update_dir: the verifier checks each build's files there before a node fetches them"))
+		}
+	}
 	if len(c.ManifestKeys) == 0 {
 		errs = append(errs, errors.New("manifest_keys needs at least one key"))
 	}

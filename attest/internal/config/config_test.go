@@ -48,11 +48,12 @@ func TestEKRootsBuiltinOff(t *testing.T) {
 }
 
 func TestValidateReportsEverything(t *testing.T) {
-	c := &Config{PCRs: []int{30}, LogLevel: "loud"}
+	c := &Config{PCRs: []int{30}, LogLevel: "loud", UpdateURL: "http://updates.example.com/builds"}
 	c.Defaults()
 	c.SpotCheck.Min = pconfig.Duration(time.Hour)
 	err := c.Validate()
-	for _, want := range []string{"tls_cert", "tls_key", "signing_key", "manifest_dir", "manifest_keys", "pcrs: 30", "min 1h0m0s exceeds", "log_level"} {
+	for _, want := range []string{"tls_cert", "tls_key", "signing_key", "manifest_dir", "manifest_keys", "pcrs: 30", "min 1h0m0s exceeds", "log_level",
+		"update_url \"http://updates.example.com/builds\": want https://", "update_url needs update_dir"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() = %v, want it to mention %q", err, want)
 		}

@@ -183,9 +183,10 @@ type Plan struct {
 	// MaxFailedPercent is the share of the rollout's nodes that may fail
 	// before it halts (-1: 0 for a new rollout, kept for one that exists).
 	MaxFailedPercent int
-	// Force reboots nodes while workloads run (nil: false for a new
-	// rollout, kept for one that exists).
-	Force *bool
+	// Force reboots nodes while workloads run, Fetch has them fetch the
+	// build over HTTPS (nil: false for a new rollout, kept for one that
+	// exists).
+	Force, Fetch *bool
 }
 
 // Start begins the build's rollout, or adds nodes to it (a paused one
@@ -256,6 +257,9 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 	}
 	if p.Force != nil {
 		next.Force = *p.Force
+	}
+	if p.Fetch != nil {
+		next.Fetch = *p.Fetch
 	}
 	if p.Parallel > 0 {
 		next.Parallel = p.Parallel
@@ -508,10 +512,10 @@ func (r *Runner) step(ctx context.Context) {
 			r.setNode(ctx, ro.Build, n, Updating, "streaming the build")
 			flying++
 			r.wg.Add(1)
-			go func(build, node string, force bool) {
+			go func(req *apiv1.UpdateRequest) {
 				defer r.wg.Done()
-				r.updateNode(ctx, build, node, force)
-			}(ro.Build, n.Node, ro.Force)
+				r.updateNode(ctx, req)
+			}(&apiv1.UpdateRequest{NodeId: n.Node, Build: ro.Build, Force: ro.Force, Fetch: ro.Fetch})
 		}
 	}
 }
@@ -562,7 +566,8 @@ func (r *Runner) report(ctx context.Context, build, node, state, reason string) 
 // updateNode updates one node and follows it until it commits the build,
 // fails, or misses a deadline. If ctx ends first (the verifier stops),
 // the node stays in flight in the store, and New picks it up.
-func (r *Runner) updateNode(ctx context.Context, build, node string, force bool) {
+func (r *Runner) updateNode(ctx context.Context, req *apiv1.UpdateRequest) {
+	build, node := req.GetBuild(), req.GetNodeId()
 	if on, err := r.o.OnBuild(ctx, node); err == nil && on == build {
 		r.report(ctx, build, node, Succeeded, "it already runs build "+build+", trusted")
 		return
@@ -572,7 +577,7 @@ func (r *Runner) updateNode(ctx context.Context, build, node string, force bool)
 	// nothing.
 	events, stop := r.o.Watch(node)
 	defer stop()
-	e, err := r.o.Update(ctx, &apiv1.UpdateRequest{NodeId: node, Build: build, Force: force})
+	e, err := r.o.Update(ctx, req)
 	if ctx.Err() != nil {
 		return
 	}

@@ -203,7 +203,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Daemon, er
 		return nil, err
 	}
 	v, err := verifier.New(ctx, verifier.Options{
-		Store: db, Manifests: ms.Active, Retired: ms.Retired, UpdateDir: cfg.UpdateDir, SigningKey: signing, Roots: roots, Intermediates: inter, Logger: log,
+		Store: db, Manifests: ms.Active, Retired: ms.Retired, UpdateDir: cfg.UpdateDir, UpdateURL: cfg.UpdateURL, SigningKey: signing, Roots: roots, Intermediates: inter, Logger: log,
 		EvidenceDir: cfg.EvidenceDir,
 		Policy: verifier.Policy{
 			PCRs: cfg.PCRs, MeanInterval: cfg.SpotCheck.Mean.D(), MinInterval: cfg.SpotCheck.Min.D(),

@@ -94,7 +94,8 @@ var migrations = []migration{
 	reason TEXT NOT NULL,
 	parallel INTEGER NOT NULL,
 	max_failed_percent INTEGER NOT NULL,
-	force INTEGER NOT NULL
+	force INTEGER NOT NULL,
+	fetch INTEGER NOT NULL
 )`, `CREATE TABLE rollout_nodes (
 	build TEXT NOT NULL REFERENCES rollouts(build),
 	node TEXT NOT NULL REFERENCES nodes(id),

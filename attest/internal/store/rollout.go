@@ -13,10 +13,11 @@ func (s *SQLite) SaveRollout(ctx context.Context, r *Rollout) error {
 		return err
 	}
 	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO rollouts (build, created, updated, state, reason, parallel, max_failed_percent, force)
-		VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (build) DO UPDATE SET updated = excluded.updated, state = excluded.state,
-		reason = excluded.reason, parallel = excluded.parallel, max_failed_percent = excluded.max_failed_percent, force = excluded.force`,
-		r.Build, ms(r.Created), ms(r.Updated), r.State, r.Reason, r.Parallel, r.MaxFailedPercent, r.Force); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO rollouts (build, created, updated, state, reason, parallel, max_failed_percent, force, fetch)
+		VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (build) DO UPDATE SET updated = excluded.updated, state = excluded.state,
+		reason = excluded.reason, parallel = excluded.parallel, max_failed_percent = excluded.max_failed_percent,
+		force = excluded.force, fetch = excluded.fetch`,
+		r.Build, ms(r.Created), ms(r.Updated), r.State, r.Reason, r.Parallel, r.MaxFailedPercent, r.Force, r.Fetch); err != nil {
 		return fmt.Errorf("saving the rollout of %s: %w", r.Build, err)
 	}
 	for _, n := range r.Nodes {
@@ -47,7 +48,7 @@ func saveRolloutNode(ctx context.Context, db execer, build string, n RolloutNode
 
 // Rollouts implements Store.
 func (s *SQLite) Rollouts(ctx context.Context) ([]*Rollout, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT build, created, updated, state, reason, parallel, max_failed_percent, force
+	rows, err := s.db.QueryContext(ctx, `SELECT build, created, updated, state, reason, parallel, max_failed_percent, force, fetch
 		FROM rollouts ORDER BY created DESC, build`)
 	if err != nil {
 		return nil, err
@@ -57,7 +58,7 @@ func (s *SQLite) Rollouts(ctx context.Context) ([]*Rollout, error) {
 	for rows.Next() {
 		r := &Rollout{}
 		var created, updated int64
-		if err := rows.Scan(&r.Build, &created, &updated, &r.State, &r.Reason, &r.Parallel, &r.MaxFailedPercent, &r.Force); err != nil {
+		if err := rows.Scan(&r.Build, &created, &updated, &r.State, &r.Reason, &r.Parallel, &r.MaxFailedPercent, &r.Force, &r.Fetch); err != nil {
 			rows.Close()
 			return nil, err
 		}

@@ -134,9 +134,10 @@ type Rollout struct {
 	// share of its nodes that may fail before the rollout halts.
 	Parallel         int
 	MaxFailedPercent int
-	// Force reboots nodes while workloads run.
-	Force bool
-	Nodes []RolloutNode
+	// Force reboots nodes while workloads run; Fetch has them fetch the
+	// build over HTTPS.
+	Force, Fetch bool
+	Nodes        []RolloutNode
 }
 
 // RolloutNode is one node of a rollout.

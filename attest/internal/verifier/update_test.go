@@ -351,3 +351,49 @@ func TestUpdateEventsBounded(t *testing.T) {
 	}
 	t.Logf("%d of %d flooded update events taken", taken, flood)
 }
+
+// An update with fetch names the build's folder under the verifier's
+// update_url and streams nothing: the node fetches the files itself. A
+// verifier without update_url refuses it before the node hears of it.
+func TestUpdateFetch(t *testing.T) {
+	h := newHarness(t, testPolicy(), "")
+	dir := t.TempDir()
+	next := writeBuild(t, dir, "next", make([]byte, admin.UpdateChunkSize+3))
+	active := []*attestation.Manifest{devboot.Manifest(devboot.Default(), "dev"), next}
+	n := bootNode(t, 1, devboot.Default())
+	out := session.NewOutbox(nil)
+	asked := make(chan *apiv1.Update, 4)
+	chunks := make(chan *apiv1.UpdateChunk, 4)
+	h.session(session.Node{ID: "rig-1", TPM: n.Att, RuntimeLog: n.ReadRuntimeLog, Outbox: out,
+		Update: func(m *apiv1.Update) {
+			asked <- m
+			for _, st := range []apiv1.UpdateState{apiv1.UpdateState_UPDATE_STATE_RECEIVING, apiv1.UpdateState_UPDATE_STATE_REBOOTING} {
+				out.Deliver(&apiv1.AgentMessage{Msg: &apiv1.AgentMessage_UpdateEvent{UpdateEvent: &apiv1.UpdateEvent{
+					State: st, RequestId: m.GetRequestId(), Build: m.GetBuild(), Slot: "b"}}})
+			}
+		},
+		UpdateChunk: func(c *apiv1.UpdateChunk) { chunks <- c }})
+	h.await("rig-1", to(apiv1.NodeState_NODE_STATE_TRUSTED))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	h.v.admin.SetUpdates(admin.Updates{Dir: dir, Manifests: func() []*attestation.Manifest { return active }})
+	if _, err := h.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: "rig-1", Build: "next", Fetch: true}); status.Code(err) != codes.FailedPrecondition ||
+		!strings.Contains(err.Error(), "update_url") {
+		t.Errorf("fetch without update_url: %v, want FailedPrecondition naming update_url", err)
+	}
+	if len(asked) != 0 {
+		t.Fatal("a refused fetch reached the node")
+	}
+	h.v.admin.SetUpdates(admin.Updates{Dir: dir, URL: "https://updates.example.com/builds/", Manifests: func() []*attestation.Manifest { return active }})
+	e, err := h.admin.Update(ctx, &apiv1.UpdateRequest{NodeId: "rig-1", Build: "next", Fetch: true})
+	if err != nil || e.GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING {
+		t.Fatalf("Update(fetch) = %v, %v; want REBOOTING", e, err)
+	}
+	if m := <-asked; m.GetUrl() != "https://updates.example.com/builds/next" || m.GetSystemSize() != admin.UpdateChunkSize+3 {
+		t.Errorf("the node was asked %v", m)
+	}
+	if len(chunks) != 0 {
+		t.Error("the verifier streamed chunks for an update the node fetches")
+	}
+}

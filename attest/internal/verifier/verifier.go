@@ -76,6 +76,9 @@ type Options struct {
 	// UpdateDir, if set, holds the builds Update streams to nodes
 	// (admin.Updates).
 	UpdateDir string
+	// UpdateURL, if set, is where nodes fetch UpdateDir's builds over
+	// HTTPS when asked to (admin.Updates).
+	UpdateURL string
 	// SigningKey signs attestation result tokens.
 	SigningKey ed25519.PrivateKey
 	// Roots (and Intermediates) certify hardware-class EKs.
@@ -160,7 +163,7 @@ func New(ctx context.Context, o Options) (*Verifier, error) {
 		enrolments: rate.NewLimiter(rate.Limit(o.Policy.EnrolRate), o.Policy.EnrolBurst),
 		handshakes: make(chan struct{}, o.Policy.MaxHandshakes),
 	}
-	v.admin.SetUpdates(admin.Updates{Dir: o.UpdateDir, Manifests: o.Manifests})
+	v.admin.SetUpdates(admin.Updates{Dir: o.UpdateDir, URL: o.UpdateURL, Manifests: o.Manifests})
 	v.rollouts, err = rollout.New(ctx, rollout.Options{
 		Store: o.Store, Update: v.admin.Update, Watch: h.WatchUpdate, Last: h.LastUpdate, Booted: h.Booted, Connected: h.Connected,
 		OnBuild: v.onBuild, BootTimeout: o.RolloutBootTimeout, Tick: o.RolloutTick, Now: o.Now, Logger: o.Logger,

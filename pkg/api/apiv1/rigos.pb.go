@@ -2081,7 +2081,12 @@ type Update struct {
 	SystemSha256 []byte `protobuf:"bytes,8,opt,name=system_sha256,json=systemSha256,proto3" json:"system_sha256,omitempty"`
 	// Force reboots even while workloads run (they are killed); without
 	// it the node waits until none runs.
-	Force         bool `protobuf:"varint,9,opt,name=force,proto3" json:"force,omitempty"`
+	Force bool `protobuf:"varint,9,opt,name=force,proto3" json:"force,omitempty"`
+	// Url, if set, is the build's folder on an HTTPS server: the node
+	// fetches <url>/system.img and its slot's UKI (<url>/rigos.efi for
+	// slot A, <url>/rigos-b.efi for slot B) itself, checked against the
+	// sizes and SHA-256s above, and no UpdateChunk follows.
+	Url           string `protobuf:"bytes,10,opt,name=url,proto3" json:"url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2177,6 +2182,13 @@ func (x *Update) GetForce() bool {
 		return x.Force
 	}
 	return false
+}
+
+func (x *Update) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
 }
 
 // UpdateChunk is part of an update's file, in order: offset is where data
@@ -3283,7 +3295,10 @@ type StartRolloutRequest struct {
 	MaxFailedPercent *uint32 `protobuf:"varint,5,opt,name=max_failed_percent,json=maxFailedPercent,proto3,oneof" json:"max_failed_percent,omitempty"`
 	// Force: reboot nodes while workloads run (default false; kept when a
 	// rollout is extended without it).
-	Force         *bool `protobuf:"varint,6,opt,name=force,proto3,oneof" json:"force,omitempty"`
+	Force *bool `protobuf:"varint,6,opt,name=force,proto3,oneof" json:"force,omitempty"`
+	// Fetch: as in UpdateRequest (kept when a rollout is extended without
+	// it).
+	Fetch         *bool `protobuf:"varint,7,opt,name=fetch,proto3,oneof" json:"fetch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3356,6 +3371,13 @@ func (x *StartRolloutRequest) GetMaxFailedPercent() uint32 {
 func (x *StartRolloutRequest) GetForce() bool {
 	if x != nil && x.Force != nil {
 		return *x.Force
+	}
+	return false
+}
+
+func (x *StartRolloutRequest) GetFetch() bool {
+	if x != nil && x.Fetch != nil {
+		return *x.Fetch
 	}
 	return false
 }
@@ -3574,6 +3596,7 @@ type Rollout struct {
 	CreatedUnixMs    int64          `protobuf:"varint,7,opt,name=created_unix_ms,json=createdUnixMs,proto3" json:"created_unix_ms,omitempty"`
 	UpdatedUnixMs    int64          `protobuf:"varint,8,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
 	Nodes            []*RolloutNode `protobuf:"bytes,9,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Fetch            bool           `protobuf:"varint,10,opt,name=fetch,proto3" json:"fetch,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -3671,6 +3694,13 @@ func (x *Rollout) GetNodes() []*RolloutNode {
 	return nil
 }
 
+func (x *Rollout) GetFetch() bool {
+	if x != nil {
+		return x.Fetch
+	}
+	return false
+}
+
 type RolloutNode struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -3747,8 +3777,11 @@ type UpdateRequest struct {
 	// Build names the folder in the verifier's update_dir holding the
 	// build's output (manifest.json, rigos.efi, rigos-b.efi, system.img);
 	// its manifest must be one of the verifier's active manifests.
-	Build         string `protobuf:"bytes,2,opt,name=build,proto3" json:"build,omitempty"`
-	Force         bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	Build string `protobuf:"bytes,2,opt,name=build,proto3" json:"build,omitempty"`
+	Force bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	// Fetch: the node fetches the build over HTTPS from the verifier's
+	// update_url instead of receiving it on its stream.
+	Fetch         bool `protobuf:"varint,4,opt,name=fetch,proto3" json:"fetch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3800,6 +3833,13 @@ func (x *UpdateRequest) GetBuild() string {
 func (x *UpdateRequest) GetForce() bool {
 	if x != nil {
 		return x.Force
+	}
+	return false
+}
+
+func (x *UpdateRequest) GetFetch() bool {
+	if x != nil {
+		return x.Fetch
 	}
 	return false
 }
@@ -4886,7 +4926,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x06update\x18\n" +
 	" \x01(\v2\x14.rigos.api.v1.UpdateH\x00R\x06update\x12>\n" +
 	"\fupdate_chunk\x18\v \x01(\v2\x19.rigos.api.v1.UpdateChunkH\x00R\vupdateChunkB\x05\n" +
-	"\x03msg\"\x99\x02\n" +
+	"\x03msg\"\xab\x02\n" +
 	"\x06Update\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x14\n" +
@@ -4902,7 +4942,9 @@ const file_rigos_proto_rawDesc = "" +
 	"\vsystem_size\x18\a \x01(\x03R\n" +
 	"systemSize\x12#\n" +
 	"\rsystem_sha256\x18\b \x01(\fR\fsystemSha256\x12\x14\n" +
-	"\x05force\x18\t \x01(\bR\x05force\"\x86\x01\n" +
+	"\x05force\x18\t \x01(\bR\x05force\x12\x10\n" +
+	"\x03url\x18\n" +
+	" \x01(\tR\x03url\"\x86\x01\n" +
 	"\vUpdateChunk\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12,\n" +
@@ -4987,16 +5029,18 @@ const file_rigos_proto_rawDesc = "" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\"!\n" +
 	"\aRefusal\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xeb\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x90\x02\n" +
 	"\x13StartRolloutRequest\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\x12\x19\n" +
 	"\bnode_ids\x18\x02 \x03(\tR\anodeIds\x12\x18\n" +
 	"\apercent\x18\x03 \x01(\rR\apercent\x12\x1a\n" +
 	"\bparallel\x18\x04 \x01(\rR\bparallel\x121\n" +
 	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01\x12\x19\n" +
-	"\x05force\x18\x06 \x01(\bH\x01R\x05force\x88\x01\x01B\x15\n" +
+	"\x05force\x18\x06 \x01(\bH\x01R\x05force\x88\x01\x01\x12\x19\n" +
+	"\x05fetch\x18\a \x01(\bH\x02R\x05fetch\x88\x01\x01B\x15\n" +
 	"\x13_max_failed_percentB\b\n" +
-	"\x06_force\"\xc4\x01\n" +
+	"\x06_forceB\b\n" +
+	"\x06_fetch\"\xc4\x01\n" +
 	"\x11SetRolloutRequest\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\x12\x14\n" +
 	"\x05pause\x18\x02 \x01(\bR\x05pause\x12\x16\n" +
@@ -5008,7 +5052,7 @@ const file_rigos_proto_rawDesc = "" +
 	"\x05build\x18\x01 \x01(\tR\x05build\"\x15\n" +
 	"\x13ListRolloutsRequest\"I\n" +
 	"\x14ListRolloutsResponse\x121\n" +
-	"\brollouts\x18\x01 \x03(\v2\x15.rigos.api.v1.RolloutR\brollouts\"\xae\x02\n" +
+	"\brollouts\x18\x01 \x03(\v2\x15.rigos.api.v1.RolloutR\brollouts\"\xc4\x02\n" +
 	"\aRollout\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -5018,16 +5062,19 @@ const file_rigos_proto_rawDesc = "" +
 	"\x05force\x18\x06 \x01(\bR\x05force\x12&\n" +
 	"\x0fcreated_unix_ms\x18\a \x01(\x03R\rcreatedUnixMs\x12&\n" +
 	"\x0fupdated_unix_ms\x18\b \x01(\x03R\rupdatedUnixMs\x12/\n" +
-	"\x05nodes\x18\t \x03(\v2\x19.rigos.api.v1.RolloutNodeR\x05nodes\"|\n" +
+	"\x05nodes\x18\t \x03(\v2\x19.rigos.api.v1.RolloutNodeR\x05nodes\x12\x14\n" +
+	"\x05fetch\x18\n" +
+	" \x01(\bR\x05fetch\"|\n" +
 	"\vRolloutNode\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12&\n" +
-	"\x0fupdated_unix_ms\x18\x04 \x01(\x03R\rupdatedUnixMs\"T\n" +
+	"\x0fupdated_unix_ms\x18\x04 \x01(\x03R\rupdatedUnixMs\"j\n" +
 	"\rUpdateRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05build\x18\x02 \x01(\tR\x05build\x12\x14\n" +
-	"\x05force\x18\x03 \x01(\bR\x05force\"Q\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x14\n" +
+	"\x05fetch\x18\x04 \x01(\bR\x05fetch\"Q\n" +
 	"\x0eInstallRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x12\n" +
 	"\x04disk\x18\x02 \x01(\tR\x04disk\x12\x12\n" +
