@@ -2,11 +2,15 @@ package testvm
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,10 +19,11 @@ import (
 	"github.com/rigos/rigos/pkg/layout"
 )
 
-// TestUpdate updates a node running build 1 from slot A. Each update
-// streams the new build down the node's connection; the node writes it
-// into slot B, seals its state's passphrase for it, sets slot B's boot
-// entry in BootNext and reboots.
+// TestUpdate updates a node running build 1 from slot A. The first two
+// updates stream the new build down the node's connection; the third,
+// a rollout, has the node fetch it from an HTTPS server. The node writes
+// it into slot B, seals its state's passphrase for it, sets slot B's
+// boot entry in BootNext and reboots.
 //
 //  1. The power is cut while the node writes build 2: it boots build 1
 //     from slot A again, with its state.
@@ -26,9 +31,12 @@ import (
 //     reboots at the end of its trial (rigos.trial_timeout), the firmware
 //     boots slot A, build 1 opens its state, and the verifier records the
 //     update as failed.
-//  3. Build 2 boots from slot B, opens the state build 1 handed over, is
-//     trusted and commits: after a power cut the node boots build 2
-//     again, which opens the state with its own key.
+//  3. Build 2, rolled out and fetched over HTTPS, boots from slot B,
+//     opens the state build 1 handed over, is trusted and commits: after
+//     a power cut the node boots build 2 again, which opens the state
+//     with its own key.
+//  4. The owner writes build 1's ESP and the state partition from before
+//     the commit back: build 1 cannot open it (the state counter).
 func TestUpdate(t *testing.T) {
 	setup(t)
 	one, err := buildImage("genuine", env.keys, nil, nil)
@@ -67,7 +75,29 @@ func TestUpdate(t *testing.T) {
 			}
 		}
 	}
-	v := startVerifier(t, one.Manifest, map[string]any{"manifest_dir": manifests, "update_dir": updates})
+	// The platform's HTTPS server for updates, with a certificate of the
+	// development CA the images carry; it counts the system images it
+	// serves.
+	cert, err := tls.LoadX509KeyPair(filepath.Join(env.dev, "server.crt"), filepath.Join(env.dev, "server.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fetched atomic.Int32
+	files := http.FileServer(http.Dir(updates))
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/"+layout.BuildSystem) {
+			fetched.Add(1)
+		}
+		files.ServeHTTP(w, r)
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	v := startVerifier(t, one.Manifest, map[string]any{"manifest_dir": manifests, "update_dir": updates,
+		"update_url": fmt.Sprintf("https://10.0.2.2:%d/", l.Addr().(*net.TCPAddr).Port)})
 	o := Options{Image: one.QCOW2, Vars: env.vars, Dir: t.TempDir(), Memory: "512M", Timeout: 25 * time.Minute, Reuse: true}
 	vm := startVM(t, o)
 	node := awaitTrusted(t, v, vm, "on build 1").GetNodeId()
@@ -161,10 +191,11 @@ func TestUpdate(t *testing.T) {
 	backOnOne("after build 3's trial")
 	record(apiv1.UpdateState_UPDATE_STATE_FAILED, "came back on build "+one.Build+", not "+unreachable.Build)
 
-	// 3. Build 2 is rolled out to the fleet (this node): it boots, is
-	// trusted and commits, and the rollout is done.
-	start := time.Now()
-	if _, err := v.admin.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: two.Build, Percent: 100}); err != nil {
+	// 3. Build 2 is rolled out to the fleet (this node), which fetches it
+	// over HTTPS: it boots, is trusted and commits, and the rollout is
+	// done.
+	start, fetch := time.Now(), true
+	if _, err := v.admin.StartRollout(ctx, &apiv1.StartRolloutRequest{Build: two.Build, Percent: 100, Fetch: &fetch}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -172,7 +203,10 @@ func TestUpdate(t *testing.T) {
 	case <-time.After(4 * time.Minute):
 		t.Fatalf("the rollout did not reboot the node within 4 minutes\n%s", tail(vm.ConsoleText(), 40))
 	}
-	t.Logf("rollout of build 2: the node rebooted into it %.1fs after the rollout started", time.Since(start).Seconds())
+	t.Logf("rollout of build 2: the node fetched it over HTTPS and rebooted into it %.1fs after the rollout started", time.Since(start).Seconds())
+	if fetched.Load() != 1 {
+		t.Errorf("the node fetched the system image %d times from the HTTPS server, want once", fetched.Load())
+	}
 	// The owner copies the disk now, while build 1's key and its
 	// handover are in the state's header (step 4 writes it back).
 	work := t.TempDir()
