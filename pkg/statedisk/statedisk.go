@@ -156,16 +156,16 @@ func handoverToken(h Handover) luks2.Token {
 // WithHandover returns both header copies of the volume whose metadata
 // region starts with meta, with h added and the keys its own builds
 // sealed kept; an earlier handover is dropped (one update at a time).
-// The running build must hold a key of its own (one sealed to running,
-// its unlock values): if it opened the state with a handover and could
+// The running build must hold its key of its own (KeyID running, as
+// init recorded it): if it opened the state with a handover and could
 // not seal its own key, dropping that handover would leave it, should
 // the update fall back, without a way in.
-func WithHandover(meta []byte, h Handover, running map[int][]byte) ([]byte, error) {
+func WithHandover(meta []byte, h Handover, running string) ([]byte, error) {
 	v, err := Read(meta)
 	if err != nil {
 		return nil, err
 	}
-	if _, _, ok := ownKeyFor(v.Header, running); !ok {
+	if _, _, ok := ownKey(v.Header, running); !ok {
 		return nil, errors.New("the running build holds no key of its own in the state (its own key could not be sealed when it opened a handed-over one): an update that fell back could not open the state")
 	}
 	tokens := ownTokens(v.Header)
@@ -213,21 +213,22 @@ func sealedTo(s *tpm.Sealed, values map[int][]byte) bool {
 }
 
 // WithOnly returns both header copies with one key alone: the running
-// build's, the one whose sealed object unseals under values (the PCR
-// values the running build unlocked at), so the build an update
-// replaced, or one that never became the default, no longer opens the
-// state; and that key, whose counter bound the caller raises the state
-// counter to (tpm.RaiseCounter), so a header copied before the drop
-// does not open it either. Keys are told apart by their sealed objects,
-// not by the labels beside them, which the owner could edit. Without
-// such a key nothing is dropped: an error, so the running build is
-// never locked out.
-func WithOnly(meta []byte, values map[int][]byte) ([]byte, *tpm.Sealed, error) {
+// build's own, the one with KeyID key (the key the TPM unsealed, as
+// init recorded it), so the build an update replaced, or one that
+// never became the default, no longer opens the state; and that key,
+// whose counter bound the caller raises the state counter to
+// (tpm.RaiseCounter), so a header copied before the drop does not open
+// it either. Keys are told apart by their sealed objects, not by what
+// the header says beside them, which the owner could edit or forge (a
+// token with a policy of the running build and a lower bound, put
+// first). Without that key nothing is dropped: an error, so the running
+// build is never locked out.
+func WithOnly(meta []byte, key string) ([]byte, *tpm.Sealed, error) {
 	v, err := Read(meta)
 	if err != nil {
 		return nil, nil, err
 	}
-	t, s, ok := ownKeyFor(v.Header, values)
+	t, s, ok := ownKey(v.Header, key)
 	if !ok {
 		return nil, nil, errors.New("the state holds no key of the running build")
 	}
@@ -235,16 +236,18 @@ func WithOnly(meta []byte, values map[int][]byte) ([]byte, *tpm.Sealed, error) {
 	return hdrs, s, err
 }
 
-// ownKeyFor returns the own-key token whose sealed object unseals under
-// values, and the key in it.
-func ownKeyFor(h *luks2.Header, values map[int][]byte) (luks2.Token, *tpm.Sealed, bool) {
-	for _, id := range tokenIDs(h) {
-		t := h.Metadata.Tokens[id]
+// ownKey returns the own-key token holding the key with KeyID id.
+func ownKey(h *luks2.Header, id string) (luks2.Token, *tpm.Sealed, bool) {
+	if id == "" {
+		return nil, nil, false
+	}
+	for _, tid := range tokenIDs(h) {
+		t := h.Metadata.Tokens[tid]
 		if t["type"] != TokenType || t["creator_pcrs"] != nil {
 			continue
 		}
 		s, _, err := sealedFrom(t)
-		if err == nil && sealedTo(s, values) {
+		if err == nil && KeyID(s) == id {
 			return t, s, true
 		}
 	}

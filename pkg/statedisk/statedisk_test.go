@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -229,11 +230,11 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 		meta = append(hdrs, meta[len(hdrs):]...)
 	}
 	h := Handover{Sealed: sealedFor(t, vals(2), count(2)), Keyslot: "0", Creator: vals(1), Build: "two"}
-	if _, err := WithHandover(meta, h, vals(3)); err == nil {
+	if _, err := WithHandover(meta, h, KeyID(sealedFor(t, vals(3), count(1)))); err == nil {
 		t.Error("a handover was added for a running build without a key of its own")
 	}
-	apply(WithHandover(meta, h, vals(1)))
-	apply(WithHandover(meta, h, vals(1))) // again: still one handover
+	apply(WithHandover(meta, h, KeyID(one)))
+	apply(WithHandover(meta, h, KeyID(one))) // again: still one handover
 	v, err := Read(meta)
 	if err != nil {
 		t.Fatal(err)
@@ -266,10 +267,11 @@ func TestHandoverAndOwnKeys(t *testing.T) {
 	}
 }
 
-// After a commit only the running build's key is left, and WithOnly
-// returns it with its counter bound; a build without a key of its own
-// drops nothing. Labels beside a key (its build, its counter bound) do
-// not fool it.
+// After a commit only the running build's key is left, the one init
+// recorded as opening the state, and WithOnly returns it with its
+// counter bound; a build without its key drops nothing. What the header
+// says beside a key (its build, its bound) does not fool it, nor does a
+// forged token with the running build's policy and a lower bound.
 func TestWithOnly(t *testing.T) {
 	key := make([]byte, luks2.KeySize)
 	meta, err := New(key, Passphrase(key), sealedFor(t, vals(1), count(4)), "6f0b9d6e-2c57-4c1e-9a39-1f4f3c0a7d11", vals(1)[11])
@@ -282,22 +284,37 @@ func TestWithOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	meta = append(hdrs, meta[len(hdrs):]...)
-	if _, _, err := WithOnly(meta, vals(3)); err == nil {
+	if _, _, err := WithOnly(meta, KeyID(sealedFor(t, vals(3), count(5)))); err == nil {
 		t.Error("WithOnly for a build without a key dropped the others")
 	}
-	// The build label beside a key does not matter: its sealed object does.
-	relabelled := relabel(t, meta, "build_pcr11", hex.EncodeToString(vals(2)[11]))
-	if hdrs, kept, err := WithOnly(relabelled, vals(2)); err != nil {
+	if _, _, err := WithOnly(meta, ""); err == nil {
+		t.Error("WithOnly with no key recorded dropped the others")
+	}
+	// The owner puts first a token of their own making: the running
+	// build's policy at a lower bound, another sealed object.
+	forged := sealedFor(t, vals(2), count(4))
+	forged.Private = []byte("the owner's")
+	h, err := luks2.Parse(meta)
+	if err != nil {
 		t.Fatal(err)
-	} else if v, _ := Read(append(hdrs, relabelled[len(hdrs):]...)); len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, two.Policy) || *kept.CounterBound != 5 {
-		t.Errorf("WithOnly kept the key labelled as build two, not the one sealed for it")
 	}
-	// Nor does a counter bound edited beside it: a key stating another
-	// bound than its policy's is no key of the running build.
-	if _, _, err := WithOnly(relabel(t, meta, "counter_bound", "9"), vals(2)); err == nil {
-		t.Error("WithOnly kept a key whose counter bound was edited")
+	tokens := map[string]luks2.Token{"0": ownToken(forged, vals(2)[11])}
+	for _, tok := range ownTokens(h) {
+		tokens[strconv.Itoa(len(tokens))] = tok
 	}
-	hdrs, kept, err := WithOnly(meta, vals(2))
+	fh, err := luks2.WithTokens(meta, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withForged := relabel(t, append(fh, meta[len(fh):]...), "build_pcr11", hex.EncodeToString(vals(2)[11]))
+	hdrs, kept, err := WithOnly(withForged, KeyID(two))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := Read(append(hdrs, withForged[len(hdrs):]...)); len(v.Own) != 1 || KeyID(v.Own[0].Sealed) != KeyID(two) || *kept.CounterBound != 5 {
+		t.Errorf("WithOnly kept %+v (bound %v), not the key that opened the state", v.Own, kept.CounterBound)
+	}
+	hdrs, kept, err = WithOnly(meta, KeyID(two))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,6 +322,27 @@ func TestWithOnly(t *testing.T) {
 	v, err := Read(meta)
 	if err != nil || len(v.Own) != 1 || !bytes.Equal(v.Own[0].Sealed.Policy, two.Policy) || kept.CounterBound == nil || *kept.CounterBound != 5 {
 		t.Fatalf("after WithOnly: %+v, %+v, %v", v, kept, err)
+	}
+}
+
+// What init records of the unlock reads back; malformed records are
+// refused.
+func TestUnlocked(t *testing.T) {
+	u := Unlocked{Values: vals(1), Key: KeyID(sealed()), Bound: count(7)}
+	b, err := u.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseUnlocked(b)
+	if err != nil || got.Key != u.Key || *got.Bound != 7 || !bytes.Equal(got.Values[11], u.Values[11]) {
+		t.Fatalf("ParseUnlocked(Marshal()) = %+v, %v", got, err)
+	}
+	for _, bad := range []string{`{}`, `{"7":"00","11":"00","15":"00"}`, `not json`,
+		`{"7":"` + strings.Repeat("00", 32) + `","11":"` + strings.Repeat("00", 32) + `","15":"` + strings.Repeat("00", 32) + `","key":"zz"}`,
+		`{"7":"` + strings.Repeat("00", 32) + `","11":"` + strings.Repeat("00", 32) + `","15":"` + strings.Repeat("00", 32) + `","counter_bound":"-2"}`} {
+		if _, err := ParseUnlocked([]byte(bad)); err == nil {
+			t.Errorf("ParseUnlocked(%s) accepted", bad)
+		}
 	}
 }
 

@@ -121,29 +121,55 @@ func counter(t transport.TPM) (tpm2.TPM2BName, error) {
 
 // RaiseCounter counts the state counter up until it is at least to, and
 // returns its value. It moves it by at most MaxRaise: a bound further
-// ahead than that is not one RigOS sealed.
-func RaiseCounter(rw io.ReadWriter, to uint64) (uint64, error) {
-	v, err := Counter(rw)
+// ahead than that is not one RigOS sealed. Its commands run in an HMAC
+// session salted with the storage root key, which must be the one
+// named srkName (the key's Sealed.SRKName): the TPM's answers are
+// authenticated, so a probe on the TPM bus cannot drop an increment and
+// answer for the TPM.
+func RaiseCounter(rw io.ReadWriter, to uint64, srkName []byte) (uint64, error) {
+	t := transport.FromReadWriter(rw)
+	name, err := counter(t)
 	if err != nil {
 		return 0, err
 	}
-	if v >= to {
-		return v, nil
+	srk, pub, flush, err := createSRK(t)
+	if err != nil {
+		return 0, err
+	}
+	defer flush()
+	if !bytes.Equal(tpm2.Marshal(srk.Name), srkName) {
+		return 0, errors.New("raising the state counter: this TPM's storage root key is not the one the state key is sealed under")
+	}
+	auth := func() tpm2.AuthHandle {
+		return tpm2.AuthHandle{Handle: CounterIndex, Name: name,
+			Auth: tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(srk.Handle, pub), tpm2.Auth(nil))}
+	}
+	read := func() (uint64, error) {
+		rsp, err := tpm2.NVRead{AuthHandle: auth(), NVIndex: tpm2.NamedHandle{Handle: CounterIndex, Name: name}, Size: 8}.Execute(t)
+		if err != nil {
+			return 0, fmt.Errorf("reading the state counter: %w", err)
+		}
+		if len(rsp.Data.Buffer) != 8 {
+			return 0, fmt.Errorf("reading the state counter: %d bytes", len(rsp.Data.Buffer))
+		}
+		return binary.BigEndian.Uint64(rsp.Data.Buffer), nil
+	}
+	v, err := read()
+	if err != nil || v >= to {
+		return v, err
 	}
 	if to-v > MaxRaise {
 		return v, fmt.Errorf("raising the state counter from %d to %d: more than %d", v, to, MaxRaise)
 	}
-	t := transport.FromReadWriter(rw)
-	name := tpm2.TPM2BName{Buffer: counterName()}
 	for ; v < to; v++ {
-		if _, err := (tpm2.NVIncrement{
-			AuthHandle: tpm2.AuthHandle{Handle: CounterIndex, Name: name, Auth: tpm2.PasswordAuth(nil)},
-			NVIndex:    tpm2.NamedHandle{Handle: CounterIndex, Name: name},
-		}).Execute(t); err != nil {
+		if _, err := (tpm2.NVIncrement{AuthHandle: auth(), NVIndex: tpm2.NamedHandle{Handle: CounterIndex, Name: name}}).Execute(t); err != nil {
 			return v, fmt.Errorf("raising the state counter: %w", err)
 		}
 	}
-	return Counter(rw)
+	if v, err = read(); err == nil && v < to {
+		err = fmt.Errorf("the state counter is %d after raising it to %d", v, to)
+	}
+	return v, err
 }
 
 // policyCounterDigest extends the policy digest prev with TPM2_PolicyNV

@@ -62,7 +62,10 @@ func TestCounterBoundsKeys(t *testing.T) {
 		}
 	}
 
-	if v, err := RaiseCounter(sim, next); err != nil || v != next {
+	if _, err := RaiseCounter(sim, next, []byte("another TPM's")); err == nil {
+		t.Error("RaiseCounter with another storage root key's name raised the counter")
+	}
+	if v, err := RaiseCounter(sim, next, old.SRKName); err != nil || v != next {
 		t.Fatalf("RaiseCounter(%d) = %d, %v", next, v, err)
 	}
 	if _, err := Unseal(sim, old, pcrs); !errors.Is(err, ErrCounter) {
@@ -71,7 +74,7 @@ func TestCounterBoundsKeys(t *testing.T) {
 	if got, err := Unseal(sim, newer, pcrs); err != nil || !bytes.Equal(got, secret) {
 		t.Errorf("the newer key = %x, %v", got, err)
 	}
-	if _, err := RaiseCounter(sim, next+MaxRaise+1); err == nil {
+	if _, err := RaiseCounter(sim, next+MaxRaise+1, old.SRKName); err == nil {
 		t.Error("RaiseCounter moved the counter further than MaxRaise")
 	}
 

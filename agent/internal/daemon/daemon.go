@@ -108,8 +108,12 @@ func newInstaller(cfg *config.Config, out *session.Outbox, log *slog.Logger) (*i
 		inst.HandOver = func(uki io.ReaderAt, build string) error { return handOver(openTPM, uki, build) }
 		inst.Committed = func() error { return dropOtherKeys(openTPM) }
 		inst.CanCommit = func() string {
-			if _, err := os.Stat(layout.StateSeal); err != nil {
+			u, err := readStateSeal()
+			switch {
+			case err != nil:
 				return "this build did not open the state"
+			case u.Key == "":
+				return "this build holds no key of its own in the state"
 			}
 			return ""
 		}

@@ -2,15 +2,12 @@ package daemon
 
 import (
 	"bytes"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/rigos/rigos/agent/internal/installer"
@@ -26,16 +23,17 @@ import (
 // that build opens the state when it boots (init's unlockVolume): its
 // PCR 11 is predicted from the UKI, PCRs 7 and 15 are what they held
 // when init unlocked the state (layout.StateSeal). It is bound to the
-// state counter at one more than it is now: the next build opens it
-// before and after its commit raises the counter, and no build
+// state counter at one more than it is once raised to the running
+// build's own bound (a raise its commit did not finish): the next build
+// opens it before and after its commit raises the counter, and no build
 // committed later does. openTPM opens a TPM connection of its own (the
 // kernel's resource manager keeps it apart from the session's).
 func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, build string) error {
-	values, err := readStateSeal()
+	unlocked, err := readStateSeal()
 	if err != nil {
 		return err
 	}
-	running := maps.Clone(values) // this build's unlock values, before values[11] becomes the next build's
+	values := maps.Clone(unlocked.Values)
 	if values[11], err = update.PredictPCR11(ukiFile); err != nil {
 		return err
 	}
@@ -57,6 +55,9 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 	}
 	defer rw.Close()
 	c, err := tpm.Counter(rw)
+	if unlocked.Bound != nil && err == nil {
+		c, err = tpm.RaiseCounter(rw, *unlocked.Bound, unlocked.SRKName)
+	}
 	if err != nil {
 		return err
 	}
@@ -88,7 +89,7 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 	}
 
 	return rewriteHeader(targets, func(meta []byte) ([]byte, error) {
-		return statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build}, running)
+		return statedisk.WithHandover(meta, statedisk.Handover{Sealed: sealed, Keyslot: "0", Creator: creator, Build: build}, unlocked.Key)
 	})
 }
 
@@ -97,7 +98,7 @@ func handOver(openTPM func() (io.ReadWriteCloser, error), ukiFile io.ReaderAt, b
 // counter to that key's bound: the build it replaced no longer opens the
 // state, not even from a copy of the header made before.
 func dropOtherKeys(openTPM func() (io.ReadWriteCloser, error)) error {
-	values, err := readStateSeal()
+	unlocked, err := readStateSeal()
 	if err != nil {
 		return err
 	}
@@ -107,7 +108,7 @@ func dropOtherKeys(openTPM func() (io.ReadWriteCloser, error)) error {
 	}
 	var kept *tpm.Sealed
 	if err := rewriteHeader(targets, func(meta []byte) ([]byte, error) {
-		hdrs, s, err := statedisk.WithOnly(meta, values)
+		hdrs, s, err := statedisk.WithOnly(meta, unlocked.Key)
 		kept = s
 		return hdrs, err
 	}); err != nil {
@@ -121,7 +122,7 @@ func dropOtherKeys(openTPM func() (io.ReadWriteCloser, error)) error {
 		return err
 	}
 	defer rw.Close()
-	_, err = tpm.RaiseCounter(rw, *kept.CounterBound)
+	_, err = tpm.RaiseCounter(rw, *kept.CounterBound, kept.SRKName)
 	return err
 }
 
@@ -154,9 +155,9 @@ func rewriteHeader(targets []devmapper.Target, change func(meta []byte) ([]byte,
 	return f.Sync()
 }
 
-// readStateSeal reads the PCR values init unlocked the state at
-// (layout.StateSeal); without them there is no state to hand over.
-func readStateSeal() (map[int][]byte, error) {
+// readStateSeal reads how init unlocked the state (layout.StateSeal):
+// without it there is no state to hand over.
+func readStateSeal() (*statedisk.Unlocked, error) {
 	b, err := os.ReadFile(layout.StateSeal)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, installer.ErrNoState
@@ -164,27 +165,11 @@ func readStateSeal() (map[int][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	values, err := parseStateSeal(b)
+	u, err := statedisk.ParseUnlocked(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", layout.StateSeal, err)
 	}
-	return values, nil
-}
-
-func parseStateSeal(b []byte) (map[int][]byte, error) {
-	var m map[string]string
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, err
-	}
-	out := map[int][]byte{}
-	for _, p := range statedisk.SealPCRs {
-		v, err := hex.DecodeString(m[strconv.Itoa(p)])
-		if err != nil || len(v) != 32 {
-			return nil, fmt.Errorf("PCR %d: want a hex SHA-256 value", p)
-		}
-		out[p] = v
-	}
-	return out, nil
+	return u, nil
 }
 
 // underlyingDevice returns the device node of a crypt target's device

@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -149,7 +147,7 @@ func newStateVolume(rw io.ReadWriter) ([]byte, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := writeStateSeal(pcrs); err != nil {
+	if err := writeStateSeal(pcrs, sealed); err != nil {
 		return nil, nil, err
 	}
 	return key, meta, nil
@@ -174,19 +172,19 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 		return nil, "", err
 	}
 	var errs []error
-	try := func(pass []byte, slot string, err error) []byte {
+	try := func(pass []byte, k statedisk.Key, err error) []byte {
 		defer clear(pass)
 		if err != nil {
 			errs = append(errs, err)
 			return nil
 		}
-		key, err := vol.Header.Unlock(meta, slot, pass)
+		key, err := vol.Header.Unlock(meta, k.Keyslot, pass)
 		if err != nil {
 			errs = append(errs, err)
 			return nil
 		}
 		if bytes.Equal(pass, statedisk.Passphrase(key)) {
-			if err := writeStateSeal(pcrs); err != nil {
+			if err := writeStateSeal(pcrs, k.Sealed); err != nil {
 				errs = append(errs, err)
 				clear(key)
 				return nil
@@ -198,7 +196,7 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 	}
 	for _, k := range vol.Own {
 		pass, err := tpm.Unseal(rw, k.Sealed, statedisk.SealPCRs)
-		key := try(pass, k.Keyslot, err)
+		key := try(pass, k, err)
 		if key == nil {
 			continue
 		}
@@ -226,10 +224,6 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 			errs = append(errs, errors.New("a handed-over key whose passphrase is not derived from the volume key"))
 			continue
 		}
-		if err := writeStateSeal(pcrs); err != nil {
-			clear(key)
-			return nil, "", err
-		}
 		how := fmt.Sprintf("handed over by the build with PCR 11 %x… on an update to %s", h.Creator[11][:6], h.Build)
 		// This build's own key is sealed before the handover is measured:
 		// measuring moves PCR 15 on from the value the key is sealed to.
@@ -251,9 +245,14 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 			}
 		}
 		if err != nil {
-			say("sealing this build's own state key failed: %v (the handed-over key still opens the state)", err)
+			say("sealing this build's own state key failed: %v (the handed-over key still opens the state; this build does not commit)", err)
+			own = nil
 		} else {
 			how += "; this build's own key sealed"
+		}
+		if err := writeStateSeal(pcrs, own); err != nil {
+			clear(key)
+			return nil, "", err
 		}
 		if err := record(measure.KindStateKey, []byte(measure.StateKeyHandover+hex.EncodeToString(h.Creator[11]))); err != nil {
 			clear(key)
@@ -276,7 +275,7 @@ func unlockVolume(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []by
 func pruneKeys(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte, k statedisk.Key, pcrs map[int][]byte) string {
 	var how string
 	if others := len(vol.Own) + len(vol.Handovers) - 1; others > 0 {
-		hdrs, _, err := statedisk.WithOnly(meta, pcrs)
+		hdrs, _, err := statedisk.WithOnly(meta, statedisk.KeyID(k.Sealed))
 		if err == nil {
 			err = writeHeaders(f, hdrs)
 		}
@@ -289,7 +288,7 @@ func pruneKeys(rw io.ReadWriter, f *os.File, vol *statedisk.Volume, meta []byte,
 	if k.Sealed.CounterBound == nil {
 		return how // a key from before the counter: the next update's is bound
 	}
-	v, err := tpm.RaiseCounter(rw, *k.Sealed.CounterBound)
+	v, err := tpm.RaiseCounter(rw, *k.Sealed.CounterBound, k.Sealed.SRKName)
 	if err != nil {
 		say("raising the state counter failed: %v", err)
 		return how
@@ -306,13 +305,15 @@ func writeHeaders(f *os.File, hdrs []byte) error {
 	return f.Sync()
 }
 
-// writeStateSeal records the PCR values of the unlock (layout.StateSeal).
-func writeStateSeal(pcrs map[int][]byte) error {
-	out := map[string]string{}
-	for p, v := range pcrs {
-		out[strconv.Itoa(p)] = hex.EncodeToString(v)
+// writeStateSeal records the PCR values of the unlock and the running
+// build's own key (own; nil if it has none) for the agent
+// (layout.StateSeal, statedisk.Unlocked).
+func writeStateSeal(pcrs map[int][]byte, own *tpm.Sealed) error {
+	u := statedisk.Unlocked{Values: pcrs}
+	if own != nil {
+		u.Key, u.Bound, u.SRKName = statedisk.KeyID(own), own.CounterBound, own.SRKName
 	}
-	b, err := json.Marshal(out)
+	b, err := u.Marshal()
 	if err != nil {
 		return err
 	}
