@@ -239,12 +239,16 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 	}
 	// A node is in one unfinished rollout at a time: two updates to it
 	// at once would undo each other.
+	wanted := make(map[string]bool, len(targets))
+	for _, n := range targets {
+		wanted[n] = true
+	}
 	for _, other := range r.rollouts {
 		if other.Build == p.Build || other.State == Done {
 			continue
 		}
 		for _, n := range other.Nodes {
-			if (n.State == Pending || inFlight(n.State)) && slices.Contains(targets, n.Node) {
+			if (n.State == Pending || inFlight(n.State)) && wanted[n.Node] {
 				return nil, fmt.Errorf("%w: node %s is %s in the rollout of %s: pause that rollout and wait for it, or leave the node out", ErrState, n.Node, n.State, other.Build)
 			}
 		}

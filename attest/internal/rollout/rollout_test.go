@@ -457,3 +457,42 @@ func TestRolloutResumesAfterRestart(t *testing.T) {
 		t.Errorf("after a restart: %v, updates %v; want both done, rig-00 without an update", s, g.calls)
 	}
 }
+
+// BenchmarkRolloutStart starts a rollout to a share of a 10,000-node
+// fleet (picking the nodes, storing the rollout) and runs one pass over
+// it with every node offline (each marked waiting, once).
+func BenchmarkRolloutStart(b *testing.B) {
+	dir := b.TempDir()
+	db, err := store.OpenSQLite(filepath.Join(dir, "attest.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	const fleet = 10000
+	for i := range fleet {
+		id := fmt.Sprintf("rig-%05d", i)
+		if err := db.CreateNode(ctx, &store.Node{ID: id, EKFingerprint: "ek-" + id, EKPublic: []byte{1}, AKPublic: []byte{1}, State: apiv1.NodeState_NODE_STATE_TRUSTED}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h := hub.New(db, nil)
+	r, err := New(ctx, Options{Store: db, Update: func(context.Context, *apiv1.UpdateRequest) (*apiv1.UpdateEvent, error) { return nil, errors.New("offline") },
+		Watch: h.WatchUpdate, Last: h.LastUpdate, Booted: h.Booted, Connected: func(string) bool { return false },
+		OnBuild: func(context.Context, string) (string, error) { return "", nil }})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		build := fmt.Sprintf("b%d", i)
+		if _, err := r.Start(ctx, Plan{Build: build, Percent: 50, MaxFailedPercent: -1}); err != nil {
+			b.Fatal(err)
+		}
+		r.step(ctx)
+		// The next rollout takes the same nodes: this one is done.
+		r.mu.Lock()
+		r.setState(ctx, r.rollouts[build], Done, "benchmark")
+		r.mu.Unlock()
+	}
+}
