@@ -477,7 +477,9 @@ func BenchmarkRolloutStart(b *testing.B) {
 		}
 	}
 	h := hub.New(db, nil)
-	r, err := New(ctx, Options{Store: db, Update: func(context.Context, *apiv1.UpdateRequest) (*apiv1.UpdateEvent, error) { return nil, errors.New("offline") },
+	r, err := New(ctx, Options{Store: db, Update: func(context.Context, *apiv1.UpdateRequest) (*apiv1.UpdateEvent, error) {
+		return nil, errors.New("offline")
+	},
 		Watch: h.WatchUpdate, Last: h.LastUpdate, Booted: h.Booted, Connected: func(string) bool { return false },
 		OnBuild: func(context.Context, string) (string, error) { return "", nil }})
 	if err != nil {
