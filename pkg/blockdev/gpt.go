@@ -10,6 +10,8 @@ import (
 	"slices"
 
 	"github.com/google/uuid"
+
+	"github.com/rigos/rigos/pkg/guid"
 )
 
 // GPT limits RigOS accepts before anything else parses a table: entries
@@ -91,12 +93,7 @@ func PartitionGUIDs(r io.ReaderAt, size int64) ([]uuid.UUID, error) {
 		if bytes.Equal(e[:16], make([]byte, 16)) { // unused entry: no type
 			continue
 		}
-		var id uuid.UUID
-		copy(id[:], e[16:32])
-		slices.Reverse(id[0:4]) // the first three fields are little endian
-		slices.Reverse(id[4:6])
-		slices.Reverse(id[6:8])
-		out = append(out, id)
+		out = append(out, guid.FromEFI(e[16:32]))
 	}
 	return out, nil
 }

@@ -22,6 +22,7 @@ import (
 	"unicode/utf16"
 
 	"github.com/google/uuid"
+	"github.com/rigos/rigos/pkg/guid"
 )
 
 // GlobalGUID is EFI_GLOBAL_VARIABLE, the vendor GUID of the boot
@@ -77,7 +78,7 @@ func (o LoadOption) Marshal() []byte {
 	binary.Write(&dp, binary.LittleEndian, o.Partition.Number)
 	binary.Write(&dp, binary.LittleEndian, o.Partition.StartLBA)
 	binary.Write(&dp, binary.LittleEndian, o.Partition.SizeLBA)
-	dp.Write(guidBytes(o.Partition.GUID))
+	dp.Write(guid.ToEFI(o.Partition.GUID))
 	dp.Write([]byte{mbrTypeGPT, signatureGUID})
 	path := ucs2(o.Path)
 	dp.Write([]byte{typeMedia, subFilePath})
@@ -151,7 +152,7 @@ func ParseLoadOption(b []byte) (LoadOption, error) {
 	o.Partition.Number = binary.LittleEndian.Uint32(hd)
 	o.Partition.StartLBA = binary.LittleEndian.Uint64(hd[4:])
 	o.Partition.SizeLBA = binary.LittleEndian.Uint64(hd[12:])
-	o.Partition.GUID = guidFromBytes(hd[20:36])
+	o.Partition.GUID = guid.FromEFI(hd[20:36])
 	path, n, err := readUCS2(nodes[1][4:])
 	if err != nil || n != len(nodes[1])-4 {
 		return o, fmt.Errorf("file path node: %v", errors.Join(err, errors.New("trailing bytes")))
@@ -182,25 +183,6 @@ func readUCS2(b []byte) (string, int, error) {
 		u = append(u, c)
 	}
 	return "", 0, errors.New("no terminating NUL")
-}
-
-// guidBytes is g in EFI's byte order: the first three fields little
-// endian.
-func guidBytes(g uuid.UUID) []byte {
-	b := slices.Clone(g[:])
-	slices.Reverse(b[0:4])
-	slices.Reverse(b[4:6])
-	slices.Reverse(b[6:8])
-	return b
-}
-
-func guidFromBytes(b []byte) uuid.UUID {
-	var g uuid.UUID
-	copy(g[:], b)
-	slices.Reverse(g[0:4])
-	slices.Reverse(g[4:6])
-	slices.Reverse(g[6:8])
-	return g
 }
 
 // Vars are the boot variables in an efivarfs folder (on a booted system
