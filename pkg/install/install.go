@@ -118,7 +118,7 @@ func Install(o Options) (Result, error) {
 	}
 	defer dst.Close()
 	if a, err := src.Stat(); err == nil {
-		if b, err := dst.Stat(); err == nil && os.SameFile(a, b) {
+		if b, err := dst.Stat(); err == nil && sameDisk(a, b) {
 			return Result{}, fmt.Errorf("%s is the boot disk itself", o.Target)
 		}
 	}

@@ -2,6 +2,7 @@ package install
 
 import (
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,3 +15,15 @@ func openExclusive(path string) (*os.File, error) {
 
 // dropCache drops f's cached pages, so reading back reads the disk.
 func dropCache(f *os.File) { _ = unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED) }
+
+// sameDisk reports whether a and b are the same disk: the same device
+// number for device nodes (two nodes, even in other folders, can name
+// one disk), the same file otherwise.
+func sameDisk(a, b os.FileInfo) bool {
+	sa, okA := a.Sys().(*syscall.Stat_t)
+	sb, okB := b.Sys().(*syscall.Stat_t)
+	if okA && okB && a.Mode()&os.ModeDevice != 0 && b.Mode()&os.ModeDevice != 0 {
+		return sa.Rdev == sb.Rdev
+	}
+	return os.SameFile(a, b)
+}
