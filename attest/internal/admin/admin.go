@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/rigos/rigos/attest/internal/hub"
 	"github.com/rigos/rigos/attest/internal/rollout"
@@ -93,6 +94,14 @@ func (s *Server) GetNode(ctx context.Context, r *apiv1.GetNodeRequest) (*apiv1.N
 	out.Gpus = s.hub.GPUs(n.ID)
 	out.Install = s.hub.LastInstall(n.ID)
 	out.Update = s.hub.LastUpdate(n.ID)
+	if out.Update == nil { // none since the verifier started: the stored one
+		if b, err := s.store.LastUpdateEvent(ctx, n.ID); err == nil {
+			e := &apiv1.UpdateEvent{}
+			if proto.Unmarshal(b, e) == nil {
+				out.Update = e
+			}
+		}
+	}
 	plan := s.hub.Plan(n.ID)
 	out.AskPlan, out.AskPlanError, out.Hardware = plan.Plan, plan.Err, plan.Hardware
 	ws, err := s.store.WorkloadEvents(ctx, n.ID, limit)

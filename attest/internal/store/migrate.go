@@ -104,6 +104,10 @@ var migrations = []migration{
 	reason TEXT NOT NULL,
 	updated INTEGER NOT NULL,
 	PRIMARY KEY (build, node)
+)`, `CREATE TABLE update_events (
+	node TEXT PRIMARY KEY REFERENCES nodes(id),
+	time INTEGER NOT NULL,
+	event BLOB NOT NULL
 )`},
 	},
 }

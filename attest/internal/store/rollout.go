@@ -3,7 +3,9 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"time"
 )
 
 // SaveRollout implements Store.
@@ -90,4 +92,23 @@ func (s *SQLite) Rollouts(ctx context.Context) ([]*Rollout, error) {
 		}
 	}
 	return out, rows.Err()
+}
+
+// SaveUpdateEvent implements Store.
+func (s *SQLite) SaveUpdateEvent(ctx context.Context, node string, t time.Time, event []byte) error {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO update_events (node, time, event) VALUES (?,?,?)
+		ON CONFLICT (node) DO UPDATE SET time = excluded.time, event = excluded.event`, node, ms(t), event); err != nil {
+		return fmt.Errorf("saving the update event of %s: %w", node, err)
+	}
+	return nil
+}
+
+// LastUpdateEvent implements Store.
+func (s *SQLite) LastUpdateEvent(ctx context.Context, node string) ([]byte, error) {
+	var b []byte
+	err := s.db.QueryRowContext(ctx, `SELECT event FROM update_events WHERE node = ?`, node).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	return b, err
 }

@@ -120,6 +120,11 @@ type Store interface {
 	// Rollouts returns every rollout with its nodes, newest first, nodes
 	// in their order.
 	Rollouts(ctx context.Context) ([]*Rollout, error)
+	// SaveUpdateEvent keeps a node's latest update event (an encoded
+	// apiv1.UpdateEvent), replacing the one before; LastUpdateEvent
+	// returns it, or ErrNotFound.
+	SaveUpdateEvent(ctx context.Context, node string, t time.Time, event []byte) error
+	LastUpdateEvent(ctx context.Context, node string) ([]byte, error)
 	Close() error
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/rigos/rigos/attest/internal/admin"
@@ -11,6 +12,7 @@ import (
 	"github.com/rigos/rigos/attest/internal/store"
 	"github.com/rigos/rigos/attest/internal/trust"
 	"github.com/rigos/rigos/pkg/api/apiv1"
+	"google.golang.org/protobuf/proto"
 )
 
 // maxEventText bounds the free text of a stored workload event.
@@ -91,7 +93,14 @@ func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent, s *hub.Conn) {
 		delete(v.rebooting, node)
 	}
 	v.rebootingMu.Unlock()
-	v.publishUpdate(node, e)
+	// Stored are the state changes of an update this verifier sent, and
+	// a commit after one it found booted: what a node sends of its own
+	// accord does not make the verifier write.
+	prev := v.hub.LastUpdate(node)
+	changed := prev.GetState() != e.GetState() || prev.GetRequestId() != e.GetRequestId()
+	keep := changed && (v.hub.IssuedUpdate(node, e.GetRequestId()) ||
+		e.GetState() == apiv1.UpdateState_UPDATE_STATE_COMMITTED && v.hub.Booted(node) != "")
+	v.publishUpdate(node, e, keep)
 }
 
 // rebootingInto is an update a node said it reboots into, on stream.
@@ -129,7 +138,7 @@ func (v *Verifier) updateBooted(node string, s *hub.Conn, build string, n *store
 	default:
 		e.Reason = fmt.Sprintf("the node booted build %s from slot %s and is trusted", build, p.event.GetSlot())
 	}
-	v.publishUpdate(node, e)
+	v.publishUpdate(node, e, true)
 	// Marked after it is published: a reader that sees the mark sees
 	// this event, or a later one, as the latest (rollout).
 	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED {
@@ -137,8 +146,19 @@ func (v *Verifier) updateBooted(node string, s *hub.Conn, build string, n *store
 	}
 }
 
-func (v *Verifier) publishUpdate(node string, e *apiv1.UpdateEvent) {
+// publishUpdate passes a node's update event on, logs it and, with keep,
+// stores it for attest node after a restart.
+func (v *Verifier) publishUpdate(node string, e *apiv1.UpdateEvent, keep bool) {
 	v.hub.UpdateEvent(node, e)
+	if keep {
+		if b, err := proto.Marshal(e); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			if err := v.o.Store.SaveUpdateEvent(ctx, node, v.trust.Now(), b); err != nil {
+				v.o.Logger.Error("saving an update event", "node", node, "err", err)
+			}
+			cancel()
+		}
+	}
 	v.o.Logger.Info("update", "node", node, "state", e.GetState().String(), "build", e.GetBuild(), "slot", e.GetSlot(), "reason", e.GetReason(),
 		"bytes", e.GetBytes(), "total_bytes", e.GetTotalBytes(), "write_ms", e.GetWriteMs(), "verify_ms", e.GetVerifyMs(), "boot_entry", e.GetBootEntry())
 }

@@ -397,3 +397,25 @@ func TestUpdateFetch(t *testing.T) {
 		t.Error("the verifier streamed chunks for an update the node fetches")
 	}
 }
+
+// The state changes of an update the verifier sent are kept in its
+// store: attest node shows the latest after a restart. What a node
+// sends of its own accord is not stored.
+func TestUpdateEventKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "attest.db")
+	h := newHarness(t, testPolicy(), path)
+	ctx := context.Background()
+	if err := h.db.CreateNode(ctx, &store.Node{ID: "rig-1", EKFingerprint: "ek-1", EKPublic: []byte{1}, AKPublic: []byte{1}, State: trust.Trusted}); err != nil {
+		t.Fatal(err)
+	}
+	h.v.hub.IssueUpdate("rig-1", "u1")
+	h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: "next", Slot: "b", RequestId: "u1"}, &hub.Conn{})
+	h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_FAILED, Build: "next", RequestId: "forged", Reason: "the node's own"}, &hub.Conn{})
+	h.stop()
+
+	h = newHarness(t, testPolicy(), path)
+	d, err := h.admin.GetNode(ctx, &apiv1.GetNodeRequest{NodeId: "rig-1"})
+	if err != nil || d.GetUpdate().GetState() != apiv1.UpdateState_UPDATE_STATE_REBOOTING || d.GetUpdate().GetRequestId() != "u1" {
+		t.Fatalf("after a restart GetNode's update = %v, %v; want the REBOOTING of u1", d.GetUpdate(), err)
+	}
+}
