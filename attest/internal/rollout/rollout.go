@@ -501,6 +501,16 @@ func (r *Runner) step(ctx context.Context) {
 			r.setState(ctx, ro, Done, "every node is done or failed")
 			continue
 		}
+		// The nodes this pass changes are stored in one transaction, before
+		// any update started here can report (it needs r.mu).
+		var changed []store.RolloutNode
+		mark := func(n *store.RolloutNode, state, reason string) {
+			if n.State != state || n.Reason != reason {
+				n.State, n.Reason, n.Updated = state, reason, r.o.Now()
+				changed = append(changed, *n)
+			}
+		}
+		var start []*apiv1.UpdateRequest
 		for i := range ro.Nodes {
 			if flying >= ro.Parallel {
 				break
@@ -510,16 +520,27 @@ func (r *Runner) step(ctx context.Context) {
 				continue
 			}
 			if !r.o.Connected(n.Node) {
-				r.setNode(ctx, ro.Build, n, Pending, "waiting for the node to connect")
+				mark(n, Pending, "waiting for the node to connect")
 				continue
 			}
-			r.setNode(ctx, ro.Build, n, Updating, "streaming the build")
+			mark(n, Updating, "streaming the build")
 			flying++
+			start = append(start, &apiv1.UpdateRequest{NodeId: n.Node, Build: ro.Build, Force: ro.Force, Fetch: ro.Fetch})
+		}
+		if len(changed) > 0 {
+			save := *ro
+			save.Nodes = changed
+			if err := r.o.Store.SaveRollout(ctx, &save); err != nil {
+				r.o.Logger.Error("saving rollout", "build", ro.Build, "err", err)
+			}
+		}
+		for _, req := range start {
+			r.o.Logger.Info("rollout node", "build", ro.Build, "node", req.GetNodeId(), "state", Updating)
 			r.wg.Add(1)
-			go func(req *apiv1.UpdateRequest) {
+			go func() {
 				defer r.wg.Done()
 				r.updateNode(ctx, req)
-			}(&apiv1.UpdateRequest{NodeId: n.Node, Build: ro.Build, Force: ro.Force, Fetch: ro.Fetch})
+			}()
 		}
 	}
 }
