@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"strings"
 	"testing"
@@ -74,6 +75,11 @@ func TestCounterBoundsKeys(t *testing.T) {
 	if got, err := Unseal(sim, newer, pcrs); err != nil || !bytes.Equal(got, secret) {
 		t.Errorf("the newer key = %x, %v", got, err)
 	}
+	// unsealWithIndex, used below against the owner's index, unseals
+	// with the counter itself.
+	if err := unsealWithIndex(tp, newer, tpm2.NamedHandle{Handle: CounterIndex, Name: tpm2.TPM2BName{Buffer: counterName()}}); err != nil {
+		t.Errorf("unsealWithIndex on the counter: %v", err)
+	}
 	if _, err := RaiseCounter(sim, next+MaxRaise+1, old.SRKName); err == nil {
 		t.Error("RaiseCounter moved the counter further than MaxRaise")
 	}
@@ -105,7 +111,66 @@ func TestCounterBoundsKeys(t *testing.T) {
 	if _, err := Counter(sim); err == nil || !strings.Contains(err.Error(), "something other than RigOS's state counter") {
 		t.Errorf("Counter over an ordinary index = %v", err)
 	}
+	// The TPM itself refuses: the owner writes 0 into their index and
+	// satisfies PolicyNV with it, bypassing RigOS's own check of the
+	// index; the key's policy names the counter, not this index.
+	pub, err := tpm2.NVReadPublic{NVIndex: CounterIndex}.Execute(tp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := tpm2.NamedHandle{Handle: CounterIndex, Name: pub.NVName}
+	if _, err := (tpm2.NVWrite{AuthHandle: tpm2.AuthHandle{Handle: CounterIndex, Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)}, NVIndex: idx,
+		Data: tpm2.TPM2BMaxNVBuffer{Buffer: make([]byte, 8)}}).Execute(tp); err != nil {
+		t.Fatal(err)
+	}
+	if err := unsealWithIndex(tp, newer, idx); err == nil {
+		t.Error("the TPM unsealed a key with PolicyNV satisfied by the owner's own index")
+	}
 	if _, err := Unseal(sim, newer, pcrs); err == nil {
 		t.Error("a key unsealed against an ordinary index at the counter's handle")
 	}
+}
+
+// unsealWithIndex loads s and unseals it in a policy session of
+// PolicyPCR and a PolicyNV on idx (counter value at most s's bound), as
+// an owner with RigOS's code bypassed would.
+func unsealWithIndex(tp transport.TPM, s *Sealed, idx tpm2.NamedHandle) error {
+	srk, _, flush, err := createSRK(tp)
+	if err != nil {
+		return err
+	}
+	defer flush()
+	pub2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](s.Public)
+	if err != nil {
+		return err
+	}
+	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](s.Private)
+	if err != nil {
+		return err
+	}
+	obj, err := tpm2.Load{ParentHandle: tpm2.AuthHandle{Handle: srk.Handle, Name: srk.Name, Auth: tpm2.PasswordAuth(nil)},
+		InPrivate: *priv, InPublic: *pub2b}.Execute(tp)
+	if err != nil {
+		return err
+	}
+	defer tpm2.FlushContext{FlushHandle: obj.ObjectHandle}.Execute(tp)
+	sel, err := selection(s.PCRs)
+	if err != nil {
+		return err
+	}
+	sess, closeSess, err := tpm2.PolicySession(tp, tpm2.TPMAlgSHA256, 16)
+	if err != nil {
+		return err
+	}
+	defer closeSess()
+	if _, err := (tpm2.PolicyPCR{PolicySession: sess.Handle(), Pcrs: sel}).Execute(tp); err != nil {
+		return err
+	}
+	if _, err := (tpm2.PolicyNV{AuthHandle: tpm2.AuthHandle{Handle: idx.Handle, Name: idx.Name, Auth: tpm2.PasswordAuth(nil)}, NVIndex: idx,
+		PolicySession: sess.Handle(), OperandB: tpm2.TPM2BOperand{Buffer: binary.BigEndian.AppendUint64(nil, *s.CounterBound)},
+		Operation: tpm2.TPMEOUnsignedLE}).Execute(tp); err != nil {
+		return err
+	}
+	_, err = tpm2.Unseal{ItemHandle: tpm2.AuthHandle{Handle: obj.ObjectHandle, Name: obj.Name, Auth: sess}}.Execute(tp)
+	return err
 }
