@@ -16,8 +16,18 @@ import (
 	"github.com/rigos/rigos/pkg/layout"
 )
 
-// FetchTimeout bounds fetching an update's files over HTTPS.
-const FetchTimeout = 30 * time.Minute
+// FetchTimeout bounds fetching an update's files over HTTPS: shorter
+// than the verifier's wait for the whole update (admin.UpdateTimeout),
+// which also covers reading back. FetchIdle bounds a wait without a
+// byte: a stalled connection ends the update, which frees the node for
+// the next one.
+const (
+	FetchTimeout = 20 * time.Minute
+	FetchIdle    = 2 * time.Minute
+)
+
+// fetchIdle is FetchIdle; tests shorten it.
+var fetchIdle = FetchIdle
 
 // fetchChunk is how much of a fetched file is written at a time.
 const fetchChunk = 1 << 20
@@ -82,6 +92,15 @@ func (i *Installer) fetchParts(u *updating) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), FetchTimeout)
 	defer cancel()
+	// A wait without progress cancels the fetch; each chunk puts it off.
+	idle := time.AfterFunc(fetchIdle, cancel)
+	defer idle.Stop()
+	alive := func() bool {
+		idle.Reset(fetchIdle)
+		i.mu.Lock()
+		defer i.mu.Unlock()
+		return i.upd == u
+	}
 	ukiSize := u.req.GetUkiASize()
 	if u.slot == layout.SlotB {
 		ukiSize = u.req.GetUkiBSize()
@@ -91,6 +110,9 @@ func (i *Installer) fetchParts(u *updating) error {
 		name string
 		size int64
 	}{{apiv1.UpdatePart_UPDATE_PART_SYSTEM, layout.BuildSystem, u.req.GetSystemSize()}, {apiv1.UpdatePart_UPDATE_PART_UKI, layout.BuildUKI(u.slot), ukiSize}} {
+		if !alive() {
+			return nil // the update ended: failed (and said so) or finished
+		}
 		loc := base.JoinPath(p.name)
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, loc.String(), nil)
 		if err != nil {
@@ -98,9 +120,17 @@ func (i *Installer) fetchParts(u *updating) error {
 		}
 		resp, err := i.Client.Do(req)
 		if err != nil {
-			return err
+			// Not the URL it names: a redirect's may carry a signature.
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err
+			}
+			if ctx.Err() != nil {
+				err = fmt.Errorf("%w (no progress for %s, or more than %s in all)", err, fetchIdle, FetchTimeout)
+			}
+			return fmt.Errorf("GET %s: %w", loc.Redacted(), err)
 		}
-		n, err := i.feed(u, p.part, p.size, resp)
+		n, err := i.feed(u, p.part, p.size, resp, alive)
 		resp.Body.Close()
 		if err != nil {
 			return fmt.Errorf("GET %s: %w", loc.Redacted(), err)
@@ -114,7 +144,7 @@ func (i *Installer) fetchParts(u *updating) error {
 
 // feed writes a response body as the part's chunks; it returns how much
 // it wrote, or -1 once the update is no longer running.
-func (i *Installer) feed(u *updating, part apiv1.UpdatePart, size int64, resp *http.Response) (int64, error) {
+func (i *Installer) feed(u *updating, part apiv1.UpdatePart, size int64, resp *http.Response, alive func() bool) (int64, error) {
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("%s", resp.Status)
 	}
@@ -124,10 +154,7 @@ func (i *Installer) feed(u *updating, part apiv1.UpdatePart, size int64, resp *h
 		buf := make([]byte, min(fetchChunk, size-off))
 		n, err := io.ReadFull(body, buf)
 		if n > 0 {
-			i.mu.Lock()
-			alive := i.upd == u
-			i.mu.Unlock()
-			if !alive {
+			if !alive() {
 				return -1, nil
 			}
 			i.HandleUpdateChunk(&apiv1.UpdateChunk{RequestId: u.req.GetRequestId(), Part: part, Offset: off, Data: buf[:n]})

@@ -64,6 +64,8 @@ func TestUpdateFetchedOverHTTPS(t *testing.T) {
 // A fetch that fails, or fetches the wrong bytes, fails the update and
 // says why; the next update still works.
 func TestUpdateFetchRefusals(t *testing.T) {
+	fetchIdle = time.Second
+	defer func() { fetchIdle = FetchIdle }()
 	for name, tc := range map[string]struct {
 		url     func(srv *httptest.Server) string
 		handler func(w http.ResponseWriter, req *http.Request) bool
@@ -88,6 +90,17 @@ func TestUpdateFetchRefusals(t *testing.T) {
 					return false
 				}
 				w.Write(make([]byte, 1000))
+				return true
+			}},
+		"stalled": {url: func(s *httptest.Server) string { return s.URL + "/builds/next" }, client: true, want: "context canceled",
+			handler: func(w http.ResponseWriter, req *http.Request) bool {
+				if !strings.HasSuffix(req.URL.Path, layout.BuildSystem) {
+					return false
+				}
+				w.Header().Set("Content-Length", "5243009")
+				w.Write(make([]byte, 1000))
+				w.(http.Flusher).Flush()
+				<-req.Context().Done() // the node gives up
 				return true
 			}},
 		"redirect to HTTP": {url: func(s *httptest.Server) string { return s.URL + "/builds/next" }, client: true, want: "not HTTPS",

@@ -153,7 +153,6 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 	events, stop := s.hub.WatchUpdate(r.GetNodeId())
 	defer stop()
 	b.req.RequestId, b.req.Force = rand.Text(), r.GetForce()
-	s.hub.IssueUpdate(r.GetNodeId(), b.req.GetRequestId())
 	if err := c.Send(ctx, r.GetNodeId(), &apiv1.VerifierMessage{Msg: &apiv1.VerifierMessage_Update{Update: b.req}}); err != nil {
 		return nil, err
 	}
@@ -188,6 +187,9 @@ func (s *Server) Update(ctx context.Context, r *apiv1.UpdateRequest) (*apiv1.Upd
 	if e.GetState() != apiv1.UpdateState_UPDATE_STATE_RECEIVING {
 		return nil, status.Errorf(codes.Internal, "node %s answered the update with %s, not RECEIVING or FAILED", r.GetNodeId(), e.GetState())
 	}
+	// Issued once the node took it: a node that refused this one (an
+	// update already running) keeps its running one's.
+	s.hub.IssueUpdate(r.GetNodeId(), b.req.GetRequestId())
 	slot, err := layout.ParseSlot(e.GetSlot())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "node %s: %v", r.GetNodeId(), err)

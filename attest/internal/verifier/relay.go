@@ -79,6 +79,7 @@ func (v *Verifier) installEvent(node string, e *apiv1.InstallEvent) {
 // updateBooted.
 func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent, s *hub.Conn) {
 	e.Reason, e.Build, e.Slot = truncate(e.GetReason(), maxEventText), truncate(e.GetBuild(), 64), truncate(e.GetSlot(), 8)
+	e.RequestId = truncate(e.GetRequestId(), 64)
 	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED {
 		e.State = apiv1.UpdateState_UPDATE_STATE_UNSPECIFIED // the verifier's to say
 	}
@@ -93,14 +94,42 @@ func (v *Verifier) updateEvent(node string, e *apiv1.UpdateEvent, s *hub.Conn) {
 		delete(v.rebooting, node)
 	}
 	v.rebootingMu.Unlock()
-	// Stored are the state changes of an update this verifier sent, and
-	// a commit after one it found booted: what a node sends of its own
-	// accord does not make the verifier write.
-	prev := v.hub.LastUpdate(node)
-	changed := prev.GetState() != e.GetState() || prev.GetRequestId() != e.GetRequestId()
-	keep := changed && (v.hub.IssuedUpdate(node, e.GetRequestId()) ||
-		e.GetState() == apiv1.UpdateState_UPDATE_STATE_COMMITTED && v.hub.Booted(node) != "")
-	v.publishUpdate(node, e, keep)
+	v.publishUpdate(node, e, v.keepUpdate(node, e))
+}
+
+// keepUpdate says whether a node's update event is stored: a step
+// forward of an update this verifier sent (RECEIVING, WAITING,
+// REBOOTING, FAILED, each at most once), and the commit right after one
+// it found booted. What a node sends of its own accord, or again, does
+// not make the verifier write.
+func (v *Verifier) keepUpdate(node string, e *apiv1.UpdateEvent) bool {
+	rank := map[apiv1.UpdateState]int{
+		apiv1.UpdateState_UPDATE_STATE_RECEIVING: 1, apiv1.UpdateState_UPDATE_STATE_WAITING: 2,
+		apiv1.UpdateState_UPDATE_STATE_REBOOTING: 3, apiv1.UpdateState_UPDATE_STATE_FAILED: 4,
+	}
+	if e.GetState() == apiv1.UpdateState_UPDATE_STATE_COMMITTED {
+		return v.hub.LastUpdate(node).GetState() == apiv1.UpdateState_UPDATE_STATE_BOOTED
+	}
+	if rank[e.GetState()] == 0 || !v.hub.IssuedUpdate(node, e.GetRequestId()) {
+		return false
+	}
+	v.rebootingMu.Lock()
+	defer v.rebootingMu.Unlock()
+	k := v.kept[node]
+	if k.request == e.GetRequestId() && k.rank >= rank[e.GetState()] {
+		return false
+	}
+	if v.kept == nil {
+		v.kept = map[string]keptUpdate{}
+	}
+	v.kept[node] = keptUpdate{request: e.GetRequestId(), rank: rank[e.GetState()]}
+	return true
+}
+
+// keptUpdate is the last stored step of a node's update.
+type keptUpdate struct {
+	request string
+	rank    int
 }
 
 // rebootingInto is an update a node said it reboots into, on stream.

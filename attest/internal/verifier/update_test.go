@@ -398,9 +398,9 @@ func TestUpdateFetch(t *testing.T) {
 	}
 }
 
-// The state changes of an update the verifier sent are kept in its
+// The steps forward of an update the verifier sent are kept in its
 // store: attest node shows the latest after a restart. What a node
-// sends of its own accord is not stored.
+// sends of its own accord, or a step back, is not stored.
 func TestUpdateEventKept(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "attest.db")
 	h := newHarness(t, testPolicy(), path)
@@ -410,7 +410,11 @@ func TestUpdateEventKept(t *testing.T) {
 	}
 	h.v.hub.IssueUpdate("rig-1", "u1")
 	h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_REBOOTING, Build: "next", Slot: "b", RequestId: "u1"}, &hub.Conn{})
+	// Neither a request the verifier did not send, nor a step back of
+	// its own, nor a commit it did not find booted, is stored.
 	h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_FAILED, Build: "next", RequestId: "forged", Reason: "the node's own"}, &hub.Conn{})
+	h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_RECEIVING, Build: "next", RequestId: "u1"}, &hub.Conn{})
+	h.v.updateEvent("rig-1", &apiv1.UpdateEvent{State: apiv1.UpdateState_UPDATE_STATE_COMMITTED, Slot: "b"}, &hub.Conn{})
 	h.stop()
 
 	h = newHarness(t, testPolicy(), path)

@@ -115,6 +115,7 @@ type Verifier struct {
 	// appraisal on a later stream tells whether the new build booted.
 	rebootingMu sync.Mutex
 	rebooting   map[string]rebootingInto
+	kept        map[string]keptUpdate // by node, under rebootingMu
 	rollouts    *rollout.Runner
 }
 
