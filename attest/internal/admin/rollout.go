@@ -67,7 +67,7 @@ func (s *Server) SetRollout(ctx context.Context, r *apiv1.SetRolloutRequest) (*a
 	if err != nil {
 		return nil, err
 	}
-	c := rollout.Change{Pause: r.GetPause(), Resume: r.GetResume(), RetryFailed: r.GetRetryFailed(), MaxFailedPercent: -1}
+	c := rollout.Change{Pause: r.GetPause(), Resume: r.GetResume(), Cancel: r.GetCancel(), RetryFailed: r.GetRetryFailed(), MaxFailedPercent: -1}
 	if r.MaxFailedPercent != nil {
 		c.MaxFailedPercent = int(min(r.GetMaxFailedPercent(), 101))
 	}

@@ -19,7 +19,7 @@ import (
 //	attest rollout -build B -percent 10 [-parallel 2] [-max-failed 5] [-force]
 //	attest rollout -build B -nodes rig-1,rig-2
 //	attest rollout -build B [-wait]
-//	attest rollout -build B -pause | -resume [-retry-failed] [-max-failed 10]
+//	attest rollout -build B -pause | -cancel | -resume [-retry-failed] [-max-failed 10]
 func rolloutCmd(fs *flag.FlagSet, args []string) error {
 	sock := fs.String("admin", "/run/rigos-attest/admin.sock", "admin socket")
 	build := fs.String("build", "", "the build to roll out: as attest update -build (required)")
@@ -30,7 +30,8 @@ func rolloutCmd(fs *flag.FlagSet, args []string) error {
 	force := fs.Bool("force", false, "reboot nodes at once even while workloads run (they are killed)")
 	fetch := fs.Bool("fetch", false, "nodes fetch the build over HTTPS from the verifier's update_url instead of receiving it on their stream")
 	pause := fs.Bool("pause", false, "start no more nodes (the ones updating finish)")
-	resume := fs.Bool("resume", false, "go on with a paused or halted rollout")
+	resume := fs.Bool("resume", false, "go on with a paused, halted or cancelled rollout")
+	cancelRollout := fs.Bool("cancel", false, "end the rollout: nodes not started are skipped (and free for another build's rollout)")
 	retry := fs.Bool("retry-failed", false, "with -resume: try the failed nodes again")
 	wait := fs.Bool("wait", false, "follow the rollout until it is done, halted or paused")
 	if err := fs.Parse(args); err != nil {
@@ -52,8 +53,8 @@ func rolloutCmd(fs *flag.FlagSet, args []string) error {
 	}
 	var ro *apiv1.Rollout
 	switch {
-	case *pause || *resume:
-		ro, err = c.SetRollout(ctx, &apiv1.SetRolloutRequest{Build: *build, Pause: *pause, Resume: *resume, RetryFailed: *retry, MaxFailedPercent: maxP})
+	case *pause || *resume || *cancelRollout:
+		ro, err = c.SetRollout(ctx, &apiv1.SetRolloutRequest{Build: *build, Pause: *pause, Resume: *resume, Cancel: *cancelRollout, RetryFailed: *retry, MaxFailedPercent: maxP})
 	case *nodes != "" || *percent > 0:
 		var ids []string
 		if *nodes != "" {
@@ -118,7 +119,7 @@ func rolloutSummary(ro *apiv1.Rollout) string {
 		count[n.GetState()]++
 	}
 	var parts []string
-	for _, s := range []string{"done", "failed", "updating", "waiting", "rebooting", "booted", "pending"} {
+	for _, s := range []string{"done", "failed", "updating", "waiting", "rebooting", "booted", "pending", "skipped"} {
 		if count[s] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", count[s], s))
 		}

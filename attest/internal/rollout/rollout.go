@@ -40,6 +40,8 @@ const (
 	Booted    = "booted"
 	Succeeded = "done"
 	Failed    = "failed"
+	// Skipped nodes were pending when the rollout was cancelled.
+	Skipped = "skipped"
 )
 
 // Errors callers branch on.
@@ -250,7 +252,7 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 		}
 		for _, n := range other.Nodes {
 			if (n.State == Pending || inFlight(n.State)) && wanted[n.Node] {
-				return nil, fmt.Errorf("%w: node %s is %s in the rollout of %s: pause that rollout and wait for it, or leave the node out", ErrState, n.Node, n.State, other.Build)
+				return nil, fmt.Errorf("%w: node %s is %s in the rollout of %s: wait for that rollout, cancel it (attest rollout -build %s -cancel), or leave the node out", ErrState, n.Node, n.State, other.Build, other.Build)
 			}
 		}
 	}
@@ -272,22 +274,31 @@ func (r *Runner) Start(ctx context.Context, p Plan) (*store.Rollout, error) {
 	if p.MaxFailedPercent >= 0 {
 		next.MaxFailedPercent = p.MaxFailedPercent
 	}
-	pos := len(ro.Nodes)
-	have := map[string]bool{}
-	for _, n := range ro.Nodes {
-		have[n.Node] = true
+	// New targets join at the end; ones a cancel skipped are taken up
+	// again.
+	all := slices.Clone(ro.Nodes)
+	at := make(map[string]int, len(all))
+	for i, n := range all {
+		at[n.Node] = i
 	}
+	var changed []store.RolloutNode
 	for _, n := range targets {
-		if have[n] {
+		if i, ok := at[n]; ok {
+			if all[i].State == Skipped {
+				all[i].State, all[i].Reason, all[i].Updated = Pending, "taken up again", now
+				changed = append(changed, all[i])
+			}
 			continue
 		}
-		next.Nodes = append(next.Nodes, store.RolloutNode{Node: n, Position: pos, State: Pending, Updated: now})
-		pos++
+		rn := store.RolloutNode{Node: n, Position: len(all), State: Pending, Updated: now}
+		all = append(all, rn)
+		changed = append(changed, rn)
 	}
+	next.Nodes = changed
 	if err := r.o.Store.SaveRollout(ctx, &next); err != nil {
 		return nil, err
 	}
-	next.Nodes = append(slices.Clone(ro.Nodes), next.Nodes...)
+	next.Nodes = all
 	r.rollouts[p.Build] = &next
 	r.o.Logger.Info("rollout started", "build", p.Build, "nodes", len(next.Nodes), "parallel", next.Parallel, "max_failed_percent", next.MaxFailedPercent)
 	r.wake()
@@ -326,8 +337,10 @@ func (r *Runner) share(ctx context.Context, build string, percent int) ([]string
 // Change is what Set is asked to do.
 type Change struct {
 	// Pause stops starting nodes (the ones in flight finish); Resume
-	// starts again, a halted rollout too.
-	Pause, Resume bool
+	// starts again, a halted rollout too; Cancel ends the rollout: the
+	// nodes not started are skipped (and free for another build's
+	// rollout; Start takes them up again), the ones in flight finish.
+	Pause, Resume, Cancel bool
 	// RetryFailed, with Resume, makes the failed nodes pending again.
 	RetryFailed bool
 	// MaxFailedPercent, if ≥ 0, replaces the rollout's.
@@ -338,8 +351,8 @@ type Change struct {
 // more failures than it allows is refused: retry the failed nodes or
 // allow more.
 func (r *Runner) Set(ctx context.Context, build string, c Change) (*store.Rollout, error) {
-	if c.Pause == c.Resume || (c.RetryFailed && !c.Resume) || c.MaxFailedPercent > 100 {
-		return nil, fmt.Errorf("%w: pause or resume (resume may retry the failed nodes and set max failed 0 to 100)", ErrInvalid)
+	if n := btoi(c.Pause) + btoi(c.Resume) + btoi(c.Cancel); n != 1 || (c.RetryFailed && !c.Resume) || c.MaxFailedPercent > 100 {
+		return nil, fmt.Errorf("%w: pause, resume or cancel (resume may retry the failed nodes and set max failed 0 to 100)", ErrInvalid)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -358,6 +371,19 @@ func (r *Runner) Set(ctx context.Context, build string, c Change) (*store.Rollou
 			return nil, fmt.Errorf("%w: the rollout of %s is %s, not running", ErrState, build, ro.State)
 		}
 		next.State, next.Reason = Paused, "paused by the operator; nodes in flight finish"
+	case c.Cancel:
+		if ro.State == Done {
+			return nil, fmt.Errorf("%w: the rollout of %s is done already", ErrState, build)
+		}
+		n := 0
+		for i := range next.Nodes {
+			if next.Nodes[i].State == Pending {
+				next.Nodes[i].State, next.Nodes[i].Reason, next.Nodes[i].Updated = Skipped, "the rollout was cancelled before this node started", now
+				changed = append(changed, next.Nodes[i])
+				n++
+			}
+		}
+		next.State, next.Reason = Done, fmt.Sprintf("cancelled by the operator: %d nodes skipped; nodes in flight finish", n)
 	case c.Resume:
 		if ro.State != Paused && ro.State != Halted && (ro.State != Done || !c.RetryFailed) {
 			return nil, fmt.Errorf("%w: the rollout of %s is %s: only a paused or halted rollout resumes (a done one with -retry-failed)", ErrState, build, ro.State)
@@ -387,6 +413,13 @@ func (r *Runner) Set(ctx context.Context, build string, c Change) (*store.Rollou
 	r.rollouts[build] = &next
 	r.wake()
 	return clone(&next), nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // failures returns how many of a rollout's nodes failed and how many may.

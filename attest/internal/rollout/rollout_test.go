@@ -498,3 +498,41 @@ func BenchmarkRolloutStart(b *testing.B) {
 		r.mu.Unlock()
 	}
 }
+
+// Cancelling a rollout skips the nodes it did not start, which frees
+// them for another build's rollout; starting the cancelled one again
+// takes them up.
+func TestRolloutCancel(t *testing.T) {
+	f := newFleet(t, "", 2)
+	f.offline["rig-00"] = true
+	r := f.runner(context.Background(), time.Minute)
+	run(t, r)
+	ctx := context.Background()
+	if _, err := r.Start(ctx, Plan{Build: "b2", Nodes: []string{"rig-00", "rig-01"}, MaxFailedPercent: -1}); err != nil {
+		t.Fatal(err)
+	}
+	until(t, r, "b2", func(ro *store.Rollout) bool { return states(ro)["rig-01"] == Succeeded })
+	if _, err := r.Start(ctx, Plan{Build: "b3", Nodes: []string{"rig-00"}, MaxFailedPercent: -1}); !errors.Is(err, ErrState) {
+		t.Fatalf("b3 taking rig-00, pending in b2: %v, want ErrState", err)
+	}
+	ro, err := r.Set(ctx, "b2", Change{Cancel: true, MaxFailedPercent: -1})
+	if err != nil || ro.State != Done || states(ro)["rig-00"] != Skipped || states(ro)["rig-01"] != Succeeded {
+		t.Fatalf("Cancel = %+v, %v", ro, err)
+	}
+	if _, err := r.Set(ctx, "b2", Change{Cancel: true, MaxFailedPercent: -1}); !errors.Is(err, ErrState) {
+		t.Errorf("cancelling a done rollout: %v", err)
+	}
+	if _, err := r.Set(ctx, "b2", Change{Cancel: true, Pause: true, MaxFailedPercent: -1}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("cancel and pause at once: %v", err)
+	}
+	if _, err := r.Start(ctx, Plan{Build: "b3", Nodes: []string{"rig-00"}, MaxFailedPercent: -1}); err != nil {
+		t.Fatalf("b3 taking rig-00 after b2 was cancelled: %v", err)
+	}
+	if _, err := r.Set(ctx, "b3", Change{Cancel: true, MaxFailedPercent: -1}); err != nil {
+		t.Fatal(err)
+	}
+	ro, err = r.Start(ctx, Plan{Build: "b2", Percent: 100, MaxFailedPercent: -1})
+	if err != nil || states(ro)["rig-00"] != Pending || len(ro.Nodes) != 2 {
+		t.Fatalf("starting b2 again = %+v, %v; want rig-00 pending again", ro, err)
+	}
+}

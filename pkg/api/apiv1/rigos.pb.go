@@ -3390,8 +3390,11 @@ type SetRolloutRequest struct {
 	// RetryFailed, with resume: the failed nodes are tried again.
 	RetryFailed      bool    `protobuf:"varint,4,opt,name=retry_failed,json=retryFailed,proto3" json:"retry_failed,omitempty"`
 	MaxFailedPercent *uint32 `protobuf:"varint,5,opt,name=max_failed_percent,json=maxFailedPercent,proto3,oneof" json:"max_failed_percent,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Cancel ends the rollout: the nodes not started are skipped (resume
+	// takes them up again), the ones in flight finish.
+	Cancel        bool `protobuf:"varint,6,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SetRolloutRequest) Reset() {
@@ -3457,6 +3460,13 @@ func (x *SetRolloutRequest) GetMaxFailedPercent() uint32 {
 		return *x.MaxFailedPercent
 	}
 	return 0
+}
+
+func (x *SetRolloutRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
 }
 
 type GetRolloutRequest struct {
@@ -3705,7 +3715,8 @@ type RolloutNode struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	// State: pending, updating, waiting (for workloads to end), rebooting,
-	// booted (trusted on the build, not yet committed), done or failed.
+	// booted (trusted on the build, not yet committed), done, failed or
+	// skipped (the rollout was cancelled before it started).
 	State         string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
 	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	UpdatedUnixMs int64  `protobuf:"varint,4,opt,name=updated_unix_ms,json=updatedUnixMs,proto3" json:"updated_unix_ms,omitempty"`
@@ -5040,13 +5051,14 @@ const file_rigos_proto_rawDesc = "" +
 	"\x05fetch\x18\a \x01(\bH\x02R\x05fetch\x88\x01\x01B\x15\n" +
 	"\x13_max_failed_percentB\b\n" +
 	"\x06_forceB\b\n" +
-	"\x06_fetch\"\xc4\x01\n" +
+	"\x06_fetch\"\xdc\x01\n" +
 	"\x11SetRolloutRequest\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\x12\x14\n" +
 	"\x05pause\x18\x02 \x01(\bR\x05pause\x12\x16\n" +
 	"\x06resume\x18\x03 \x01(\bR\x06resume\x12!\n" +
 	"\fretry_failed\x18\x04 \x01(\bR\vretryFailed\x121\n" +
-	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01B\x15\n" +
+	"\x12max_failed_percent\x18\x05 \x01(\rH\x00R\x10maxFailedPercent\x88\x01\x01\x12\x16\n" +
+	"\x06cancel\x18\x06 \x01(\bR\x06cancelB\x15\n" +
 	"\x13_max_failed_percent\")\n" +
 	"\x11GetRolloutRequest\x12\x14\n" +
 	"\x05build\x18\x01 \x01(\tR\x05build\"\x15\n" +
